@@ -28,7 +28,7 @@ class DataConfig:
 
     source: str = "synthetic"  # synthetic | folder | lmdb | webdataset
     path: str | None = None  # folder root, lmdb dir, or webdataset shard pattern (brace syntax, URLs)
-    image_size: int = 224
+    image_size: int = 96
     hflip: float = 0.5  # probability of a horizontal flip
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
@@ -43,7 +43,10 @@ class DataConfig:
 class ModelConfig:
     """The ViT encoder being pre-trained."""
 
-    arch: str = "vit_base_patch16_224"  # vit_{tiny,small,base,large,huge}_patch{14,16}[_SIZE]
+    arch: str = "vit_tiny_patch16_224"  # vit_{tiny,small,base,large,huge}_patch{14,16}[_SIZE]
+    depth: int | None = None  # overrides of the arch table (small test/ablation models)
+    embed_dim: int | None = None
+    num_heads: int | None = None
     drop_path_rate: float = 0.0
     init: str | None = None  # optional backbone checkpoint to start the encoder from
 
@@ -52,9 +55,9 @@ class ModelConfig:
 class DecoderConfig:
     """MAE decoder predicting the pixels of every patch."""
 
-    embed_dim: int = 512
-    depth: int = 8
-    num_heads: int = 16
+    embed_dim: int = 128  # recipe: 512
+    depth: int = 2  # recipe: 8
+    num_heads: int = 4  # recipe: 16
 
 
 @dataclass
@@ -66,10 +69,10 @@ class TeacherConfig:
     (a randomly initialised teacher of ``arch``: only for tests and ablations).
     """
 
-    checkpoint: str | None = None
+    checkpoint: str | None = "mae_stage"
     arch: str | None = None  # only for checkpoint=random / mae_stage (default: model.arch)
     blocks: list[int] | None = None  # default [2,5,8,11] for 12 blocks, spread evenly otherwise
-    stage_steps: int = 0  # mae_stage: steps of the first (MAE) stage
+    stage_steps: int = 150  # mae_stage: steps of the first (MAE) stage
     norm_axis: str = "token"  # token (reference code, dim=1) | feature (per-token L2 normalisation)
 
 
@@ -86,8 +89,8 @@ class MCFConfig:
     contrastive_weight: float = 1.0
     temperature: float = 0.2
     symmetric: bool = False  # MoCo v3 symmetric loss (both views as queries)
-    proj_hidden_dim: int = 4096
-    proj_dim: int = 256
+    proj_hidden_dim: int = 1024  # recipe: 4096
+    proj_dim: int = 128  # recipe: 256
     momentum: float = 0.99
     momentum_schedule: str = "constant"  # constant | cosine (momentum -> momentum_end)
     momentum_end: float = 1.0
@@ -95,29 +98,35 @@ class MCFConfig:
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 64  # per process, per micro-batch
+    batch_size: int = 32  # per process, per micro-batch
     accum_steps: int = 1  # micro-batches per optimizer step
-    max_steps: int = 0  # optimizer steps; 0: derive from epochs
+    global_batch: int = 0  # if > 0: accum_steps = global_batch / (batch_size * processes)
+    max_steps: int = 200  # optimizer steps; 0: derive from epochs
     epochs: float = 0.0  # passes over the dataset (when max_steps == 0)
-    blr: float = 1.5e-4  # lr = blr * effective batch / 256
+    blr: float = 1e-2  # lr = blr * effective batch / 256
     lr: float | None = None  # absolute lr (overrides blr)
     min_lr: float = 0.0
-    warmup_steps: int = -1  # -1: one epoch (or 5 % of max_steps when epochs are not set)
+    warmup_steps: int = 20  # -1: one epoch (or 5 % of max_steps when epochs are not set)
     weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     clip_grad: float = 0.0  # max grad norm; 0: off
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 | fp32
     log_every: int = 10
-    ckpt_every: int = 500
+    ckpt_every: int = 100
     progress: str = "auto"  # auto (bar on a terminal) | bar | log
 
 
 @dataclass
 class PretrainConfig:
-    """``facerep pretrain`` configuration."""
+    """``facerep pretrain`` configuration.
+
+    The defaults are the CPU-sized demo (``configs/mcf_cpu_tiny.yaml``): MCF on synthetic faces with a
+    ViT-Tiny/16 at 96 px whose teacher is pre-trained by MAE in a first stage of the same command. The
+    paper recipe is ``configs/mcf_vit_base_patch16.yaml``.
+    """
 
     method: str = "mcf"
-    output_dir: str = "runs/pretrain"
+    output_dir: str = "runs/mcf_tiny_synthetic"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     model: ModelConfig = field(default_factory=ModelConfig)

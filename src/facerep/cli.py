@@ -1,0 +1,59 @@
+"""``facerep`` command line: ``facerep pretrain [-c CONFIG.yaml] [KEY=VALUE ...]``.
+
+Later subcommands (finetune, evaluate, bench, demo, predict) plug into the same parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from facerep.config import ConfigError, PretrainConfig, load_config, to_yaml
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from facerep.engine.trainer import pretrain
+
+    cfg = load_config(PretrainConfig, args.config, args.overrides)
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
+    pretrain(cfg)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="facerep", description="Facial representation learning.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser(
+        "pretrain",
+        help="pre-train a ViT face backbone (MCF, MAE)",
+        description="Pre-train a backbone. Defaults: MCF, tiny ViT, synthetic faces, CPU-sized. "
+        "Rerun with the same output_dir to resume.",
+    )
+    p.add_argument("-c", "--config", help="YAML config (see configs/); KEY=VALUE overrides apply on top")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.max_steps=100")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=_pretrain)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from facerep.engine.trainer import NonFiniteLossError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, ValueError, FileNotFoundError, NonFiniteLossError) as err:
+        if os.environ.get("FACEREP_DEBUG"):
+            raise
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"facerep: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

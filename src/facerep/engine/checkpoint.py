@@ -1,0 +1,47 @@
+"""Training checkpoints: everything needed to resume exactly (model, optimizer, scaler, step, RNG)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from facerep.engine.atomic import atomic_torch_save
+
+CHECKPOINT_FORMAT = "facerep-checkpoint"
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def capture_rng() -> dict[str, Any]:
+    """This process's RNG states (torch CPU, CUDA when present, Python ``random``)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng`."""
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Atomically write ``state`` (tagged with the facerep checkpoint format) to ``path``."""
+    return atomic_torch_save({"format": CHECKPOINT_FORMAT, "version": 1, **state}, path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only`` unpickling)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path}: cannot read checkpoint ({str(err).splitlines()[0]})") from err
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a facerep training checkpoint (no format={CHECKPOINT_FORMAT!r})")
+    return state
