@@ -1,0 +1,358 @@
+"""The pre-training data loader: an endless stream of ``{"image": [B, 3, S, S], "skipped": [...]}`` batches.
+
+Map-style sources (synthetic, folder, lmdb) are exactly deterministic and resumable: an infinite
+sampler walks epochs ``e = 0, 1, ...``; epoch ``e`` is ``torch.randperm(N)`` under a generator seeded
+from ``(seed, e)``, padded by wrapping to ``ceil(N / W) * W`` positions, and rank ``r`` of ``W`` takes
+positions ``r, r + W, ...``. Each sample has a *draw id* ``e * N + index``; its augmentation is drawn
+under ``torch.manual_seed(mix(seed, draw))`` inside ``fork_rng``, so batches do not depend on
+``num_workers`` and ``start_sample`` (samples this rank already consumed) resumes exactly.
+
+Webdataset shards are split by shard: every epoch the shard list is permuted with ``(seed, epoch)``,
+rank ``r`` takes ``perm[r::W]`` and DataLoader worker ``w`` of ``K`` takes every ``K``-th of those, so
+one epoch reads every shard exactly once. Fewer than ``W * max(1, K)`` shards is a :class:`DataError`.
+Resume skips ``start_sample`` samples of the rank's stream without decoding them; it is exact when
+``num_workers`` and ``batch_size`` are unchanged and ``start_sample`` is a multiple of ``batch_size``
+(always true for a trainer consuming whole batches), except that each image in the skipped prefix
+that only fails at decode time (e.g. truncated) shifts the resumed stream by one sample.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
+
+from facerep.config import DataConfig
+from facerep.data.sources import (
+    DataError,
+    MapSource,
+    WebDatasetSource,
+    build_source,
+    load_with_fallback,
+)
+from facerep.data.transforms import BadImage, build_pretrain_transform
+
+_MASK64 = (1 << 64) - 1
+# Consecutive undecodable webdataset samples after which the stream is declared unreadable.
+WDS_MAX_CONSECUTIVE_BAD = 1000
+
+Sample = tuple[Tensor, list[str], str]  # (image [3, S, S], skipped names, name of the loaded item)
+
+
+def mix_seed(*values: int) -> int:
+    """Deterministic 63-bit seed from integers (splitmix64 chain; not Python's salted ``hash``)."""
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ (int(v) & _MASK64)) & _MASK64
+        h = (h + 0x9E3779B97F4A7C15) & _MASK64
+        h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
+        h ^= h >> 31
+    return h >> 1
+
+
+def _str_hash(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def seeded_transform(transform: Callable[[Image.Image], Tensor], img: Image.Image, seed: int) -> Tensor:
+    """``transform(img)`` with torch's CPU RNG seeded by ``seed``; the caller's RNG state is untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return transform(img)
+
+
+class InfiniteShuffleSampler(Sampler[int]):
+    """Endless stream of draw ids ``e * N + index`` for one rank (see the module docstring).
+
+    Starts at this rank's sample ``start_sample``; each epoch gives every rank ``ceil(N / W)`` draws.
+    """
+
+    def __init__(
+        self, n: int, *, seed: int, rank: int = 0, world_size: int = 1, start_sample: int = 0
+    ) -> None:
+        if n <= 0:
+            raise ValueError(f"sampler needs a non-empty dataset, got n={n}")
+        self.n, self.seed, self.rank, self.world_size = n, seed, rank, world_size
+        self.start_sample = start_sample
+        self.per_rank = math.ceil(n / world_size)
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        """The permutation of ``range(N)`` all ranks share in ``epoch``."""
+        gen = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
+        return torch.randperm(self.n, generator=gen).tolist()
+
+    def __iter__(self) -> Iterator[int]:
+        epoch, pos = divmod(self.start_sample, self.per_rank)
+        while True:
+            order = self.epoch_order(epoch)
+            base = epoch * self.n
+            for j in range(pos, self.per_rank):
+                yield base + order[(self.rank + j * self.world_size) % self.n]
+            epoch, pos = epoch + 1, 0
+
+
+class MapStyleDataset(Dataset):
+    """Draw id -> ``(image [3, S, S], skipped names, item name)`` for a :class:`MapSource`."""
+
+    def __init__(self, source: MapSource, transform: Callable[[Image.Image], Tensor], seed: int) -> None:
+        self.source, self.transform, self.seed = source, transform, seed
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, draw: int) -> Sample:
+        img, used, skipped = load_with_fallback(self.source, draw % len(self.source))
+        return (
+            seeded_transform(self.transform, img, mix_seed(self.seed, draw)),
+            skipped,
+            self.source.name(used),
+        )
+
+
+def _shuffle_buffer(items: Iterable[Any], size: int, rng: random.Random) -> Iterator[Any]:
+    """Reservoir-style shuffle of a stream with a buffer of ``size`` items (``size <= 1``: no-op)."""
+    if size <= 1:
+        yield from items
+        return
+    buf: list[Any] = []
+    for item in items:
+        if len(buf) < size:
+            buf.append(item)
+            continue
+        j = rng.randrange(size)
+        yield buf[j]
+        buf[j] = item
+    rng.shuffle(buf)
+    yield from buf
+
+
+class WebDatasetStream(IterableDataset):
+    """Endless, shard-split sample stream of one rank (see the module docstring); yields ``Sample`` s."""
+
+    def __init__(
+        self,
+        source: WebDatasetSource,
+        transform: Callable[[Image.Image], Tensor],
+        *,
+        seed: int,
+        rank: int,
+        world_size: int,
+        batch_size: int,
+        start_sample: int,
+        shuffle_buffer: int,
+    ) -> None:
+        super().__init__()
+        self.source, self.transform, self.seed = source, transform, seed
+        self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
+        self.start_sample, self.shuffle_buffer = start_sample, shuffle_buffer
+
+    def _raw(self, worker: int, num_workers: int, pending: list[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+        """``(epoch, raw sample)`` of logical worker ``worker``; cheaply detected bad ones go to pending."""
+        shards = self.source.shards
+        epoch = 0
+        while True:
+            gen = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
+            order = [shards[i] for i in torch.randperm(len(shards), generator=gen).tolist()]
+            mine = order[self.rank :: self.world_size][worker::num_workers]
+            good = 0
+            for url in mine:
+                for sample in self.source.shard_samples(url, pending.append):
+                    try:
+                        WebDatasetSource.image_bytes(sample)
+                    except BadImage as err:
+                        pending.append(err.name)
+                        continue
+                    good += 1
+                    yield epoch, sample
+            if good == 0:
+                raise DataError(
+                    f"webdataset source: no readable samples in {len(mine)} shard(s) starting "
+                    f"{mine[0] if mine else None} (rank {self.rank}, worker {worker}, epoch {epoch})"
+                )
+            epoch += 1
+
+    def __iter__(self) -> Iterator[Sample]:
+        info = get_worker_info()
+        num_workers, physical = (info.num_workers, info.id) if info is not None else (1, 0)
+        full, rem = divmod(self.start_sample, self.batch_size)
+        # The DataLoader asks workers for batches round-robin from worker 0, so after `full` batches the
+        # next batch belonged to worker `full % K`: rotate so physical worker 0 plays that one.
+        worker = (physical + full) % num_workers
+        skip = len(range(worker, full, num_workers)) * self.batch_size + (
+            rem if worker == full % num_workers else 0
+        )
+        pending: list[str] = []
+        rng = random.Random(mix_seed(self.seed, self.rank, worker, num_workers, 0x5EED))
+        stream = _shuffle_buffer(self._raw(worker, num_workers, pending), self.shuffle_buffer, rng)
+        if skip:
+            deque(islice(stream, skip), maxlen=0)
+            pending.clear()  # already reported before the resume point
+        bad_run = 0
+        for epoch, sample in stream:
+            name = WebDatasetSource.sample_name(sample)
+            try:
+                img = WebDatasetSource.decode(sample)
+            except BadImage as err:
+                pending.append(err.name)
+                bad_run += 1
+                if bad_run >= WDS_MAX_CONSECUTIVE_BAD:
+                    raise DataError(
+                        f"webdataset source: {bad_run} consecutive undecodable samples up to {name} "
+                        f"(last: {err.reason}); the data looks unreadable"
+                    ) from None
+                continue
+            bad_run = 0
+            seed = mix_seed(
+                self.seed, epoch, _str_hash(sample.get("__url__", "")), _str_hash(sample["__key__"])
+            )
+            image = seeded_transform(self.transform, img, seed)
+            skipped, pending[:] = list(pending), []
+            yield image, skipped, name
+
+
+class CollateBatch:
+    """List of ``Sample`` -> ``{"image": [B, 3, S, S], "skipped": [...]}`` (+ ``"keys"`` if asked)."""
+
+    def __init__(self, return_keys: bool = False) -> None:
+        self.return_keys = return_keys
+
+    def __call__(self, samples: list[Sample]) -> dict[str, Any]:
+        batch: dict[str, Any] = {
+            "image": torch.stack([s[0] for s in samples]),
+            "skipped": [name for s in samples for name in s[1]],
+        }
+        if self.return_keys:
+            batch["keys"] = [s[2] for s in samples]
+        return batch
+
+
+def _one_line_data_error(err: DataError) -> DataError:
+    """A worker's DataError arrives with a traceback in its message; keep the original one line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return err
+    last = lines[-1]
+    marker = "DataError: "
+    return DataError(last.split(marker, 1)[1] if marker in last else last)
+
+
+class PretrainLoader:
+    """Iterable of batches that never ends; each ``iter()`` restarts at ``start_sample``.
+
+    Attributes: ``source``, ``dataset``, ``loader`` (the torch ``DataLoader``).
+    """
+
+    def __init__(self, source: MapSource | WebDatasetSource, dataset: Dataset, loader: DataLoader) -> None:
+        self.source, self.dataset, self.loader = source, dataset, loader
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        it = iter(self.loader)
+        while True:
+            failure: Exception | None = None
+            try:
+                batch = next(it)
+            except DataError as err:
+                failure = _one_line_data_error(err)
+            except StopIteration:  # cannot happen: both datasets are endless
+                failure = RuntimeError("pre-training data stream ended unexpectedly")
+            if failure is not None:
+                # Stop the workers now: if the iterator were only freed later by the cycle collector
+                # (exception tracebacks keep it alive), its queues could be finalised before the
+                # workers are told to exit, and shutdown would hang for the join timeouts.
+                self.close(it)
+                raise failure
+            yield batch
+
+    def close(self, it: Any = None) -> None:
+        """Shut down the worker processes (a later ``iter()`` starts fresh ones)."""
+        it = it if it is not None else getattr(self.loader, "_iterator", None)
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        if getattr(self.loader, "_iterator", None) is it:
+            self.loader._iterator = None
+
+
+def build_pretrain_loader(
+    cfg: DataConfig,
+    *,
+    batch_size: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    start_sample: int = 0,
+    pin_memory: bool = False,
+    drop_last: bool = True,
+    return_keys: bool = False,
+) -> PretrainLoader:
+    """Endless loader of ``{"image": Tensor[B, 3, S, S] float32, "skipped": list[str]}`` batches.
+
+    ``skipped`` names the bad inputs skipped or replaced while building that batch. ``start_sample``
+    is the number of samples this rank already consumed. ``return_keys`` adds ``"keys"``: the name
+    of each sample's image (for tests and debugging). Building (and iterating) the loader does not
+    touch torch's global RNG.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if world_size <= 0 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    if start_sample < 0:
+        raise ValueError(f"start_sample must be >= 0, got {start_sample}")
+    num_workers = max(0, int(cfg.num_workers))
+    source = build_source(cfg)
+    transform = build_pretrain_transform(cfg)
+    kwargs: dict[str, Any] = {}
+    if isinstance(source, WebDatasetSource):
+        need = world_size * max(1, num_workers)
+        if len(source.shards) < need:
+            raise DataError(
+                f"webdataset source {cfg.path!r}: {len(source.shards)} shard(s) cannot be split over "
+                f"{world_size} rank(s) x {max(1, num_workers)} worker(s); need at least {need} shards "
+                f"(or lower data.num_workers)"
+            )
+        dataset: Dataset = WebDatasetStream(
+            source,
+            transform,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            batch_size=batch_size,
+            start_sample=start_sample,
+            shuffle_buffer=int(cfg.shuffle_buffer),
+        )
+    else:
+        dataset = MapStyleDataset(source, transform, seed)
+        kwargs["sampler"] = InfiniteShuffleSampler(
+            len(source), seed=seed, rank=rank, world_size=world_size, start_sample=start_sample
+        )
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=CollateBatch(return_keys),
+        pin_memory=pin_memory,
+        drop_last=drop_last,
+        persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(seed),
+        **kwargs,
+    )
+    return PretrainLoader(source, dataset, loader)
+
+
+def dataset_length(cfg: DataConfig) -> int | None:
+    """Images in one epoch of ``cfg``'s source; ``None`` for webdataset unless img2dataset
+    ``<shard>_stats.json`` files give the count."""
+    source = build_source(cfg)
+    if isinstance(source, WebDatasetSource):
+        return source.local_length()
+    return len(source)

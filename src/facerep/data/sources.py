@@ -1,0 +1,338 @@
+"""Where pre-training images come from: synthetic faces, an image folder, an LMDB, or webdataset tars.
+
+Every source yields RGB ``PIL.Image`` s (the transform comes later, see :mod:`facerep.data.loader`).
+Map-style sources (:class:`SyntheticSource`, :class:`FolderSource`, :class:`LmdbSource`) expose
+``len``, ``name(i)`` and ``load(i)``; :func:`load_with_fallback` replaces an unreadable item by the
+next readable one and reports what it skipped. :class:`WebDatasetSource` streams raw tar samples.
+Configuration mistakes (missing path, no images, unknown source) are one-line :class:`DataError` s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from facerep.config import DataConfig
+from facerep.data.transforms import BadImage, decode_image
+
+# Folder file extensions that count as images (compared lower-case).
+IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff", "ppm", "pgm", "gif"})
+# Image members of a webdataset sample, in order of preference (img2dataset writes key.jpg).
+WDS_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "ppm", "pgm", "gif")
+# The synthetic "dataset" is fixed (like a real one): the run seed only drives order and augmentation.
+SYNTHETIC_DATASET_SEED = 0
+# Consecutive unreadable items after which a map-style source is declared unreadable.
+MAX_CONSECUTIVE_BAD = 50
+
+
+class DataError(ValueError):
+    """A data configuration problem (missing path, no images, unknown source); one line."""
+
+
+class MapSource:
+    """A finite, indexable set of images: ``len(src)``, ``src.name(i)``, ``src.load(i)``."""
+
+    where = "?"  # what the items are read from (a path, or "synthetic"), for messages
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def name(self, index: int) -> str:
+        """Human-readable name of item ``index`` (used in skip reports)."""
+        raise NotImplementedError
+
+    def load(self, index: int) -> Image.Image:
+        """Item ``index`` as a loaded RGB image; raises :class:`BadImage` if unreadable."""
+        raise NotImplementedError
+
+
+class SyntheticSource(MapSource):
+    """Procedurally rendered faces: item ``i`` is ``render_face(seed, i, size).image``."""
+
+    def __init__(self, length: int, size: int, seed: int = 0) -> None:
+        if length <= 0:
+            raise DataError(f"synthetic source: data.synthetic_length must be positive, got {length}")
+        if size <= 0:
+            raise DataError(f"synthetic source: render size must be positive, got {size}")
+        self.length, self.size, self.seed = int(length), int(size), int(seed)
+        self.where = "synthetic"
+
+    def __len__(self) -> int:
+        return self.length
+
+    def name(self, index: int) -> str:
+        return f"synthetic:{index}"
+
+    def load(self, index: int) -> Image.Image:
+        from facerep.data.synthetic import render_face
+
+        return Image.fromarray(render_face(self.seed, index, size=self.size).image, mode="RGB")
+
+
+def list_image_files(root: Path) -> list[str]:
+    """Image files under ``root`` (recursive, symlinks followed once), as sorted relative POSIX paths."""
+    found: list[str] = []
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # symlink cycle
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        rel_dir = Path(dirpath).relative_to(root)
+        for fname in filenames:
+            if fname.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS and "." in fname:
+                found.append((rel_dir / fname).as_posix())
+    return sorted(found)
+
+
+class FolderSource(MapSource):
+    """Every image file under a folder, recursively, in sorted relative-path order."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        self.where = str(self.root)
+        if not self.root.exists():
+            raise DataError(f"folder source: path not found: {self.root} (expected a folder of images)")
+        if not self.root.is_dir():
+            raise DataError(f"folder source: {self.root} is not a folder (expected a folder of images)")
+        self.files = list_image_files(self.root)
+        if not self.files:
+            exts = ",".join(sorted(IMAGE_EXTENSIONS))
+            raise DataError(f"folder source: no image files ({exts}) under {self.root}")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def name(self, index: int) -> str:
+        return self.files[index]
+
+    def load(self, index: int) -> Image.Image:
+        return decode_image(self.root / self.files[index], self.files[index])
+
+
+_LMDB_ENVS: dict[str, tuple[int, Any]] = {}  # realpath -> (pid, env): one env per db per process
+
+
+def _open_lmdb(path: Path) -> Any:
+    """This process's read-only environment for ``path`` (py-lmdb allows one per path per process)."""
+    import lmdb
+
+    real = os.path.realpath(path)
+    pid_env = _LMDB_ENVS.get(real)
+    if pid_env is not None:
+        if pid_env[0] == os.getpid():
+            return pid_env[1]
+        # Inherited through fork: unusable here, and py-lmdb refuses a second open of the path until it
+        # is closed (closing only drops this process's mapping; there is no lock file with lock=False).
+        with contextlib.suppress(Exception):
+            pid_env[1].close()
+    env = lmdb.open(
+        real, subdir=os.path.isdir(real), readonly=True, lock=False, readahead=False, meminit=False
+    )
+    _LMDB_ENVS[real] = (os.getpid(), env)
+    return env
+
+
+class LmdbSource(MapSource):
+    """The reference MCF LMDB layout: key ``b"length"`` = image count (ASCII int), a key-list file
+    (line ``i`` = key of image ``i``; its value = encoded image bytes).
+
+    The key file is ``keys_file`` or ``<path>/keys.txt``; without one, the db's own keys (sorted,
+    minus ``length``) are used. Each process opens (and caches) its own read-only environment on
+    first use, so the source can be forked or pickled into DataLoader workers.
+    """
+
+    def __init__(self, path: str | os.PathLike, keys_file: str | os.PathLike | None = None) -> None:
+        self.path = Path(path)
+        self.where = str(self.path)
+        if not self.path.exists():
+            raise DataError(f"lmdb source: path not found: {self.path} (expected an LMDB environment)")
+        try:
+            env = _open_lmdb(self.path)
+        except Exception as err:
+            raise DataError(f"lmdb source: cannot open {self.path} as an LMDB environment ({err})") from err
+        with env.begin() as txn:
+            raw_length = txn.get(b"length")
+            key_path = Path(keys_file) if keys_file else self.path / "keys.txt"
+            if keys_file and not key_path.is_file():
+                raise DataError(f"lmdb source: key file not found: {key_path}")
+            if key_path.is_file():
+                lines = key_path.read_text(encoding="utf-8").splitlines()
+                self.keys = [line.strip() for line in lines if line.strip()]
+            else:
+                self.keys = [k.decode("utf-8", "replace") for k in txn.cursor().iternext(values=False)]
+                self.keys = sorted(k for k in self.keys if k != "length")
+        if raw_length is not None:
+            try:
+                length = int(bytes(raw_length).decode("ascii").strip())
+            except ValueError as err:
+                raise DataError(f"lmdb source: key 'length' in {self.path} is not an integer") from err
+            if length != len(self.keys):
+                raise DataError(
+                    f"lmdb source: {self.path} says length={length} "
+                    f"but its key list has {len(self.keys)} keys"
+                )
+        if not self.keys:
+            raise DataError(f"lmdb source: no image keys in {self.path} (expected keys.txt or image entries)")
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def name(self, index: int) -> str:
+        return self.keys[index]
+
+    def load(self, index: int) -> Image.Image:
+        key = self.keys[index]
+        with _open_lmdb(self.path).begin(buffers=False) as txn:
+            value = txn.get(key.encode("utf-8"))
+        if value is None:
+            raise BadImage(key, "key not found in the lmdb")
+        return decode_image(value, key)
+
+
+def load_with_fallback(source: MapSource, index: int) -> tuple[Image.Image, int, list[str]]:
+    """Load item ``index``, or the next readable one (``index+1, index+2, ...`` mod ``len``).
+
+    Returns ``(image, index actually loaded, names of the unreadable items passed over)``. Raises
+    :class:`DataError` after :data:`MAX_CONSECUTIVE_BAD` consecutive failures (or all items).
+    """
+    n = len(source)
+    skipped: list[str] = []
+    last = ""
+    for step in range(min(MAX_CONSECUTIVE_BAD, n)):
+        i = (index + step) % n
+        try:
+            return source.load(i), i, skipped
+        except BadImage as err:
+            skipped.append(err.name)
+            last = err.reason
+        except Exception as err:
+            skipped.append(source.name(i))
+            last = f"{type(err).__name__}: {err}".splitlines()[0]
+    raise DataError(
+        f"{source.where}: {len(skipped)} consecutive unreadable images from {source.name(index % n)} on "
+        f"(last: {last}); the data looks unreadable"
+    )
+
+
+def _is_remote(url: str) -> bool:
+    return ("://" in url and not url.startswith("file://")) or url.startswith("pipe:")
+
+
+def _local_path(url: str) -> str:
+    return url[len("file://") :] if url.startswith("file://") else url
+
+
+class WebDatasetSource:
+    """Tar shards in the webdataset / img2dataset layout (``key.jpg`` + ``key.txt`` + ``key.json``).
+
+    ``pattern`` uses brace syntax (``data/{00000..00009}.tar``), ``::`` separates several patterns;
+    shards may be local paths or anything webdataset's ``gopen`` opens (``http(s)://``, ``pipe:``).
+    Local shards are checked to exist up front.
+    """
+
+    def __init__(self, pattern: str) -> None:
+        from webdataset.shardlists import expand_urls
+
+        self.pattern = pattern
+        self.shards: list[str] = [s for s in expand_urls(pattern) if s]
+        if not self.shards:
+            raise DataError(f"webdataset source: pattern {pattern!r} expands to no shards")
+        missing = [s for s in self.shards if not _is_remote(s) and not os.path.isfile(_local_path(s))]
+        if missing:
+            raise DataError(
+                f"webdataset source: shard not found: {missing[0]} ({len(missing)} of {len(self.shards)} "
+                f"shards of {pattern!r} missing; expected .tar files)"
+            )
+
+    def shard_samples(self, url: str, on_error: Callable[[str], None]) -> Iterator[dict[str, Any]]:
+        """Raw samples of one shard: dicts ``{"__key__", "__url__", ext: bytes, ...}`` (not decoded).
+
+        An unreadable shard or member is reported through ``on_error(name)`` and skipped.
+        """
+        from webdataset.gopen import gopen
+        from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+        def handler(exn: Exception) -> bool:
+            text = str(exn.args[0] if exn.args else exn).splitlines()
+            on_error(f"{url}: {text[0] if text else type(exn).__name__}")
+            return True
+
+        try:
+            stream = gopen(url)
+        except Exception as err:
+            handler(err)
+            return
+        try:
+            files = ({**f, "__url__": url} for f in tar_file_iterator(stream, handler=handler))
+            yield from group_by_keys(files, handler=handler)
+        except Exception as err:  # a broken tar stream ends the shard, not the run
+            handler(err)
+        finally:
+            try:
+                stream.close()
+            except Exception as err:
+                handler(err)
+
+    @staticmethod
+    def sample_name(sample: dict[str, Any]) -> str:
+        return f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
+
+    @staticmethod
+    def image_bytes(sample: dict[str, Any]) -> bytes:
+        """The sample's encoded image (first of :data:`WDS_IMAGE_EXTENSIONS` present).
+
+        Raises :class:`BadImage` when there is none or it is empty (checks that need no decoding).
+        """
+        for ext in WDS_IMAGE_EXTENSIONS:
+            if ext in sample:
+                data = sample[ext]
+                if not data:
+                    raise BadImage(WebDatasetSource.sample_name(sample), f"empty {ext} member")
+                return data
+        raise BadImage(WebDatasetSource.sample_name(sample), "sample has no image member")
+
+    @staticmethod
+    def decode(sample: dict[str, Any]) -> Image.Image:
+        return decode_image(WebDatasetSource.image_bytes(sample), WebDatasetSource.sample_name(sample))
+
+    def local_length(self) -> int | None:
+        """Total samples from img2dataset's ``<shard>_stats.json`` files ("successes"), if all exist."""
+        import json
+
+        total = 0
+        for shard in self.shards:
+            if _is_remote(shard):
+                return None
+            stats = Path(_local_path(shard)).with_suffix("")
+            stats = stats.with_name(stats.name + "_stats.json")
+            try:
+                total += int(json.loads(stats.read_text())["successes"])
+            except (OSError, ValueError, KeyError, TypeError):
+                return None
+        return total
+
+
+SOURCES = ("synthetic", "folder", "lmdb", "webdataset")
+
+
+def build_source(cfg: DataConfig) -> MapSource | WebDatasetSource:
+    """The source ``cfg.source`` names; :class:`DataError` for an unknown source or a bad path."""
+    if cfg.source == "synthetic":
+        size = cfg.synthetic_render_size or cfg.image_size
+        return SyntheticSource(cfg.synthetic_length, size, seed=SYNTHETIC_DATASET_SEED)
+    if cfg.source not in SOURCES:
+        raise DataError(f"unknown data.source {cfg.source!r} (expected one of {', '.join(SOURCES)})")
+    if not cfg.path:
+        raise DataError(f"data.source={cfg.source} needs data.path (got none)")
+    if cfg.source == "folder":
+        return FolderSource(cfg.path)
+    if cfg.source == "lmdb":
+        return LmdbSource(cfg.path, cfg.lmdb_keys)
+    return WebDatasetSource(cfg.path)
