@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Rerun with the same output_dir to resume.",
     )
     p.add_argument("-c", "--config", help="YAML config (see configs/); KEY=VALUE overrides apply on top")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.max_steps=100")
+    p.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.max_steps=100"
+    )
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=_pretrain)
     return parser

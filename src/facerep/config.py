@@ -101,12 +101,12 @@ class TrainConfig:
     batch_size: int = 32  # per process, per micro-batch
     accum_steps: int = 1  # micro-batches per optimizer step
     global_batch: int = 0  # if > 0: accum_steps = global_batch / (batch_size * processes)
-    max_steps: int = 200  # optimizer steps; 0: derive from epochs
+    max_steps: int = 150  # optimizer steps; 0: derive from epochs
     epochs: float = 0.0  # passes over the dataset (when max_steps == 0)
     blr: float = 1e-2  # lr = blr * effective batch / 256
     lr: float | None = None  # absolute lr (overrides blr)
     min_lr: float = 0.0
-    warmup_steps: int = 20  # -1: one epoch (or 5 % of max_steps when epochs are not set)
+    warmup_steps: int = 15  # -1: one epoch (or 5 % of max_steps when epochs are not set)
     weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     clip_grad: float = 0.0  # max grad norm; 0: off
@@ -143,7 +143,9 @@ def _one_line(err: Exception) -> str:
     return text[0] if text else type(err).__name__
 
 
-def load_config(schema: type, config_file: str | Path | None = None, overrides: list[str] | None = None) -> Any:
+def load_config(
+    schema: type, config_file: str | Path | None = None, overrides: list[str] | None = None
+) -> Any:
     """Merge ``schema`` defaults <- YAML file <- ``key=value`` overrides and return a typed object."""
     base = OmegaConf.structured(schema)
     layers: list[DictConfig] = []

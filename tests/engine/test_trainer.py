@@ -19,7 +19,11 @@ def _metrics(out):
 @pytest.mark.parametrize(("method", "ratio"), [("mae", 0.9), ("mcf", 0.8)])
 def test_loss_falls_on_synthetic_faces(tiny_config, method, ratio):
     cfg = tiny_config(
-        f"method={method}", "train.max_steps=100", "train.warmup_steps=5", "train.batch_size=16", "train.lr=2e-3",
+        f"method={method}",
+        "train.max_steps=100",
+        "train.warmup_steps=5",
+        "train.batch_size=16",
+        "train.lr=2e-3",
         "data.image_size=64",
     )
     pretrain(cfg)
@@ -43,8 +47,12 @@ def test_run_writes_config_metrics_tensorboard_checkpoint_and_timm_backbone(tiny
     meta = json.loads((out / "backbone.json").read_text())
     arch = meta["arch"]
     model = timm.create_model(
-        "vit_tiny_patch16_224", img_size=arch["img_size"], depth=arch["depth"], embed_dim=arch["embed_dim"],
-        num_heads=arch["num_heads"], num_classes=0,
+        "vit_tiny_patch16_224",
+        img_size=arch["img_size"],
+        depth=arch["depth"],
+        embed_dim=arch["embed_dim"],
+        num_heads=arch["num_heads"],
+        num_classes=0,
     )
     model.load_state_dict(load_file(path), strict=True)
 
@@ -80,7 +88,9 @@ def test_resume_equals_uninterrupted_run(tiny_config, monkeypatch):
 
 
 def test_momentum_encoder_moves_only_at_optimizer_steps(tiny_config):
-    trainer = Trainer(tiny_config("method=mcf", "train.max_steps=2", "train.accum_steps=3"), init_distributed("cpu"))
+    trainer = Trainer(
+        tiny_config("method=mcf", "train.max_steps=2", "train.accum_steps=3"), init_distributed("cpu")
+    )
     method = trainer.method
     seen: list[torch.Tensor] = []
     forward = method.forward
@@ -105,7 +115,9 @@ def test_momentum_update_is_the_ema_formula(tiny_config):
             p.add_(1.0)
     before = [p.clone() for p in method.target_encoder.parameters()]
     assert method.on_optimizer_step(1, 10) == {"momentum": 0.9}
-    for old, new, online in zip(before, method.target_encoder.parameters(), method.encoder.parameters(), strict=True):
+    for old, new, online in zip(
+        before, method.target_encoder.parameters(), method.encoder.parameters(), strict=True
+    ):
         torch.testing.assert_close(new, 0.9 * old + 0.1 * online)
 
 

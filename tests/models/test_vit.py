@@ -14,7 +14,13 @@ def vit():
 
 def test_parse_arch_table():
     arch = parse_arch("vit_base_patch16_224")
-    assert (arch.embed_dim, arch.depth, arch.num_heads, arch.patch_size, arch.img_size) == (768, 12, 12, 16, 224)
+    assert (arch.embed_dim, arch.depth, arch.num_heads, arch.patch_size, arch.img_size) == (
+        768,
+        12,
+        12,
+        16,
+        224,
+    )
     assert parse_arch("vit_huge_patch14", img_size=112).grid_size == 8
     with pytest.raises(ValueError, match="unknown model.arch"):
         parse_arch("resnet50")

@@ -22,7 +22,11 @@ class MetricsLog:
     def __init__(self, output_dir: Path, start_step: int = 0, tensorboard: bool = True) -> None:
         self.path = output_dir / "metrics.jsonl"
         if self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
+            kept = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line and json.loads(line)["step"] <= start_step
+            ]
             self.path.write_text("".join(line + "\n" for line in kept))
         self.writer = None
         if tensorboard:
@@ -46,7 +50,9 @@ class MetricsLog:
 class Progress:
     """A tqdm bar on a terminal (``mode=auto``/``bar``), else one plain line per logged step."""
 
-    def __init__(self, total: int, initial: int, mode: str = "auto", enabled: bool = True, desc: str = "") -> None:
+    def __init__(
+        self, total: int, initial: int, mode: str = "auto", enabled: bool = True, desc: str = ""
+    ) -> None:
         if mode not in ("auto", "bar", "log"):
             raise ValueError(f"train.progress must be auto, bar or log, got {mode!r}")
         self.total = total
@@ -62,8 +68,8 @@ class Progress:
         if not self.enabled:
             return
         if self.bar is not None:
-            self.bar.update(step - self.bar.n)
             self.bar.set_postfix({k: f"{v:.4g}" for k, v in summary.items()}, refresh=False)
+            self.bar.update(step - self.bar.n)
             return
         done = step - self.start_step
         elapsed = time.monotonic() - self.start_time

@@ -29,7 +29,13 @@ from torch.nn.parallel import DistributedDataParallel
 from facerep.config import ModelConfig, PretrainConfig, TrainConfig, to_dict, to_yaml
 from facerep.data.loader import build_pretrain_loader, dataset_length
 from facerep.engine.atomic import atomic_write_bytes
-from facerep.engine.checkpoint import CHECKPOINT_NAME, capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from facerep.engine.checkpoint import (
+    CHECKPOINT_NAME,
+    capture_rng,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
 from facerep.engine.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, is_distributed
 from facerep.engine.run_log import MetricsLog, Progress
 from facerep.engine.schedules import lr_at
@@ -61,7 +67,8 @@ def resolve_accumulation(train: TrainConfig, world_size: int) -> TrainConfig:
     per_pass = train.batch_size * world_size
     if train.global_batch % per_pass:
         raise ValueError(
-            f"train.global_batch={train.global_batch} is not a multiple of train.batch_size x processes = {per_pass}"
+            f"train.global_batch={train.global_batch} is not a multiple of "
+            f"train.batch_size x processes = {per_pass}"
         )
     return replace(train, accum_steps=train.global_batch // per_pass)
 
@@ -85,7 +92,9 @@ class Trainer:
         self.method: PretrainMethod = build_method(cfg).to(self.device)
         self.model: nn.Module = self.method
         if dist_info.world_size > 1:
-            if self.device.type == "cuda":  # batch statistics over the global batch (MoCo v3); GPU-only in torch
+            if (
+                self.device.type == "cuda"
+            ):  # batch statistics over the global batch (MoCo v3); GPU-only in torch
                 self.method = nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.method, device_ids=device_ids)
@@ -196,8 +205,11 @@ class Trainer:
             last = micro == accum - 1
             no_sync = isinstance(self.model, DistributedDataParallel) and not last
             with self.model.no_sync() if no_sync else contextlib.nullcontext():
-                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                    enabled=self.amp_dtype is not None):
+                with torch.autocast(
+                    self.device.type,
+                    dtype=self.amp_dtype or torch.float32,
+                    enabled=self.amp_dtype is not None,
+                ):
                     loss, parts = self.model(images)
                 self.scaler.scale(loss / accum).backward()
             total += loss.detach() / accum
@@ -206,7 +218,8 @@ class Trainer:
         if not torch.isfinite(total):
             raise NonFiniteLossError(
                 f"loss is {total.item()} at step {self.step + 1}: stopping without writing a checkpoint "
-                f"(the last good one, if any, is {self.checkpoint_path}); lower train.blr or set train.clip_grad"
+                f"(the last good one, if any, is {self.checkpoint_path}); "
+                "lower train.blr or set train.clip_grad"
             )
         if self.cfg.train.clip_grad > 0:
             self.scaler.unscale_(self.optimizer)
@@ -220,6 +233,17 @@ class Trainer:
         """Train to ``total_steps``; returns the exported ``backbone.safetensors`` path."""
         cfg, train, main = self.cfg, self.cfg.train, self.dist.is_main
         resumed = self.resume()
+        batches = iter(
+            build_pretrain_loader(
+                cfg.data,
+                batch_size=train.batch_size,
+                seed=cfg.seed,
+                rank=self.dist.rank,
+                world_size=self.dist.world_size,
+                start_sample=self.step * train.accum_steps * train.batch_size,
+                pin_memory=self.device.type == "cuda",
+            )
+        )
         if main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(self.output_dir / "config.yaml", to_yaml(cfg).encode())
@@ -232,17 +256,6 @@ class Trainer:
             )
         log = MetricsLog(self.output_dir, self.step) if main else None
         progress = Progress(self.total_steps, self.step, train.progress, enabled=main, desc=cfg.method)
-        batches = iter(
-            build_pretrain_loader(
-                cfg.data,
-                batch_size=train.batch_size,
-                seed=cfg.seed,
-                rank=self.dist.rank,
-                world_size=self.dist.world_size,
-                start_sample=self.step * train.accum_steps * train.batch_size,
-                pin_memory=self.device.type == "cuda",
-            )
-        )
         self.model.train()
         tick, tick_step = time.perf_counter(), self.step
         try:
@@ -285,7 +298,7 @@ class Trainer:
 
     def _skipped_total(self) -> int:
         count = torch.tensor(float(self.skipped_count), device=self.device)
-        return int(round(all_reduce_mean(count).item() * self.dist.world_size))
+        return round(all_reduce_mean(count).item() * self.dist.world_size)
 
     def _finish(self) -> Path:
         from facerep.checkpoints import export_backbone
@@ -298,7 +311,8 @@ class Trainer:
             )
             if skipped:
                 print(
-                    f"[facerep] skipped {skipped} unreadable input(s), first: {', '.join(self.skipped_names)}",
+                    f"[facerep] skipped {skipped} unreadable input(s), "
+                    f"first: {', '.join(self.skipped_names)}",
                     flush=True,
                 )
             print(f"[facerep] done: {path}", flush=True)
@@ -325,7 +339,10 @@ def resolve_teacher_stage(cfg: PretrainConfig, dist_info: DistInfo) -> PretrainC
         train=replace(cfg.train, max_steps=tcfg.stage_steps, epochs=0.0, warmup_steps=-1),
     )
     if dist_info.is_main:
-        print(f"[facerep] stage 1/2: pre-training the MCF teacher with MAE ({tcfg.stage_steps} steps)", flush=True)
+        print(
+            f"[facerep] stage 1/2: pre-training the MCF teacher with MAE ({tcfg.stage_steps} steps)",
+            flush=True,
+        )
     path = Trainer(stage, dist_info).fit()
     if dist_info.is_main:
         print("[facerep] stage 2/2: MCF with the stage-1 MAE teacher", flush=True)

@@ -8,7 +8,9 @@ import torch.nn.functional as F
 from facerep.engine.distributed import all_gather_nograd, rank
 
 
-def infonce_loss(query: torch.Tensor, key: torch.Tensor, temperature: float = 0.2, gather: bool = True) -> torch.Tensor:
+def infonce_loss(
+    query: torch.Tensor, key: torch.Tensor, temperature: float = 0.2, gather: bool = True
+) -> torch.Tensor:
     """Contrastive loss of each query against every key of the global batch, scaled by ``2 * T``.
 
     Query ``i`` of rank ``r`` has its positive at row ``r * N + i`` of the gathered keys; every other

@@ -19,8 +19,10 @@ def masked_pixel_loss(
         scalar loss.
     """
     if pred.shape != target.shape or mask.shape != pred.shape[:2]:
-        raise ValueError(f"shapes do not match: pred {list(pred.shape)}, target {list(target.shape)}, "
-                         f"mask {list(mask.shape)}")
+        raise ValueError(
+            f"shapes do not match: pred {list(pred.shape)}, target {list(target.shape)}, "
+            f"mask {list(mask.shape)}"
+        )
     if norm_pix:
         mean = target.mean(dim=-1, keepdim=True)
         var = target.var(dim=-1, keepdim=True)

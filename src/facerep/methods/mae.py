@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 class MAE(PretrainMethod):
     """Masked encoder + MAE decoder + masked pixel MSE."""
 
-    def __init__(self, encoder: MaskedViT, decoder: MAEDecoder, mask_ratio: float, norm_pix_loss: bool) -> None:
+    def __init__(
+        self, encoder: MaskedViT, decoder: MAEDecoder, mask_ratio: float, norm_pix_loss: bool
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder

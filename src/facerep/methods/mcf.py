@@ -72,7 +72,9 @@ class FrozenTeacher(nn.Module):
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """``[N, 3, H, W]`` -> per block ``[N, 1 + L, D]`` (images resized to the teacher's size first)."""
         if images.shape[-1] != self.img_size or images.shape[-2] != self.img_size:
-            images = F.interpolate(images, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
+            images = F.interpolate(
+                images, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False
+            )
         return self.backbone.forward_block_tokens(images, self.blocks)
 
     def loss(self, reconstruction: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -86,7 +88,9 @@ class FrozenTeacher(nn.Module):
 class MCF(PretrainMethod):
     """Masked encoder + MAE decoder + frozen teacher feature loss + momentum contrast."""
 
-    def __init__(self, encoder: MaskedViT, decoder: MAEDecoder, teacher: FrozenTeacher, cfg: MCFConfig) -> None:
+    def __init__(
+        self, encoder: MaskedViT, decoder: MAEDecoder, teacher: FrozenTeacher, cfg: MCFConfig
+    ) -> None:
         super().__init__()
         if not 0.0 <= cfg.momentum <= 1.0:
             raise ValueError(f"mcf.momentum must be in [0, 1], got {cfg.momentum}")
@@ -110,7 +114,7 @@ class MCF(PretrainMethod):
         return [(self.encoder, self.target_encoder), (self.projector, self.target_projector)]
 
     def _query(self, images: torch.Tensor, ids_shuffle: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        latent, mask, ids_restore = self.encoder.forward_masked(images, self.cfg.mask_ratio, ids_shuffle)
+        latent, _, ids_restore = self.encoder.forward_masked(images, self.cfg.mask_ratio, ids_shuffle)
         return latent, ids_restore, self.predictor(self.projector(latent[:, 0]))
 
     @torch.no_grad()
@@ -163,7 +167,9 @@ def build_teacher(cfg: PretrainConfig) -> FrozenTeacher:
     if not tcfg.checkpoint:
         raise ValueError("method=mcf needs teacher.checkpoint: a pre-trained ViT file, or mae_stage")
     if tcfg.checkpoint == "mae_stage":
-        raise ValueError("teacher.checkpoint=mae_stage is resolved by facerep.engine.pretrain before building MCF")
+        raise ValueError(
+            "teacher.checkpoint=mae_stage is resolved by facerep.engine.pretrain before building MCF"
+        )
     if tcfg.checkpoint == "random":
         overrides = {} if tcfg.arch else arch_overrides(cfg.model)
         backbone = build_vit(tcfg.arch or cfg.model.arch, img_size=cfg.data.image_size, **overrides)

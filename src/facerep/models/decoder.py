@@ -31,7 +31,7 @@ class MAEDecoder(nn.Module):
         in_chans: int = 3,
     ) -> None:
         super().__init__()
-        grid = int(round(num_patches**0.5))
+        grid = round(num_patches**0.5)
         if grid * grid != num_patches:
             raise ValueError(f"{num_patches} patches do not form a square grid")
         self.embed = nn.Linear(encoder_dim, embed_dim)

@@ -6,7 +6,7 @@ import torch
 
 
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """``[N, C, H, W]`` -> ``[N, L, p*p*C]`` with ``L = (H/p) * (W/p)``; pixel order within a patch is (p, p, C)."""
+    """``[N, C, H, W]`` -> ``[N, L, p*p*C]``, ``L = (H/p) * (W/p)``; pixel order in a patch is (p, p, C)."""
     n, c, h, w = images.shape
     p = patch_size
     if h % p or w % p:
@@ -18,7 +18,7 @@ def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
 def unpatchify(patches: torch.Tensor, patch_size: int, channels: int = 3) -> torch.Tensor:
     """Inverse of :func:`patchify` for a square grid: ``[N, L, p*p*C]`` -> ``[N, C, H, W]``."""
     n, length, _ = patches.shape
-    g = int(round(length**0.5))
+    g = round(length**0.5)
     if g * g != length:
         raise ValueError(f"{length} patches do not form a square grid")
     p = patch_size

@@ -55,7 +55,9 @@ def heads_for_dim(embed_dim: int) -> int:
         if dim == embed_dim:
             return heads
     if embed_dim % 64:
-        raise ValueError(f"embed_dim={embed_dim} is not in the ViT table and not a multiple of 64; pass num_heads")
+        raise ValueError(
+            f"embed_dim={embed_dim} is not in the ViT table and not a multiple of 64; pass num_heads"
+        )
     return embed_dim // 64
 
 
