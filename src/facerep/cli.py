@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-from facerep.config import ConfigError, PretrainConfig, load_config, to_yaml
+from facerep.config import ConfigError, EvaluateConfig, FinetuneConfig, PretrainConfig, load_config, to_yaml
 
 
 def _pretrain(args: argparse.Namespace) -> int:
@@ -20,6 +20,24 @@ def _pretrain(args: argparse.Namespace) -> int:
         print(to_yaml(cfg), end="")
         return 0
     pretrain(cfg)
+    return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from facerep.engine.finetune import finetune
+
+    cfg = load_config(FinetuneConfig, args.config, args.overrides)
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
+    finetune(cfg)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from facerep.engine.finetune import evaluate
+
+    evaluate(load_config(EvaluateConfig, None, args.overrides))
     return 0
 
 
@@ -38,6 +56,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=_pretrain)
+
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune a backbone on face alignment, parsing or classification (FaRL protocol)",
+        description="facerep finetune [-c CONFIG] task=alignment|parsing|classification dataset=NAME "
+        "data.root=PATH backbone=PATH|random output_dir=DIR [KEY=VALUE ...]",
+    )
+    p.add_argument("-c", "--config", help="YAML config (see configs/finetune_*.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=_finetune)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="score a fine-tuned checkpoint; optional overlays",
+        description="facerep evaluate checkpoint=PATH [dataset=NAME data.root=PATH split=test overlays=N]",
+    )
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.set_defaults(func=_evaluate)
     return parser
 
 

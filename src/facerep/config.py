@@ -182,3 +182,69 @@ def to_yaml(cfg: Any) -> str:
 def to_dict(cfg: Any) -> dict:
     """Plain-dict form of a config dataclass (stored in checkpoints)."""
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+@dataclass
+class FinetuneDataConfig:
+    """A downstream dataset (``facerep.data.downstream``) and how it is loaded."""
+
+    root: str | None = None  # dataset root in its official layout (none for synthetic_* sets)
+    train_split: str = "train"
+    test_split: str = "test"
+    image_size: int = 448  # FaRL: 448 alignment, 512 parsing
+    num_workers: int = 2
+    options: dict[str, Any] = field(default_factory=dict)  # dataset-specific kwargs (e.g. length, size)
+
+
+@dataclass
+class HeadConfig:
+    blocks: list[int] = field(default_factory=lambda: [3, 5, 7, 11])  # ViT blocks feeding the FPN
+    channels: int = 768  # UPerNet width
+    heatmap_sigma: float = 1.25  # alignment: Gaussian target width in heatmap pixels
+    heatmap_weight: float = 1.0  # alignment: weight of the heatmap BCE next to the coordinate loss
+
+
+@dataclass
+class FinetuneTrainConfig:
+    epochs: int = 150
+    batch_size: int = 5  # per process
+    lr_backbone: float = 1e-4
+    lr_head: float = 1e-2
+    weight_decay: float = 1e-5
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_epochs: float = 0.0
+    ema: float = 0.999  # EMA of the weights used for evaluation (0: off)
+    probe: bool = False  # classification: linear probe on cached features of a frozen backbone
+    precision: str = "auto"
+    eval_every: int = 1
+    progress: str = "auto"
+
+
+@dataclass
+class FinetuneConfig:
+    """``facerep finetune`` configuration (FaRL's protocol; recipes in ``configs/finetune_*.yaml``)."""
+
+    task: str = "alignment"  # alignment | parsing | classification
+    dataset: str = "synthetic_alignment"
+    backbone: str = "random"  # a file for facerep.load_backbone, or random
+    backbone_arch: str = "vit_base_patch16_224"  # for backbone=random
+    output_dir: str = "runs/finetune"
+    seed: int = 0
+    device: str = "auto"
+    data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    augment: dict[str, Any] = field(default_factory=dict)  # overrides of the task's AugmentConfig
+    train: FinetuneTrainConfig = field(default_factory=FinetuneTrainConfig)
+
+
+@dataclass
+class EvaluateConfig:
+    """``facerep evaluate``: score a fine-tuned checkpoint, optionally on another dataset/split."""
+
+    checkpoint: str = "???"
+    dataset: str | None = None  # default: the dataset it was fine-tuned on
+    data: FinetuneDataConfig = field(default_factory=FinetuneDataConfig)
+    split: str | None = None  # default: the checkpoint's data.test_split
+    overlays: int = 0  # save this many prediction overlays (PNG) to output_dir/overlays
+    output_dir: str | None = None  # default: <checkpoint dir>/eval
+    device: str = "auto"

@@ -30,6 +30,7 @@ from facerep.losses.infonce import infonce_loss
 from facerep.methods.base import PretrainMethod, arch_overrides, build_encoder, register_method
 from facerep.methods.mae import build_decoder
 from facerep.models.decoder import MAEDecoder
+from facerep.models.ema import ema_update_
 from facerep.models.heads import mlp_head
 from facerep.models.patches import unpatchify
 from facerep.models.vit import MaskedViT, build_vit, random_keep_order
@@ -155,9 +156,7 @@ class MCF(PretrainMethod):
         cfg = self.cfg
         self.momentum = momentum_at(step, total_steps, cfg.momentum, cfg.momentum_end, cfg.momentum_schedule)
         for online, target in self.momentum_pairs():
-            online_params = [p.detach() for p in online.parameters()]
-            target_params = list(target.parameters())
-            torch._foreach_lerp_(target_params, online_params, 1.0 - self.momentum)
+            ema_update_(target, online, self.momentum)
         return {"momentum": self.momentum}
 
 

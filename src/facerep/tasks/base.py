@@ -1,0 +1,91 @@
+"""What a downstream task provides to the fine-tuning engine, and the ``task=`` registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from facerep.config import FinetuneConfig
+    from facerep.data.downstream.base import FaceDataset
+    from facerep.models.vit import MaskedViT
+
+
+class Task:
+    """A task builds its model and transforms, computes its loss and scores a test set.
+
+    ``primary`` names the metric used to pick the best epoch; ``higher_is_better`` its direction.
+    """
+
+    name: ClassVar[str]
+    primary: str  # set by subclasses; may depend on the dataset (see build_model)
+    higher_is_better: bool
+
+    def __init__(self, cfg: FinetuneConfig) -> None:
+        self.cfg = cfg
+
+    def build_model(self, backbone: MaskedViT, dataset: FaceDataset) -> nn.Module:
+        raise NotImplementedError
+
+    def transform(self, train: bool) -> Callable[[dict], dict]:
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, loader: Any, dataset: FaceDataset, device: torch.device) -> dict:
+        """Metrics for every subset of ``dataset``: ``{"full": {...}, "frontal": {...}}``."""
+        raise NotImplementedError
+
+    def predict(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+        """Predictions in original image coordinates for one batch (used by overlays)."""
+        raise NotImplementedError
+
+    def originals(self, sample: dict[str, Any]) -> dict[str, Any]:
+        """Ground truth in original image coordinates, kept beside the transformed sample for scoring."""
+        return {}
+
+
+class TaskDataset(torch.utils.data.Dataset):
+    """A :class:`FaceDataset` seen through a task's transform (plus the originals needed for scoring)."""
+
+    def __init__(self, dataset: FaceDataset, task: Task, train: bool) -> None:
+        self.dataset = dataset
+        self.task = task
+        self.transform = task.transform(train)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.dataset[index]
+        return {**self.transform(sample), **self.task.originals(sample), "index": index}
+
+
+TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    TASKS[cls.name] = cls
+    return cls
+
+
+def build_task(cfg: FinetuneConfig) -> Task:
+    if cfg.task not in TASKS:
+        raise ValueError(f"unknown task {cfg.task!r}; available: {', '.join(sorted(TASKS))}")
+    return TASKS[cfg.task](cfg)
+
+
+def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack tensors of equal shape; keep anything else (originals of varying size, names) as lists."""
+    batch: dict[str, Any] = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        if isinstance(values[0], torch.Tensor) and all(v.shape == values[0].shape for v in values):
+            batch[key] = torch.stack(values)
+        else:
+            batch[key] = values
+    return batch

@@ -1,0 +1,83 @@
+"""Face parsing: per-pixel classes from the UPerNet trunk, scored at the original image resolution."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from facerep.models.dense import DenseHead
+from facerep.models.vit import MaskedViT
+from facerep.tasks.base import Task, register_task
+
+
+class ParsingModel(nn.Module):
+    """Backbone + UPerNet -> class logits at the input size: ``[N, 3, S, S]`` -> ``[N, C, S, S]``."""
+
+    def __init__(self, backbone: MaskedViT, num_classes: int, blocks: list[int], channels: int) -> None:
+        super().__init__()
+        self.dense = DenseHead(backbone, blocks, channels, num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self.dense(images)
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+
+@register_task
+class Parsing(Task):
+    name = "parsing"
+    primary = "mean_f1"
+    higher_is_better = True
+
+    def build_model(self, backbone, dataset) -> nn.Module:
+        return ParsingModel(backbone, len(dataset.class_names), self.cfg.head.blocks, self.cfg.head.channels)
+
+    def transform(self, train: bool):
+        from facerep.data.downstream.transforms import AugmentConfig, ParsingTransform
+
+        return ParsingTransform(self.cfg.data.image_size, train, AugmentConfig(**self.cfg.augment))
+
+    def originals(self, sample: dict[str, Any]) -> dict[str, Any]:
+        return {"orig_mask": torch.as_tensor(sample["mask"])}
+
+    def loss(self, model, batch):
+        ce = F.cross_entropy(model(batch["image"]).float(), batch["mask"])
+        return ce, {"cross_entropy": ce.detach()}
+
+    @torch.no_grad()
+    def predict(self, model, batch):
+        from facerep.data.downstream.transforms import logits_to_image
+
+        logits = model(batch["image"]).float().cpu()
+        masks = []
+        for i in range(logits.shape[0]):
+            meta = {
+                k: v[i : i + 1].cpu() for k, v in batch.items() if k.startswith("warp") and torch.is_tensor(v)
+            }
+            size = tuple(int(x) for x in batch["orig_size"][i])
+            masks.append(logits_to_image(logits[i : i + 1], meta, size)[0].argmax(0))
+        return {"masks": masks}
+
+    @torch.no_grad()
+    def evaluate(self, model, loader, dataset, device) -> dict:
+        from facerep.metrics.parsing import ConfusionAccumulator, parsing_scores
+
+        names = dataset.class_names
+        subsets = dataset.subsets()
+        member_of = {subset: set(members.tolist()) for subset, members in subsets.items()}
+        accumulators = {subset: ConfusionAccumulator(len(names)) for subset in subsets}
+        for batch in loader:
+            batch["image"] = batch["image"].to(device, non_blocking=True)
+            for index, pred, target in zip(batch["index"].tolist(), self.predict(model, batch)["masks"],
+                                           batch["orig_mask"], strict=True):  # fmt: skip
+                for subset, acc in accumulators.items():
+                    if index in member_of[subset]:
+                        acc.update(pred.numpy(), target.numpy())
+        results = {}
+        for subset, acc in accumulators.items():
+            scores = parsing_scores(acc.matrix, names, background=0)
+            results[subset] = {"mean_f1": scores["mean_f1"], "miou": scores["miou"], **{
+                f"f1_{name}": value for name, value in scores["f1"].items()}}  # fmt: skip
+        return results
