@@ -15,7 +15,7 @@ from facerep.tasks.base import Task, register_task
 
 
 def soft_argmax(heatmap_logits: torch.Tensor) -> torch.Tensor:
-    """``[N, K, h, w]`` logits -> ``[N, K, 2]`` (x, y) in [0, 1]: sigmoid-heatmap-weighted mean of pixel centres."""
+    """``[N, K, h, w]`` logits -> ``[N, K, 2]`` (x, y) in [0, 1]: sigmoid-weighted mean of pixel centres."""
     h, w = heatmap_logits.shape[-2:]
     weights = heatmap_logits.float().sigmoid()
     weights = weights / weights.sum(dim=(2, 3), keepdim=True).clamp_min(1e-6)
@@ -25,7 +25,7 @@ def soft_argmax(heatmap_logits: torch.Tensor) -> torch.Tensor:
 
 
 def gaussian_heatmaps(landmarks: torch.Tensor, size: tuple[int, int], sigma: float) -> torch.Tensor:
-    """Targets ``[N, K, h, w]``: a Gaussian of ``sigma`` heatmap pixels at each ``[N, K, 2]`` point in [0, 1]."""
+    """Targets ``[N, K, h, w]``: a Gaussian of ``sigma`` heatmap pixels at each ``[N, K, 2]`` point (0-1)."""
     h, w = size
     xs = torch.arange(w, device=landmarks.device, dtype=torch.float32) + 0.5
     ys = torch.arange(h, device=landmarks.device, dtype=torch.float32) + 0.5
