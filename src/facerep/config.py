@@ -193,7 +193,9 @@ class FinetuneDataConfig:
     test_split: str = "test"
     image_size: int = 448  # FaRL: 448 alignment, 512 parsing
     num_workers: int = 2
-    options: dict[str, Any] = field(default_factory=dict)  # dataset-specific kwargs (e.g. length, size)
+    options: dict[str, Any] = field(default_factory=dict)  # dataset-specific kwargs (e.g. size)
+    train_options: dict[str, Any] = field(default_factory=dict)  # ... for the train split only (e.g. length)
+    test_options: dict[str, Any] = field(default_factory=dict)  # ... for the test split only
 
 
 @dataclass

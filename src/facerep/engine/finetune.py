@@ -52,9 +52,9 @@ def build_backbone(cfg: FinetuneConfig) -> MaskedViT:
 def build_datasets(cfg: FinetuneConfig) -> tuple[Any, Any]:
     from facerep.data.downstream import build_dataset
 
-    options = dict(cfg.data.options)
-    train = build_dataset(cfg.dataset, cfg.data.root, cfg.data.train_split, **options)
-    test = build_dataset(cfg.dataset, cfg.data.root, cfg.data.test_split, **options)
+    data = cfg.data
+    train = build_dataset(cfg.dataset, data.root, data.train_split, **{**data.options, **data.train_options})
+    test = build_dataset(cfg.dataset, data.root, data.test_split, **{**data.options, **data.test_options})
     if train.task != cfg.task:
         raise ValueError(f"dataset={cfg.dataset} is a {train.task} dataset, but task={cfg.task}")
     return train, test
@@ -355,9 +355,8 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     ft = replace(ft, data=replace(data, num_workers=cfg.data.num_workers))
     device = init_distributed(cfg.device).device
     task = build_task(ft)
-    test_set = build_dataset(
-        ft.dataset, ft.data.root, cfg.split or ft.data.test_split, **dict(ft.data.options)
-    )
+    options = {**ft.data.options, **ft.data.test_options}
+    test_set = build_dataset(ft.dataset, ft.data.root, cfg.split or ft.data.test_split, **options)
     model = task.build_model(build_vit(ViTArch(**state["arch"])), test_set)
     model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
     model.to(device).eval()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -80,10 +81,12 @@ def build_task(cfg: FinetuneConfig) -> Task:
 
 
 def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack tensors of equal shape; keep anything else (originals of varying size, names) as lists."""
+    """Stack tensors, numbers and arrays of equal shape; keep the rest (originals of varying size, names) as lists."""
     batch: dict[str, Any] = {}
     for key in samples[0]:
         values = [s[key] for s in samples]
+        if all(isinstance(v, int | float | np.ndarray | np.generic) for v in values):
+            values = [torch.as_tensor(v) for v in values]
         if isinstance(values[0], torch.Tensor) and all(v.shape == values[0].shape for v in values):
             batch[key] = torch.stack(values)
         else:

@@ -52,12 +52,15 @@ class Parsing(Task):
 
         logits = model(batch["image"]).float().cpu()
         masks = []
-        for i in range(logits.shape[0]):
-            meta = {
-                k: v[i : i + 1].cpu() for k, v in batch.items() if k.startswith("warp") and torch.is_tensor(v)
-            }
-            size = tuple(int(x) for x in batch["orig_size"][i])
-            masks.append(logits_to_image(logits[i : i + 1], meta, size)[0].argmax(0))
+        for i in range(logits.shape[0]):  # original sizes differ: one image at a time
+            original = logits_to_image(
+                logits[i : i + 1],
+                batch["warp"][i : i + 1].cpu(),
+                batch["warp_factor"][i : i + 1].cpu(),
+                batch["orig_size"][i],
+                image_size=self.cfg.data.image_size,
+            )
+            masks.append(original[0].argmax(0))
         return {"masks": masks}
 
     @torch.no_grad()
