@@ -74,7 +74,9 @@ class Alignment(Task):
     def transform(self, train: bool):
         from facerep.data.downstream.transforms import AlignmentTransform, AugmentConfig
 
-        return AlignmentTransform(self.cfg.data.image_size, train, AugmentConfig(**self.cfg.augment))
+        return AlignmentTransform(
+            self.cfg.data.image_size, train, AugmentConfig.for_task("alignment", **self.cfg.augment)
+        )
 
     def originals(self, sample: dict[str, Any]) -> dict[str, Any]:
         return {

@@ -81,7 +81,7 @@ def build_task(cfg: FinetuneConfig) -> Task:
 
 
 def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack tensors, numbers and arrays of equal shape; keep the rest (originals of varying size, names) as lists."""
+    """Stack tensors, numbers and arrays of equal shape; keep the rest (e.g. originals, names) as lists."""
     batch: dict[str, Any] = {}
     for key in samples[0]:
         values = [s[key] for s in samples]

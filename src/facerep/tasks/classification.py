@@ -86,7 +86,9 @@ class Classification(Task):
     def transform(self, train: bool):
         from facerep.data.downstream.transforms import AugmentConfig, ClassificationTransform
 
-        return ClassificationTransform(self.cfg.data.image_size, train, AugmentConfig(**self.cfg.augment))
+        return ClassificationTransform(
+            self.cfg.data.image_size, train, AugmentConfig.for_task("classification", **self.cfg.augment)
+        )
 
     def loss(self, model, batch):
         loss = classification_loss(model(model_input(batch)), batch["label"], self.multilabel)

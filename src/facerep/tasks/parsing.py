@@ -37,7 +37,9 @@ class Parsing(Task):
     def transform(self, train: bool):
         from facerep.data.downstream.transforms import AugmentConfig, ParsingTransform
 
-        return ParsingTransform(self.cfg.data.image_size, train, AugmentConfig(**self.cfg.augment))
+        return ParsingTransform(
+            self.cfg.data.image_size, train, AugmentConfig.for_task("parsing", **self.cfg.augment)
+        )
 
     def originals(self, sample: dict[str, Any]) -> dict[str, Any]:
         return {"orig_mask": torch.as_tensor(sample["mask"])}

@@ -1,0 +1,150 @@
+"""Face classification benchmarks in their official layouts: CelebA attributes and RAF-DB (basic).
+
+CelebA (``celeba_attr``)
+    ``img_align_celeba/{file}``; ``list_attr_celeba.txt``: line 1 the image count, line 2 the 40
+    attribute names, then ``file v1 .. v40`` with -1 / 1 (-> 0 / 1); ``list_eval_partition.txt``:
+    ``file 0|1|2`` = train / val / test. Multi-label: ``"label"`` is uint8 [40] in the order of
+    ``attribute_names`` (the header's names).
+RAF-DB basic (``rafdb``)
+    ``EmoLabel/list_patition_label.txt`` (sic): ``train_00001.jpg 5`` / ``test_0001.jpg 1`` with labels
+    1..7 = Surprise, Fear, Disgust, Happiness, Sadness, Anger, Neutral (-> 0..6); images
+    ``Image/aligned/{stem}_aligned.jpg``; the split is the file-name prefix (train / test).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from facerep.data.downstream.base import (
+    FaceDataset,
+    line_error,
+    load_image,
+    read_lines,
+    require_dir,
+    require_root,
+)
+from facerep.data.sources import DataError
+
+# ---------------------------------------------------------------------------------------------- CelebA
+
+CELEBA_NUM_ATTRIBUTES = 40
+_CELEBA_PARTITION = {"train": 0, "val": 1, "test": 2}
+
+
+class CelebAAttributes(FaceDataset):
+    """CelebA 40-attribute multi-label classification on the aligned 178 x 218 images."""
+
+    dataset_name = "celeba_attr"
+    task = "classification"
+    splits = ("train", "val", "test")
+
+    def __init__(self, root: str | Path | None, split: str = "train") -> None:
+        super().__init__(root, split)
+        root = self.root = require_root(self.dataset_name, root)
+        require_dir(self.dataset_name, root / "img_align_celeba", "image folder")
+        attr_path = root / "list_attr_celeba.txt"
+        lines = read_lines(self.dataset_name, attr_path, "attribute list")
+        if len(lines) < 2:
+            raise DataError(
+                f"{self.dataset_name}: {attr_path}: expected a count line and a line of attribute names"
+            )
+        lineno, line = lines[0]
+        if not line.strip().isdigit():
+            raise line_error(self.dataset_name, attr_path, lineno, "the number of images", line)
+        count = int(line.strip())
+        lineno, line = lines[1]
+        names = tuple(line.split())
+        if len(names) != CELEBA_NUM_ATTRIBUTES:
+            raise line_error(
+                self.dataset_name, attr_path, lineno, f"{CELEBA_NUM_ATTRIBUTES} attribute names", line
+            )
+        self.attribute_names = names
+        if len(lines) - 2 != count:
+            raise DataError(
+                f"{self.dataset_name}: {attr_path}: line 1 announces {count} images, "
+                f"the file lists {len(lines) - 2}"
+            )
+        part_path = root / "list_eval_partition.txt"
+        partition: dict[str, int] = {}
+        for pno, pline in read_lines(self.dataset_name, part_path, "partition file"):
+            fields = pline.split()
+            if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
+                raise line_error(self.dataset_name, part_path, pno, "'<file> 0|1|2'", pline)
+            partition[fields[0]] = int(fields[1])
+        group = _CELEBA_PARTITION[split]
+        files, labels = [], []
+        for lineno, line in lines[2:]:
+            fields = line.split()
+            if len(fields) != 1 + CELEBA_NUM_ATTRIBUTES or any(v not in ("-1", "1") for v in fields[1:]):
+                raise line_error(
+                    self.dataset_name,
+                    attr_path,
+                    lineno,
+                    f"a file name then {CELEBA_NUM_ATTRIBUTES} values -1 or 1",
+                    line,
+                )
+            if fields[0] not in partition:
+                raise DataError(
+                    f"{self.dataset_name}: {attr_path}:{lineno}: {fields[0]} is not in {part_path}"
+                )
+            if partition[fields[0]] == group:
+                files.append(fields[0])
+                labels.append([v == "1" for v in fields[1:]])
+        self._names = [f"img_align_celeba/{f}" for f in files]
+        self._labels = np.asarray(labels, dtype=np.uint8).reshape(-1, CELEBA_NUM_ATTRIBUTES)
+
+    def _load(self, index: int) -> dict[str, Any]:
+        name = self._names[index]
+        return {
+            "image": load_image(self.dataset_name, self.root / name, name),
+            "label": self._labels[index].copy(),
+        }
+
+
+# ---------------------------------------------------------------------------------------------- RAF-DB
+
+RAFDB_CLASSES: tuple[str, ...] = ("Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral")
+
+
+class RAFDB(FaceDataset):
+    """RAF-DB basic emotion (7 classes) on the aligned 100 x 100 images."""
+
+    dataset_name = "rafdb"
+    task = "classification"
+    class_names = RAFDB_CLASSES
+    splits = ("train", "test")
+
+    def __init__(self, root: str | Path | None, split: str = "train") -> None:
+        super().__init__(root, split)
+        root = self.root = require_root(self.dataset_name, root)
+        require_dir(self.dataset_name, root / "Image" / "aligned", "image folder")
+        path = root / "EmoLabel" / "list_patition_label.txt"
+        names, labels = [], []
+        for lineno, line in read_lines(self.dataset_name, path, "label list"):
+            fields = line.split()
+            if (
+                len(fields) != 2
+                or not fields[1].isdigit()
+                or not 1 <= int(fields[1]) <= len(RAFDB_CLASSES)
+                or not fields[0].startswith(("train_", "test_"))
+            ):
+                raise line_error(
+                    self.dataset_name, path, lineno, "'train_XXXXX.jpg|test_XXXX.jpg <label 1..7>'", line
+                )
+            if fields[0].split("_", 1)[0] != split:
+                continue
+            stem = fields[0].rsplit(".", 1)[0]
+            names.append(f"Image/aligned/{stem}_aligned.jpg")
+            labels.append(int(fields[1]) - 1)
+        self._names = names
+        self._labels = labels
+
+    def _load(self, index: int) -> dict[str, Any]:
+        name = self._names[index]
+        return {
+            "image": load_image(self.dataset_name, self.root / name, name),
+            "label": int(self._labels[index]),
+        }
