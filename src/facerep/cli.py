@@ -1,6 +1,6 @@
-"""``facerep`` command line: ``facerep pretrain [-c CONFIG.yaml] [KEY=VALUE ...]``.
+"""``facerep`` command line: ``pretrain``, ``finetune``, ``evaluate`` and ``demo``.
 
-Later subcommands (finetune, evaluate, bench, demo, predict) plug into the same parser.
+Each takes ``[-c CONFIG.yaml] [KEY=VALUE ...]``; later subcommands (bench, predict) plug into the same parser.
 """
 
 from __future__ import annotations
@@ -8,30 +8,32 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from facerep.config import ConfigError, EvaluateConfig, FinetuneConfig, PretrainConfig, load_config, to_yaml
+
+
+def _run_config(schema: type, run: Callable[[Any], object], args: argparse.Namespace) -> int:
+    """Resolve ``schema`` from ``-c`` + overrides, then print it (``--print-config``) or ``run`` it."""
+    cfg = load_config(schema, args.config, args.overrides)
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+    else:
+        run(cfg)
+    return 0
 
 
 def _pretrain(args: argparse.Namespace) -> int:
     from facerep.engine.trainer import pretrain
 
-    cfg = load_config(PretrainConfig, args.config, args.overrides)
-    if args.print_config:
-        print(to_yaml(cfg), end="")
-        return 0
-    pretrain(cfg)
-    return 0
+    return _run_config(PretrainConfig, pretrain, args)
 
 
 def _finetune(args: argparse.Namespace) -> int:
     from facerep.engine.finetune import finetune
 
-    cfg = load_config(FinetuneConfig, args.config, args.overrides)
-    if args.print_config:
-        print(to_yaml(cfg), end="")
-        return 0
-    finetune(cfg)
-    return 0
+    return _run_config(FinetuneConfig, finetune, args)
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -22,11 +22,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from facerep.config import EvaluateConfig, FinetuneConfig, to_dict, to_yaml
+from facerep.config import EvaluateConfig, FinetuneConfig, to_dict
 from facerep.engine.atomic import atomic_write_bytes
 from facerep.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from facerep.engine.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
-from facerep.engine.run_log import MetricsLog, Progress
+from facerep.engine.run_log import MetricsLog, Progress, start_run
 from facerep.engine.schedules import lr_at
 from facerep.engine.trainer import NonFiniteLossError, autocast_dtype
 from facerep.models.ema import ema_update_
@@ -234,15 +234,13 @@ class Finetuner:
         cfg, main = self.cfg, self.dist.is_main
         resumed = self.resume()
         if main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(self.output_dir / "config.yaml", to_yaml(cfg).encode())
             where = f"resuming after epoch {self.epoch}" if resumed else "starting"
-            print(
-                f"[facerep] finetune {cfg.task} on {cfg.dataset} ({len(self.train_set)} train / "
-                f"{len(self.test_set)} test) from backbone={cfg.backbone}, {where}: "
-                f"{cfg.train.epochs} epochs x "
-                f"{self.steps_per_epoch} steps on {self.device} x{self.dist.world_size} -> {self.output_dir}",
-                flush=True,
+            start_run(
+                self.output_dir,
+                cfg,
+                f"finetune {cfg.task} on {cfg.dataset} ({len(self.train_set)} train / "
+                f"{len(self.test_set)} test) from backbone={cfg.backbone}, {where}: {cfg.train.epochs} "
+                f"epochs x {self.steps_per_epoch} steps on {self.device} x{self.dist.world_size}",
             )
         log = MetricsLog(self.output_dir, self.epoch) if main else None
         progress = Progress(cfg.train.epochs, self.epoch, cfg.train.progress, enabled=main, desc=cfg.task)

@@ -12,6 +12,16 @@ from typing import Any
 from tqdm import tqdm
 
 
+def start_run(output_dir: Path, cfg: Any, banner: str) -> None:
+    """Create ``output_dir``, save the resolved config as ``config.yaml`` and print a one-line banner."""
+    from facerep.config import to_yaml
+    from facerep.engine.atomic import atomic_write_bytes
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(output_dir / "config.yaml", to_yaml(cfg).encode())
+    print(f"[facerep] {banner} -> {output_dir}", flush=True)
+
+
 class MetricsLog:
     """Append one JSON object per logged step to ``metrics.jsonl`` and mirror scalars to TensorBoard.
 

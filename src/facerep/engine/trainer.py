@@ -26,9 +26,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from facerep.config import ModelConfig, PretrainConfig, TrainConfig, to_dict, to_yaml
+from facerep.config import ModelConfig, PretrainConfig, TrainConfig, to_dict
 from facerep.data.loader import build_pretrain_loader, dataset_length
-from facerep.engine.atomic import atomic_write_bytes
 from facerep.engine.checkpoint import (
     CHECKPOINT_NAME,
     capture_rng,
@@ -37,7 +36,7 @@ from facerep.engine.checkpoint import (
     save_checkpoint,
 )
 from facerep.engine.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, is_distributed
-from facerep.engine.run_log import MetricsLog, Progress
+from facerep.engine.run_log import MetricsLog, Progress, start_run
 from facerep.engine.schedules import lr_at
 from facerep.methods import PretrainMethod, build_method
 
@@ -245,14 +244,13 @@ class Trainer:
             )
         )
         if main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(self.output_dir / "config.yaml", to_yaml(cfg).encode())
             where = f"resuming at step {self.step}" if resumed else "starting"
-            print(
-                f"[facerep] {cfg.method} {where}: {self.total_steps} steps x {self.images_per_step} images "
+            start_run(
+                self.output_dir,
+                cfg,
+                f"{cfg.method} {where}: {self.total_steps} steps x {self.images_per_step} images "
                 f"(lr {self.base_lr:.3g}, warm-up {self.warmup_steps}) on {self.device} "
-                f"x{self.dist.world_size} -> {self.output_dir}",
-                flush=True,
+                f"x{self.dist.world_size}",
             )
         log = MetricsLog(self.output_dir, self.step) if main else None
         progress = Progress(self.total_steps, self.step, train.progress, enabled=main, desc=cfg.method)
