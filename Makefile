@@ -1,11 +1,12 @@
-# facerep: `make demo` runs MCF pre-training on the embedded default, `make test` runs lint + tests.
+# facerep: `make demo` runs MCF pre-training on the embedded default, `make test` runs lint + tests,
+# `make benchmark` runs the embedded synthetic transfer benchmark (facerep demo).
 # Both create .venv on first use.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
 
-.PHONY: venv demo test lint format clean
+.PHONY: venv demo benchmark test lint format clean
 
 venv: $(VENV)/.installed
 
@@ -17,6 +18,9 @@ $(VENV)/.installed: pyproject.toml
 
 demo: venv
 	$(BIN)/facerep pretrain $(ARGS)
+
+benchmark: venv
+	$(BIN)/facerep demo output_dir=runs/demo $(ARGS)
 
 test: venv
 	$(BIN)/ruff check src tests

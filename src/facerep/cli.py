@@ -50,6 +50,18 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from facerep import bench
+
+    if args.what == "pretrain":
+        return _run_config(bench.BenchPretrainConfig, bench.bench_pretrain, args)
+    if args.config:
+        raise ConfigError(
+            "facerep bench data takes KEY=VALUE overrides only (data.source=..., workers=[0,2])"
+        )
+    return _run_config(bench.BenchDataConfig, bench.bench_data, args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facerep", description="Facial representation learning.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -95,6 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", metavar="KEY=VALUE", help="e.g. output_dir=runs/demo finetune_epochs=3"
     )
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser(
+        "bench",
+        help="throughput: the full pre-training step (pretrain) or the data pipeline (data)",
+        description="facerep bench pretrain [-c CONFIG] [bench.batch_sizes=[64,128,256] ...] | "
+        "facerep bench data [data.source=... workers=[0,1,2] ...]",
+    )
+    p.add_argument("what", choices=["pretrain", "data"])
+    p.add_argument("-c", "--config", help="a pre-training YAML config (bench pretrain)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=_bench)
     return parser
 
 

@@ -48,6 +48,7 @@ class ModelConfig:
     embed_dim: int | None = None
     num_heads: int | None = None
     drop_path_rate: float = 0.0
+    grad_checkpointing: bool = False  # recompute block activations in backward (ViT-L/H memory)
     init: str | None = None  # optional backbone checkpoint to start the encoder from
 
 
@@ -111,6 +112,7 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     clip_grad: float = 0.0  # max grad norm; 0: off
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 | fp32
+    compile: bool = False  # torch.compile the model (falls back to eager if compilation fails)
     log_every: int = 10
     ckpt_every: int = 100
     progress: str = "auto"  # auto (bar on a terminal) | bar | log

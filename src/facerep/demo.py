@@ -30,7 +30,7 @@ class DemoConfig:
     teacher_steps: int = 150  # MCF's stage-1 MAE teacher
     mcf_steps: int = 150  # MCF itself; MAE gets teacher_steps + mcf_steps (the same images seen in total)
     batch_size: int = 32
-    finetune_epochs: int = 3
+    finetune_epochs: int = 5
     finetune_batch_size: int = 16
     train_length: int = 600
     test_length: int = 200

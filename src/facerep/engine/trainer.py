@@ -97,6 +97,10 @@ class Trainer:
                 self.method = nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.method, device_ids=device_ids)
+        self.eager_model = self.model
+        self.compile_pending = train.compile
+        if train.compile:
+            self.model = torch.compile(self.model)
         # masks and other training randomness differ per rank
         torch.manual_seed(cfg.seed + dist_info.rank)
         random.seed(cfg.seed + dist_info.rank)
@@ -192,6 +196,19 @@ class Trainer:
         room = MAX_SKIPPED_NAMES - len(self.skipped_names)
         self.skipped_names += names[: max(0, room)]
 
+    def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The model's forward; the first compiled call falls back to eager if compilation fails."""
+        if not self.compile_pending:
+            return self.model(images)
+        self.compile_pending = False
+        try:
+            return self.model(images)
+        except Exception as err:  # any compiler failure: run eager instead
+            reason = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+            print(f"[facerep] torch.compile failed ({reason}); running eager", flush=True)
+            self.model = self.eager_model
+            return self.model(images)
+
     def _train_step(self, batches) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One optimizer step over ``accum_steps`` micro-batches; returns the mean loss and terms."""
         accum = self.cfg.train.accum_steps
@@ -202,14 +219,14 @@ class Trainer:
             self._note_skipped(batch["skipped"])
             images = batch["image"].to(self.device, non_blocking=True)
             last = micro == accum - 1
-            no_sync = isinstance(self.model, DistributedDataParallel) and not last
-            with self.model.no_sync() if no_sync else contextlib.nullcontext():
+            ddp = self.eager_model if isinstance(self.eager_model, DistributedDataParallel) else None
+            with ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext():
                 with torch.autocast(
                     self.device.type,
                     dtype=self.amp_dtype or torch.float32,
                     enabled=self.amp_dtype is not None,
                 ):
-                    loss, parts = self.model(images)
+                    loss, parts = self._forward(images)
                 self.scaler.scale(loss / accum).backward()
             total += loss.detach() / accum
             for name, value in parts.items():

@@ -26,9 +26,19 @@ class PretrainMethod(nn.Module):
     name: ClassVar[str]
     encoder: MaskedViT
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``images [N, 3, H, W]`` -> (total loss, named loss terms detached for logging)."""
+    def forward(self, images: torch.Tensor, ids_shuffle=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``images [N, 3, H, W]`` -> (total loss, named loss terms detached for logging).
+
+        ``ids_shuffle`` optionally fixes the random masks (parity checks); its form is per method.
+        """
         raise NotImplementedError
+
+    def fixed_masks(self, images: torch.Tensor, generator: torch.Generator) -> object:
+        """Masks for ``forward(images, ids_shuffle=...)`` drawn from ``generator`` (one per masked view)."""
+        from facerep.models.vit import random_keep_order
+
+        n, length = images.shape[0], self.encoder.num_patches
+        return random_keep_order(n, length, "cpu", generator).to(images.device)
 
     def on_optimizer_step(self, step: int, total_steps: int) -> dict[str, float]:
         """Called after every optimizer step (not micro-batch); returns values to log (e.g. momentum)."""
@@ -58,8 +68,10 @@ def build_encoder(cfg: PretrainConfig) -> MaskedViT:
 
         encoder = load_backbone(cfg.model.init, img_size=cfg.data.image_size).train()
         encoder.pos_embed.requires_grad_(False)
-        return encoder
-    return build_vit(cfg.model.arch, img_size=cfg.data.image_size, **arch_overrides(cfg.model))
+    else:
+        encoder = build_vit(cfg.model.arch, img_size=cfg.data.image_size, **arch_overrides(cfg.model))
+    encoder.set_grad_checkpointing(cfg.model.grad_checkpointing)
+    return encoder
 
 
 def arch_overrides(model: ModelConfig) -> dict:

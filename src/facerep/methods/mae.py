@@ -34,8 +34,11 @@ class MAE(PretrainMethod):
         encoder = build_encoder(cfg)
         return cls(encoder, build_decoder(cfg, encoder), cfg.mae.mask_ratio, cfg.mae.norm_pix_loss)
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        latent, mask, ids_restore = self.encoder.forward_masked(images, self.mask_ratio)
+    def forward(
+        self, images: torch.Tensor, ids_shuffle: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss for ``images [N, 3, H, W]``; ``ids_shuffle [N, L]`` optionally fixes the mask."""
+        latent, mask, ids_restore = self.encoder.forward_masked(images, self.mask_ratio, ids_shuffle)
         pred = self.decoder(latent, ids_restore)
         target = patchify(images, self.encoder.arch.patch_size)
         loss = masked_pixel_loss(pred, target, mask, self.norm_pix_loss)

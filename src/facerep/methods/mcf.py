@@ -110,6 +110,11 @@ class MCF(PretrainMethod):
         encoder = build_encoder(cfg)
         return cls(encoder, build_decoder(cfg, encoder), build_teacher(cfg), cfg.mcf)
 
+    def fixed_masks(
+        self, images: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return super().fixed_masks(images, generator), super().fixed_masks(images, generator)
+
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         """(online, momentum) module pairs updated by EMA."""
         return [(self.encoder, self.target_encoder), (self.projector, self.target_projector)]

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, replace
 
 import torch
+from timm.models import checkpoint_seq
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -186,8 +187,14 @@ class MaskedViT(VisionTransformer):
 
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(n, -1, -1)
         h = self.norm_pre(torch.cat([cls, kept], dim=1))
-        h = self.norm(self.blocks(h))
+        h = self.norm(self._run_blocks(h))
         return h, mask, ids_restore
+
+    def _run_blocks(self, h: torch.Tensor) -> torch.Tensor:
+        """All blocks, with activation checkpointing when enabled (``set_grad_checkpointing``)."""
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint_seq(self.blocks, h)
+        return self.blocks(h)
 
     def forward_block_tokens(self, x: torch.Tensor, indices: list[int]) -> list[torch.Tensor]:
         """Token outputs ``[N, 1 + L, D]`` of the blocks in ``indices`` (0-based, before the final norm)."""

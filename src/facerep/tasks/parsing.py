@@ -42,7 +42,7 @@ class Parsing(Task):
         )
 
     def originals(self, sample: dict[str, Any]) -> dict[str, Any]:
-        return {"orig_mask": torch.as_tensor(sample["mask"])}
+        return {"orig_mask": torch.tensor(sample["mask"])}  # a copy: dataset arrays may be read-only
 
     def loss(self, model, batch):
         ce = F.cross_entropy(model(batch["image"]).float(), batch["mask"])

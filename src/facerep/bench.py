@@ -1,0 +1,225 @@
+"""Throughput benchmarks: ``facerep bench pretrain`` (the full training step) and ``facerep bench data``.
+
+``bench pretrain`` times the trainer's own optimizer step (forward, backward, AdamW, momentum update)
+on synthetic input already on the device, so what it measures is what ``facerep pretrain`` runs. Warm-up
+steps are excluded, the device is synchronised around each timed repeat, and the median is reported
+with peak memory, FLOP per image (torch's FLOP counter), achieved TFLOP/s and the fraction of a matrix-
+product peak measured in the same run. It also checks that the fast path (compile, bf16) gives the same
+losses as a plain fp32 eager copy on the same images and masks.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import resource
+import statistics
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from facerep.config import DataConfig, PretrainConfig
+from facerep.engine.atomic import atomic_write_bytes
+
+
+@dataclass
+class BenchOptions:
+    batch_sizes: list[int] = field(default_factory=list)  # empty: train.batch_size
+    warmup: int = 3  # untimed steps (compilation, allocator warm-up)
+    steps: int = 5  # steps per timed repeat
+    repeats: int = 3  # the median repeat is reported
+    output: str | None = None  # JSON path (default: <output_dir>/bench_pretrain.json)
+
+
+@dataclass
+class BenchPretrainConfig(PretrainConfig):
+    """A pre-training config (same keys and files as ``facerep pretrain``) plus ``bench.*``."""
+
+    bench: BenchOptions = field(default_factory=BenchOptions)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak_tflops(device: torch.device, dtype: torch.dtype) -> float:
+    """Achieved TFLOP/s of a large square matrix product (the practical peak to compare against)."""
+    n = 8192 if device.type == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    _sync(device)
+    reps = 20 if device.type == "cuda" else 5
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e12
+
+
+def _peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (process peak RSS)
+
+
+def bench_config(cfg: BenchPretrainConfig, batch_size: int) -> PretrainConfig:
+    """The pre-training config actually timed: a random teacher unless a file is given (timing only)."""
+    teacher = cfg.teacher
+    if teacher.checkpoint in (None, "mae_stage"):
+        teacher = replace(teacher, checkpoint="random")
+    train = replace(cfg.train, batch_size=batch_size, accum_steps=1, global_batch=0, max_steps=10**9)
+    return replace(cfg, teacher=teacher, train=train, data=replace(cfg.data, source="synthetic"))
+
+
+def loss_parity(trainer: Any, images: torch.Tensor) -> dict[str, float]:
+    """Losses of the trainer's fast path vs a plain fp32 eager copy on the same images and masks."""
+    method = trainer.method
+    reference = copy.deepcopy(method).float()
+    masks = method.fixed_masks(images, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        with torch.autocast(trainer.device.type, dtype=trainer.amp_dtype or torch.float32,
+                            enabled=trainer.amp_dtype is not None):  # fmt: skip
+            fast, _ = trainer.model(images, masks)
+        plain, _ = reference(images.float(), masks)
+    fast_v, plain_v = fast.float().item(), plain.float().item()
+    return {
+        "fast": fast_v,
+        "plain_fp32": plain_v,
+        "rel_diff": abs(fast_v - plain_v) / max(abs(plain_v), 1e-12),
+    }
+
+
+def bench_one(cfg: BenchPretrainConfig, batch_size: int) -> dict[str, Any]:
+    """Time the training step at one batch size."""
+    from facerep.engine.distributed import init_distributed
+    from facerep.engine.trainer import Trainer
+
+    dist_info = init_distributed(cfg.device)
+    device = dist_info.device
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    trainer = Trainer(bench_config(cfg, batch_size), dist_info)
+    size = cfg.data.image_size
+    images = torch.randn(batch_size, 3, size, size, device=device)
+    batches = itertools.repeat({"image": images, "skipped": []})
+
+    def step() -> None:
+        trainer._train_step(batches)
+        trainer.step += 1
+        trainer.method.on_optimizer_step(trainer.step, trainer.total_steps)
+
+    for _ in range(cfg.bench.warmup):
+        step()
+    times = []
+    for _ in range(cfg.bench.repeats):
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(cfg.bench.steps):
+            step()
+        _sync(device)
+        times.append((time.perf_counter() - start) / cfg.bench.steps)
+    ms = statistics.median(times) * 1000
+    with FlopCounterMode(display=False) as counter:
+        with torch.autocast(device.type, dtype=trainer.amp_dtype or torch.float32,
+                            enabled=trainer.amp_dtype is not None):  # fmt: skip
+            loss, _ = trainer.eager_model(images)
+        loss.backward()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    flop_per_image = counter.get_total_flops() / batch_size
+    images_per_s = batch_size / (ms / 1000)
+    achieved = flop_per_image * images_per_s / 1e12
+    peak = matmul_peak_tflops(device, trainer.amp_dtype or torch.float32)
+    return {
+        "batch_size": batch_size,
+        "images_per_s": images_per_s,
+        "ms_per_step": ms,
+        "peak_memory_gib": _peak_memory_gib(device),
+        "gflop_per_image": flop_per_image / 1e9,
+        "achieved_tflops": achieved,
+        "matmul_peak_tflops": peak,
+        "percent_of_peak": 100 * achieved / peak,
+        "loss_parity": loss_parity(trainer, images),
+    }
+
+
+def bench_pretrain(cfg: BenchPretrainConfig) -> dict[str, Any]:
+    """Run ``facerep bench pretrain``: prints a table and writes JSON."""
+    rows = [bench_one(cfg, b) for b in (cfg.bench.batch_sizes or [cfg.train.batch_size])]
+    device = str(torch.cuda.get_device_name() if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
+    result = {
+        "device": device,
+        "method": cfg.method,
+        "arch": cfg.model.arch,
+        "image_size": cfg.data.image_size,
+        "precision": cfg.train.precision,
+        "compile": cfg.train.compile,
+        "rows": rows,
+    }
+    columns = ("batch", "img/s", "ms/step", "peak GiB", "GFLOP/img", "TFLOP/s", "% peak")
+    header = " ".join(f"{c:>10}" for c in columns)
+    lines = [
+        f"facerep bench pretrain: {cfg.method} {cfg.model.arch} @ {cfg.data.image_size} on {device}",
+        header,
+    ]
+    for r in rows:
+        lines.append(
+            f"{r['batch_size']:>10} {r['images_per_s']:>10.1f} {r['ms_per_step']:>10.1f} "
+            f"{r['peak_memory_gib']:>10.2f} {r['gflop_per_image']:>10.2f} {r['achieved_tflops']:>10.3f} "
+            f"{r['percent_of_peak']:>9.1f}%"
+        )
+    lines += [f"loss parity (batch {r['batch_size']}): {r['loss_parity']}" for r in rows]
+    print("\n".join(lines), flush=True)
+    out = Path(cfg.bench.output) if cfg.bench.output else Path(cfg.output_dir) / "bench_pretrain.json"
+    atomic_write_bytes(out, json.dumps(result, indent=2).encode())
+    print(f"[facerep] wrote {out}", flush=True)
+    return result
+
+
+@dataclass
+class BenchDataConfig:
+    """``facerep bench data``: decode + augment throughput of one data source per worker count."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    batch_size: int = 64
+    seed: int = 0
+    workers: list[int] = field(default_factory=lambda: [0, 1, 2])
+    batches: int = 20  # timed batches per worker count
+    warmup_batches: int = 2
+    output: str | None = None  # JSON path (default: print only)
+
+
+def bench_data(cfg: BenchDataConfig) -> dict[str, Any]:
+    """Images/s of the pre-training loader for each ``workers`` count (total and per worker)."""
+    from facerep.data.loader import build_pretrain_loader
+
+    rows = []
+    for workers in cfg.workers:
+        loader = build_pretrain_loader(replace(cfg.data, num_workers=workers), batch_size=cfg.batch_size,
+                                       seed=cfg.seed)  # fmt: skip
+        it = iter(loader)
+        for _ in range(cfg.warmup_batches):
+            next(it)
+        start = time.perf_counter()
+        for _ in range(cfg.batches):
+            next(it)
+        total = cfg.batches * cfg.batch_size / (time.perf_counter() - start)
+        loader.close()
+        rows.append({"num_workers": workers, "images_per_s": total, "per_worker": total / max(1, workers)})
+    result = {"source": cfg.data.source, "image_size": cfg.data.image_size, "rows": rows}
+    data = cfg.data
+    print(f"facerep bench data: source={data.source} image_size={data.image_size} batch={cfg.batch_size}")
+    print(f"{'workers':>8} {'img/s':>9} {'img/s/worker':>13}")
+    for r in rows:
+        print(f"{r['num_workers']:>8} {r['images_per_s']:>9.1f} {r['per_worker']:>13.1f}")
+    if cfg.output:
+        atomic_write_bytes(Path(cfg.output), json.dumps(result, indent=2).encode())
+    return result
