@@ -62,63 +62,55 @@ def _bench(args: argparse.Namespace) -> int:
     return _run_config(bench.BenchDataConfig, bench.bench_data, args)
 
 
+def _command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    func: Callable,
+    help: str,
+    description: str,
+    config: bool,
+    what: list[str] | None = None,
+) -> None:
+    """A subcommand taking ``KEY=VALUE`` overrides (and ``-c CONFIG`` / ``--print-config`` if ``config``;
+    a first positional choice among ``what`` if given)."""
+    p = sub.add_parser(name, help=help, description=description)
+    if what:
+        p.add_argument("what", choices=what)
+    if config:
+        p.add_argument("-c", "--config", help="YAML config (see configs/); KEY=VALUE overrides apply on top")
+        p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.epochs=3")
+    p.set_defaults(func=func)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facerep", description="Facial representation learning.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser(
-        "pretrain",
-        help="pre-train a ViT face backbone (MCF, MAE)",
-        description="Pre-train a backbone. Defaults: MCF, tiny ViT, synthetic faces, CPU-sized. "
-        "Rerun with the same output_dir to resume.",
-    )
-    p.add_argument("-c", "--config", help="YAML config (see configs/); KEY=VALUE overrides apply on top")
-    p.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.max_steps=100"
-    )
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.set_defaults(func=_pretrain)
-
-    p = sub.add_parser(
-        "finetune",
-        help="fine-tune a backbone on face alignment, parsing or classification (FaRL protocol)",
-        description="facerep finetune [-c CONFIG] task=alignment|parsing|classification dataset=NAME "
-        "data.root=PATH backbone=PATH|random output_dir=DIR [KEY=VALUE ...]",
-    )
-    p.add_argument("-c", "--config", help="YAML config (see configs/finetune_*.yaml)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.set_defaults(func=_finetune)
-
-    p = sub.add_parser(
-        "evaluate",
-        help="score a fine-tuned checkpoint; optional overlays",
-        description="facerep evaluate checkpoint=PATH [dataset=NAME data.root=PATH split=test overlays=N]",
-    )
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    p.set_defaults(func=_evaluate)
-
-    p = sub.add_parser(
-        "demo",
-        help="embedded transfer benchmark on synthetic faces (MAE vs MCF vs random init)",
-        description="Pre-train MAE and MCF with one small budget, fine-tune each and a random backbone on "
-        "synthetic alignment and parsing, write comparison.md/.json/.png. About 20 minutes on 2 CPU cores.",
-    )
-    p.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE", help="e.g. output_dir=runs/demo finetune_epochs=3"
-    )
-    p.set_defaults(func=_demo)
-
-    p = sub.add_parser(
-        "bench",
-        help="throughput: the full pre-training step (pretrain) or the data pipeline (data)",
-        description="facerep bench pretrain [-c CONFIG] [bench.batch_sizes=[64,128,256] ...] | "
-        "facerep bench data [data.source=... workers=[0,1,2] ...]",
-    )
-    p.add_argument("what", choices=["pretrain", "data"])
-    p.add_argument("-c", "--config", help="a pre-training YAML config (bench pretrain)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.set_defaults(func=_bench)
+    _command(
+        sub, "pretrain", _pretrain, "pre-train a ViT face backbone (MCF, MAE)",
+        "Pre-train a backbone. Defaults: MCF, tiny ViT, synthetic faces, CPU-sized. "
+        "Rerun with the same output_dir to resume.", config=True,
+    )  # fmt: skip
+    _command(
+        sub, "finetune", _finetune,
+        "fine-tune a backbone on face alignment, parsing or classification (FaRL protocol)",
+        "facerep finetune [-c CONFIG] task=alignment|parsing|classification dataset=NAME "
+        "data.root=PATH backbone=PATH|random output_dir=DIR [KEY=VALUE ...]", config=True,
+    )  # fmt: skip
+    _command(
+        sub, "evaluate", _evaluate, "score a fine-tuned checkpoint; optional overlays",
+        "facerep evaluate checkpoint=PATH [dataset=NAME data.root=PATH split=test overlays=N]", config=False,
+    )  # fmt: skip
+    _command(
+        sub, "demo", _demo, "embedded transfer benchmark on synthetic faces (MAE vs MCF vs random init)",
+        "Pre-train MAE and MCF with one small budget, fine-tune each and a random backbone on synthetic "
+        "alignment and parsing, write comparison.md/.json/.png (16 minutes on 2 CPU cores).", config=False,
+    )  # fmt: skip
+    _command(
+        sub, "bench", _bench, "throughput: the full pre-training step (pretrain) or the data pipeline (data)",
+        "facerep bench pretrain [-c CONFIG] [bench.batch_sizes=[64,128,256] ...] | "
+        "facerep bench data [data.source=... workers=[0,1,2] ...]", config=True, what=["pretrain", "data"],
+    )  # fmt: skip
     return parser
 
 
