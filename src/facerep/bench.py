@@ -113,7 +113,7 @@ def bench_one(cfg: BenchPretrainConfig, batch_size: int) -> dict[str, Any]:
     batches = itertools.repeat({"image": images, "skipped": []})
 
     def step() -> None:
-        trainer._train_step(batches)
+        trainer.train_step(batches)
         trainer.step += 1
         trainer.method.on_optimizer_step(trainer.step, trainer.total_steps)
 

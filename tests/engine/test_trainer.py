@@ -63,7 +63,7 @@ def test_resume_equals_uninterrupted_run(tiny_config, monkeypatch):
     full.fit()
 
     calls = {"n": 0}
-    original = Trainer._train_step
+    original = Trainer.train_step
 
     def crash_on_fifth_step(self, batches):
         calls["n"] += 1
@@ -71,10 +71,10 @@ def test_resume_equals_uninterrupted_run(tiny_config, monkeypatch):
             raise KeyboardInterrupt
         return original(self, batches)
 
-    monkeypatch.setattr(Trainer, "_train_step", crash_on_fifth_step)
+    monkeypatch.setattr(Trainer, "train_step", crash_on_fifth_step)
     with pytest.raises(KeyboardInterrupt):
         Trainer(tiny_config(*common, out="resumed"), init_distributed("cpu")).fit()
-    monkeypatch.setattr(Trainer, "_train_step", original)
+    monkeypatch.setattr(Trainer, "train_step", original)
     assert load_checkpoint(tiny_config(*common, out="resumed").output_dir + "/checkpoint.pt")["step"] == 4
 
     resumed = Trainer(tiny_config(*common, out="resumed"), init_distributed("cpu"))

@@ -13,6 +13,7 @@ import copy
 import json
 import random
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from facerep.engine.run_log import MetricsLog, Progress, start_run
 from facerep.engine.schedules import lr_at
 from facerep.engine.trainer import NonFiniteLossError, autocast_dtype
 from facerep.models.ema import ema_update_
-from facerep.models.vit import MaskedViT, build_vit
+from facerep.models.vit import MaskedViT, ViTArch, build_vit
 from facerep.tasks import Task, TaskDataset, build_task, collate_samples
 
 CHECKPOINT_NAME = "finetune.pt"
@@ -184,8 +185,6 @@ class Finetuner:
         save_checkpoint(state, self.checkpoint_path)
 
     def model_arch(self) -> dict:
-        from dataclasses import asdict
-
         backbone = next(m for m in self.model.modules() if isinstance(m, MaskedViT))
         return asdict(backbone.arch)
 
@@ -333,12 +332,9 @@ def finetune(cfg: FinetuneConfig) -> dict:
 def evaluate(cfg: EvaluateConfig) -> dict:
     """Run ``facerep evaluate``: score a ``finetune.pt`` (EMA weights when present), print a table,
     write ``results.json`` and optional overlays."""
-    from dataclasses import replace
-
     from omegaconf import OmegaConf
 
     from facerep.data.downstream import build_dataset
-    from facerep.models.vit import ViTArch
 
     state = load_checkpoint(cfg.checkpoint)
     if state.get("kind") != "finetune":

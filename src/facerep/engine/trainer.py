@@ -209,7 +209,7 @@ class Trainer:
             self.model = self.eager_model
             return self.model(images)
 
-    def _train_step(self, batches) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def train_step(self, batches) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One optimizer step over ``accum_steps`` micro-batches; returns the mean loss and terms."""
         accum = self.cfg.train.accum_steps
         total = torch.zeros((), device=self.device)
@@ -280,7 +280,7 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 try:
-                    loss, terms = self._train_step(batches)
+                    loss, terms = self.train_step(batches)
                 except KeyboardInterrupt:
                     if self.dist.world_size == 1:  # keep everything up to the last finished step
                         self.save([rng_at_step_start])
