@@ -89,3 +89,33 @@ def test_lapa_parsing_with_tanh_warp_from_the_cli(tmp_path, backbone):
     assert 0.0 <= results["last"]["full"]["mean_f1"] <= 1.0 and "f1_hair" in results["last"]["full"]
     assert main(["evaluate", f"checkpoint={out / 'finetune.pt'}", "overlays=2"]) == 0
     assert len(list((out / "eval" / "overlays").glob("*.png"))) == 2
+
+
+def write_rafdb(root):
+    """``EmoLabel/list_patition_label.txt`` (labels 1..7) + ``Image/aligned/{stem}_aligned.jpg``."""
+    entries = [(f"train_{i:05d}.jpg", 1 + i % 7) for i in range(1, 7)] + [
+        ("test_0001.jpg", 4),
+        ("test_0002.jpg", 7),
+    ]
+    (root / "EmoLabel").mkdir(parents=True)
+    (root / "EmoLabel" / "list_patition_label.txt").write_text(
+        "".join(f"{n} {label}\n" for n, label in entries)
+    )
+    (root / "Image" / "aligned").mkdir(parents=True)
+    for i, (name, _) in enumerate(entries):
+        image = Image.fromarray(render_face(5, i, 64).image)
+        image.save(root / "Image" / "aligned" / name.replace(".jpg", "_aligned.jpg"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("probe", [False, True])
+def test_rafdb_expression_classification_from_the_cli(tmp_path, backbone, probe):
+    write_rafdb(tmp_path / "rafdb")
+    out = tmp_path / "ft"
+    root, probe_flag = tmp_path / "rafdb", f"train.probe={str(probe).lower()}"
+    args = ["finetune", "task=classification", "dataset=rafdb", f"data.root={root}", f"backbone={backbone}",
+            f"output_dir={out}", probe_flag, *COMMON]  # fmt: skip
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["primary_metric"] == "accuracy"
+    assert {"accuracy", "mean_class_accuracy"} <= set(results["last"]["full"])
