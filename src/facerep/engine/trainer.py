@@ -91,9 +91,8 @@ class Trainer:
         self.method: PretrainMethod = build_method(cfg).to(self.device)
         self.model: nn.Module = self.method
         if dist_info.world_size > 1:
-            if (
-                self.device.type == "cuda"
-            ):  # batch statistics over the global batch (MoCo v3); GPU-only in torch
+            if self.device.type == "cuda":
+                # projector BatchNorms see the global batch (MoCo v3); torch's SyncBatchNorm is GPU-only
                 self.method = nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(self.method, device_ids=device_ids)
