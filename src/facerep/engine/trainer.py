@@ -152,6 +152,7 @@ class Trainer:
     def save(self, rng_states: list[dict] | None = None) -> None:
         """Write ``checkpoint.pt`` atomically (collective: every rank must call it)."""
         rng_states = rng_states or self._gather_rng()
+        skipped_total = self._skipped_total()
         if not self.dist.is_main:
             return
         state = {
@@ -164,7 +165,7 @@ class Trainer:
             "total_steps": self.total_steps,
             "samples_per_rank": self.step * self.cfg.train.accum_steps * self.cfg.train.batch_size,
             "rng": rng_states,
-            "skipped": {"count": self.skipped_count, "names": self.skipped_names},
+            "skipped": {"count": skipped_total, "names": self.skipped_names},  # over all ranks
             "config": to_dict(self.cfg),
         }
         save_checkpoint(state, self.checkpoint_path)
@@ -183,7 +184,9 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
-        self.skipped_count = int(state["skipped"]["count"])
+        self.skipped_count = (
+            int(state["skipped"]["count"]) if self.dist.is_main else 0
+        )  # total kept on rank 0
         self.skipped_names = list(state["skipped"]["names"])
         rng = state["rng"]
         restore_rng(rng[self.dist.rank] if self.dist.rank < len(rng) else rng[0])
