@@ -136,3 +136,22 @@ def test_non_finite_loss_stops_without_overwriting_checkpoint(tiny_config, monke
     with pytest.raises(NonFiniteLossError, match="step 3"):
         trainer.fit()
     assert load_checkpoint(cfg.output_dir + "/checkpoint.pt")["step"] == 2
+
+
+def test_corrupt_inputs_are_skipped_counted_and_reported(tiny_config, tmp_path, capsys):
+    from PIL import Image
+
+    from facerep.data.synthetic import render_face
+
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for i in range(6):
+        Image.fromarray(render_face(0, i, 32).image).save(folder / f"{i}.png")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.png").write_text("not an image")
+    cfg = tiny_config("method=mae", "data.source=folder", f"data.path={folder}", "train.max_steps=2")
+    pretrain(cfg)  # 2 steps x 4 images = one pass over the 8 files
+    records = _metrics(Path(cfg.output_dir))
+    assert records[-1]["skipped"] == 2
+    out = capsys.readouterr().out
+    assert "skipped 2 unreadable input(s)" in out and "empty.jpg" in out and "notes.png" in out

@@ -113,8 +113,9 @@ class Trainer:
         self.amp_dtype = autocast_dtype(train.precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.step = 0
-        self.skipped_count = 0
-        self.skipped_names: list[str] = []
+        self.skipped_before = 0  # distinct unreadable inputs counted before a resume
+        self.skipped_seen: set[str] = set()  # distinct unreadable inputs met by this rank since start
+        self.skipped_names: list[str] = []  # the first few, for the report
 
     # ----------------------------------------------------------------------------------- set-up
     def _total_steps(self) -> int:
@@ -184,9 +185,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
-        self.skipped_count = (
-            int(state["skipped"]["count"]) if self.dist.is_main else 0
-        )  # total kept on rank 0
+        self.skipped_before = int(state["skipped"]["count"]) if self.dist.is_main else 0  # total on rank 0
         self.skipped_names = list(state["skipped"]["names"])
         rng = state["rng"]
         restore_rng(rng[self.dist.rank] if self.dist.rank < len(rng) else rng[0])
@@ -194,9 +193,10 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- loop
     def _note_skipped(self, names: list[str]) -> None:
-        self.skipped_count += len(names)
+        new = [n for n in dict.fromkeys(names) if n not in self.skipped_seen]
+        self.skipped_seen.update(new)
         room = MAX_SKIPPED_NAMES - len(self.skipped_names)
-        self.skipped_names += names[: max(0, room)]
+        self.skipped_names += new[: max(0, room)]
 
     def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The model's forward; the first compiled call falls back to eager if compilation fails."""
@@ -314,7 +314,8 @@ class Trainer:
         return self._finish()
 
     def _skipped_total(self) -> int:
-        count = torch.tensor(float(self.skipped_count), device=self.device)
+        """Distinct unreadable inputs met so far, summed over ranks (collective)."""
+        count = torch.tensor(float(self.skipped_before + len(self.skipped_seen)), device=self.device)
         return round(all_reduce_mean(count).item() * self.dist.world_size)
 
     def _finish(self) -> Path:
