@@ -289,13 +289,20 @@ class Finetuner:
 
 
 def format_results(results: dict) -> str:
-    """A plain-text table: one row per (best/last, subset), columns = metrics."""
+    """The best and the last epoch of a fine-tuning summary as a table (see :func:`format_table`)."""
     rows = []
     for which in ("best", "last"):
         entry = results[which]
-        for subset, metrics in entry.items():
-            if isinstance(metrics, dict):
-                rows.append((f"{which} (epoch {entry['epoch']})", subset, metrics))
+        rows += [
+            (f"{which} (epoch {entry['epoch']})", subset, m)
+            for subset, m in entry.items()
+            if isinstance(m, dict)
+        ]
+    return format_table(rows)
+
+
+def format_table(rows: list[tuple[str, str, dict]]) -> str:
+    """A plain-text table: one row per (label, subset), columns = the headline metrics."""
     if not rows:
         return ""
     keys = [k for k in rows[0][2] if not k.startswith(("f1_", "acc_"))]
@@ -361,7 +368,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     summary = {"checkpoint": str(cfg.checkpoint), "dataset": ft.dataset, "epoch": state["epoch"], **results}
     atomic_write_bytes(out / "results.json", json.dumps(summary, indent=2).encode())
-    print(format_results({"best": {"epoch": state["epoch"], **results}, "last": {"epoch": state["epoch"]}}))
+    print(format_table([(f"epoch {state['epoch']}", subset, metrics) for subset, metrics in results.items()]))
     if cfg.overlays > 0:
         save_overlays(task, model, test_set, cfg.overlays, out / "overlays", device)
     return summary

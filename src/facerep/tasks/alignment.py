@@ -72,11 +72,9 @@ class Alignment(Task):
         return AlignmentModel(backbone, dataset.num_points, self.cfg.head.blocks, self.cfg.head.channels)
 
     def transform(self, train: bool):
-        from facerep.data.downstream.transforms import AlignmentTransform, AugmentConfig
+        from facerep.data.downstream.transforms import AlignmentTransform
 
-        return AlignmentTransform(
-            self.cfg.data.image_size, train, AugmentConfig.for_task("alignment", **self.cfg.augment)
-        )
+        return AlignmentTransform(self.cfg.data.image_size, train, self.augment_config())
 
     def originals(self, sample: dict[str, Any]) -> dict[str, Any]:
         return {

@@ -34,6 +34,12 @@ class Task:
     def transform(self, train: bool) -> Callable[[dict], dict]:
         raise NotImplementedError
 
+    def augment_config(self) -> Any:
+        """FaRL's augmentation preset for this task with the config's ``augment.*`` overrides applied."""
+        from facerep.data.downstream.transforms import AugmentConfig
+
+        return AugmentConfig.for_task(self.name, **self.cfg.augment)
+
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 

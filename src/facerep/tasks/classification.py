@@ -84,11 +84,9 @@ class Classification(Task):
         return ClassificationModel(backbone, outputs, frozen=self.cfg.train.probe)
 
     def transform(self, train: bool):
-        from facerep.data.downstream.transforms import AugmentConfig, ClassificationTransform
+        from facerep.data.downstream.transforms import ClassificationTransform
 
-        return ClassificationTransform(
-            self.cfg.data.image_size, train, AugmentConfig.for_task("classification", **self.cfg.augment)
-        )
+        return ClassificationTransform(self.cfg.data.image_size, train, self.augment_config())
 
     def loss(self, model, batch):
         loss = classification_loss(model(model_input(batch)), batch["label"], self.multilabel)

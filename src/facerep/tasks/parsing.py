@@ -35,11 +35,9 @@ class Parsing(Task):
         return ParsingModel(backbone, len(dataset.class_names), self.cfg.head.blocks, self.cfg.head.channels)
 
     def transform(self, train: bool):
-        from facerep.data.downstream.transforms import AugmentConfig, ParsingTransform
+        from facerep.data.downstream.transforms import ParsingTransform
 
-        return ParsingTransform(
-            self.cfg.data.image_size, train, AugmentConfig.for_task("parsing", **self.cfg.augment)
-        )
+        return ParsingTransform(self.cfg.data.image_size, train, self.augment_config())
 
     def originals(self, sample: dict[str, Any]) -> dict[str, Any]:
         return {"orig_mask": torch.tensor(sample["mask"])}  # a copy: dataset arrays may be read-only
