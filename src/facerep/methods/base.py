@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
-from facerep.models.vit import MaskedViT, build_vit
+from facerep.models.vit import MaskedViT, build_vit, random_keep_order
 
 if TYPE_CHECKING:
     from facerep.config import ModelConfig, PretrainConfig
@@ -35,8 +35,6 @@ class PretrainMethod(nn.Module):
 
     def fixed_masks(self, images: torch.Tensor, generator: torch.Generator) -> object:
         """Masks for ``forward(images, ids_shuffle=...)`` drawn from ``generator`` (one per masked view)."""
-        from facerep.models.vit import random_keep_order
-
         n, length = images.shape[0], self.encoder.num_patches
         return random_keep_order(n, length, "cpu", generator).to(images.device)
 
