@@ -1,6 +1,11 @@
-"""facerep: facial representation learning (MCF/MAE pre-training of ViT face backbones)."""
+"""facerep: facial representation learning (pre-training of face backbones, transfer to face tasks).
 
-from facerep.checkpoints import load_backbone
+Importing the package registers every backbone family, method and task, so a config loaded anywhere
+knows all method sections.
+"""
+
+from facerep import methods, tasks  # noqa: F401  (register the methods and tasks)
+from facerep.backbones import build_backbone, export_backbone, load_backbone
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "load_backbone"]
+__all__ = ["__version__", "build_backbone", "export_backbone", "load_backbone"]

@@ -2,6 +2,6 @@
 
 import sys
 
-from facerep.cli import main
+from facerep.commands.cli import main
 
 sys.exit(main())

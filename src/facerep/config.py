@@ -1,25 +1,48 @@
 """Run configuration: dataclass defaults, merged with a YAML file and ``key=value`` overrides.
 
-The schema is the dataclasses below (OmegaConf structured config), so an unknown key or a value of
-the wrong type is a one-line :class:`ConfigError` naming the key. The resolved config is saved as
-``output_dir/config.yaml`` beside every run.
+The schema is the dataclasses below (OmegaConf structured config), so an unknown key, a value of the
+wrong type or a value out of range is a one-line :class:`ConfigError` naming the key. The resolved
+config is saved as ``output_dir/config.yaml`` beside every run.
+
+:class:`PretrainConfig` holds what every method shares; each method registers its own sections
+(``mcf.*``, ``teacher.*``, ``mae.*``, ``decoder.*``) with :func:`register_section`, and
+:func:`load_config` adds every registered section to the schema it loads.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from facerep.runtime.errors import FacerepError, one_line
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class ConfigError(ValueError):
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+PROGRESS_MODES = ("auto", "bar", "log")
+
+
+class ConfigError(FacerepError):
     """A bad config file, key or value; the message is one line naming what is wrong."""
+
+
+def check_choice(key: str, value: Any, choices: Sequence[Any]) -> None:
+    """A :class:`ConfigError` naming ``key`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+def check_range(key: str, value: float, low: float, high: float, high_open: bool = False) -> None:
+    """A :class:`ConfigError` naming ``key`` unless ``low <= value <= high`` (``< high`` if ``high_open``)."""
+    if not (low <= value < high if high_open else low <= value <= high):
+        raise ConfigError(f"{key} must be in [{low}, {high}{')' if high_open else ']'}, got {value}")
 
 
 @dataclass
@@ -41,60 +64,16 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """The ViT encoder being pre-trained."""
+    """The backbone being pre-trained (``arch``: ``vit_{tiny,small,base,large,huge}_patch{14,16}[_SIZE]``
+    or ``resnet{18,34,50,101,152}``)."""
 
-    arch: str = "vit_tiny_patch16_224"  # vit_{tiny,small,base,large,huge}_patch{14,16}[_SIZE]
+    arch: str = "vit_tiny_patch16_224"
     depth: int | None = None  # overrides of the arch table (small test/ablation models)
     embed_dim: int | None = None
     num_heads: int | None = None
     drop_path_rate: float = 0.0
     grad_checkpointing: bool = False  # recompute block activations in backward (ViT-L/H memory)
     init: str | None = None  # optional backbone checkpoint to start the encoder from
-
-
-@dataclass
-class DecoderConfig:
-    """MAE decoder predicting the pixels of every patch."""
-
-    embed_dim: int = 128  # recipe: 512
-    depth: int = 2  # recipe: 8
-    num_heads: int = 4  # recipe: 16
-
-
-@dataclass
-class TeacherConfig:
-    """Frozen teacher whose block features are MCF's reconstruction target.
-
-    ``checkpoint`` is a path readable by ``facerep.load_backbone``, or ``mae_stage`` (pre-train a
-    teacher with MAE for ``stage_steps`` steps in ``output_dir/teacher_mae`` first), or ``random``
-    (a randomly initialised teacher of ``arch``: only for tests and ablations).
-    """
-
-    checkpoint: str | None = "mae_stage"
-    arch: str | None = None  # only for checkpoint=random / mae_stage (default: model.arch)
-    blocks: list[int] | None = None  # default [2,5,8,11] for 12 blocks, spread evenly otherwise
-    stage_steps: int = 150  # mae_stage: steps of the first (MAE) stage
-    norm_axis: str = "token"  # token (reference code, dim=1) | feature (per-token L2 normalisation)
-
-
-@dataclass
-class MAEConfig:
-    mask_ratio: float = 0.75
-    norm_pix_loss: bool = False
-
-
-@dataclass
-class MCFConfig:
-    mask_ratio: float = 0.75
-    feature_weight: float = 1000.0
-    contrastive_weight: float = 1.0
-    temperature: float = 0.2
-    symmetric: bool = False  # MoCo v3 symmetric loss (both views as queries)
-    proj_hidden_dim: int = 1024  # recipe: 4096
-    proj_dim: int = 128  # recipe: 256
-    momentum: float = 0.99
-    momentum_schedule: str = "constant"  # constant | cosine (momentum -> momentum_end)
-    momentum_end: float = 1.0
 
 
 @dataclass
@@ -117,14 +96,21 @@ class TrainConfig:
     ckpt_every: int = 100
     progress: str = "auto"  # auto (bar on a terminal) | bar | log
 
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.accum_steps < 1:
+            raise ConfigError("train.batch_size and train.accum_steps must be >= 1")
+        check_choice("train.precision", self.precision, PRECISIONS)
+        check_choice("train.progress", self.progress, PROGRESS_MODES)
+
 
 @dataclass
 class PretrainConfig:
-    """``facerep pretrain`` configuration.
+    """``facerep pretrain`` configuration: what every method shares.
 
     The defaults are the CPU-sized demo (``configs/mcf_cpu_tiny.yaml``): MCF on synthetic faces with a
     ViT-Tiny/16 at 96 px whose teacher is pre-trained by MAE in a first stage of the same command. The
-    paper recipe is ``configs/mcf_vit_base_patch16.yaml``.
+    paper recipe is ``configs/mcf_vit_base_patch16.yaml``. Method sections (``mcf``, ``teacher``,
+    ``mae``, ``decoder``) are added by :func:`load_config` from :func:`register_section`.
     """
 
     method: str = "mcf"
@@ -132,24 +118,46 @@ class PretrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     model: ModelConfig = field(default_factory=ModelConfig)
-    decoder: DecoderConfig = field(default_factory=DecoderConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    mae: MAEConfig = field(default_factory=MAEConfig)
-    mcf: MCFConfig = field(default_factory=MCFConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def _one_line(err: Exception) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
+_SECTIONS: dict[str, type] = {}  # method config sections: name -> dataclass
+_EXTENDED: dict[tuple, type] = {}  # (schema, sections) -> schema with the sections as fields
+
+
+def register_section(name: str, schema: type) -> None:
+    """Add the config section ``name`` (a dataclass) to every pre-training config.
+
+    Methods call this for their own keys (MCF: ``mcf``, ``teacher``, ``decoder``); two methods may share a
+    section by registering the same dataclass.
+    """
+    if name in {f.name for f in fields(PretrainConfig)} or _SECTIONS.get(name, schema) is not schema:
+        raise ValueError(f"config section {name!r} is already taken")
+    _SECTIONS[name] = schema
+
+
+def with_sections(schema: type) -> type:
+    """``schema`` plus a field for every registered method section, for subclasses of
+    :class:`PretrainConfig` (built once per set of sections); any other schema as it is."""
+    if not (isinstance(schema, type) and issubclass(schema, PretrainConfig)):
+        return schema
+    key = (schema, tuple(_SECTIONS.items()))
+    if key not in _EXTENDED:
+        extra = [(name, cls, field(default_factory=cls)) for name, cls in _SECTIONS.items()]
+        namespace = {"__module__": schema.__module__, "__doc__": schema.__doc__}
+        _EXTENDED[key] = make_dataclass(schema.__name__, extra, bases=(schema,), namespace=namespace)
+    return _EXTENDED[key]
 
 
 def load_config(
     schema: type, config_file: str | Path | None = None, overrides: list[str] | None = None
 ) -> Any:
-    """Merge ``schema`` defaults <- YAML file <- ``key=value`` overrides and return a typed object."""
-    base = OmegaConf.structured(schema)
+    """Merge ``schema`` defaults <- YAML file <- ``key=value`` overrides and return a typed object.
+
+    A subclass of :class:`PretrainConfig` gets the registered method sections (:func:`with_sections`).
+    """
+    base = OmegaConf.structured(with_sections(schema))
     layers: list[DictConfig] = []
     if config_file is not None:
         path = Path(config_file)
@@ -158,7 +166,7 @@ def load_config(
         try:
             layers.append(OmegaConf.load(path))
         except Exception as err:
-            raise ConfigError(f"{path}: not valid YAML ({_one_line(err)})") from err
+            raise ConfigError(f"{path}: not valid YAML ({one_line(err)})") from err
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not KEY=VALUE")
@@ -166,14 +174,14 @@ def load_config(
         try:
             layers.append(OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as err:
-            raise ConfigError(f"bad override for {key!r}: {_one_line(err)}") from err
+            raise ConfigError(f"bad override for {key!r}: {one_line(err)}") from err
     try:
         merged = OmegaConf.merge(base, *layers)
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None)
         where = f"config key {key!r}: " if key else ""
-        raise ConfigError(f"{where}{_one_line(err)}") from err
+        raise ConfigError(f"{where}{one_line(err)}") from err
 
 
 def to_yaml(cfg: Any) -> str:
@@ -202,7 +210,10 @@ class FinetuneDataConfig:
 
 @dataclass
 class HeadConfig:
-    blocks: list[int] = field(default_factory=lambda: [3, 5, 7, 11])  # ViT blocks feeding the FPN
+    """The dense head (FPN adapters + UPerNet) of alignment and parsing."""
+
+    levels: list[int] | None = None  # backbone levels feeding the FPN (default: the backbone's)
+    blocks: list[int] | None = None  # ViT spelling of levels: block indices (FaRL: [3, 5, 7, 11])
     channels: int = 768  # UPerNet width
     heatmap_sigma: float = 1.25  # alignment: Gaussian target width in heatmap pixels
     heatmap_weight: float = 1.0  # alignment: weight of the heatmap BCE next to the coordinate loss
@@ -223,6 +234,12 @@ class FinetuneTrainConfig:
     eval_every: int = 1
     progress: str = "auto"
 
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("train.epochs and train.batch_size must be >= 1")
+        check_choice("train.precision", self.precision, PRECISIONS)
+        check_choice("train.progress", self.progress, PROGRESS_MODES)
+
 
 @dataclass
 class FinetuneConfig:
@@ -231,7 +248,7 @@ class FinetuneConfig:
     task: str = "alignment"  # alignment | parsing | classification
     dataset: str = "synthetic_alignment"
     backbone: str = "random"  # a file for facerep.load_backbone, or random
-    backbone_arch: str = "vit_base_patch16_224"  # for backbone=random
+    backbone_arch: str = "vit_base_patch16_224"  # for backbone=random: vit_* or resnet{18,34,50,101,152}
     output_dir: str = "runs/finetune"
     seed: int = 0
     device: str = "auto"

@@ -12,6 +12,8 @@ import torch
 from facerep.config import DataConfig
 from facerep.data.loader import InfiniteShuffleSampler, build_pretrain_loader, dataset_length
 from facerep.data.sources import DataError
+from facerep.data.transforms import build_pretrain_transform
+from facerep.data.views import BatchSpec
 
 
 def _synthetic(n: int = 12, workers: int = 0) -> DataConfig:
@@ -26,16 +28,48 @@ def _batches(cfg: DataConfig, count: int, **kwargs) -> list[dict]:
 
 
 def _images(batches: list[dict]) -> torch.Tensor:
-    return torch.cat([b["image"] for b in batches])
+    return torch.cat([b["views"][0] for b in batches])
+
+
+def _two_views_two_masks(cfg: DataConfig) -> BatchSpec:
+    flip = build_pretrain_transform(DataConfig(**{**cfg.__dict__, "hflip": 1.0}))
+    return BatchSpec((build_pretrain_transform(cfg), flip), masks=2, num_patches=9)
 
 
 def test_batch_shape_and_keys() -> None:
     (batch,) = _batches(_synthetic(), 1, batch_size=5)
-    assert set(batch) == {"image", "skipped", "keys"}
-    assert batch["image"].shape == (5, 3, 16, 16) and batch["image"].dtype == torch.float32
+    assert set(batch) == {"views", "masks", "skipped", "keys"}
+    (view,) = batch["views"]
+    assert view.shape == (5, 3, 16, 16) and view.dtype == torch.float32 and batch["masks"] == []
     assert batch["skipped"] == [] and all(k.startswith("synthetic:") for k in batch["keys"])
     plain = next(iter(build_pretrain_loader(_synthetic(), batch_size=2, seed=0)))
-    assert set(plain) == {"image", "skipped"}
+    assert set(plain) == {"views", "masks", "skipped"}
+
+
+def test_the_pipeline_draws_the_views_and_masks_a_method_declares() -> None:
+    cfg = _synthetic()
+    spec = _two_views_two_masks(cfg)
+    batches = _batches(cfg, 3, spec=spec)
+    for batch in batches:
+        first, flipped = batch["views"]
+        assert first.shape == flipped.shape == (4, 3, 16, 16)
+        assert len(batch["masks"]) == 2 and all(
+            m.shape == (4, 9) and m.dtype == torch.int64 for m in batch["masks"]
+        )
+        for m in batch["masks"]:  # each row a permutation of the patch indices
+            assert torch.equal(m.sort(dim=1).values, torch.arange(9).expand(4, -1))
+        assert not torch.equal(batch["masks"][0], batch["masks"][1])  # drawn independently
+    # view 2 (always flipped) is view 1 mirrored where view 1 was not flipped, else equal to it
+    first, flipped = (torch.cat([b["views"][i] for b in batches]) for i in (0, 1))
+    mirrored = [torch.equal(f, v.flip(-1)) for v, f in zip(first, flipped, strict=True)]
+    same = [torch.equal(f, v) for v, f in zip(first, flipped, strict=True)]
+    assert all(m or s for m, s in zip(mirrored, same, strict=True)) and any(mirrored) and any(same)
+    # masks are a pure function of (seed, sample): the same with workers and after a resume
+    masks = torch.cat([b["masks"][0] for b in batches])
+    with_workers = _batches(_synthetic(workers=2), 3, spec=spec)
+    assert torch.equal(torch.cat([b["masks"][0] for b in with_workers]), masks)
+    resumed = _batches(cfg, 2, spec=spec, start_sample=4)
+    assert torch.equal(torch.cat([b["masks"][0] for b in resumed]), masks[4:])
 
 
 def test_same_seed_same_batches_other_seed_differs() -> None:
@@ -140,7 +174,7 @@ def test_datasets_pickle_for_spawned_workers(image_folder, wds_shards) -> None:
     for cfg in (_synthetic(), DataConfig(source="folder", path=str(root), image_size=16)):
         dataset = build_pretrain_loader(cfg, batch_size=2, seed=5).dataset
         clone = pickle.loads(pickle.dumps(dataset))
-        assert torch.equal(clone[3][0], dataset[3][0]) and clone[3][2] == dataset[3][2]
+        assert torch.equal(clone[3][0][0], dataset[3][0][0]) and clone[3][3] == dataset[3][3]
     wds = DataConfig(source="webdataset", path=wds_shards[0], image_size=8, num_workers=0)
     stream = pickle.loads(pickle.dumps(build_pretrain_loader(wds, batch_size=2, seed=5).dataset))
-    assert next(iter(stream))[0].shape == (3, 8, 8)
+    assert next(iter(stream))[0][0].shape == (3, 8, 8)

@@ -30,7 +30,7 @@ def _one_pass(cfg: DataConfig, n: int, batch_size: int) -> tuple[list[str], list
     it = iter(build_pretrain_loader(cfg, batch_size=batch_size, seed=3, return_keys=True))
     for _ in range(n // batch_size):
         batch = next(it)
-        assert batch["image"].shape == (batch_size, 3, cfg.image_size, cfg.image_size)
+        assert batch["views"][0].shape == (batch_size, 3, cfg.image_size, cfg.image_size)
         keys += batch["keys"]
         skipped += batch["skipped"]
     return keys, skipped

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from facerep.engine.checkpoint import load_checkpoint
+from facerep.runtime.checkpoint import load_checkpoint
 
 
 @pytest.mark.slow

@@ -6,11 +6,11 @@ import sys
 import pytest
 import torch
 
-from facerep.checkpoints import export_backbone
-from facerep.cli import main
+from facerep.backbones.io import export_backbone
+from facerep.commands.cli import main
 from facerep.config import FinetuneConfig, load_config
 from facerep.engine.finetune import finetune
-from facerep.models.vit import build_vit
+from facerep.backbones.vit import build_vit
 
 TASKS = {
     "alignment": ("synthetic_alignment", "nme"),

@@ -6,8 +6,8 @@ import timm
 import torch
 from safetensors.torch import load_file
 
-from facerep.engine.checkpoint import load_checkpoint
-from facerep.engine.distributed import init_distributed
+from facerep.runtime.checkpoint import load_checkpoint
+from facerep.runtime.distributed import init_distributed
 from facerep.engine.trainer import NonFiniteLossError, Trainer, pretrain
 
 
@@ -95,9 +95,9 @@ def test_momentum_encoder_moves_only_at_optimizer_steps(tiny_config):
     seen: list[torch.Tensor] = []
     forward = method.forward
 
-    def spy(images):
+    def spy(batch):
         seen.append(torch.cat([p.detach().flatten().clone() for p in method.target_encoder.parameters()]))
-        return forward(images)
+        return forward(batch)
 
     method.forward = spy
     trainer.fit()
@@ -127,9 +127,9 @@ def test_non_finite_loss_stops_without_overwriting_checkpoint(tiny_config, monke
     forward = trainer.method.forward
     calls = {"n": 0}
 
-    def nan_on_third(images):
+    def nan_on_third(batch):
         calls["n"] += 1
-        loss, terms = forward(images)
+        loss, terms = forward(batch)
         return (loss * float("nan"), terms) if calls["n"] == 3 else (loss, terms)
 
     trainer.method.forward = nan_on_third

@@ -1,11 +1,13 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
-from facerep.checkpoints import export_backbone
-from facerep.config import PretrainConfig, load_config
+from facerep.backbones import export_backbone
+from facerep.backbones.vit import build_vit, num_kept, random_keep_order
+from facerep.config import ConfigError, PretrainConfig, load_config
 from facerep.methods import METHODS, build_method
-from facerep.methods.mcf import default_teacher_blocks, momentum_at
-from facerep.models.vit import build_vit, random_keep_order
+from facerep.methods.mcf import default_teacher_blocks
+from facerep.models.patches import patchify
 
 SMALL = [
     "model.depth=2", "model.embed_dim=64", "model.num_heads=2", "data.image_size=32",
@@ -19,27 +21,52 @@ def small(*overrides: str):
     return build_method(load_config(PretrainConfig, None, [*SMALL, *overrides]))
 
 
+def batch_for(method, images: torch.Tensor, seed: int = 0) -> dict:
+    """The batch ``method`` declares, for ``images``, with masks drawn from ``seed``."""
+    spec = method.batch_spec(load_config(PretrainConfig, None, SMALL).data)
+    gen = torch.Generator().manual_seed(seed)
+    masks = [random_keep_order(images.shape[0], spec.num_patches, "cpu", gen) for _ in range(spec.masks)]
+    return {"views": [images] * len(spec.views), "masks": masks}
+
+
 def test_registry_and_unknown_method():
     assert {"mae", "mcf"} <= set(METHODS)
-    with pytest.raises(ValueError, match="unknown method 'simclr'; available: mae, mcf"):
+    with pytest.raises(ConfigError, match="unknown method 'simclr'; available: mae, mcf"):
         small("method=simclr")
 
 
-def test_teacher_blocks_and_momentum_schedule():
+def test_method_sections_are_validated_at_load():
+    with pytest.raises(ConfigError, match=r"mcf\.momentum must be in \[0.0, 1.0\], got 1.5"):
+        load_config(PretrainConfig, None, ["mcf.momentum=1.5"])
+    with pytest.raises(ConfigError, match="teacher.norm_axis must be one of token, feature"):
+        load_config(PretrainConfig, None, ["teacher.norm_axis=channel"])
+    with pytest.raises(ConfigError, match="mcf.temperature"):
+        load_config(PretrainConfig, None, ["mcf.temperature=0"])
+
+
+def test_masked_methods_refuse_a_cnn_backbone():
+    with pytest.raises(ConfigError, match="method=mae masks image patches and needs a ViT"):
+        small("method=mae", "model.arch=resnet18", "model.depth=null", "model.embed_dim=null",
+              "model.num_heads=null")  # fmt: skip
+
+
+def test_batch_specs_declare_views_and_masks():
+    mae, mcf = small("method=mae"), small("method=mcf")
+    data = load_config(PretrainConfig, None, SMALL).data
+    assert (len(mae.batch_spec(data).views), mae.batch_spec(data).masks) == (1, 1)
+    assert (len(mcf.batch_spec(data).views), mcf.batch_spec(data).masks) == (1, 2)
+    assert mcf.batch_spec(data).num_patches == 4  # 32 px / patch 16
+
+
+def test_teacher_blocks():
     assert default_teacher_blocks(12) == [2, 5, 8, 11]
     assert default_teacher_blocks(24) == [5, 11, 17, 23]
-    assert momentum_at(5, 10, 0.99, 1.0, "constant") == 0.99
-    assert momentum_at(0, 10, 0.99, 1.0, "cosine") == pytest.approx(0.99)
-    assert momentum_at(5, 10, 0.99, 1.0, "cosine") == pytest.approx(0.995)
-    assert momentum_at(10, 10, 0.99, 1.0, "cosine") == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="momentum_schedule"):
-        momentum_at(1, 10, 0.99, 1.0, "linear")
 
 
 def test_mcf_gradients_reach_online_parts_only():
     method = small("method=mcf")
     images = torch.randn(4, 3, 32, 32)
-    loss, terms = method(images)
+    loss, terms = method(batch_for(method, images))
     assert set(terms) == {"feature", "contrastive"}
     torch.testing.assert_close(loss, 1000 * terms["feature"] + terms["contrastive"])
     loss.backward()
@@ -52,25 +79,49 @@ def test_mcf_gradients_reach_online_parts_only():
     assert not method.teacher.backbone.training
 
 
-def test_mcf_given_masks_are_reproducible_and_views_independent():
+def test_mcf_uses_the_batch_masks_and_each_view_its_own():
     method = small("method=mcf").eval()
     images = torch.randn(4, 3, 32, 32)
-    ids = (random_keep_order(4, 4, "cpu"), random_keep_order(4, 4, "cpu"))
-    a, _ = method(images, ids)
-    b, _ = method(images, ids)
+    batch = batch_for(method, images)
+    a, _ = method(batch)
+    b, _ = method(batch)
     torch.testing.assert_close(a, b)
-    torch.manual_seed(1)
-    _, mask_1, _ = method.encoder.forward_masked(images, 0.75)
-    _, mask_2, _ = method.target_encoder.forward_masked(images, 0.75)
-    assert not torch.equal(mask_1, mask_2)  # independent draws
+    c, _ = method(batch_for(method, images, seed=1))
+    assert not torch.allclose(a, c)  # other masks, other loss
+    swapped, _ = method({**batch, "masks": batch["masks"][::-1]})
+    assert not torch.allclose(a, swapped)  # online and momentum masks play different roles
 
 
-def test_mcf_symmetric_adds_the_second_direction():
+def _infonce_by_hand(query: torch.Tensor, key: torch.Tensor, t: float) -> torch.Tensor:
+    logits = F.normalize(query, dim=1) @ F.normalize(key, dim=1).T / t
+    return 2 * t * F.cross_entropy(logits, torch.arange(query.shape[0]))
+
+
+def test_mcf_symmetric_loss_is_the_sum_of_both_directions():
+    method = small("method=mcf", "mcf.symmetric=true").eval()
     images = torch.randn(4, 3, 32, 32)
-    ids = (random_keep_order(4, 4, "cpu"), random_keep_order(4, 4, "cpu"))
-    one = small("method=mcf").eval()(images, ids)[1]["contrastive"]
-    both = small("method=mcf", "mcf.symmetric=true").eval()(images, ids)[1]["contrastive"]
-    assert both > one
+    batch = batch_for(method, images)
+    ratio, t = method.cfg.mask_ratio, method.cfg.temperature
+
+    def query(ids):
+        latent = method.encoder.forward_masked(images, ratio, ids)[0]
+        return method.predictor(method.projector(latent[:, 0]))
+
+    def key(ids):
+        return method.target_projector(method.target_encoder.forward_masked(images, ratio, ids)[0][:, 0])
+
+    online, target = batch["masks"]
+    with torch.no_grad():
+        expected = _infonce_by_hand(query(online), key(target), t) + _infonce_by_hand(
+            query(target), key(online), t
+        )
+        got = method(batch)[1]["contrastive"]
+    torch.testing.assert_close(got, expected)
+    one_way = small("method=mcf").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            one_way(batch)[1]["contrastive"], _infonce_by_hand(query(online), key(target), t)
+        )
 
 
 def test_teacher_file_at_another_resolution_sees_resized_images(tmp_path):
@@ -78,14 +129,32 @@ def test_teacher_file_at_another_resolution_sees_resized_images(tmp_path):
     path = export_backbone(teacher, tmp_path)
     method = small("method=mcf", f"teacher.checkpoint={path}", "data.image_size=48")
     assert method.teacher.img_size == 64 and method.teacher.blocks == [0, 1, 2]
-    loss, _ = method(torch.randn(2, 3, 48, 48))
+    loss, _ = method(batch_for(method, torch.randn(2, 3, 48, 48)))
     assert torch.isfinite(loss)
 
 
-def test_mae_scores_masked_patches_and_decay_groups():
+def test_mae_loss_covers_exactly_the_masked_patches():
+    method = small("method=mae").eval()
+    images = torch.randn(3, 3, 32, 32)
+    batch = batch_for(method, images)
+    (ids,) = batch["masks"]
+    keep = num_kept(4, method.mask_ratio)
+    with torch.no_grad():
+        latent, mask, ids_restore = method.encoder.forward_masked(images, method.mask_ratio, ids)
+        pred = method.decoder(latent, ids_restore)
+        per_patch = (pred - patchify(images, 16)).pow(2).mean(dim=-1)  # [N, L]
+        masked = ids[:, keep:]  # the patches the batch's order leaves out
+        expected = per_patch.gather(1, masked).mean()
+        loss, terms = method(batch)
+    assert masked.shape == (3, 4 - keep) and torch.equal(
+        mask.gather(1, masked), torch.ones_like(masked, dtype=mask.dtype)
+    )
+    torch.testing.assert_close(loss, expected)
+    assert set(terms) == {"pixel"}
+
+
+def test_mae_decay_groups():
     method = small("method=mae")
-    loss, terms = method(torch.randn(2, 3, 32, 32))
-    assert loss.item() > 0 and set(terms) == {"pixel"}
     decay, no_decay = method.param_groups(0.05)
     names = {id(p): n for n, p in method.named_parameters()}
     undecayed = {names[id(p)] for p in no_decay["params"]}

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from facerep.models.dense import DenseHead
-from facerep.models.vit import build_vit
+from facerep.backbones.vit import build_vit
 from facerep.tasks.alignment import alignment_loss, gaussian_heatmaps, soft_argmax
 
 
@@ -39,5 +39,5 @@ def test_dense_head_outputs_quarter_resolution(size):
     head = DenseHead(backbone, [0, 1, 2, 3], channels=32, out_channels=5)
     out = head(torch.randn(2, 3, size, size))
     assert out.shape == (2, 5, size // 4, size // 4)
-    with pytest.raises(ValueError, match="4 block indices"):
+    with pytest.raises(ValueError, match="need 4 pyramid levels"):
         DenseHead(backbone, [1, 3], channels=32, out_channels=5)

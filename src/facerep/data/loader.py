@@ -1,11 +1,14 @@
-"""The pre-training data loader: an endless stream of ``{"image": [B, 3, S, S], "skipped": [...]}`` batches.
+"""The pre-training data loader: an endless stream of batches of the views and masks a method declared.
+
+Batches are ``{"views": [[B, 3, S, S], ...], "masks": [[B, L], ...], "skipped": [...]}`` (see
+:mod:`facerep.data.views`); ``skipped`` names the bad inputs skipped or replaced while building them.
 
 Map-style sources (synthetic, folder, lmdb) are exactly deterministic and resumable: an infinite
 sampler walks epochs ``e = 0, 1, ...``; epoch ``e`` is ``torch.randperm(N)`` under a generator seeded
 from ``(seed, e)``, padded by wrapping to ``ceil(N / W) * W`` positions, and rank ``r`` of ``W`` takes
 positions ``r, r + W, ...``. Each sample has a *draw id* ``e * N + index``; its augmentation is drawn
-under ``torch.manual_seed(mix(seed, draw))`` inside ``fork_rng``, so batches do not depend on
-``num_workers`` and ``start_sample`` (samples this rank already consumed) resumes exactly.
+(views, then masks) under ``torch.manual_seed(mix(seed, draw))`` inside ``fork_rng``, so batches do not
+depend on ``num_workers`` and ``start_sample`` (samples this rank already consumed) resumes exactly.
 
 Webdataset shards are split by shard: every epoch the shard list is permuted with ``(seed, epoch)``,
 rank ``r`` takes ``perm[r::W]`` and DataLoader worker ``w`` of ``K`` takes every ``K``-th of those, so
@@ -22,12 +25,11 @@ import hashlib
 import math
 import random
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import Any
 
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
@@ -40,12 +42,14 @@ from facerep.data.sources import (
     load_with_fallback,
 )
 from facerep.data.transforms import BadImage, build_pretrain_transform
+from facerep.data.views import BatchSpec, draw_sample, stack_views
 
 _MASK64 = (1 << 64) - 1
 # Consecutive undecodable webdataset samples after which the stream is declared unreadable.
 WDS_MAX_CONSECUTIVE_BAD = 1000
 
-Sample = tuple[Tensor, list[str], str]  # (image [3, S, S], skipped names, name of the loaded item)
+# (views [3, S, S] each, masks [L] each, skipped names, name of the loaded item)
+Sample = tuple[list[Tensor], list[Tensor], list[str], str]
 
 
 def mix_seed(*values: int) -> int:
@@ -62,13 +66,6 @@ def mix_seed(*values: int) -> int:
 
 def _str_hash(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
-
-
-def seeded_transform(transform: Callable[[Image.Image], Tensor], img: Image.Image, seed: int) -> Tensor:
-    """``transform(img)`` with torch's CPU RNG seeded by ``seed``; the caller's RNG state is untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return transform(img)
 
 
 class InfiniteShuffleSampler(Sampler[int]):
@@ -102,21 +99,18 @@ class InfiniteShuffleSampler(Sampler[int]):
 
 
 class MapStyleDataset(Dataset):
-    """Draw id -> ``(image [3, S, S], skipped names, item name)`` for a :class:`MapSource`."""
+    """Draw id -> ``(views, masks, skipped names, item name)`` for a :class:`MapSource`."""
 
-    def __init__(self, source: MapSource, transform: Callable[[Image.Image], Tensor], seed: int) -> None:
-        self.source, self.transform, self.seed = source, transform, seed
+    def __init__(self, source: MapSource, spec: BatchSpec, seed: int) -> None:
+        self.source, self.spec, self.seed = source, spec, seed
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, draw: int) -> Sample:
         img, used, skipped = load_with_fallback(self.source, draw % len(self.source))
-        return (
-            seeded_transform(self.transform, img, mix_seed(self.seed, draw)),
-            skipped,
-            self.source.name(used),
-        )
+        views, masks = draw_sample(self.spec, img, mix_seed(self.seed, draw))
+        return views, masks, skipped, self.source.name(used)
 
 
 def _shuffle_buffer(items: Iterable[Any], size: int, rng: random.Random) -> Iterator[Any]:
@@ -142,7 +136,7 @@ class WebDatasetStream(IterableDataset):
     def __init__(
         self,
         source: WebDatasetSource,
-        transform: Callable[[Image.Image], Tensor],
+        spec: BatchSpec,
         *,
         seed: int,
         rank: int,
@@ -152,7 +146,7 @@ class WebDatasetStream(IterableDataset):
         shuffle_buffer: int,
     ) -> None:
         super().__init__()
-        self.source, self.transform, self.seed = source, transform, seed
+        self.source, self.spec, self.seed = source, spec, seed
         self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
         self.start_sample, self.shuffle_buffer = start_sample, shuffle_buffer
 
@@ -215,24 +209,26 @@ class WebDatasetStream(IterableDataset):
             seed = mix_seed(
                 self.seed, epoch, _str_hash(sample.get("__url__", "")), _str_hash(sample["__key__"])
             )
-            image = seeded_transform(self.transform, img, seed)
+            views, masks = draw_sample(self.spec, img, seed)
             skipped, pending[:] = list(pending), []
-            yield image, skipped, name
+            yield views, masks, skipped, name
 
 
 class CollateBatch:
-    """List of ``Sample`` -> ``{"image": [B, 3, S, S], "skipped": [...]}`` (+ ``"keys"`` if asked)."""
+    """``Sample`` s -> ``{"views": [...], "masks": [...], "skipped": [...]}`` (+ ``"keys"`` if asked)."""
 
     def __init__(self, return_keys: bool = False) -> None:
         self.return_keys = return_keys
 
     def __call__(self, samples: list[Sample]) -> dict[str, Any]:
+        views, masks = stack_views([(s[0], s[1]) for s in samples])
         batch: dict[str, Any] = {
-            "image": torch.stack([s[0] for s in samples]),
-            "skipped": [name for s in samples for name in s[1]],
+            "views": views,
+            "masks": masks,
+            "skipped": [name for s in samples for name in s[2]],
         }
         if self.return_keys:
-            batch["keys"] = [s[2] for s in samples]
+            batch["keys"] = [s[3] for s in samples]
         return batch
 
 
@@ -286,6 +282,7 @@ class PretrainLoader:
 def build_pretrain_loader(
     cfg: DataConfig,
     *,
+    spec: BatchSpec | None = None,
     batch_size: int,
     seed: int,
     rank: int = 0,
@@ -295,9 +292,11 @@ def build_pretrain_loader(
     drop_last: bool = True,
     return_keys: bool = False,
 ) -> PretrainLoader:
-    """Endless loader of ``{"image": Tensor[B, 3, S, S] float32, "skipped": list[str]}`` batches.
+    """Endless loader of ``{"views": [[B, 3, S, S] float32, ...], "masks": [[B, L] int64, ...],
+    "skipped": list[str]}`` batches.
 
-    ``skipped`` names the bad inputs skipped or replaced while building that batch. ``start_sample``
+    ``spec`` is what the method needs (default: one view through :func:`build_pretrain_transform`, no
+    masks). ``skipped`` names the bad inputs skipped or replaced while building that batch. ``start_sample``
     is the number of samples this rank already consumed. ``return_keys`` adds ``"keys"``: the name
     of each sample's image (for tests and debugging). Building (and iterating) the loader does not
     touch torch's global RNG.
@@ -310,7 +309,7 @@ def build_pretrain_loader(
         raise ValueError(f"start_sample must be >= 0, got {start_sample}")
     num_workers = max(0, int(cfg.num_workers))
     source = build_source(cfg)
-    transform = build_pretrain_transform(cfg)
+    spec = spec or BatchSpec((build_pretrain_transform(cfg),))
     kwargs: dict[str, Any] = {}
     if isinstance(source, WebDatasetSource):
         need = world_size * max(1, num_workers)
@@ -322,7 +321,7 @@ def build_pretrain_loader(
             )
         dataset: Dataset = WebDatasetStream(
             source,
-            transform,
+            spec,
             seed=seed,
             rank=rank,
             world_size=world_size,
@@ -331,7 +330,7 @@ def build_pretrain_loader(
             shuffle_buffer=int(cfg.shuffle_buffer),
         )
     else:
-        dataset = MapStyleDataset(source, transform, seed)
+        dataset = MapStyleDataset(source, spec, seed)
         kwargs["sampler"] = InfiniteShuffleSampler(
             len(source), seed=seed, rank=rank, world_size=world_size, start_sample=start_sample
         )

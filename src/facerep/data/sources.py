@@ -10,15 +10,20 @@ Configuration mistakes (missing path, no images, unknown source) are one-line :c
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import lmdb
 from PIL import Image
 
 from facerep.config import DataConfig
+from facerep.data.synthetic import render_face
 from facerep.data.transforms import BadImage, decode_image
+from facerep.runtime.errors import FacerepError, one_line
+from facerep.runtime.registry import Registry
 
 # Folder file extensions that count as images (compared lower-case).
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff", "ppm", "pgm", "gif"})
@@ -30,7 +35,7 @@ SYNTHETIC_DATASET_SEED = 0
 MAX_CONSECUTIVE_BAD = 50
 
 
-class DataError(ValueError):
+class DataError(FacerepError):
     """A data configuration problem (missing path, no images, unknown source); one line."""
 
 
@@ -69,8 +74,6 @@ class SyntheticSource(MapSource):
         return f"synthetic:{index}"
 
     def load(self, index: int) -> Image.Image:
-        from facerep.data.synthetic import render_face
-
         return Image.fromarray(render_face(self.seed, index, size=self.size).image, mode="RGB")
 
 
@@ -121,8 +124,6 @@ _LMDB_ENVS: dict[str, tuple[int, Any]] = {}  # realpath -> (pid, env): one env p
 
 def _open_lmdb(path: Path) -> Any:
     """This process's read-only environment for ``path`` (py-lmdb allows one per path per process)."""
-    import lmdb
-
     real = os.path.realpath(path)
     pid_env = _LMDB_ENVS.get(real)
     if pid_env is not None:
@@ -214,7 +215,7 @@ def load_with_fallback(source: MapSource, index: int) -> tuple[Image.Image, int,
             last = err.reason
         except Exception as err:
             skipped.append(source.name(i))
-            last = f"{type(err).__name__}: {err}".splitlines()[0]
+            last = one_line(f"{type(err).__name__}: {err}")
     raise DataError(
         f"{source.where}: {len(skipped)} consecutive unreadable images from {source.name(index % n)} on "
         f"(last: {last}); the data looks unreadable"
@@ -238,7 +239,7 @@ class WebDatasetSource:
     """
 
     def __init__(self, pattern: str) -> None:
-        from webdataset.shardlists import expand_urls
+        from webdataset.shardlists import expand_urls  # webdataset takes seconds to import: only when used
 
         self.pattern = pattern
         self.shards: list[str] = [s for s in expand_urls(pattern) if s]
@@ -256,12 +257,11 @@ class WebDatasetSource:
 
         An unreadable shard or member is reported through ``on_error(name)`` and skipped.
         """
-        from webdataset.gopen import gopen
+        from webdataset.gopen import gopen  # slow import, see __init__
         from webdataset.tariterators import group_by_keys, tar_file_iterator
 
         def handler(exn: Exception) -> bool:
-            text = str(exn.args[0] if exn.args else exn).splitlines()
-            on_error(f"{url}: {text[0] if text else type(exn).__name__}")
+            on_error(f"{url}: {one_line(exn.args[0] if exn.args else exn)}")
             return True
 
         try:
@@ -304,8 +304,6 @@ class WebDatasetSource:
 
     def local_length(self) -> int | None:
         """Total samples from img2dataset's ``<shard>_stats.json`` files ("successes"), if all exist."""
-        import json
-
         total = 0
         for shard in self.shards:
             if _is_remote(shard):
@@ -319,20 +317,24 @@ class WebDatasetSource:
         return total
 
 
-SOURCES = ("synthetic", "folder", "lmdb", "webdataset")
+def _path(cfg: DataConfig) -> str:
+    if not cfg.path:
+        raise DataError(f"data.source={cfg.source} needs data.path (got none)")
+    return cfg.path
+
+
+SOURCES: Registry[Callable[[DataConfig], MapSource | WebDatasetSource]] = Registry("data.source", DataError)
+SOURCES.add(
+    "synthetic",
+    lambda cfg: SyntheticSource(
+        cfg.synthetic_length, cfg.synthetic_render_size or cfg.image_size, seed=SYNTHETIC_DATASET_SEED
+    ),
+)
+SOURCES.add("folder", lambda cfg: FolderSource(_path(cfg)))
+SOURCES.add("lmdb", lambda cfg: LmdbSource(_path(cfg), cfg.lmdb_keys))
+SOURCES.add("webdataset", lambda cfg: WebDatasetSource(_path(cfg)))
 
 
 def build_source(cfg: DataConfig) -> MapSource | WebDatasetSource:
     """The source ``cfg.source`` names; :class:`DataError` for an unknown source or a bad path."""
-    if cfg.source == "synthetic":
-        size = cfg.synthetic_render_size or cfg.image_size
-        return SyntheticSource(cfg.synthetic_length, size, seed=SYNTHETIC_DATASET_SEED)
-    if cfg.source not in SOURCES:
-        raise DataError(f"unknown data.source {cfg.source!r} (expected one of {', '.join(SOURCES)})")
-    if not cfg.path:
-        raise DataError(f"data.source={cfg.source} needs data.path (got none)")
-    if cfg.source == "folder":
-        return FolderSource(cfg.path)
-    if cfg.source == "lmdb":
-        return LmdbSource(cfg.path, cfg.lmdb_keys)
-    return WebDatasetSource(cfg.path)
+    return SOURCES.get(cfg.source)(cfg)

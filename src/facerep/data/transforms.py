@@ -19,12 +19,13 @@ from torch import Tensor
 from torchvision.transforms import v2
 
 from facerep.config import DataConfig
+from facerep.runtime.errors import FacerepError, one_line
 
 # Colour transparent pixels are composited over (RGBA, LA, PA, palette with transparency).
 ALPHA_BACKGROUND = (255, 255, 255)
 
 
-class BadImage(ValueError):
+class BadImage(FacerepError):
     """An input that cannot be decoded into an image (empty, truncated, not an image, ...)."""
 
     def __init__(self, name: str, reason: str) -> None:
@@ -95,8 +96,7 @@ def decode_image(data: bytes | str | os.PathLike, name: str) -> Image.Image:
     except Image.UnidentifiedImageError as err:
         raise BadImage(name, "not an image (unrecognised format)") from err
     except Exception as err:
-        text = str(err).strip().splitlines()
-        detail = text[0] if text else type(err).__name__
+        detail = one_line(err)
         kind = "truncated" if "truncat" in detail.lower() else "cannot decode"
         raise BadImage(name, f"{kind} ({type(err).__name__}: {detail})") from err
 
@@ -106,9 +106,9 @@ class PretrainTransform:
 
     def __init__(self, image_size: int, hflip: float, mean: list[float], std: list[float]) -> None:
         if image_size <= 0:
-            raise ValueError(f"data.image_size must be positive, got {image_size}")
+            raise FacerepError(f"data.image_size must be positive, got {image_size}")
         if len(mean) != 3 or len(std) != 3:
-            raise ValueError(f"data.mean and data.std need 3 values each, got {mean} and {std}")
+            raise FacerepError(f"data.mean and data.std need 3 values each, got {mean} and {std}")
         self.pipeline = v2.Compose(
             [
                 v2.Resize((int(image_size), int(image_size)), antialias=True),

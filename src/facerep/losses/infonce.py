@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from facerep.engine.distributed import all_gather_nograd, rank
+from facerep.runtime.distributed import all_gather_nograd, rank
 
 
 def infonce_loss(

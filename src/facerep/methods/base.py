@@ -1,75 +1,112 @@
-"""What every pre-training method offers the trainer, and the ``method=`` registry."""
+"""The method contract every pre-training method implements, the momentum base, and the ``method=`` registry.
+
+A method is an ``nn.Module`` that composes a backbone, heads and pure losses:
+
+* :meth:`PretrainMethod.batch_spec` declares what each batch must carry (views with their transforms,
+  masks), and the data pipeline draws exactly that (:mod:`facerep.data.views`);
+* :meth:`PretrainMethod.forward` maps such a batch to ``(loss, named terms)``;
+* :meth:`PretrainMethod.resolve_stages` runs whatever must finish before the method can be built
+  (MCF's MAE-trained teacher);
+* :meth:`PretrainMethod.on_optimizer_step` runs once per optimizer step (not per micro-batch).
+
+A new method is one module with a :func:`register_method` class (plus one import line in
+``facerep/methods/__init__.py``); its config sections come with the registration.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar
+import copy
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from facerep.models.vit import MaskedViT, build_vit, random_keep_order
+from facerep.backbones import MaskedViT, build_backbone, load_backbone
+from facerep.config import ConfigError, DataConfig, ModelConfig, PretrainConfig, register_section
+from facerep.data.transforms import build_pretrain_transform
+from facerep.data.views import BatchSpec
+from facerep.models.ema import ema_update_
+from facerep.runtime.optim import decayed, no_weight_decay_names
+from facerep.runtime.registry import Registry
+from facerep.runtime.schedules import Schedule
 
-if TYPE_CHECKING:
-    from facerep.config import ModelConfig, PretrainConfig
-
-# Parameter names (last component) that never get weight decay, besides every 1-D tensor.
-NO_DECAY_NAMES = ("cls_token", "pos_embed", "mask_token")
+# run_stage(what, cfg): pre-train ``cfg`` (a stage described by ``what``); returns its exported backbone.
+RunStage = Callable[[str, PretrainConfig], Path]
 
 
 class PretrainMethod(nn.Module):
-    """A method composes a backbone, heads and pure losses into one ``forward(images) -> loss``.
-
-    Subclasses set ``encoder`` (the backbone that is exported) and implement :meth:`forward`.
-    """
+    """A pre-training method (see the module docstring); ``encoder`` is the backbone that is exported."""
 
     name: ClassVar[str]
-    encoder: MaskedViT
+    encoder: nn.Module
 
-    def forward(self, images: torch.Tensor, ids_shuffle=None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``images [N, 3, H, W]`` -> (total loss, named loss terms detached for logging).
-
-        ``ids_shuffle`` optionally fixes the random masks (parity checks); its form is per method.
-        """
+    @classmethod
+    def from_config(cls, cfg: PretrainConfig) -> PretrainMethod:
         raise NotImplementedError
 
-    def fixed_masks(self, images: torch.Tensor, generator: torch.Generator) -> object:
-        """Masks for ``forward(images, ids_shuffle=...)`` drawn from ``generator`` (one per masked view)."""
-        n, length = images.shape[0], self.encoder.num_patches
-        return random_keep_order(n, length, "cpu", generator).to(images.device)
+    @classmethod
+    def resolve_stages(cls, cfg: PretrainConfig, run_stage: RunStage) -> PretrainConfig:
+        """Run the stages this method needs first (through ``run_stage``) and return the config that uses
+        their outputs; by default there are none."""
+        return cfg
+
+    def batch_spec(self, data: DataConfig) -> BatchSpec:
+        """What each batch carries; by default one view through the standard transform and no masks."""
+        return BatchSpec((build_pretrain_transform(data),))
+
+    def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        """A batch of :meth:`batch_spec` -> (total loss, named loss terms detached for logging)."""
+        raise NotImplementedError
 
     def on_optimizer_step(self, step: int, total_steps: int) -> dict[str, float]:
-        """Called after every optimizer step (not micro-batch); returns values to log (e.g. momentum)."""
+        """Called after every optimizer step (not micro-batch); returns values to log."""
         return {}
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """Trainable parameters split into decayed weights and undecayed norms/biases/tokens."""
-        decay, no_decay = [], []
+        no_decay = no_weight_decay_names(self)
+        groups: tuple[list[nn.Parameter], list[nn.Parameter]] = ([], [])
         for name, param in self.named_parameters():
-            if not param.requires_grad:
-                continue
-            if param.ndim <= 1 or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES:
-                no_decay.append(param)
-            else:
-                decay.append(param)
+            if param.requires_grad:
+                groups[0 if decayed(name, param, no_decay) else 1].append(param)
         return [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
+            {"params": groups[0], "weight_decay": weight_decay},
+            {"params": groups[1], "weight_decay": 0.0},
         ]
 
 
-def build_encoder(cfg: PretrainConfig) -> MaskedViT:
-    """The trainable encoder: ``cfg.model.arch`` at ``cfg.data.image_size``, optionally initialised from
-    ``cfg.model.init`` (any file ``facerep.load_backbone`` reads; its position embedding is resampled)."""
-    if cfg.model.init:
-        from facerep.checkpoints import load_backbone
+class MomentumMethod(PretrainMethod):
+    """A method whose target networks are EMA copies of online ones (MoCo v3, MCF; BYOL, FRA).
 
-        encoder = load_backbone(cfg.model.init, img_size=cfg.data.image_size).train()
-        encoder.pos_embed.requires_grad_(False)
-    else:
-        encoder = build_vit(cfg.model.arch, img_size=cfg.data.image_size, **arch_overrides(cfg.model))
-    encoder.set_grad_checkpointing(cfg.model.grad_checkpointing)
-    return encoder
+    Subclasses make the copies with :meth:`momentum_copy` and list ``(online, target)`` pairs in
+    :meth:`momentum_pairs`; ``target = m * target + (1 - m) * online`` then runs once per optimizer
+    step with ``m`` from ``momentum_schedule``.
+    """
+
+    def __init__(self, momentum_schedule: Schedule) -> None:
+        super().__init__()
+        if not 0.0 <= momentum_schedule.base <= 1.0 or not 0.0 <= momentum_schedule.final <= 1.0:
+            raise ConfigError(f"momentum must be in [0, 1], got {momentum_schedule}")
+        self.momentum_schedule = momentum_schedule
+        self.momentum = momentum_schedule.base
+
+    @staticmethod
+    def momentum_copy(module: nn.Module) -> nn.Module:
+        """A frozen copy of ``module`` to serve as its momentum target."""
+        return copy.deepcopy(module).requires_grad_(False)
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """``(online, target)`` module pairs updated by EMA."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def on_optimizer_step(self, step: int, total_steps: int) -> dict[str, float]:
+        self.momentum = self.momentum_schedule.at(step, total_steps)
+        for online, target in self.momentum_pairs():
+            ema_update_(target, online, self.momentum)
+        return {"momentum": self.momentum}
 
 
 def arch_overrides(model: ModelConfig) -> dict:
@@ -78,24 +115,48 @@ def arch_overrides(model: ModelConfig) -> dict:
     return {k: v for k, v in fields.items() if v is not None} | {"drop_path_rate": model.drop_path_rate}
 
 
-METHODS: dict[str, Callable[[PretrainConfig], PretrainMethod]] = {}
+def build_encoder(cfg: PretrainConfig) -> nn.Module:
+    """The trainable backbone: ``cfg.model.arch`` at ``cfg.data.image_size``, or initialised from
+    ``cfg.model.init`` (any file ``facerep.load_backbone`` reads; a ViT's position embedding is resampled)."""
+    if cfg.model.init:
+        encoder = load_backbone(
+            cfg.model.init, img_size=cfg.data.image_size, drop_path_rate=cfg.model.drop_path_rate
+        ).train()
+    else:
+        encoder = build_backbone(cfg.model.arch, img_size=cfg.data.image_size, **arch_overrides(cfg.model))
+    encoder.set_grad_checkpointing(cfg.model.grad_checkpointing)
+    return encoder
 
 
-def register_method(name: str) -> Callable[[type[PretrainMethod]], type[PretrainMethod]]:
-    """Class decorator: make a method buildable as ``method=<name>`` (via its ``from_config``)."""
+def build_masked_encoder(cfg: PretrainConfig) -> MaskedViT:
+    """:func:`build_encoder` for methods that mask patches: a one-line error unless it is a ViT."""
+    encoder = build_encoder(cfg)
+    if not isinstance(encoder, MaskedViT):
+        raise ConfigError(
+            f"method={cfg.method} masks image patches and needs a ViT backbone (model.arch=vit_*), "
+            f"got {type(encoder).__name__} ({cfg.model.init or cfg.model.arch})"
+        )
+    return encoder
+
+
+METHODS: Registry[type[PretrainMethod]] = Registry("method", ConfigError)
+
+
+def register_method(
+    name: str, sections: Mapping[str, type] | None = None
+) -> Callable[[type[PretrainMethod]], type[PretrainMethod]]:
+    """Class decorator: make a method buildable as ``method=<name>`` (via its ``from_config``), with its
+    config sections (``{"mcf": MCFConfig, ...}``) added to every pre-training config."""
 
     def wrap(cls: type[PretrainMethod]) -> type[PretrainMethod]:
-        if name in METHODS:
-            raise ValueError(f"method {name!r} is already registered")
         cls.name = name
-        METHODS[name] = cls.from_config  # type: ignore[attr-defined]
-        return cls
+        for key, schema in (sections or {}).items():
+            register_section(key, schema)
+        return METHODS.add(name, cls)
 
     return wrap
 
 
 def build_method(cfg: PretrainConfig) -> PretrainMethod:
     """Instantiate ``cfg.method`` from the registry; unknown names are a one-line error."""
-    if cfg.method not in METHODS:
-        raise ValueError(f"unknown method {cfg.method!r}; available: {', '.join(sorted(METHODS))}")
-    return METHODS[cfg.method](cfg)
+    return METHODS.get(cfg.method).from_config(cfg)

@@ -2,21 +2,42 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from facerep.backbones import MaskedViT
+from facerep.config import DataConfig, PretrainConfig, check_range
+from facerep.data.transforms import build_pretrain_transform
+from facerep.data.views import BatchSpec
 from facerep.losses.pixel import masked_pixel_loss
-from facerep.methods.base import PretrainMethod, build_encoder, register_method
+from facerep.methods.base import PretrainMethod, build_masked_encoder, register_method
 from facerep.models.decoder import MAEDecoder
 from facerep.models.patches import patchify
-from facerep.models.vit import MaskedViT
-
-if TYPE_CHECKING:
-    from facerep.config import PretrainConfig
 
 
-@register_method("mae")
+@dataclass
+class MAEConfig:
+    """``mae.*``: MAE's masking and loss."""
+
+    mask_ratio: float = 0.75
+    norm_pix_loss: bool = False
+
+    def __post_init__(self) -> None:
+        check_range("mae.mask_ratio", self.mask_ratio, 0.0, 1.0, high_open=True)
+
+
+@dataclass
+class DecoderConfig:
+    """``decoder.*``: the MAE decoder predicting the pixels of every patch (MAE and MCF)."""
+
+    embed_dim: int = 128  # recipe: 512
+    depth: int = 2  # recipe: 8
+    num_heads: int = 4  # recipe: 16
+
+
+@register_method("mae", sections={"mae": MAEConfig, "decoder": DecoderConfig})
 class MAE(PretrainMethod):
     """Masked encoder + MAE decoder + masked pixel MSE."""
 
@@ -31,13 +52,16 @@ class MAE(PretrainMethod):
 
     @classmethod
     def from_config(cls, cfg: PretrainConfig) -> MAE:
-        encoder = build_encoder(cfg)
+        encoder = build_masked_encoder(cfg)
         return cls(encoder, build_decoder(cfg, encoder), cfg.mae.mask_ratio, cfg.mae.norm_pix_loss)
 
-    def forward(
-        self, images: torch.Tensor, ids_shuffle: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Loss for ``images [N, 3, H, W]``; ``ids_shuffle [N, L]`` optionally fixes the mask."""
+    def batch_spec(self, data: DataConfig) -> BatchSpec:
+        """One view and one patch order per image."""
+        return BatchSpec((build_pretrain_transform(data),), masks=1, num_patches=self.encoder.num_patches)
+
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Pixel loss of ``batch["views"][0]`` ``[N, 3, H, W]`` masked by ``batch["masks"][0]`` ``[N, L]``."""
+        (images,), (ids_shuffle,) = batch["views"], batch["masks"]
         latent, mask, ids_restore = self.encoder.forward_masked(images, self.mask_ratio, ids_shuffle)
         pred = self.decoder(latent, ids_restore)
         target = patchify(images, self.encoder.arch.patch_size)

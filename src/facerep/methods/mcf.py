@@ -12,46 +12,91 @@ Two signals train one masked ViT encoder:
 ``loss = feature_weight * feature_loss + contrastive_weight * infonce``.
 
 Unlike the reference code, the momentum update runs once per optimizer step (not per micro-batch),
-its schedule is configurable, and one process runs without ``torch.distributed``.
+its schedule is configurable, and one process runs without ``torch.distributed``. With
+``teacher.checkpoint=mae_stage`` (the default) MCF first pre-trains its own teacher with MAE
+(:meth:`MCF.resolve_stages`).
 """
 
 from __future__ import annotations
 
-import copy
-import math
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facerep.losses.feature_distill import feature_distill_loss
+from facerep.backbones import MaskedViT, build_vit, load_backbone
+from facerep.config import ConfigError, DataConfig, ModelConfig, PretrainConfig, check_choice, check_range
+from facerep.data.transforms import build_pretrain_transform
+from facerep.data.views import BatchSpec
+from facerep.losses.feature_distill import NORM_AXES, feature_distill_loss
 from facerep.losses.infonce import infonce_loss
-from facerep.methods.base import PretrainMethod, arch_overrides, build_encoder, register_method
-from facerep.methods.mae import build_decoder
+from facerep.methods.base import (
+    MomentumMethod,
+    RunStage,
+    arch_overrides,
+    build_masked_encoder,
+    register_method,
+)
+from facerep.methods.mae import DecoderConfig, build_decoder
 from facerep.models.decoder import MAEDecoder
-from facerep.models.ema import ema_update_
 from facerep.models.heads import mlp_head
 from facerep.models.patches import unpatchify
-from facerep.models.vit import MaskedViT, build_vit, random_keep_order
+from facerep.runtime.schedules import SCHEDULE_KINDS, Schedule
 
-if TYPE_CHECKING:
-    from facerep.config import MCFConfig, PretrainConfig
+
+@dataclass
+class TeacherConfig:
+    """``teacher.*``: the frozen teacher whose block features are MCF's reconstruction target.
+
+    ``checkpoint`` is a path readable by ``facerep.load_backbone``, or ``mae_stage`` (pre-train a
+    teacher with MAE for ``stage_steps`` steps in ``output_dir/teacher_mae`` first), or ``random``
+    (a randomly initialised teacher of ``arch``: only for tests and ablations).
+    """
+
+    checkpoint: str | None = "mae_stage"
+    arch: str | None = None  # only for checkpoint=random / mae_stage (default: model.arch)
+    blocks: list[int] | None = None  # default [2,5,8,11] for 12 blocks, spread evenly otherwise
+    stage_steps: int = 150  # mae_stage: steps of the first (MAE) stage
+    norm_axis: str = "token"  # token (reference code, dim=1) | feature (per-token L2 normalisation)
+
+    def __post_init__(self) -> None:
+        check_choice("teacher.norm_axis", self.norm_axis, tuple(NORM_AXES))
+
+
+@dataclass
+class MCFConfig:
+    """``mcf.*``: masking, loss weights, contrastive heads and momentum."""
+
+    mask_ratio: float = 0.75
+    feature_weight: float = 1000.0
+    contrastive_weight: float = 1.0
+    temperature: float = 0.2
+    symmetric: bool = False  # MoCo v3 symmetric loss (both views as queries)
+    proj_hidden_dim: int = 1024  # recipe: 4096
+    proj_dim: int = 128  # recipe: 256
+    momentum: float = 0.99
+    momentum_schedule: str = "constant"  # constant | cosine (momentum -> momentum_end)
+    momentum_end: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_range("mcf.mask_ratio", self.mask_ratio, 0.0, 1.0, high_open=True)
+        check_range("mcf.momentum", self.momentum, 0.0, 1.0)
+        check_range("mcf.momentum_end", self.momentum_end, 0.0, 1.0)
+        check_choice("mcf.momentum_schedule", self.momentum_schedule, SCHEDULE_KINDS)
+        if self.temperature <= 1e-8:
+            raise ConfigError(f"mcf.temperature must be > 1e-8, got {self.temperature}")
+
+    def momentum_schedule_of(self) -> Schedule:
+        """The EMA momentum schedule these settings describe."""
+        return Schedule(self.momentum, self.momentum_end, kind=self.momentum_schedule)
 
 
 def default_teacher_blocks(depth: int, count: int = 4) -> list[int]:
     """``count`` block indices spread evenly and ending at the last block: ``[2, 5, 8, 11]`` for 12."""
     return sorted({max(0, round((i + 1) * depth / count) - 1) for i in range(count)})
-
-
-def momentum_at(step: int, total_steps: int, base: float, end: float, schedule: str) -> float:
-    """EMA momentum after ``step`` optimizer steps: constant ``base``, or cosine from ``base`` to ``end``."""
-    if schedule == "constant":
-        return base
-    if schedule == "cosine":
-        progress = min(1.0, step / max(1, total_steps))
-        return end - (end - base) * (math.cos(math.pi * progress) + 1) / 2
-    raise ValueError(f"mcf.momentum_schedule must be 'constant' or 'cosine', got {schedule!r}")
 
 
 class FrozenTeacher(nn.Module):
@@ -85,38 +130,52 @@ class FrozenTeacher(nn.Module):
         return feature_distill_loss(self.features(reconstruction), target, self.norm_axis)
 
 
-@register_method("mcf")
-class MCF(PretrainMethod):
+@register_method("mcf", sections={"mcf": MCFConfig, "teacher": TeacherConfig, "decoder": DecoderConfig})
+class MCF(MomentumMethod):
     """Masked encoder + MAE decoder + frozen teacher feature loss + momentum contrast."""
 
     def __init__(
         self, encoder: MaskedViT, decoder: MAEDecoder, teacher: FrozenTeacher, cfg: MCFConfig
     ) -> None:
-        super().__init__()
-        if not 0.0 <= cfg.momentum <= 1.0:
-            raise ValueError(f"mcf.momentum must be in [0, 1], got {cfg.momentum}")
+        super().__init__(cfg.momentum_schedule_of())
         self.cfg = cfg
         self.encoder = encoder
         self.decoder = decoder
         self.teacher = teacher
         self.projector = mlp_head(encoder.embed_dim, cfg.proj_hidden_dim, cfg.proj_dim)
         self.predictor = mlp_head(cfg.proj_dim, cfg.proj_hidden_dim, cfg.proj_dim, last_bn=False)
-        self.target_encoder = copy.deepcopy(encoder).requires_grad_(False)
-        self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
-        self.momentum = cfg.momentum
+        self.target_encoder = self.momentum_copy(encoder)
+        self.target_projector = self.momentum_copy(self.projector)
 
     @classmethod
     def from_config(cls, cfg: PretrainConfig) -> MCF:
-        encoder = build_encoder(cfg)
+        encoder = build_masked_encoder(cfg)
         return cls(encoder, build_decoder(cfg, encoder), build_teacher(cfg), cfg.mcf)
 
-    def fixed_masks(
-        self, images: torch.Tensor, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return super().fixed_masks(images, generator), super().fixed_masks(images, generator)
+    @classmethod
+    def resolve_stages(cls, cfg: PretrainConfig, run_stage: RunStage) -> PretrainConfig:
+        """``teacher.checkpoint=mae_stage``: pre-train the teacher with MAE first, in
+        ``output_dir/teacher_mae`` (a run like any other, so a finished stage is skipped on rerun)."""
+        tcfg = cfg.teacher
+        if tcfg.checkpoint != "mae_stage":
+            return cfg
+        if tcfg.stage_steps <= 0:
+            raise ConfigError("teacher.checkpoint=mae_stage needs teacher.stage_steps > 0")
+        stage = replace(
+            cfg,
+            method="mae",
+            output_dir=str(Path(cfg.output_dir) / "teacher_mae"),
+            model=replace(cfg.model, init=None) if not tcfg.arch else ModelConfig(arch=tcfg.arch),
+            train=replace(cfg.train, max_steps=tcfg.stage_steps, epochs=0.0, warmup_steps=-1),
+        )
+        path = run_stage(f"pre-training the MCF teacher with MAE ({tcfg.stage_steps} steps)", stage)
+        return replace(cfg, teacher=replace(tcfg, checkpoint=str(path)))
+
+    def batch_spec(self, data: DataConfig) -> BatchSpec:
+        """One view and two independent patch orders per image (online and momentum encoder)."""
+        return BatchSpec((build_pretrain_transform(data),), masks=2, num_patches=self.encoder.num_patches)
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        """(online, momentum) module pairs updated by EMA."""
         return [(self.encoder, self.target_encoder), (self.projector, self.target_projector)]
 
     def _query(self, images: torch.Tensor, ids_shuffle: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -128,21 +187,10 @@ class MCF(PretrainMethod):
         latent = self.target_encoder.forward_masked(images, self.cfg.mask_ratio, ids_shuffle)[0]
         return self.target_projector(latent[:, 0])
 
-    def forward(
-        self, images: torch.Tensor, ids_shuffle: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Total loss for ``images [N, 3, H, W]``.
-
-        ``ids_shuffle`` optionally fixes the (online, momentum) patch permutations ``[N, L]`` each;
-        by default both are drawn independently.
-        """
-        n, length = images.shape[0], self.encoder.num_patches
-        if ids_shuffle is None:
-            ids_shuffle = (
-                random_keep_order(n, length, images.device),
-                random_keep_order(n, length, images.device),
-            )
-        online_ids, target_ids = ids_shuffle
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Total loss for ``batch["views"][0]`` ``[N, 3, H, W]``; ``batch["masks"]`` holds the online and the
+        momentum encoder's patch orders ``[N, L]``."""
+        (images,), (online_ids, target_ids) = batch["views"], batch["masks"]
         latent, ids_restore, query = self._query(images, online_ids)
 
         reconstruction = unpatchify(self.decoder(latent, ids_restore), self.encoder.arch.patch_size)
@@ -155,31 +203,23 @@ class MCF(PretrainMethod):
         loss = self.cfg.feature_weight * feature + self.cfg.contrastive_weight * contrast
         return loss, {"feature": feature.detach(), "contrastive": contrast.detach()}
 
-    @torch.no_grad()
-    def on_optimizer_step(self, step: int, total_steps: int) -> dict[str, float]:
-        """EMA update ``target = m * target + (1 - m) * online`` with ``m`` at this step."""
-        cfg = self.cfg
-        self.momentum = momentum_at(step, total_steps, cfg.momentum, cfg.momentum_end, cfg.momentum_schedule)
-        for online, target in self.momentum_pairs():
-            ema_update_(target, online, self.momentum)
-        return {"momentum": self.momentum}
-
 
 def build_teacher(cfg: PretrainConfig) -> FrozenTeacher:
     """The frozen teacher named by ``cfg.teacher.checkpoint`` (a file, or ``random`` for tests)."""
     tcfg = cfg.teacher
     if not tcfg.checkpoint:
-        raise ValueError("method=mcf needs teacher.checkpoint: a pre-trained ViT file, or mae_stage")
+        raise ConfigError("method=mcf needs teacher.checkpoint: a pre-trained ViT file, or mae_stage")
     if tcfg.checkpoint == "mae_stage":
-        raise ValueError(
-            "teacher.checkpoint=mae_stage is resolved by facerep.engine.pretrain before building MCF"
+        raise ConfigError(
+            "teacher.checkpoint=mae_stage must be resolved before MCF is built (MCF.resolve_stages; "
+            "facerep pretrain does it)"
         )
     if tcfg.checkpoint == "random":
         overrides = {} if tcfg.arch else arch_overrides(cfg.model)
         backbone = build_vit(tcfg.arch or cfg.model.arch, img_size=cfg.data.image_size, **overrides)
     else:
-        from facerep.checkpoints import load_backbone
-
         backbone = load_backbone(tcfg.checkpoint)
+    if not isinstance(backbone, MaskedViT):
+        raise ConfigError(f"teacher.checkpoint={tcfg.checkpoint}: MCF's teacher must be a ViT")
     blocks = tcfg.blocks if tcfg.blocks is not None else default_teacher_blocks(len(backbone.blocks))
     return FrozenTeacher(backbone, list(blocks), tcfg.norm_axis)

@@ -6,7 +6,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from facerep.models.vit import sincos_pos_embed_2d
+from facerep.backbones.vit import sincos_pos_embed_2d
 
 
 class MAEDecoder(nn.Module):
@@ -51,6 +51,9 @@ class MAEDecoder(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"mask_token"}
 
     def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """Predict every patch.

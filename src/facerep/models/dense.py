@@ -1,17 +1,23 @@
-"""Dense prediction trunk for face alignment and parsing (FaRL's protocol).
+"""Dense prediction trunk for face alignment and parsing (FaRL's protocol), fed by any backbone's pyramid.
 
-ViT block outputs at several depths are reshaped to feature maps, brought to four scales by FPN-style
-adapters (4x up, 2x up, identity, 2x down) and fused by a UPerNet head (pyramid pooling + top-down
-FPN) into one map at 1/4 of the input resolution.
+The backbone's ``forward_pyramid`` gives four maps. A ViT's are four block outputs on one patch grid;
+FPN-style adapters (4x up, 2x up, identity, 2x down) bring them to four scales. A CNN's stages already
+form a pyramid (strides 4, 8, 16, 32) and pass unchanged. A UPerNet head (pyramid pooling + top-down
+FPN) fuses the four into one map at the resolution of the finest.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facerep.models.vit import MaskedViT
+from facerep.backbones import Backbone
+from facerep.config import ConfigError
+
+PYRAMID_LEVELS = 4
 
 
 def conv_bn_relu(in_ch: int, out_ch: int, kernel: int = 3) -> nn.Sequential:
@@ -20,31 +26,6 @@ def conv_bn_relu(in_ch: int, out_ch: int, kernel: int = 3) -> nn.Sequential:
         nn.BatchNorm2d(out_ch),
         nn.ReLU(True),
     )
-
-
-class MultiLevelViT(nn.Module):
-    """Feature maps ``[N, D, G, G]`` from the outputs of chosen ViT blocks (CLS token dropped).
-
-    The output of the last block gets the final norm, the others are taken as they leave their block.
-    """
-
-    def __init__(self, backbone: MaskedViT, blocks: list[int]) -> None:
-        super().__init__()
-        if len(blocks) != 4:
-            raise ValueError(f"need 4 block indices for the 4 FPN levels, got {blocks}")
-        self.backbone = backbone
-        self.blocks = list(blocks)
-
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        tokens = self.backbone.forward_block_tokens(images, self.blocks)
-        grid = images.shape[-1] // self.backbone.arch.patch_size
-        maps = []
-        for index, t in zip(self.blocks, tokens, strict=True):
-            if index == len(self.backbone.blocks) - 1:
-                t = self.backbone.norm(t)
-            n, _, d = t.shape
-            maps.append(t[:, 1:].transpose(1, 2).reshape(n, d, grid, grid))
-        return maps
 
 
 class FPNAdapters(nn.Module):
@@ -66,20 +47,25 @@ class FPNAdapters(nn.Module):
 class UPerHead(nn.Module):
     """UPerNet fusion (Xiao et al., 2018): pyramid pooling on the coarsest map, top-down FPN, concat, fuse.
 
-    Input: 4 maps, finest first, each ``[N, in_dim, H_i, W_i]``; output ``[N, out_channels, H_0, W_0]``.
+    Input: 4 maps, finest first, ``[N, in_dims[i], H_i, W_i]``; output ``[N, out_channels, H_0, W_0]``.
     """
 
     def __init__(
-        self, in_dim: int, channels: int, out_channels: int, pool_scales: tuple[int, ...] = (1, 2, 3, 6)
+        self,
+        in_dims: Sequence[int],
+        channels: int,
+        out_channels: int,
+        pool_scales: tuple[int, ...] = (1, 2, 3, 6),
     ) -> None:
         super().__init__()
+        *fine, top = in_dims
         self.pools = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(s), conv_bn_relu(in_dim, channels, 1)) for s in pool_scales
+            nn.Sequential(nn.AdaptiveAvgPool2d(s), conv_bn_relu(top, channels, 1)) for s in pool_scales
         )
-        self.psp_fuse = conv_bn_relu(in_dim + len(pool_scales) * channels, channels)
-        self.lateral = nn.ModuleList(conv_bn_relu(in_dim, channels, 1) for _ in range(3))
-        self.fpn = nn.ModuleList(conv_bn_relu(channels, channels) for _ in range(3))
-        self.fuse = conv_bn_relu(4 * channels, channels)
+        self.psp_fuse = conv_bn_relu(top + len(pool_scales) * channels, channels)
+        self.lateral = nn.ModuleList(conv_bn_relu(dim, channels, 1) for dim in fine)
+        self.fpn = nn.ModuleList(conv_bn_relu(channels, channels) for _ in fine)
+        self.fuse = conv_bn_relu(len(in_dims) * channels, channels)
         self.classifier = nn.Conv2d(channels, out_channels, 1)
 
     @staticmethod
@@ -99,13 +85,38 @@ class UPerHead(nn.Module):
 
 
 class DenseHead(nn.Module):
-    """Backbone -> multi-level maps -> adapters -> UPerNet: ``[N, 3, S, S]`` -> ``[N, out, S/4, S/4]``."""
+    """Backbone pyramid -> (FPN adapters) -> UPerNet: ``[N, 3, S, S]`` -> ``[N, out, S/4, S/4]``.
 
-    def __init__(self, backbone: MaskedViT, blocks: list[int], channels: int, out_channels: int) -> None:
+    ``levels`` are the backbone's pyramid levels (ViT block indices, ResNet stages); exactly four.
+    """
+
+    def __init__(self, backbone: Backbone, levels: Sequence[int], channels: int, out_channels: int) -> None:
         super().__init__()
-        self.trunk = MultiLevelViT(backbone, blocks)
-        self.adapters = FPNAdapters(backbone.embed_dim)
-        self.head = UPerHead(backbone.embed_dim, channels, out_channels)
+        if len(levels) != PYRAMID_LEVELS:
+            raise ConfigError(f"need {PYRAMID_LEVELS} pyramid levels for the FPN, got {list(levels)}")
+        self.backbone = backbone
+        self.levels = list(levels)
+        dims = backbone.pyramid_channels(self.levels)
+        one_grid = len(set(backbone.pyramid_strides(self.levels))) == 1
+        if one_grid and len(set(dims)) != 1:
+            raise ConfigError(f"same-stride pyramid levels {self.levels} must share one width, got {dims}")
+        self.adapters = FPNAdapters(dims[0]) if one_grid else nn.Identity()
+        self.head = UPerHead(dims, channels, out_channels)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.adapters(self.trunk(images)))
+        return self.head(self.adapters(self.backbone.forward_pyramid(images, self.levels)))
+
+
+def resolve_levels(
+    backbone: Backbone, levels: Sequence[int] | None, blocks: Sequence[int] | None
+) -> list[int]:
+    """The pyramid levels a head config names: ``head.levels``, or its ViT spelling ``head.blocks``, or
+    the backbone's defaults (FaRL's blocks ``[3, 5, 7, 11]``; ResNet stages ``[1, 2, 3, 4]``)."""
+    if blocks is not None and levels is not None and list(blocks) != list(levels):
+        raise ConfigError(f"head.blocks={list(blocks)} and head.levels={list(levels)} disagree; set one")
+    if blocks is not None and backbone.arch.family != "vit":
+        raise ConfigError(
+            f"head.blocks names ViT blocks; for a {backbone.arch.family} backbone set head.levels"
+        )
+    chosen = levels if levels is not None else blocks
+    return list(chosen if chosen is not None else backbone.default_levels)

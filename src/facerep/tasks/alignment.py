@@ -9,9 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facerep.models.dense import DenseHead
-from facerep.models.vit import MaskedViT
+from facerep.backbones import Backbone
+from facerep.data.downstream.transforms import AlignmentTransform, landmarks_to_image
+from facerep.metrics.landmarks import ced_auc_fr, nme, unit_distance
+from facerep.models.dense import DenseHead, resolve_levels
 from facerep.tasks.base import Task, register_task
+from facerep.viz import draw_landmarks
 
 
 def soft_argmax(heatmap_logits: torch.Tensor) -> torch.Tensor:
@@ -53,9 +56,9 @@ def alignment_loss(
 class AlignmentModel(nn.Module):
     """Backbone + UPerNet -> K heatmaps at 1/4 resolution -> soft-argmax landmarks."""
 
-    def __init__(self, backbone: MaskedViT, num_points: int, blocks: list[int], channels: int) -> None:
+    def __init__(self, backbone: Backbone, num_points: int, levels: list[int], channels: int) -> None:
         super().__init__()
-        self.dense = DenseHead(backbone, blocks, channels, num_points)
+        self.dense = DenseHead(backbone, levels, channels, num_points)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         heatmaps = self.dense(images)
@@ -69,11 +72,11 @@ class Alignment(Task):
     higher_is_better = False
 
     def build_model(self, backbone, dataset) -> nn.Module:
-        return AlignmentModel(backbone, dataset.num_points, self.cfg.head.blocks, self.cfg.head.channels)
+        head = self.cfg.head
+        levels = resolve_levels(backbone, head.levels, head.blocks)
+        return AlignmentModel(backbone, dataset.num_points, levels, head.channels)
 
     def transform(self, train: bool):
-        from facerep.data.downstream.transforms import AlignmentTransform
-
         return AlignmentTransform(self.cfg.data.image_size, train, self.augment_config())
 
     def originals(self, sample: dict[str, Any]) -> dict[str, Any]:
@@ -91,15 +94,15 @@ class Alignment(Task):
 
     @torch.no_grad()
     def predict(self, model, batch):
-        from facerep.data.downstream.transforms import landmarks_to_image
-
         pred = model(batch["image"])["landmarks"].float().cpu()
         return {"landmarks": landmarks_to_image(pred, batch["crop_to_image"].cpu(), self.cfg.data.image_size)}
 
+    def draw(self, sample, prediction, dataset):
+        """Predicted landmarks (green) and the ground truth (red)."""
+        return draw_landmarks(sample["image"], prediction["landmarks"][0].numpy(), sample["landmarks"])
+
     @torch.no_grad()
     def evaluate(self, model, loader, dataset, device) -> dict:
-        from facerep.metrics.landmarks import ced_auc_fr, nme, unit_distance
-
         preds, targets, boxes, order = [], [], [], []
         for batch in loader:
             batch["image"] = batch["image"].to(device, non_blocking=True)

@@ -1,18 +1,25 @@
-"""What a downstream task provides to the fine-tuning engine, and the ``task=`` registry."""
+"""What a downstream task provides to the fine-tuning engine, and the ``task=`` registry.
+
+A new task is one module with a :func:`register_task` class (plus one import line in
+``facerep/tasks/__init__.py``): it builds its model on any backbone (``forward_pyramid`` for dense
+heads, ``pooled`` for vectors), its transforms, its loss and its evaluation.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
-if TYPE_CHECKING:
-    from facerep.config import FinetuneConfig
-    from facerep.data.downstream.base import FaceDataset
-    from facerep.models.vit import MaskedViT
+from facerep.backbones import Backbone
+from facerep.config import ConfigError, FinetuneConfig
+from facerep.data.downstream.base import FaceDataset
+from facerep.data.downstream.transforms import AugmentConfig
+from facerep.runtime.registry import Registry
 
 
 class Task:
@@ -28,7 +35,7 @@ class Task:
     def __init__(self, cfg: FinetuneConfig) -> None:
         self.cfg = cfg
 
-    def build_model(self, backbone: MaskedViT, dataset: FaceDataset) -> nn.Module:
+    def build_model(self, backbone: Backbone, dataset: FaceDataset) -> nn.Module:
         raise NotImplementedError
 
     def transform(self, train: bool) -> Callable[[dict], dict]:
@@ -36,8 +43,6 @@ class Task:
 
     def augment_config(self) -> Any:
         """FaRL's augmentation preset for this task with the config's ``augment.*`` overrides applied."""
-        from facerep.data.downstream.transforms import AugmentConfig
-
         return AugmentConfig.for_task(self.name, **self.cfg.augment)
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -54,6 +59,10 @@ class Task:
     def originals(self, sample: dict[str, Any]) -> dict[str, Any]:
         """Ground truth in original image coordinates, kept beside the transformed sample for scoring."""
         return {}
+
+    def draw(self, sample: dict[str, Any], prediction: dict[str, Any], dataset: FaceDataset) -> Image.Image:
+        """An overlay of the first prediction of a :meth:`predict` result on ``sample``'s image."""
+        raise ConfigError(f"overlays are not available for task={self.name}")
 
 
 class TaskDataset(torch.utils.data.Dataset):
@@ -72,18 +81,17 @@ class TaskDataset(torch.utils.data.Dataset):
         return {**self.transform(sample), **self.task.originals(sample), "index": index}
 
 
-TASKS: dict[str, type[Task]] = {}
+TASKS: Registry[type[Task]] = Registry("task", ConfigError)
 
 
 def register_task(cls: type[Task]) -> type[Task]:
-    TASKS[cls.name] = cls
-    return cls
+    """Class decorator: make a task buildable as ``task=<cls.name>``."""
+    return TASKS.add(cls.name, cls)
 
 
 def build_task(cfg: FinetuneConfig) -> Task:
-    if cfg.task not in TASKS:
-        raise ValueError(f"unknown task {cfg.task!r}; available: {', '.join(sorted(TASKS))}")
-    return TASKS[cfg.task](cfg)
+    """The task ``cfg.task`` names; unknown names are a one-line error listing the known ones."""
+    return TASKS.get(cfg.task)(cfg)
 
 
 def collate_samples(samples: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Face classification: single-label (expression) or multi-label (attributes) from the CLS token."""
+"""Face classification: single-label (expression) or multi-label (attributes) from the pooled feature."""
 
 from __future__ import annotations
 
@@ -9,27 +9,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facerep.models.vit import MaskedViT
+from facerep.backbones import Backbone
+from facerep.data.downstream.transforms import ClassificationTransform
+from facerep.metrics.classification import accuracy, attribute_accuracy, mean_class_accuracy
 from facerep.tasks.base import Task, register_task
 
 
 class ClassificationModel(nn.Module):
-    """Backbone CLS feature -> linear layer: ``[N, 3, S, S]`` -> ``[N, outputs]``."""
+    """Backbone pooled feature (ViT CLS token, CNN average pool) -> linear layer: ``[N, 3, S, S]`` ->
+    ``[N, outputs]``."""
 
-    def __init__(self, backbone: MaskedViT, num_outputs: int, frozen: bool = False) -> None:
+    def __init__(self, backbone: Backbone, num_outputs: int, frozen: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         self.frozen = frozen
         if frozen:
             backbone.requires_grad_(False)
-        self.head = nn.Linear(backbone.embed_dim, num_outputs)
+        self.head = nn.Linear(backbone.feature_dim, num_outputs)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         with torch.set_grad_enabled(not self.frozen and torch.is_grad_enabled()):
-            return self.backbone.forward_features(images)[:, 0]
+            return self.backbone.pooled(images)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Images ``[N, 3, S, S]``, or cached CLS features ``[N, D]`` (linear probe) -> logits."""
+        """Images ``[N, 3, S, S]``, or cached pooled features ``[N, D]`` (linear probe) -> logits."""
         return self.head(inputs if inputs.ndim == 2 else self.features(inputs))
 
 
@@ -51,8 +54,6 @@ def classification_loss(logits: torch.Tensor, target: torch.Tensor, multilabel: 
 
 def classification_scores(logits: np.ndarray, target: np.ndarray, dataset) -> dict[str, float]:
     """Accuracy and mean per-class accuracy, or per-attribute and mean attribute accuracy."""
-    from facerep.metrics.classification import accuracy, attribute_accuracy, mean_class_accuracy
-
     if is_multilabel(dataset):
         per_attribute, mean = attribute_accuracy(logits, target, threshold=0.0)
         names = dataset.attribute_names
@@ -84,8 +85,6 @@ class Classification(Task):
         return ClassificationModel(backbone, outputs, frozen=self.cfg.train.probe)
 
     def transform(self, train: bool):
-        from facerep.data.downstream.transforms import ClassificationTransform
-
         return ClassificationTransform(self.cfg.data.image_size, train, self.augment_config())
 
     def loss(self, model, batch):

@@ -4,21 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facerep.models.dense import DenseHead
-from facerep.models.vit import MaskedViT
+from facerep.backbones import Backbone
+from facerep.data.downstream.transforms import ParsingTransform, logits_to_image
+from facerep.metrics.parsing import ConfusionAccumulator, parsing_scores
+from facerep.models.dense import DenseHead, resolve_levels
 from facerep.tasks.base import Task, register_task
+from facerep.viz import draw_parsing
 
 
 class ParsingModel(nn.Module):
     """Backbone + UPerNet -> class logits at the input size: ``[N, 3, S, S]`` -> ``[N, C, S, S]``."""
 
-    def __init__(self, backbone: MaskedViT, num_classes: int, blocks: list[int], channels: int) -> None:
+    def __init__(self, backbone: Backbone, num_classes: int, levels: list[int], channels: int) -> None:
         super().__init__()
-        self.dense = DenseHead(backbone, blocks, channels, num_classes)
+        self.dense = DenseHead(backbone, levels, channels, num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits = self.dense(images)
@@ -32,11 +36,11 @@ class Parsing(Task):
     higher_is_better = True
 
     def build_model(self, backbone, dataset) -> nn.Module:
-        return ParsingModel(backbone, len(dataset.class_names), self.cfg.head.blocks, self.cfg.head.channels)
+        head = self.cfg.head
+        levels = resolve_levels(backbone, head.levels, head.blocks)
+        return ParsingModel(backbone, len(dataset.class_names), levels, head.channels)
 
     def transform(self, train: bool):
-        from facerep.data.downstream.transforms import ParsingTransform
-
         return ParsingTransform(self.cfg.data.image_size, train, self.augment_config())
 
     def originals(self, sample: dict[str, Any]) -> dict[str, Any]:
@@ -48,8 +52,6 @@ class Parsing(Task):
 
     @torch.no_grad()
     def predict(self, model, batch):
-        from facerep.data.downstream.transforms import logits_to_image
-
         logits = model(batch["image"]).float().cpu()
         masks = []
         for i in range(logits.shape[0]):  # original sizes differ: one image at a time
@@ -63,10 +65,13 @@ class Parsing(Task):
             masks.append(original[0].argmax(0))
         return {"masks": masks}
 
+    def draw(self, sample, prediction, dataset):
+        """The predicted mask, coloured, with a legend of the classes present."""
+        mask = prediction["masks"][0].numpy().astype(np.uint8)
+        return draw_parsing(sample["image"], mask, dataset.class_names)
+
     @torch.no_grad()
     def evaluate(self, model, loader, dataset, device) -> dict:
-        from facerep.metrics.parsing import ConfusionAccumulator, parsing_scores
-
         names = dataset.class_names
         subsets = dataset.subsets()
         member_of = {subset: set(members.tolist()) for subset, members in subsets.items()}

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from facerep.data.downstream.alignment import AFLW19, IBUG300W, WFLW, WFLW_ATTRIBUTES
-from facerep.data.downstream.base import TASKS, FaceDataset
+from facerep.data.downstream.base import FaceDataset
 from facerep.data.downstream.classification import RAFDB, RAFDB_CLASSES, CelebAAttributes
 from facerep.data.downstream.generic import GenericDataset
 from facerep.data.downstream.parsing import (
@@ -44,6 +44,7 @@ from facerep.data.downstream.parsing import (
 )
 from facerep.data.downstream.synthetic import SyntheticAlignment, SyntheticAttributes, SyntheticParsing
 from facerep.data.sources import DataError
+from facerep.runtime.registry import Registry
 
 __all__ = [
     "AFLW19",
@@ -55,7 +56,6 @@ __all__ = [
     "LAPA_ALIGN_POINTS",
     "RAFDB",
     "RAFDB_CLASSES",
-    "TASKS",
     "WFLW",
     "WFLW_ATTRIBUTES",
     "CelebAAttributes",
@@ -69,19 +69,10 @@ __all__ = [
     "build_dataset",
 ]
 
-DATASETS: dict[str, Callable[..., FaceDataset]] = {
-    "aflw19": AFLW19,
-    "wflw": WFLW,
-    "300w": IBUG300W,
-    "lapa": LaPa,
-    "celebamask_hq": CelebAMaskHQ,
-    "celeba_attr": CelebAAttributes,
-    "rafdb": RAFDB,
-    "generic": GenericDataset,
-    "synthetic_alignment": SyntheticAlignment,
-    "synthetic_parsing": SyntheticParsing,
-    "synthetic_attributes": SyntheticAttributes,
-}
+DATASETS: Registry[Callable[..., FaceDataset]] = Registry("downstream dataset", DataError)
+for _cls in (AFLW19, WFLW, IBUG300W, LaPa, CelebAMaskHQ, CelebAAttributes, RAFDB, GenericDataset,
+             SyntheticAlignment, SyntheticParsing, SyntheticAttributes):  # fmt: skip
+    DATASETS.add(_cls.dataset_name, _cls)
 
 
 def build_dataset(name: str, root: str | Path | None, split: str, **kwargs: Any) -> FaceDataset:
@@ -90,8 +81,6 @@ def build_dataset(name: str, root: str | Path | None, split: str, **kwargs: Any)
     Unknown names, splits or keyword arguments are one-line :class:`DataError` s.
     """
     factory = DATASETS.get(name)
-    if factory is None:
-        raise DataError(f"unknown downstream dataset {name!r}; expected one of {', '.join(DATASETS)}")
     try:
         inspect.signature(factory).bind(root, split, **kwargs)
     except TypeError as err:

@@ -35,7 +35,8 @@ from PIL import Image
 from facerep.data.sources import DataError
 from facerep.data.transforms import decode_image
 
-TASKS = ("alignment", "parsing", "classification")
+# CelebA's list_eval_partition.txt: split -> partition id (CelebA attributes and CelebAMask-HQ share it)
+CELEBA_PARTITION = {"train": 0, "val": 1, "test": 2}
 
 
 class FaceDataset(torch.utils.data.Dataset):
@@ -212,11 +213,3 @@ def landmarks_box(landmarks: np.ndarray) -> np.ndarray:
     """The (x1, y1, x2, y2) bounding box of ``[K, 2]`` points, float32."""
     pts = np.asarray(landmarks, dtype=np.float32)
     return np.concatenate([pts.min(axis=0), pts.max(axis=0)]).astype(np.float32)
-
-
-def relative_name(root: Path, path: Path) -> str:
-    """``path`` relative to ``root`` as a POSIX string (``path`` itself when it is not under ``root``)."""
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.as_posix()

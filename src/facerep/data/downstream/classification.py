@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from facerep.data.downstream.base import (
+    CELEBA_PARTITION,
     FaceDataset,
     line_error,
     load_image,
@@ -31,7 +32,6 @@ from facerep.data.sources import DataError
 # ---------------------------------------------------------------------------------------------- CelebA
 
 CELEBA_NUM_ATTRIBUTES = 40
-_CELEBA_PARTITION = {"train": 0, "val": 1, "test": 2}
 
 
 class CelebAAttributes(FaceDataset):
@@ -74,7 +74,7 @@ class CelebAAttributes(FaceDataset):
             if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
                 raise line_error(self.dataset_name, part_path, pno, "'<file> 0|1|2'", pline)
             partition[fields[0]] = int(fields[1])
-        group = _CELEBA_PARTITION[split]
+        group = CELEBA_PARTITION[split]
         files, labels = [], []
         for lineno, line in lines[2:]:
             fields = line.split()

@@ -38,7 +38,6 @@ from typing import Any
 import numpy as np
 
 from facerep.data.downstream.base import (
-    TASKS,
     FaceDataset,
     landmarks_box,
     load_image,
@@ -79,8 +78,11 @@ class GenericDataset(FaceDataset):
         path = self._find_annotations(root, annotations)
         self.annotation_file = path
         self.image_root = root / image_dir if image_dir else root
-        if task is not None and task not in TASKS:
-            raise DataError(f"generic: unknown task {task!r}; expected one of {', '.join(TASKS)}")
+        if task is not None and not hasattr(self, f"_setup_{task}"):
+            readable = ", ".join(
+                name.removeprefix("_setup_") for name in dir(self) if name.startswith("_setup_")
+            )
+            raise DataError(f"generic: unknown task {task!r}; annotations are read for {readable}")
         if path.suffix.lower() == ".json":
             records, meta = _read_json(path)
         elif path.suffix.lower() == ".csv":

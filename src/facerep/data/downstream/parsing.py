@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from facerep.data.downstream.base import (
+    CELEBA_PARTITION,
     FaceDataset,
     line_error,
     load_image,
@@ -127,7 +128,6 @@ FARL_CELEBAMASK_NAMES: tuple[str, ...] = (
     "hair", "glass", "hat", "earr", "neckl",
 )  # fmt: skip
 CELEBAMASK_MASK_SIZE = 512
-_CELEBA_PARTITION = {"train": 0, "val": 1, "test": 2}
 
 
 class CelebAMaskHQ(FaceDataset):
@@ -156,7 +156,7 @@ class CelebAMaskHQ(FaceDataset):
                 raise line_error(self.dataset_name, mapping, lineno, "'idx orig_idx orig_file'", line)
             orig_to_hq[fields[2]] = int(fields[0])
         partition = root / "list_eval_partition.txt"
-        group = _CELEBA_PARTITION[split]
+        group = CELEBA_PARTITION[split]
         ids: list[int] = []
         for lineno, line in read_lines(self.dataset_name, partition, "partition file"):
             fields = line.split()

@@ -77,7 +77,9 @@ from omegaconf import ListConfig
 from torch import Tensor
 from torchvision.transforms.v2 import functional as F
 
-from facerep.config import IMAGENET_MEAN, IMAGENET_STD
+from facerep.config import IMAGENET_MEAN, IMAGENET_STD, ConfigError
+from facerep.data.downstream.base import landmarks_box
+from facerep.data.sources import DataError
 
 __all__ = [
     "FIVE_POINT_INDICES",
@@ -200,11 +202,11 @@ class AugmentConfig:
         base = cls.farl_parsing() if task == "parsing" else cls()
         unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
-            raise ValueError(f"unknown augment option(s): {', '.join(sorted(unknown))}")
+            raise ConfigError(f"unknown augment option(s): {', '.join(sorted(unknown))}")
         return dataclasses.replace(base, **{k: _plain(v) for k, v in overrides.items()})
 
     def check(self) -> None:
-        """Raise ``ValueError`` naming the first invalid field."""
+        """Raise a :class:`ConfigError` naming the first invalid field."""
         _check_cfg(self)
 
 
@@ -225,17 +227,17 @@ def _check_cfg(cfg: Any) -> None:
     }
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
-            raise ValueError(
+            raise ConfigError(
                 f"augment.{name} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}"
             )
     if not cfg.crop_scale > 0:
-        raise ValueError(f"augment.crop_scale must be > 0, got {cfg.crop_scale}")
+        raise ConfigError(f"augment.crop_scale must be > 0, got {cfg.crop_scale}")
     if cfg.warp == "tanh" and not 0.0 < cfg.warp_factor <= 1.0:
-        raise ValueError(f"augment.warp_factor must be in (0, 1] for a tanh warp, got {cfg.warp_factor}")
+        raise ConfigError(f"augment.warp_factor must be in (0, 1] for a tanh warp, got {cfg.warp_factor}")
     if len(cfg.mean) != 3 or len(cfg.std) != 3:
-        raise ValueError("augment.mean and augment.std must have 3 values")
+        raise ConfigError("augment.mean and augment.std must have 3 values")
     if len(cfg.gamma_choices) == 0:
-        raise ValueError("augment.gamma_choices must not be empty")
+        raise ConfigError("augment.gamma_choices must not be empty")
 
 
 def _warp_factor(cfg: Any) -> float:
@@ -267,11 +269,6 @@ def tanh_unwarp(v: Tensor, warp_factor: float | Tensor) -> Tensor:
     t = ((a - lin) / fs).clamp(max=0.999)
     out = torch.sign(v) * (lin + f * torch.atanh(t))
     return torch.where((a > lin) & (f > 0), out, v)
-
-
-def _affine(matrix: np.ndarray | Tensor) -> Tensor:
-    m = torch.as_tensor(matrix, dtype=torch.float64)
-    return m[..., :2, :]
 
 
 def _apply(matrix: Tensor, pts: Tensor) -> Tensor:
@@ -464,12 +461,6 @@ def _five_point_matrix(pts5: np.ndarray, out_size: int) -> np.ndarray:
     return _similarity(pts5, target)
 
 
-def landmarks_box(landmarks: np.ndarray) -> np.ndarray:
-    """Tight (x1, y1, x2, y2) box of a ``[K, 2]`` point set."""
-    lo, hi = landmarks.min(0), landmarks.max(0)
-    return np.array([lo[0], lo[1], hi[0], hi[1]], dtype=np.float32)
-
-
 def _draw(n: int, sigma: float, normal: bool, gen: torch.Generator | None) -> np.ndarray:
     if normal:
         return (torch.randn(n, generator=gen, dtype=torch.float64) * sigma).numpy()
@@ -580,7 +571,7 @@ def _resolve_cfg(cfg: Any, default: AugmentConfig) -> Any:
 class _Base:
     def __init__(self, image_size: int, train: bool, cfg: Any, generator: torch.Generator | None) -> None:
         if image_size < 1:
-            raise ValueError(f"image_size must be >= 1, got {image_size}")
+            raise ConfigError(f"image_size must be >= 1, got {image_size}")
         self.image_size = int(image_size)
         self.train = bool(train)
         self.cfg = cfg
@@ -678,7 +669,7 @@ class ParsingTransform(_Base):
             if pts is not None:
                 return _five_point_matrix(pts, s)
             if align == "five_point":
-                raise ValueError("align='five_point' needs landmarks with 106, 98 or 68 points")
+                raise ConfigError("align='five_point' needs landmarks with 106, 98 or 68 points")
         if align in ("auto", "box"):
             box = sample.get("box")
             if box is None and lms is not None:
@@ -686,7 +677,7 @@ class ParsingTransform(_Base):
             if box is not None:
                 return _box_matrix(np.asarray(box, dtype=np.float64), s, self.cfg.keep_aspect)
             if align == "box":
-                raise ValueError("align='box' needs a 'box' or 'landmarks' in the sample")
+                raise ConfigError("align='box' needs a 'box' or 'landmarks' in the sample")
         return _image_matrix(hw, s)
 
     def __call__(self, sample: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Any]:
@@ -696,7 +687,7 @@ class ParsingTransform(_Base):
         hw = (int(image.shape[-2]), int(image.shape[-1]))
         mask = torch.from_numpy(np.asarray(sample["mask"]).astype(np.int64))
         if tuple(mask.shape) != hw:
-            raise ValueError(f"mask shape {tuple(mask.shape)} does not match image {hw}")
+            raise DataError(f"mask shape {tuple(mask.shape)} does not match image {hw}")
         m = build_matrix(self.base_matrix(sample, hw), s, cfg, self.train, g)
         wf = _warp_factor(cfg)
         grid = sampling_grid(m, hw, s, wf)

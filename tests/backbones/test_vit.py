@@ -3,7 +3,7 @@ import timm
 import torch
 
 from facerep.models.patches import patchify, unpatchify
-from facerep.models.vit import build_vit, num_kept, parse_arch, random_keep_order, sincos_pos_embed_2d
+from facerep.backbones.vit import build_vit, num_kept, parse_arch, random_keep_order, sincos_pos_embed_2d
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def test_parse_arch_table():
         224,
     )
     assert parse_arch("vit_huge_patch14", img_size=112).grid_size == 8
-    with pytest.raises(ValueError, match="unknown model.arch"):
+    with pytest.raises(ValueError, match="unknown ViT architecture"):
         parse_arch("resnet50")
     with pytest.raises(ValueError, match="not divisible"):
         parse_arch("vit_small_patch16_224", img_size=100)

@@ -14,16 +14,14 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
-from facerep.checkpoints import (
+from facerep.backbones.io import (
     CheckpointError,
     detect_format,
     export_backbone,
     load_backbone,
     read_backbone_state,
-    timm_model_name,
 )
-from facerep.engine.atomic import atomic_save, atomic_write_bytes
-from facerep.models.vit import ViTArch, build_vit
+from facerep.backbones.vit import ViTArch, build_vit, timm_model_name
 
 DIM, DEPTH, PATCH, IMG = 64, 2, 16, 48  # heads_for_dim(64) == 1
 
@@ -278,16 +276,3 @@ def test_errors(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"not a safetensors file")
     _assert_error(garbage, "not a readable safetensors file")
-
-
-def test_atomic_save(tmp_path: Path) -> None:
-    target = atomic_write_bytes(tmp_path / "sub" / "a.bin", b"one")
-    assert target.read_bytes() == b"one"
-
-    def failing(tmp: Path) -> None:
-        tmp.write_bytes(b"partial")
-        raise OSError("disk full")
-
-    with pytest.raises(OSError, match="disk full"):
-        atomic_save(failing, target)
-    assert target.read_bytes() == b"one" and sorted(p.name for p in target.parent.iterdir()) == ["a.bin"]

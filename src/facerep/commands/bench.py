@@ -24,7 +24,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from facerep.config import DataConfig, PretrainConfig
-from facerep.engine.atomic import atomic_write_bytes
+from facerep.data.loader import build_pretrain_loader
+from facerep.data.views import random_masks
+from facerep.engine.trainer import Trainer
+from facerep.runtime.atomic import atomic_write_bytes
+from facerep.runtime.distributed import init_distributed
 
 
 @dataclass
@@ -79,16 +83,13 @@ def bench_config(cfg: BenchPretrainConfig, batch_size: int) -> PretrainConfig:
     return replace(cfg, teacher=teacher, train=train, data=replace(cfg.data, source="synthetic"))
 
 
-def loss_parity(trainer: Any, images: torch.Tensor) -> dict[str, float]:
-    """Losses of the trainer's fast path vs a plain fp32 eager copy on the same images and masks."""
-    method = trainer.method
-    reference = copy.deepcopy(method).float()
-    masks = method.fixed_masks(images, torch.Generator().manual_seed(0))
+def loss_parity(trainer: Trainer, batch: dict[str, Any]) -> dict[str, float]:
+    """Losses of the trainer's fast path vs a plain fp32 eager copy on the same batch (images and masks)."""
+    reference = copy.deepcopy(trainer.method).float()
     with torch.no_grad():
-        with torch.autocast(trainer.device.type, dtype=trainer.amp_dtype or torch.float32,
-                            enabled=trainer.amp_dtype is not None):  # fmt: skip
-            fast, _ = trainer.model(images, masks)
-        plain, _ = reference(images.float(), masks)
+        with trainer.loop.autocast():
+            fast, _ = trainer.loop.model(batch)
+        plain, _ = reference(batch)
     fast_v, plain_v = fast.float().item(), plain.float().item()
     return {
         "fast": fast_v,
@@ -98,10 +99,7 @@ def loss_parity(trainer: Any, images: torch.Tensor) -> dict[str, float]:
 
 
 def bench_one(cfg: BenchPretrainConfig, batch_size: int) -> dict[str, Any]:
-    """Time the training step at one batch size."""
-    from facerep.engine.distributed import init_distributed
-    from facerep.engine.trainer import Trainer
-
+    """Time the training step at one batch size, on one synthetic batch already on the device."""
     dist_info = init_distributed(cfg.device)
     device = dist_info.device
     if device.type == "cuda":
@@ -109,8 +107,13 @@ def bench_one(cfg: BenchPretrainConfig, batch_size: int) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats(device)
     trainer = Trainer(bench_config(cfg, batch_size), dist_info)
     size = cfg.data.image_size
-    images = torch.randn(batch_size, 3, size, size, device=device)
-    batches = itertools.repeat({"image": images, "skipped": []})
+    spec = trainer.method.batch_spec(cfg.data)
+    generator = torch.Generator().manual_seed(0)
+    batch = {
+        "views": [torch.randn(batch_size, 3, size, size, generator=generator).to(device) for _ in spec.views],
+        "masks": [m.to(device) for m in random_masks(spec, batch_size, generator)],
+    }
+    batches = itertools.repeat(batch)
 
     def step() -> None:
         trainer.train_step(batches)
@@ -129,15 +132,14 @@ def bench_one(cfg: BenchPretrainConfig, batch_size: int) -> dict[str, Any]:
         times.append((time.perf_counter() - start) / cfg.bench.steps)
     ms = statistics.median(times) * 1000
     with FlopCounterMode(display=False) as counter:
-        with torch.autocast(device.type, dtype=trainer.amp_dtype or torch.float32,
-                            enabled=trainer.amp_dtype is not None):  # fmt: skip
-            loss, _ = trainer.eager_model(images)
+        with trainer.loop.autocast():
+            loss, _ = trainer.loop.eager_model(batch)
         loss.backward()
     trainer.optimizer.zero_grad(set_to_none=True)
     flop_per_image = counter.get_total_flops() / batch_size
     images_per_s = batch_size / (ms / 1000)
     achieved = flop_per_image * images_per_s / 1e12
-    peak = matmul_peak_tflops(device, trainer.amp_dtype or torch.float32)
+    peak = matmul_peak_tflops(device, trainer.loop.amp_dtype or torch.float32)
     return {
         "batch_size": batch_size,
         "images_per_s": images_per_s,
@@ -147,7 +149,7 @@ def bench_one(cfg: BenchPretrainConfig, batch_size: int) -> dict[str, Any]:
         "achieved_tflops": achieved,
         "matmul_peak_tflops": peak,
         "percent_of_peak": 100 * achieved / peak,
-        "loss_parity": loss_parity(trainer, images),
+        "loss_parity": loss_parity(trainer, batch),
     }
 
 
@@ -199,8 +201,6 @@ class BenchDataConfig:
 
 def bench_data(cfg: BenchDataConfig) -> dict[str, Any]:
     """Images/s of the pre-training loader for each ``workers`` count (total and per worker)."""
-    from facerep.data.loader import build_pretrain_loader
-
     rows = []
     for workers in cfg.workers:
         loader = build_pretrain_loader(replace(cfg.data, num_workers=workers), batch_size=cfg.batch_size,

@@ -12,11 +12,21 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from facerep.config import FinetuneConfig, PretrainConfig, load_config
-from facerep.engine.atomic import atomic_write_bytes
+import matplotlib
 
-BACKBONES = ("random", "mae", "mcf")
-TASKS = {"alignment": ("synthetic_alignment", "nme", 1e-2), "parsing": ("synthetic_parsing", "mean_f1", 1e-3)}
+from facerep.config import FinetuneConfig, PretrainConfig, load_config
+from facerep.engine.finetune import finetune
+from facerep.engine.trainer import pretrain
+from facerep.runtime.atomic import atomic_write_bytes
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+
+# task -> (synthetic dataset, primary metric, head learning rate)
+DEMO_TASKS = {
+    "alignment": ("synthetic_alignment", "nme", 1e-2),
+    "parsing": ("synthetic_parsing", "mean_f1", 1e-3),
+}
 
 
 @dataclass
@@ -40,8 +50,6 @@ class DemoConfig:
 
 
 def _pretrain(cfg: DemoConfig, method: str, out: Path) -> Path:
-    from facerep.engine.trainer import pretrain
-
     steps = cfg.mcf_steps if method == "mcf" else cfg.teacher_steps + cfg.mcf_steps
     overrides = [
         f"method={method}", f"output_dir={out}", f"seed={cfg.seed}", f"model.arch={cfg.arch}",
@@ -52,9 +60,7 @@ def _pretrain(cfg: DemoConfig, method: str, out: Path) -> Path:
 
 
 def _finetune(cfg: DemoConfig, task: str, backbone: str, out: Path) -> dict:
-    from facerep.engine.finetune import finetune
-
-    dataset, _, lr_head = TASKS[task]
+    dataset, _, lr_head = DEMO_TASKS[task]
     overrides = [
         f"task={task}", f"dataset={dataset}", f"backbone={backbone}", f"backbone_arch={cfg.arch}",
         f"output_dir={out}", f"seed={cfg.seed}", f"data.image_size={cfg.image_size}",
@@ -72,7 +78,7 @@ def comparison_table(rows: dict[str, dict[str, dict]]) -> str:
     lines = []
     for name, results in rows.items():
         cells = []
-        for task, (_, key, _) in TASKS.items():
+        for task, (_, key, _) in DEMO_TASKS.items():
             r = results[task]
             scale, unit = (100, " %") if key == "nme" else (100, "")
             cells.append(
@@ -84,14 +90,9 @@ def comparison_table(rows: dict[str, dict[str, dict]]) -> str:
 
 def comparison_plot(rows: dict[str, dict[str, dict]], path: Path) -> None:
     """Two bar charts (NME, lower is better; mean F1, higher is better), best and last epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     names = list(rows)
-    for ax, (task, (_, key, _)) in zip(axes, TASKS.items(), strict=True):
+    for ax, (task, (_, key, _)) in zip(axes, DEMO_TASKS.items(), strict=True):
         best = [rows[n][task]["best"]["full"][key] * 100 for n in names]
         last = [rows[n][task]["last"]["full"][key] * 100 for n in names]
         xs = range(len(names))
@@ -116,7 +117,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         "mcf": str(_pretrain(cfg, "mcf", out / "pretrain_mcf")),
     }
     rows = {
-        name: {task: _finetune(cfg, task, path, out / f"finetune_{task}_{name}") for task in TASKS}
+        name: {task: _finetune(cfg, task, path, out / f"finetune_{task}_{name}") for task in DEMO_TASKS}
         for name, path in backbones.items()
     }
     table = comparison_table(rows)

@@ -11,14 +11,14 @@ from typing import Any
 
 from tqdm import tqdm
 
+from facerep.runtime.atomic import atomic_write_bytes
+from facerep.runtime.errors import FacerepError
 
-def start_run(output_dir: Path, cfg: Any, banner: str) -> None:
-    """Create ``output_dir``, save the resolved config as ``config.yaml`` and print a one-line banner."""
-    from facerep.config import to_yaml
-    from facerep.engine.atomic import atomic_write_bytes
 
+def start_run(output_dir: Path, config_yaml: str, banner: str) -> None:
+    """Create ``output_dir``, save the resolved config (YAML text) as ``config.yaml``, print a one-line banner."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(output_dir / "config.yaml", to_yaml(cfg).encode())
+    atomic_write_bytes(output_dir / "config.yaml", config_yaml.encode())
     print(f"[facerep] {banner} -> {output_dir}", flush=True)
 
 
@@ -40,7 +40,7 @@ class MetricsLog:
             self.path.write_text("".join(line + "\n" for line in kept))
         self.writer = None
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # slow import (tensorboard): only when used
 
             self.writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=start_step or None)
 
@@ -64,7 +64,7 @@ class Progress:
         self, total: int, initial: int, mode: str = "auto", enabled: bool = True, desc: str = ""
     ) -> None:
         if mode not in ("auto", "bar", "log"):
-            raise ValueError(f"train.progress must be auto, bar or log, got {mode!r}")
+            raise FacerepError(f"train.progress must be auto, bar or log, got {mode!r}")
         self.total = total
         self.enabled = enabled
         self.start_time = time.monotonic()

@@ -8,10 +8,14 @@ from typing import Any
 
 import torch
 
-from facerep.engine.atomic import atomic_torch_save
+from facerep.runtime.atomic import atomic_torch_save
+from facerep.runtime.errors import FacerepError, one_line
 
 CHECKPOINT_FORMAT = "facerep-checkpoint"
-CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class CheckpointError(FacerepError):
+    """A checkpoint file is missing, unreadable, of an unknown layout, or does not fit the model."""
 
 
 def capture_rng() -> dict[str, Any]:
@@ -38,10 +42,12 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (``weights_only`` unpickling)."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ValueError(f"{path}: cannot read checkpoint ({str(err).splitlines()[0]})") from err
+        raise CheckpointError(f"{path}: cannot read checkpoint ({one_line(err)})") from err
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a facerep training checkpoint (no format={CHECKPOINT_FORMAT!r})")
+        raise CheckpointError(f"{path}: not a facerep training checkpoint (no format={CHECKPOINT_FORMAT!r})")
     return state

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from facerep.cli import main
+from facerep.commands.cli import main
 
 TINY = [
     "model.arch=vit_tiny_patch16_224", "model.depth=2", "model.embed_dim=64", "model.num_heads=2",

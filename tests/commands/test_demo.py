@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from facerep.demo import DemoConfig, run_demo
+from facerep.commands.demo import DemoConfig, run_demo
 
 TINY_PRETRAIN = [
     "model.depth=4", "model.embed_dim=64", "model.num_heads=2", "decoder.embed_dim=32", "decoder.depth=1",

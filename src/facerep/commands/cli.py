@@ -1,6 +1,8 @@
-"""``facerep`` command line: ``pretrain``, ``finetune``, ``evaluate`` and ``demo``.
+"""``facerep`` command line: ``pretrain``, ``finetune``, ``evaluate``, ``demo`` and ``bench``.
 
-Each takes ``[-c CONFIG.yaml] [KEY=VALUE ...]``; later subcommands (bench, predict) plug into the same parser.
+Each takes ``[-c CONFIG.yaml] [KEY=VALUE ...]`` (``evaluate``, ``demo`` and ``bench data`` only the
+overrides). facerep's own errors (:class:`~facerep.runtime.errors.FacerepError`: bad config, data,
+checkpoint, a non-finite loss) are printed as one line; anything else is a bug and shows its traceback.
 """
 
 from __future__ import annotations
@@ -11,7 +13,13 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from facerep.commands import bench
+from facerep.commands.demo import DemoConfig, run_demo
 from facerep.config import ConfigError, EvaluateConfig, FinetuneConfig, PretrainConfig, load_config, to_yaml
+from facerep.engine.evaluate import evaluate
+from facerep.engine.finetune import finetune
+from facerep.engine.trainer import pretrain
+from facerep.runtime.errors import FacerepError, one_line
 
 
 def _run_config(schema: type, run: Callable[[Any], object], args: argparse.Namespace) -> int:
@@ -25,34 +33,24 @@ def _run_config(schema: type, run: Callable[[Any], object], args: argparse.Names
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from facerep.engine.trainer import pretrain
-
     return _run_config(PretrainConfig, pretrain, args)
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    from facerep.engine.finetune import finetune
-
     return _run_config(FinetuneConfig, finetune, args)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from facerep.engine.finetune import evaluate
-
     evaluate(load_config(EvaluateConfig, None, args.overrides))
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from facerep.demo import DemoConfig, run_demo
-
     run_demo(load_config(DemoConfig, None, args.overrides))
     return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from facerep import bench
-
     if args.what == "pretrain":
         return _run_config(bench.BenchPretrainConfig, bench.bench_pretrain, args)
     if args.config:
@@ -87,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facerep", description="Facial representation learning.")
     sub = parser.add_subparsers(dest="command", required=True)
     _command(
-        sub, "pretrain", _pretrain, "pre-train a ViT face backbone (MCF, MAE)",
+        sub, "pretrain", _pretrain, "pre-train a face backbone (MCF, MAE)",
         "Pre-train a backbone. Defaults: MCF, tiny ViT, synthetic faces, CPU-sized. "
         "Rerun with the same output_dir to resume.", config=True,
     )  # fmt: skip
@@ -115,16 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from facerep.engine.trainer import NonFiniteLossError
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError, NonFiniteLossError) as err:
+    except FacerepError as err:
         if os.environ.get("FACEREP_DEBUG"):
             raise
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"facerep: error: {message}", file=sys.stderr)
+        print(f"facerep: error: {one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

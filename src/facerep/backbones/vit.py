@@ -1,23 +1,33 @@
-"""ViT encoder: timm's ``VisionTransformer`` plus MAE-style random masking.
+"""ViT backbone: timm's ``VisionTransformer`` plus MAE-style random masking, and the ViT family.
 
 The encoder *is* a timm model, so its ``state_dict`` uses timm key names and anything facerep trains
 loads into ``timm.create_model(..., num_classes=0)`` with strict key matching. What facerep adds:
 
 * a fixed (non-trainable) 2-D sin-cos position embedding, as in MAE / MoCo v3 / MCF;
-* :meth:`MaskedViT.forward_masked`, which keeps a random subset of patch tokens per sample
-  (the kept/masked split can be passed in for parity checks);
-* :meth:`MaskedViT.forward_block_tokens`, the token outputs of chosen blocks (teacher features).
+* :meth:`MaskedViT.forward_masked`, which keeps a subset of patch tokens per sample, in the order the
+  data pipeline drew (or a random one);
+* :meth:`MaskedViT.forward_block_tokens`, the token outputs of chosen blocks (teacher features);
+* the backbone protocol of :mod:`facerep.backbones.base` (pyramid of block outputs, CLS pooling).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
+import timm
 import torch
+from timm.layers import resample_abs_pos_embed
 from timm.models import checkpoint_seq
 from timm.models.vision_transformer import VisionTransformer
-from torch import nn
+from torch import Tensor, nn
+
+from facerep.backbones.base import FAMILIES, BackboneFamily, load_strict
+from facerep.config import ConfigError
+from facerep.runtime.checkpoint import CheckpointError
+from facerep.runtime.errors import one_line
 
 # name -> (embed_dim, depth, num_heads): the standard ViT table (Dosovitskiy et al., timm).
 VIT_SIZES: dict[str, tuple[int, int, int]] = {
@@ -28,11 +38,16 @@ VIT_SIZES: dict[str, tuple[int, int, int]] = {
     "huge": (1280, 32, 16),
 }
 _ARCH_RE = re.compile(r"^vit_(?P<size>[a-z]+)_patch(?P<patch>\d+)(?:_(?P<img>\d+))?$")
+_ARCH_NAMES = f"vit_{{{'|'.join(VIT_SIZES)}}}_patch{{14|16}}[_SIZE]"
+_REQUIRED = ("cls_token", "pos_embed", "patch_embed.proj.weight")
+_BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
 
 
 @dataclass(frozen=True)
 class ViTArch:
     """Everything needed to rebuild a ViT encoder; saved beside exported weights."""
+
+    family: ClassVar[str] = "vit"
 
     embed_dim: int
     depth: int
@@ -56,7 +71,7 @@ def heads_for_dim(embed_dim: int) -> int:
         if dim == embed_dim:
             return heads
     if embed_dim % 64:
-        raise ValueError(
+        raise ConfigError(
             f"embed_dim={embed_dim} is not in the ViT table and not a multiple of 64; pass num_heads"
         )
     return embed_dim // 64
@@ -66,8 +81,7 @@ def parse_arch(name: str, img_size: int | None = None) -> ViTArch:
     """``vit_base_patch16_224`` -> :class:`ViTArch`; ``img_size`` overrides the size in the name."""
     match = _ARCH_RE.match(name)
     if match is None or match["size"] not in VIT_SIZES:
-        sizes = "|".join(VIT_SIZES)
-        raise ValueError(f"unknown model.arch {name!r}: expected vit_{{{sizes}}}_patch{{14|16}}[_SIZE]")
+        raise ConfigError(f"unknown ViT architecture {name!r}: expected {_ARCH_NAMES}")
     dim, depth, heads = VIT_SIZES[match["size"]]
     size = img_size or int(match["img"] or 224)
     return check_arch(ViTArch(dim, depth, heads, int(match["patch"]), size))
@@ -76,9 +90,9 @@ def parse_arch(name: str, img_size: int | None = None) -> ViTArch:
 def check_arch(arch: ViTArch) -> ViTArch:
     """Raise a one-line error when the image size is not a multiple of the patch size."""
     if arch.img_size % arch.patch_size:
-        raise ValueError(f"image size {arch.img_size} is not divisible by patch size {arch.patch_size}")
+        raise ConfigError(f"image size {arch.img_size} is not divisible by patch size {arch.patch_size}")
     if arch.embed_dim % arch.num_heads:
-        raise ValueError(f"embed_dim {arch.embed_dim} is not divisible by num_heads {arch.num_heads}")
+        raise ConfigError(f"embed_dim {arch.embed_dim} is not divisible by num_heads {arch.num_heads}")
     return arch
 
 
@@ -89,7 +103,7 @@ def sincos_pos_embed_2d(embed_dim: int, grid_size: int, cls_token: bool = True) 
     ``[sin(pos * w_k), cos(pos * w_k)]`` with ``w_k = 1 / 10000^(k / (D/4))``.
     """
     if embed_dim % 4:
-        raise ValueError(f"sin-cos position embedding needs embed_dim % 4 == 0, got {embed_dim}")
+        raise ConfigError(f"sin-cos position embedding needs embed_dim % 4 == 0, got {embed_dim}")
     omega = 1.0 / 10000 ** (torch.arange(embed_dim // 4, dtype=torch.float64) / (embed_dim / 4))
     coords = torch.arange(grid_size, dtype=torch.float64)
     ys, xs = torch.meshgrid(coords, coords, indexing="ij")
@@ -120,7 +134,12 @@ def num_kept(num_patches: int, mask_ratio: float) -> int:
 
 
 class MaskedViT(VisionTransformer):
-    """timm ``VisionTransformer`` (CLS token, final norm, no head) with masking support."""
+    """timm ``VisionTransformer`` (CLS token, final norm, no head) with masking support.
+
+    Pyramid levels are block indices (0-based); FaRL feeds its dense heads blocks ``[3, 5, 7, 11]``.
+    """
+
+    default_levels = (3, 5, 7, 11)
 
     def __init__(self, arch: ViTArch, drop_path_rate: float = 0.0) -> None:
         super().__init__(
@@ -155,6 +174,35 @@ class MaskedViT(VisionTransformer):
     @property
     def num_patches(self) -> int:
         return self.patch_embed.num_patches
+
+    @property
+    def feature_dim(self) -> int:
+        return self.embed_dim
+
+    def pooled(self, x: Tensor) -> Tensor:
+        """``[N, 3, H, W]`` -> the final-norm CLS token ``[N, D]``."""
+        return self.forward_features(x)[:, 0]
+
+    def forward_pyramid(self, x: Tensor, levels: Sequence[int]) -> list[Tensor]:
+        """Block outputs ``[N, D, G, G]`` (CLS dropped) for the block indices ``levels``.
+
+        The output of the last block gets the final norm; the others are taken as they leave their block
+        (FaRL feeds raw block outputs to its FPN).
+        """
+        grid_h, grid_w = x.shape[-2] // self.arch.patch_size, x.shape[-1] // self.arch.patch_size
+        maps = []
+        for index, tokens in zip(levels, self.forward_block_tokens(x, list(levels)), strict=True):
+            if index == len(self.blocks) - 1:
+                tokens = self.norm(tokens)
+            n, _, d = tokens.shape
+            maps.append(tokens[:, 1:].transpose(1, 2).reshape(n, d, grid_h, grid_w))
+        return maps
+
+    def pyramid_channels(self, levels: Sequence[int]) -> list[int]:
+        return [self.embed_dim] * len(levels)
+
+    def pyramid_strides(self, levels: Sequence[int]) -> list[int]:
+        return [self.arch.patch_size] * len(levels)
 
     def forward_masked(
         self, x: torch.Tensor, mask_ratio: float, ids_shuffle: torch.Tensor | None = None
@@ -200,7 +248,7 @@ class MaskedViT(VisionTransformer):
         """Token outputs ``[N, 1 + L, D]`` of the blocks in ``indices`` (0-based, before the final norm)."""
         wanted = set(indices)
         if max(wanted) >= len(self.blocks) or min(wanted) < 0:
-            raise ValueError(f"block indices {indices} out of range for a {len(self.blocks)}-block ViT")
+            raise ConfigError(f"block indices {indices} out of range for a {len(self.blocks)}-block ViT")
         h = self.norm_pre(self._pos_embed(self.patch_embed(x)))
         outputs: dict[int, torch.Tensor] = {}
         for i, block in enumerate(self.blocks[: max(wanted) + 1]):
@@ -217,3 +265,118 @@ def build_vit(arch: str | ViTArch, img_size: int | None = None, **overrides: flo
     if img_size is not None:
         overrides["img_size"] = img_size
     return MaskedViT(check_arch(replace(spec, **overrides)), drop_path_rate=drop_path)
+
+
+def infer_arch(
+    state: Mapping[str, Tensor], num_heads: int | None = None, source: str = "checkpoint"
+) -> ViTArch:
+    """Infer the :class:`ViTArch` of a timm-named ViT state dict (heads from the ViT table by default)."""
+    missing = [k for k in _REQUIRED if k not in state]
+    if missing:
+        raise CheckpointError(f"{source}: missing required ViT keys {missing} after mapping to timm names")
+    proj = state["patch_embed.proj.weight"]
+    if proj.ndim != 4 or proj.shape[1] != 3 or proj.shape[2] != proj.shape[3]:
+        raise CheckpointError(
+            f"{source}: patch_embed.proj.weight has shape {list(proj.shape)}; expected [D, 3, p, p]"
+        )
+    dim, patch = int(proj.shape[0]), int(proj.shape[2])
+    blocks = sorted({int(m[1]) for k in state if (m := _BLOCK_RE.match(k))})
+    if not blocks or blocks != list(range(len(blocks))):
+        raise CheckpointError(f"{source}: expected transformer blocks 0..N-1, found block indices {blocks}")
+    pos = state["pos_embed"]
+    tokens = int(pos.shape[1]) if pos.ndim == 3 else -1
+    grid = round(max(tokens - 1, 0) ** 0.5)
+    if pos.ndim != 3 or pos.shape[0] != 1 or pos.shape[2] != dim or grid < 1 or grid * grid != tokens - 1:
+        raise CheckpointError(
+            f"{source}: pos_embed has shape {list(pos.shape)}; expected [1, 1 + G*G, {dim}] "
+            "(a CLS row plus a square patch grid)"
+        )
+    fc1 = state.get("blocks.0.mlp.fc1.weight")
+    if fc1 is None or fc1.ndim != 2:
+        raise CheckpointError(f"{source}: missing or malformed blocks.0.mlp.fc1.weight")
+    mlp_ratio = fc1.shape[0] / dim
+    if int(dim * mlp_ratio) != fc1.shape[0]:
+        raise CheckpointError(
+            f"{source}: MLP width {fc1.shape[0]} is not expressible as embed_dim * mlp_ratio"
+        )
+    try:
+        heads = num_heads if num_heads is not None else heads_for_dim(dim)
+        return check_arch(ViTArch(dim, len(blocks), heads, patch, grid * patch, mlp_ratio))
+    except ConfigError as err:
+        raise CheckpointError(f"{source}: {one_line(err)}") from err
+
+
+def timm_model_name(arch: ViTArch) -> str | None:
+    """A registered timm model with this architecture, or ``None`` for a non-standard one.
+
+    Prefers ``vit_{size}_patch{p}_{img_size}``; otherwise the ``..._224`` variant, which timm builds at any
+    size via ``timm.create_model(name, img_size=arch.img_size, num_classes=0)``.
+    """
+    if arch.mlp_ratio != 4.0:
+        return None
+    for size, spec in VIT_SIZES.items():
+        if spec == (arch.embed_dim, arch.depth, arch.num_heads):
+            for name in (
+                f"vit_{size}_patch{arch.patch_size}_{arch.img_size}",
+                f"vit_{size}_patch{arch.patch_size}_224",
+            ):
+                if timm.is_model(name):
+                    return name
+    return None
+
+
+class ViTFamily(BackboneFamily):
+    """ViTs: ``vit_*`` names, timm key names (``cls_token``, ``pos_embed``, ``patch_embed``, ``blocks.N``)."""
+
+    name = "vit"
+    arch_names = _ARCH_NAMES
+
+    def matches(self, arch: str) -> bool:
+        return arch.startswith("vit_")
+
+    def build(self, arch: str, img_size: int | None = None, **overrides: Any) -> MaskedViT:
+        return build_vit(arch, img_size, **overrides)
+
+    def from_record(self, record: Mapping[str, Any]) -> MaskedViT:
+        return build_vit(ViTArch(**record))
+
+    def owns(self, state: Mapping[str, Tensor]) -> bool:
+        return any(k in _REQUIRED or k.startswith(("blocks.", "patch_embed.")) for k in state)
+
+    def from_state(
+        self,
+        state: dict[str, Tensor],
+        record: Mapping[str, Any] | None,
+        *,
+        source: str,
+        img_size: int | None = None,
+        num_heads: int | None = None,
+        drop_path_rate: float = 0.0,
+    ) -> MaskedViT:
+        """Infer the architecture (heads from ``num_heads``, else the record, else the ViT table) and
+        load; with ``img_size`` the position embedding is resampled (bicubic, CLS row kept)."""
+        if num_heads is None and record and isinstance(record.get("num_heads"), int):
+            num_heads = record["num_heads"]
+        arch = infer_arch(state, num_heads=num_heads, source=source)
+        state = dict(state)
+        if img_size is not None and img_size != arch.img_size:
+            if img_size % arch.patch_size:
+                raise CheckpointError(
+                    f"{source}: img_size {img_size} is not a multiple of patch size {arch.patch_size}"
+                )
+            old, new = arch.grid_size, img_size // arch.patch_size
+            pos = state["pos_embed"].float()
+            state["pos_embed"] = resample_abs_pos_embed(pos, [new, new], [old, old], num_prefix_tokens=1)
+            arch = replace(arch, img_size=img_size)
+        try:
+            model = build_vit(arch, drop_path_rate=drop_path_rate)
+        except ConfigError as err:
+            raise CheckpointError(f"{source}: {one_line(err)}") from err
+        what = f"ViT(embed_dim={arch.embed_dim}, depth={arch.depth}, patch={arch.patch_size})"
+        return load_strict(model, state, source, what)
+
+    def export_names(self, arch: ViTArch) -> dict[str, str | None]:
+        return {"timm_model": timm_model_name(arch)}
+
+
+FAMILIES.add(ViTFamily.name, ViTFamily())

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+
+from facerep.runtime.errors import FacerepError
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device={name!r} but CUDA is not available")
+            raise FacerepError(f"device={name!r} but CUDA is not available")
         if device.index is None:
             device = torch.device("cuda", local_rank)
     return device
@@ -62,12 +65,27 @@ def init_distributed(device: str = "auto") -> DistInfo:
 
 @torch.no_grad()
 def all_gather_nograd(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``tensor`` ``[N, ...]`` from every rank along dim 0 (rank order); no gradient flows."""
+    """Concatenate ``tensor`` ``[N, ...]`` from every rank along dim 0 (rank order); no gradient flows.
+
+    For keys from a momentum encoder (MoCo v3, MCF), which carry no gradient anyway.
+    """
     if not is_distributed() or world_size() == 1:
         return tensor
     parts = [torch.empty_like(tensor) for _ in range(world_size())]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts, dim=0)
+
+
+def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``tensor`` ``[N, ...]`` from every rank along dim 0 (rank order), keeping the graph.
+
+    The gradient that reaches this rank's ``tensor`` is the sum, over ranks, of the gradients of their
+    losses with respect to this rank's slice (``torch.distributed.nn``'s all-gather, whose backward is a
+    reduce-scatter): what image-text contrastive losses need when both towers are trained (CLIP, FaRL).
+    """
+    if not is_distributed() or world_size() == 1:
+        return tensor
+    return torch.cat(dist_fn.all_gather(tensor), dim=0)
 
 
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
@@ -82,8 +100,3 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
-
-
-def cleanup() -> None:
-    if is_distributed():
-        dist.destroy_process_group()

@@ -1,0 +1,368 @@
+"""Read backbones from the field's checkpoint layouts, and export facerep's own.
+
+Each layout is a :class:`Format` adapter in :data:`FORMATS` that says which files it reads, which
+backbone family they hold, how to recognise them by their keys and how to map them to the family's
+key names. :func:`load_backbone` tries them in registration order:
+
+========================  ======  ==================================================================
+format                    family  reads
+========================  ======  ==================================================================
+``facerep-backbone``      any     ``backbone.safetensors`` written by :func:`export_backbone`
+``facerep-checkpoint``    any     a facerep training checkpoint (``"format": "facerep-checkpoint"``)
+``mcf``                   vit     official MCF: ``{"model": {"online_encoder.*", "target_encoder.*", ...}}``
+``mocov3``                vit     MoCo v3: ``{"state_dict": {"module.base_encoder.*", ...}}``
+``mae``                   vit     MAE pre-training: ``{"model": sd}``, encoder + ``mask_token``/``decoder_*``
+``timm``                  vit     a timm ViT state dict, bare or in ``{"state_dict"|"model": sd}``
+``resnet``                resnet  a torchvision or timm ResNet state dict (``conv1``, ``layer1``-``4``,
+                                  optional ``fc``), bare or wrapped, optionally with ``module.``
+========================  ======  ==================================================================
+
+``.pth`` / ``.pt`` / ``.bin`` / ``.tar`` files are read with ``torch.load(weights_only=True)`` (pickles
+that need arbitrary code are refused); ``.safetensors`` with its metadata. Every failure is a
+:class:`CheckpointError` whose one-line message starts with the file path.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+from torch import Tensor, nn
+
+from facerep.backbones.base import FAMILIES, Backbone, arch_record, short_list
+from facerep.runtime.atomic import atomic_write_bytes
+from facerep.runtime.checkpoint import CHECKPOINT_FORMAT, CheckpointError
+from facerep.runtime.errors import one_line
+from facerep.runtime.registry import Registry
+
+__all__ = [
+    "FORMATS",
+    "CheckpointError",
+    "Format",
+    "detect_format",
+    "export_backbone",
+    "load_backbone",
+    "read_backbone_state",
+]
+
+BACKBONE_FORMAT = "facerep-backbone"
+BACKBONE_FILE = "backbone.safetensors"
+_MAE_DECODER = ("mask_token", "decoder_")
+
+Extracted = tuple[dict[str, Any], Mapping[str, Any] | None]  # (state dict in family names, arch record)
+
+
+@dataclass(frozen=True)
+class Format:
+    """One checkpoint layout.
+
+    ``detect(obj, metadata)`` tells whether a loaded file is in this layout; ``extract(obj, metadata,
+    path)`` returns the backbone's state dict in the family's key names and the recorded architecture
+    (or ``None``). ``family`` is ``None`` for facerep's own files, whose record names it.
+    """
+
+    name: str
+    family: str | None
+    reads: str
+    detect: Callable[[Mapping[str, Any], Mapping[str, str] | None], bool]
+    extract: Callable[[Mapping[str, Any], Mapping[str, str] | None, Path], Extracted]
+
+
+FORMATS: Registry[Format] = Registry("checkpoint format")
+
+
+# ----------------------------------------------------------------------------------- key helpers
+def _strip_prefix(sd: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """Entries whose key starts with ``prefix``, with the prefix removed."""
+    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def _drop(sd: Mapping[str, Any], prefixes: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in sd.items() if not k.startswith(prefixes)}
+
+
+def _strip_module(sd: Mapping[str, Any]) -> dict[str, Any]:
+    """Remove a DistributedDataParallel ``module.`` prefix shared by every key."""
+    if sd and all(isinstance(k, str) and k.startswith("module.") for k in sd):
+        return _strip_prefix(sd, "module.")
+    return dict(sd)
+
+
+def _inner_state(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The state dict inside a ``{"state_dict": ...}`` / ``{"model": ...}`` wrapper, or ``obj`` itself."""
+    for key in ("state_dict", "model"):
+        if isinstance(obj.get(key), Mapping):
+            return obj[key]
+    return obj
+
+
+def _keys(obj: Mapping[str, Any]) -> list[str]:
+    return [k for k in _inner_state(obj) if isinstance(k, str)]
+
+
+def _plain_keys(obj: Mapping[str, Any]) -> dict[str, None]:
+    return _strip_module(dict.fromkeys(_keys(obj)))
+
+
+# ----------------------------------------------------------------------------------- the formats
+def _facerep_record(metadata: Mapping[str, str] | None, path: Path) -> dict[str, Any] | None:
+    """The arch record (with ``family``) from the safetensors metadata or the JSON sidecar."""
+    try:
+        if metadata and "arch" in metadata:
+            return {"family": metadata.get("family", "vit"), **json.loads(metadata["arch"])}
+        sidecar = path.with_suffix(".json")
+        if sidecar.is_file():
+            meta = json.loads(sidecar.read_text())
+            return (
+                {"family": meta.get("family", "vit"), **meta["arch"]}
+                if isinstance(meta.get("arch"), dict)
+                else None
+            )
+    except (OSError, ValueError, AttributeError, TypeError) as err:
+        raise CheckpointError(f"{path}: unreadable backbone architecture record: {one_line(err)}") from err
+    return None
+
+
+def _facerep_checkpoint(obj: Mapping[str, Any], metadata: Any, path: Path) -> Extracted:
+    if not isinstance(obj.get("model"), Mapping):
+        raise CheckpointError(f"{path}: facerep checkpoint has no 'model' state dict")
+    arch = obj.get("arch") if isinstance(obj.get("arch"), Mapping) else None
+    return _strip_prefix(_strip_module(obj["model"]), "encoder."), arch
+
+
+def _mae_like(obj: Mapping[str, Any]) -> bool:
+    """MAE pre-training files: encoder + decoder at the top of ``{"model": sd}`` (no ``state_dict``)."""
+    wrapped_by_model = isinstance(obj.get("model"), Mapping) and "state_dict" not in obj
+    return wrapped_by_model and any(k.startswith(_MAE_DECODER) for k in _plain_keys(obj))
+
+
+def _vit_keys(obj: Mapping[str, Any]) -> bool:
+    return FAMILIES.get("vit").owns(_plain_keys(obj))
+
+
+def _mocov3(obj: Mapping[str, Any], metadata: Any, path: Path) -> Extracted:
+    inner = _inner_state(obj)
+    prefix = "module.base_encoder." if any(k.startswith("module.") for k in inner) else "base_encoder."
+    return _drop(_strip_prefix(inner, prefix), ("head.",)), None
+
+
+FORMATS.add(BACKBONE_FORMAT, Format(
+    BACKBONE_FORMAT, None, "backbone.safetensors written by facerep (any family)",
+    lambda obj, meta: bool(meta) and meta.get("format") == BACKBONE_FORMAT,
+    lambda obj, meta, path: (dict(obj), _facerep_record(meta, path)),
+))  # fmt: skip
+FORMATS.add(CHECKPOINT_FORMAT, Format(
+    CHECKPOINT_FORMAT, None, "a facerep training checkpoint",
+    lambda obj, meta: obj.get("format") == CHECKPOINT_FORMAT,
+    _facerep_checkpoint,
+))  # fmt: skip
+FORMATS.add("mcf", Format(
+    "mcf", "vit", "official MCF ('model' with 'online_encoder.*')",
+    lambda obj, meta: any(k.startswith("online_encoder.") for k in _keys(obj)),
+    lambda obj, meta, path: (_drop(_strip_prefix(_inner_state(obj), "online_encoder."), ("fc.", "head.")),
+                             None),
+))  # fmt: skip
+FORMATS.add("mocov3", Format(
+    "mocov3", "vit", "MoCo v3 ('state_dict' with 'module.base_encoder.*')",
+    lambda obj, meta: any(k.startswith(("module.base_encoder.", "base_encoder.")) for k in _keys(obj)),
+    _mocov3,
+))  # fmt: skip
+FORMATS.add("mae", Format(
+    "mae", "vit", "MAE pre-training ('model' with the encoder and 'decoder_*')",
+    lambda obj, meta: _vit_keys(obj) and _mae_like(obj),
+    lambda obj, meta, path: (_drop(_strip_module(_inner_state(obj)), ("head.", *_MAE_DECODER)), None),
+))  # fmt: skip
+FORMATS.add("timm", Format(
+    "timm", "vit", "a timm ViT state dict",
+    lambda obj, meta: _vit_keys(obj),
+    lambda obj, meta, path: (_drop(_strip_module(_inner_state(obj)), ("head.",)), None),
+))  # fmt: skip
+FORMATS.add("resnet", Format(
+    "resnet", "resnet", "a torchvision or timm ResNet state dict",
+    lambda obj, meta: FAMILIES.get("resnet").owns(_plain_keys(obj)),
+    lambda obj, meta, path: (_strip_module(_inner_state(obj)), None),
+))  # fmt: skip
+
+
+def detect_format(obj: Any, *, metadata: Mapping[str, str] | None = None, source: str = "checkpoint") -> str:
+    """Name the layout of a loaded checkpoint object: a name in :data:`FORMATS`.
+
+    Args:
+        obj: what ``torch.load`` / ``safetensors.torch.load_file`` returned.
+        metadata: the safetensors header metadata, if any (marks ``facerep-backbone`` files).
+        source: the file name, used to start error messages.
+    """
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{source}: expected a dict of tensors, got {type(obj).__name__}")
+    for name, fmt in FORMATS.items():
+        if fmt.detect(obj, metadata):
+            return name
+    expected = "; ".join(fmt.reads for _, fmt in FORMATS.items())
+    top = [str(k) for k in obj][:12]
+    raise CheckpointError(
+        f"{source}: unrecognised checkpoint layout; expected one of: {expected}; top-level keys: {top}"
+    )
+
+
+# ----------------------------------------------------------------------------------- reading
+@dataclass
+class _Encoder:
+    """A backbone state dict in its family's key names, its format, family and recorded arch (if any)."""
+
+    state: dict[str, Tensor]
+    fmt: str
+    family: str
+    record: Mapping[str, Any] | None
+
+
+def _load_file(path: Path, source: str) -> tuple[Any, dict[str, str] | None]:
+    """Load a ``.safetensors`` file (with its metadata) or a ``torch.save`` file (weights only)."""
+    if path.suffix == ".safetensors":
+        try:
+            with safetensors.safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata()
+            return safetensors.torch.load_file(str(path), device="cpu"), metadata
+        except Exception as err:
+            raise CheckpointError(f"{source}: not a readable safetensors file: {one_line(err, 200)}") from err
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True), None
+    except Exception as err:
+        if "weights only load failed" in str(err).lower():
+            raise CheckpointError(
+                f"{source}: this checkpoint can only be read with torch.load(weights_only=False), "
+                "which facerep refuses (it can run arbitrary code); re-save its state dict with plain tensors"
+            ) from err
+        raise CheckpointError(f"{source}: not a readable torch checkpoint: {one_line(err, 200)}") from err
+
+
+def _resolve(path: str | Path) -> Path:
+    """The file to read: ``path`` itself, or ``path/backbone.safetensors`` for an export directory."""
+    file = Path(path)
+    if file.is_dir() and (file / BACKBONE_FILE).is_file():
+        return file / BACKBONE_FILE
+    if not file.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    return file
+
+
+def _family(state: Mapping[str, Any], fmt: Format, record: Mapping[str, Any] | None, source: str) -> str:
+    """The family a file holds: the format's, the record's, or the one whose keys the state has."""
+    if fmt.family is not None:
+        return fmt.family
+    if record and "family" in record:
+        return str(record["family"])
+    for name, family in FAMILIES.items():
+        if family.owns(state):
+            return name
+    raise CheckpointError(
+        f"{source}: {fmt.name} file holds no known backbone; keys {short_list(list(state))}"
+    )
+
+
+def _read_encoder(path: str | Path) -> _Encoder:
+    file = _resolve(path)
+    source = str(path)
+    obj, metadata = _load_file(file, source)
+    fmt = FORMATS.get(detect_format(obj, metadata=metadata, source=source))
+    state, record = fmt.extract(obj, metadata, file)
+    if not state:
+        prefixes = sorted({str(k).split(".")[0] for k in _inner_state(obj)})
+        raise CheckpointError(
+            f"{source}: {fmt.name} checkpoint holds no encoder weights; key prefixes: {prefixes[:12]}"
+        )
+    bad = [k for k, v in state.items() if not isinstance(v, Tensor)]
+    if bad:
+        raise CheckpointError(f"{source}: non-tensor entries in the encoder state dict: {short_list(bad)}")
+    family = _family(state, fmt, record, source)
+    if (
+        family == "vit"
+        and any(k.startswith("fc_norm.") for k in state)
+        and not any(k.startswith("norm.") for k in state)
+    ):
+        raise CheckpointError(
+            f"{source}: this file uses global pooling (fc_norm, no final norm); "
+            "not supported as a CLS-token backbone"
+        )
+    return _Encoder(state, fmt.name, family, record)
+
+
+def read_backbone_state(path: str | Path) -> tuple[dict[str, Tensor], str]:
+    """Read any supported checkpoint: (backbone state dict in its family's key names, format name)."""
+    enc = _read_encoder(path)
+    return enc.state, enc.fmt
+
+
+def load_backbone(
+    path: str | Path,
+    *,
+    img_size: int | None = None,
+    num_heads: int | None = None,
+    drop_path_rate: float = 0.0,
+) -> nn.Module:
+    """Build the backbone stored in any supported checkpoint (see the module docstring), in eval mode.
+
+    Args:
+        path: a checkpoint file, or a directory holding ``backbone.safetensors``.
+        img_size: ViT input size to build for; the position embedding is resampled (bicubic) to the new
+            grid, keeping the CLS row (ResNets record it only).
+        num_heads: ViT attention heads, when neither the file nor the standard ViT table gives them.
+        drop_path_rate: stochastic depth for fine-tuning (0 at inference).
+    """
+    enc = _read_encoder(path)
+    record = {k: v for k, v in (enc.record or {}).items() if k != "family"}
+    return FAMILIES.get(enc.family).from_state(
+        enc.state,
+        record or None,
+        source=str(path),
+        img_size=img_size,
+        num_heads=num_heads,
+        drop_path_rate=drop_path_rate,
+    )
+
+
+# ----------------------------------------------------------------------------------- export
+def unwrap_backbone(model: nn.Module) -> nn.Module:
+    """The backbone inside DDP (``.module``) / ``torch.compile`` (``._orig_mod``) wrappers."""
+    if isinstance(model, Backbone):
+        return model
+    for attr in ("module", "_orig_mod"):
+        inner = getattr(model, attr, None)
+        if isinstance(inner, nn.Module):
+            return unwrap_backbone(inner)
+    raise TypeError(f"export_backbone expects a backbone (see facerep.backbones), got {type(model).__name__}")
+
+
+def export_backbone(model: nn.Module, out_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``out_dir/backbone.safetensors`` (the backbone's own key names) and ``out_dir/backbone.json``.
+
+    The JSON holds ``format``, ``family``, ``arch`` (the arch dataclass's fields), the names timm (and
+    torchvision, for ResNets) build it under, ``img_size`` and the entries of ``extra``; family and
+    arch are also in the safetensors metadata, so the weights file alone is enough for
+    :func:`load_backbone`. Both files are written atomically. Returns the safetensors path.
+    """
+    backbone = unwrap_backbone(model)
+    record = arch_record(backbone.arch)
+    family, arch = record.pop("family"), record
+    info: dict[str, Any] = {
+        "format": BACKBONE_FORMAT,
+        "family": family,
+        "arch": arch,
+        **FAMILIES.get(family).export_names(backbone.arch),
+        "img_size": backbone.arch.img_size,
+    }
+    clash = sorted(set(extra or {}) & set(info))
+    if clash:
+        raise ValueError(f"export_backbone: extra may not override reserved keys {clash}")
+    info.update(extra or {})
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in backbone.state_dict().items()}
+    metadata = {"format": BACKBONE_FORMAT, "family": family, "arch": json.dumps(arch)}
+    out = Path(out_dir)
+    weights = atomic_write_bytes(out / BACKBONE_FILE, safetensors.torch.save(tensors, metadata=metadata))
+    atomic_write_bytes(out / "backbone.json", (json.dumps(info, indent=2) + "\n").encode())
+    return weights

@@ -1,0 +1,92 @@
+"""Scoring a fine-tuned checkpoint (``facerep evaluate``), result tables and prediction overlays."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+from torch.utils.data import DataLoader
+
+from facerep.backbones import backbone_from_record
+from facerep.config import ConfigError, EvaluateConfig, FinetuneConfig
+from facerep.data.downstream import build_dataset
+from facerep.runtime.atomic import atomic_write_bytes
+from facerep.runtime.checkpoint import load_checkpoint
+from facerep.runtime.distributed import init_distributed
+from facerep.tasks import Task, TaskDataset, build_task, collate_samples
+
+
+def format_results(results: dict) -> str:
+    """The best and the last epoch of a fine-tuning summary as a table (see :func:`format_table`)."""
+    rows = []
+    for which in ("best", "last"):
+        entry = results[which]
+        rows += [
+            (f"{which} (epoch {entry['epoch']})", subset, m)
+            for subset, m in entry.items()
+            if isinstance(m, dict)
+        ]
+    return format_table(rows)
+
+
+def format_table(rows: list[tuple[str, str, dict]]) -> str:
+    """A plain-text table: one row per (label, subset), columns = the headline metrics."""
+    if not rows:
+        return ""
+    keys = [k for k in rows[0][2] if not k.startswith(("f1_", "acc_"))]
+    header = ["epoch", "subset", *keys]
+    lines = [header] + [[r[0], r[1], *(f"{r[2][k]:.4f}" for k in keys)] for r in rows]
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines)
+
+
+def evaluate(cfg: EvaluateConfig) -> dict:
+    """Run ``facerep evaluate``: score a ``finetune.pt`` (EMA weights when present), print a table,
+    write ``results.json`` and optional overlays."""
+    state = load_checkpoint(cfg.checkpoint)
+    if state.get("kind") != "finetune":
+        raise ConfigError(f"{cfg.checkpoint}: not a facerep fine-tuning checkpoint (finetune.pt)")
+    ft = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(FinetuneConfig), state["config"]))
+    data = ft.data
+    if cfg.dataset is not None:
+        data = replace(data, root=cfg.data.root, options=dict(cfg.data.options) or data.options)
+        ft = replace(ft, dataset=cfg.dataset)
+    elif cfg.data.root is not None:
+        data = replace(data, root=cfg.data.root)
+    ft = replace(ft, data=replace(data, num_workers=cfg.data.num_workers))
+    device = init_distributed(cfg.device).device
+    task = build_task(ft)
+    options = {**ft.data.options, **ft.data.test_options}
+    test_set = build_dataset(ft.dataset, ft.data.root, cfg.split or ft.data.test_split, **options)
+    model = task.build_model(backbone_from_record(state["arch"]), test_set)
+    model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
+    model.to(device).eval()
+    loader = DataLoader(TaskDataset(test_set, task, train=False), batch_size=ft.train.batch_size,
+                        num_workers=ft.data.num_workers, collate_fn=collate_samples)  # fmt: skip
+    results = task.evaluate(model, loader, test_set, device)
+    out = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.checkpoint).parent / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"checkpoint": str(cfg.checkpoint), "dataset": ft.dataset, "epoch": state["epoch"], **results}
+    atomic_write_bytes(out / "results.json", json.dumps(summary, indent=2).encode())
+    print(format_table([(f"epoch {state['epoch']}", subset, metrics) for subset, metrics in results.items()]))
+    if cfg.overlays > 0:
+        save_overlays(task, model, test_set, cfg.overlays, out / "overlays", device)
+    return summary
+
+
+@torch.no_grad()
+def save_overlays(
+    task: Task, model: nn.Module, dataset: Any, count: int, out: Path, device: torch.device
+) -> None:
+    """PNG overlays of the first ``count`` test samples, drawn by the task (:meth:`Task.draw`)."""
+    out.mkdir(parents=True, exist_ok=True)
+    data = TaskDataset(dataset, task, train=False)
+    for index in range(min(count, len(dataset))):
+        batch = collate_samples([data[index]])
+        batch["image"] = batch["image"].to(device)
+        task.draw(dataset[index], task.predict(model, batch), dataset).save(out / f"{index:05d}.png")

@@ -1,0 +1,18 @@
+from pathlib import Path
+
+import pytest
+
+from facerep.runtime.atomic import atomic_save, atomic_write_bytes
+
+
+def test_atomic_save(tmp_path: Path) -> None:
+    target = atomic_write_bytes(tmp_path / "sub" / "a.bin", b"one")
+    assert target.read_bytes() == b"one"
+
+    def failing(tmp: Path) -> None:
+        tmp.write_bytes(b"partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save(failing, target)
+    assert target.read_bytes() == b"one" and sorted(p.name for p in target.parent.iterdir()) == ["a.bin"]
