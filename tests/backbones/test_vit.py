@@ -2,8 +2,8 @@ import pytest
 import timm
 import torch
 
-from facerep.models.patches import patchify, unpatchify
 from facerep.backbones.vit import build_vit, num_kept, parse_arch, random_keep_order, sincos_pos_embed_2d
+from facerep.models.patches import patchify, unpatchify
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from omegaconf import OmegaConf
 
 from facerep.commands.cli import main
 from facerep.config import PretrainConfig, load_config, to_dict
+from facerep.data.sources import DataError
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -44,3 +45,22 @@ def test_recipe_without_teacher_says_so(tmp_path, capsys):
             "data.source=synthetic", "device=cpu"]  # fmt: skip
     assert main(args) == 2
     assert "teacher.checkpoint" in capsys.readouterr().err
+
+
+def test_only_facerep_errors_become_one_line_messages(monkeypatch, capsys):
+    import facerep.commands.cli as cli
+
+    def bug(cfg):
+        raise ValueError("a bug inside torch, say")
+
+    monkeypatch.setattr(cli, "pretrain", bug)
+    with pytest.raises(ValueError, match="a bug inside torch"):  # a traceback, not "facerep: error"
+        main(["pretrain"])
+    assert "facerep: error" not in capsys.readouterr().err
+
+    def user_error(cfg):
+        raise DataError("data.path: no such folder\nsecond line")
+
+    monkeypatch.setattr(cli, "pretrain", user_error)
+    assert main(["pretrain"]) == 2
+    assert capsys.readouterr().err == "facerep: error: data.path: no such folder\n"

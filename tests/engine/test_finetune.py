@@ -5,12 +5,17 @@ import sys
 
 import pytest
 import torch
+from safetensors.torch import load_file
+from timm.layers import resample_abs_pos_embed
 
-from facerep.backbones.io import export_backbone
+from facerep.backbones import build_backbone, export_backbone
+from facerep.backbones.resnet import ResNet
+from facerep.backbones.vit import build_vit
 from facerep.commands.cli import main
 from facerep.config import FinetuneConfig, load_config
-from facerep.engine.finetune import finetune
-from facerep.backbones.vit import build_vit
+from facerep.engine.finetune import Finetuner, finetune
+from facerep.runtime.checkpoint import load_checkpoint
+from facerep.runtime.distributed import init_distributed
 
 TASKS = {
     "alignment": ("synthetic_alignment", "nme"),
@@ -60,11 +65,25 @@ def test_finetune_writes_results_with_best_and_last(tmp_path, tiny_backbone, tas
 
 
 @pytest.mark.slow
-def test_resume_continues_after_the_last_epoch_and_evaluate_cli(tmp_path, tiny_backbone, capsys):
+def test_resume_continues_after_the_last_epoch_and_evaluate_cli(tmp_path, tiny_backbone, capsys, monkeypatch):
     finetune(small(tmp_path, tiny_backbone, "alignment", "train.epochs=1"))
-    results = finetune(small(tmp_path, tiny_backbone, "alignment", "train.epochs=2"))
-    assert [h for h in ("best", "last")] and results["last"]["epoch"] == 2
     ckpt = tmp_path / "alignment" / "finetune.pt"
+    after_one = load_checkpoint(ckpt)
+    steps, original = [], Finetuner._step
+
+    def counting(self, batch, step):
+        if not steps:  # the resumed run starts from the weights saved after epoch 1
+            for key, value in self.model.state_dict().items():
+                assert torch.equal(value, after_one["model"][key]), key
+        steps.append(step)
+        return original(self, batch, step)
+
+    monkeypatch.setattr(Finetuner, "_step", counting)
+    results = finetune(small(tmp_path, tiny_backbone, "alignment", "train.epochs=2"))
+    assert steps == [2, 3]  # epoch 2 only: 8 images / batch 4 = steps 2 and 3 of the schedule
+    assert results["last"]["epoch"] == 2 and [
+        h["epoch"] for h in json.loads(load_checkpoint(ckpt)["history"])
+    ] == [1, 2]
     assert main(["evaluate", f"checkpoint={ckpt}", "overlays=2", f"output_dir={tmp_path / 'eval'}"]) == 0
     assert "nme" in capsys.readouterr().out
     assert len(list((tmp_path / "eval" / "overlays").glob("*.png"))) == 2
@@ -73,12 +92,22 @@ def test_resume_continues_after_the_last_epoch_and_evaluate_cli(tmp_path, tiny_b
 
 @pytest.mark.slow
 def test_linear_probe_trains_only_the_head(tmp_path, tiny_backbone):
-    results = finetune(small(tmp_path, tiny_backbone, "classification", "train.probe=true"))
+    cfg = small(tmp_path, tiny_backbone, "classification", "train.probe=true")
+    initial_head = Finetuner(cfg, init_distributed("cpu")).model.head.weight.detach().clone()
+    results = finetune(cfg)
     assert "mean_accuracy" in results["last"]["full"]
+    state = load_checkpoint(tmp_path / "classification" / "finetune.pt")
+    source = load_file(tiny_backbone)
+    for weights in (state["model"], state["ema"]):
+        backbone = {k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")}
+        assert backbone.keys() == source.keys()
+        assert all(torch.equal(backbone[k], source[k]) for k in source)  # the backbone never moved
+    assert not torch.allclose(state["model"]["head.weight"], initial_head)  # while the head trained
 
 
 @pytest.mark.slow
 def test_finetune_accepts_an_official_mcf_checkpoint(tmp_path):
+    torch.manual_seed(3)
     encoder = build_vit("vit_tiny_patch16_224", img_size=32, depth=4, embed_dim=64, num_heads=2)
     state = {f"online_encoder.{k}": v for k, v in encoder.state_dict().items()}
     state |= {f"target_encoder.{k}": v + 1 for k, v in encoder.state_dict().items()}
@@ -86,8 +115,52 @@ def test_finetune_accepts_an_official_mcf_checkpoint(tmp_path):
     path = tmp_path / "mcf_official.pth"
     torch.save({"model": state}, path)
     cfg = small(tmp_path, path, "alignment", "train.epochs=1")  # fine-tuned at 64 px: pos embed resampled
+    start = Finetuner(cfg, init_distributed("cpu")).backbone.state_dict()
+    for key, value in encoder.state_dict().items():  # the online encoder's weights, not the target's
+        expected = (
+            resample_abs_pos_embed(value, [4, 4], [2, 2], num_prefix_tokens=1)
+            if key == "pos_embed"
+            else value
+        )
+        torch.testing.assert_close(start[key], expected, msg=key)
     results = finetune(cfg)
     assert results["last"]["epoch"] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("task", "arch"), [("alignment", "resnet50"), ("parsing", "resnet18"), ("classification", "resnet18")]
+)
+def test_finetune_a_random_resnet_from_the_cli(tmp_path, task, arch, capsys):
+    dataset, key = TASKS[task]
+    out = tmp_path / task
+    args = [
+        "finetune", f"task={task}", f"dataset={dataset}", "backbone=random", f"backbone_arch={arch}",
+        f"output_dir={out}", "data.image_size=64", "data.num_workers=0", "data.options.size=64",
+        "data.train_options.length=8", "data.test_options.length=4", "head.channels=16", "train.epochs=1",
+        "train.batch_size=4", "train.progress=log",
+    ]  # fmt: skip
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert key in results["last"]["full"] and results["last"]["epoch"] == 1
+    state = load_checkpoint(out / "finetune.pt")
+    assert state["arch"]["family"] == "resnet"
+    assert main(["evaluate", f"checkpoint={out / 'finetune.pt'}", f"output_dir={tmp_path / 'eval'}"]) == 0
+    assert key in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_finetune_from_a_resnet_file_and_head_levels(tmp_path, capsys):
+    torch.manual_seed(0)
+    path = export_backbone(build_backbone("resnet18", img_size=64), tmp_path / "r18")
+    cfg = small(tmp_path, path, "parsing", "head.blocks=null", "head.levels=[1,2,3,4]")
+    tuner = Finetuner(cfg, init_distributed("cpu"))
+    assert isinstance(tuner.backbone, ResNet) and tuner.model.dense.levels == [1, 2, 3, 4]
+    source = load_file(path)
+    assert all(torch.equal(tuner.backbone.state_dict()[k], v) for k, v in source.items())
+    assert main(["finetune", "task=parsing", "dataset=synthetic_parsing", f"backbone={path}",
+                 f"output_dir={tmp_path / 'vit_key'}", "head.blocks=[3,5,7,11]"]) == 2  # fmt: skip
+    assert "head.blocks names ViT blocks; for a resnet backbone set head.levels" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from facerep.backbones.io import export_backbone
+from facerep.backbones.vit import build_vit
 from facerep.commands.cli import main
 from facerep.data.synthetic import render_face
-from facerep.backbones.vit import build_vit
 
 COMMON = [
     "data.image_size=64", "data.num_workers=0", "head.blocks=[0,1,2,3]", "head.channels=16",

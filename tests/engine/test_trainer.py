@@ -4,11 +4,12 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
+from facerep.engine.trainer import NonFiniteLossError, Trainer, pretrain
 from facerep.runtime.checkpoint import load_checkpoint
 from facerep.runtime.distributed import init_distributed
-from facerep.engine.trainer import NonFiniteLossError, Trainer, pretrain
 
 
 def _metrics(out):
@@ -155,3 +156,25 @@ def test_corrupt_inputs_are_skipped_counted_and_reported(tiny_config, tmp_path, 
     assert records[-1]["skipped"] == 2
     out = capsys.readouterr().out
     assert "skipped 2 unreadable input(s)" in out and "empty.jpg" in out and "notes.png" in out
+
+
+def test_default_teacher_is_pre_trained_by_an_mae_stage_first(tiny_config, tmp_path, capsys):
+    cfg = tiny_config(
+        "method=mcf", "teacher.checkpoint=mae_stage", "teacher.stage_steps=2", "train.max_steps=2"
+    )
+    pretrain(cfg)
+    out, stage = tmp_path / "run", tmp_path / "run" / "teacher_mae"
+    stage_state = load_checkpoint(stage / "checkpoint.pt")
+    assert stage_state["method"] == "mae" and stage_state["step"] == 2
+    teacher_file = stage / "backbone.safetensors"
+    assert OmegaConf.load(out / "config.yaml").teacher.checkpoint == str(teacher_file)
+    teacher = {
+        k.removeprefix("teacher.backbone."): v
+        for k, v in load_checkpoint(out / "checkpoint.pt")["model"].items()
+        if k.startswith("teacher.backbone.")
+    }
+    exported = load_file(teacher_file)
+    assert teacher.keys() == exported.keys() and all(torch.equal(teacher[k], exported[k]) for k in exported)
+    assert "pre-training the MCF teacher with MAE (2 steps)" in capsys.readouterr().out
+    pretrain(cfg)  # a rerun resumes both finished runs: nothing is trained again
+    assert [json.loads(x)["step"] for x in (stage / "metrics.jsonl").read_text().splitlines()] == [1, 2]

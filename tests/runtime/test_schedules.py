@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import pytest
@@ -10,7 +11,7 @@ def test_learning_rate_warms_up_linearly_then_follows_a_half_cosine():
     assert lr[:2] == [0.5, 1.0]  # base * (step + 1) / warmup
     assert lr[2] == 1.0 and lr[10] == pytest.approx(0.1)
     assert lr[6] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 4 / 8)))
-    assert all(a >= b for a, b in zip(lr[2:], lr[3:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(lr[2:]))
 
 
 def test_momentum_rises_from_base_to_final_with_the_same_curve():

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from facerep.models.dense import DenseHead
 from facerep.backbones.vit import build_vit
+from facerep.models.dense import DenseHead
 from facerep.tasks.alignment import alignment_loss, gaussian_heatmaps, soft_argmax
 
 

@@ -1,0 +1,142 @@
+"""ResNet backbones: the protocol, torchvision/timm state dicts in, a strict torchvision/timm export out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from facerep.backbones import Backbone, build_backbone, export_backbone, load_backbone, read_backbone_state
+from facerep.backbones.resnet import ResNet, ResNetArch, build_resnet
+from facerep.config import ConfigError
+from facerep.runtime.checkpoint import CheckpointError
+
+
+def _perturbed(model: nn.Module, seed: int) -> nn.Module:
+    """Random weights and BatchNorm statistics, so that every tensor of the file matters."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+        for name, b in model.named_buffers():
+            if name.endswith("running_mean"):
+                b.copy_(0.1 * torch.randn(b.shape, generator=gen))
+            elif name.endswith("running_var"):
+                b.copy_(0.5 + torch.rand(b.shape, generator=gen))
+    return model.eval()
+
+
+def _images(size: int = 64) -> torch.Tensor:
+    return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_protocol_pyramid_and_pooled(name: str) -> None:
+    model = build_backbone(name, img_size=64).eval()
+    assert isinstance(model, Backbone) and isinstance(model, ResNet)
+    wide = name == "resnet50"
+    assert model.feature_dim == (2048 if wide else 512)
+    assert (
+        model.arch == ResNetArch((3, 4, 6, 3) if wide else (2, 2, 2, 2), wide, 64) and model.arch.name == name
+    )
+    x = _images()
+    with torch.no_grad():
+        maps = model.forward_pyramid(x, model.default_levels)
+        pooled = model.pooled(x)
+    channels = [256, 512, 1024, 2048] if wide else [64, 128, 256, 512]
+    assert [tuple(m.shape) for m in maps] == [
+        (2, c, 64 // s, 64 // s) for c, s in zip(channels, (4, 8, 16, 32), strict=True)
+    ]
+    assert model.pyramid_channels([1, 2, 3, 4]) == channels and model.pyramid_strides([1, 2, 3, 4]) == [
+        4,
+        8,
+        16,
+        32,
+    ]
+    torch.testing.assert_close(pooled, maps[-1].mean(dim=(2, 3)))
+    with pytest.raises(ConfigError, match=r"0 \(stem\) and 1-4"):
+        model.pyramid_channels([1, 5])
+
+
+def test_unknown_architectures_are_one_line_errors() -> None:
+    with pytest.raises(ConfigError, match="unknown backbone architecture 'convnext_tiny'"):
+        build_backbone("convnext_tiny")
+    with pytest.raises(ConfigError, match="unknown ResNet architecture 'resnet26'"):
+        build_backbone("resnet26")
+    with pytest.raises(ConfigError, match=r"no overrides \['depth'\]"):
+        build_backbone("resnet18", depth=3)
+
+
+@pytest.mark.parametrize(("name", "suffix"), [("resnet18", ".pth"), ("resnet50", ".safetensors")])
+def test_plain_torchvision_state_dict_loads_with_the_same_pooled_features(
+    tmp_path: Path, name: str, suffix: str
+) -> None:
+    source = _perturbed(getattr(torchvision.models, name)(), 0)  # with its fc classifier
+    path = tmp_path / f"{name}{suffix}"
+    state = {k: v.contiguous() for k, v in source.state_dict().items()}
+    if suffix == ".safetensors":
+        safetensors.torch.save_file(state, str(path))
+    else:
+        torch.save(state, path)
+    assert read_backbone_state(path)[1] == "resnet"
+    loaded = load_backbone(path)
+    assert isinstance(loaded, ResNet) and loaded.arch.name == name and not loaded.training
+    x = _images()
+    with torch.no_grad():
+        trunk = nn.Sequential(*list(source.children())[:-1])  # everything before fc: ... avgpool
+        torch.testing.assert_close(loaded.pooled(x), trunk(x).flatten(1), atol=1e-5, rtol=1e-5)
+
+
+def test_timm_state_dict_wrapped_and_ddp_prefixed(tmp_path: Path) -> None:
+    source = _perturbed(timm.create_model("resnet18", num_classes=10), 1)
+    path = tmp_path / "timm_r18.pth.tar"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}, "epoch": 3}, path)
+    loaded = load_backbone(path)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded.pooled(_images()), source.forward_head(source.forward_features(_images()), pre_logits=True)
+        )
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_export_loads_strictly_into_torchvision_and_timm(tmp_path: Path, name: str) -> None:
+    model = _perturbed(build_resnet(name, img_size=96), 2)
+    weights = export_backbone(model, tmp_path, extra={"method": "test"})
+    record = json.loads((tmp_path / "backbone.json").read_text())
+    assert record["family"] == "resnet" and record["timm_model"] == record["torchvision_model"] == name
+    assert record["img_size"] == 96 and record["arch"]["bottleneck"] == (name == "resnet50")
+    state = safetensors.torch.load_file(str(weights))
+    x = _images()
+    with torch.no_grad():
+        expected = model.pooled(x)
+        tv = getattr(torchvision.models, name)()
+        tv.fc = nn.Identity()
+        tv.load_state_dict(state, strict=True)
+        torch.testing.assert_close(tv.eval()(x), expected, atol=1e-5, rtol=1e-5)
+        tm = timm.create_model(record["timm_model"], num_classes=0)
+        tm.load_state_dict(state, strict=True)
+        torch.testing.assert_close(tm.eval()(x), expected, atol=1e-5, rtol=1e-5)
+        back = load_backbone(tmp_path)
+        assert back.arch == model.arch
+        torch.testing.assert_close(back.pooled(x), expected)
+
+
+def test_a_resnet_that_does_not_fit_is_a_one_line_error(tmp_path: Path) -> None:
+    state = torchvision.models.resnet18().state_dict()
+    state["layer2.0.conv1.weight"] = torch.zeros(128, 63, 3, 3)
+    path = tmp_path / "bad.pth"
+    torch.save(state, path)
+    with pytest.raises(
+        CheckpointError, match=r"bad.pth: weights do not fit resnet18: shape mismatch \[layer2.0.conv1"
+    ):
+        load_backbone(path)
+    del state["layer4.1.conv1.weight"]
+    torch.save({k: v for k, v in state.items() if not k.startswith("layer4")}, path)
+    with pytest.raises(CheckpointError, match=r"blocks per stage \[2, 2, 2, 0\]"):
+        load_backbone(path)

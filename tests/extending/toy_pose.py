@@ -1,0 +1,73 @@
+"""A new downstream task written outside facerep: head-yaw regression from the pooled feature.
+
+Adding a task takes one module (its model, transform, loss, evaluation) registered by one decorator;
+its synthetic dataset here is one more registry line.
+"""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from facerep.data.downstream import DATASETS
+from facerep.data.downstream.synthetic import SyntheticAttributes
+from facerep.tasks.base import Task, register_task
+
+
+class SyntheticYaw(SyntheticAttributes):
+    dataset_name = "synthetic_yaw"
+    task = "head_pose"
+
+    def _load(self, index):
+        face = self.render(index)
+        return {"image": face.image, "yaw": np.float32(face.params["yaw"])}
+
+
+DATASETS.add(SyntheticYaw.dataset_name, SyntheticYaw)
+
+
+@register_task
+class HeadPose(Task):
+    name = "head_pose"
+    primary = "yaw_mae"
+    higher_is_better = False
+
+    def build_model(self, backbone, dataset):
+        return _Regressor(backbone)
+
+    def transform(self, train):
+        return _to_tensor  # no augmentation: a flip would negate the yaw
+
+    def originals(self, sample):
+        return {"yaw": float(sample["yaw"])}
+
+    def loss(self, model, batch):
+        loss = F.smooth_l1_loss(model(batch["image"]).float(), batch["yaw"].float() / 40)
+        return loss, {"smooth_l1": loss.detach()}
+
+    @torch.no_grad()
+    def predict(self, model, batch):
+        return {"yaw": (model(batch["image"]).float() * 40).cpu()}
+
+    @torch.no_grad()
+    def evaluate(self, model, loader, dataset, device):
+        errors = []
+        for batch in loader:
+            batch["image"] = batch["image"].to(device)
+            errors.append((self.predict(model, batch)["yaw"] - batch["yaw"].float()).abs())
+        return {"full": {"yaw_mae": float(torch.cat(errors).mean())}}
+
+
+def _to_tensor(sample):
+    image = torch.from_numpy(sample["image"]).permute(2, 0, 1).float() / 255
+    return {"image": (image - 0.5) / 0.25}
+
+
+class _Regressor(nn.Module):
+    def __init__(self, backbone):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.feature_dim, 1)
+
+    def forward(self, images):
+        return self.head(self.backbone.pooled(images))[:, 0]
