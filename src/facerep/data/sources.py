@@ -18,6 +18,9 @@ from typing import Any
 
 import lmdb
 from PIL import Image
+from webdataset.gopen import gopen
+from webdataset.shardlists import expand_urls
+from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from facerep.config import DataConfig
 from facerep.data.synthetic import render_face
@@ -239,8 +242,6 @@ class WebDatasetSource:
     """
 
     def __init__(self, pattern: str) -> None:
-        from webdataset.shardlists import expand_urls  # webdataset takes seconds to import: only when used
-
         self.pattern = pattern
         self.shards: list[str] = [s for s in expand_urls(pattern) if s]
         if not self.shards:
@@ -257,8 +258,6 @@ class WebDatasetSource:
 
         An unreadable shard or member is reported through ``on_error(name)`` and skipped.
         """
-        from webdataset.gopen import gopen  # slow import, see __init__
-        from webdataset.tariterators import group_by_keys, tar_file_iterator
 
         def handler(exn: Exception) -> bool:
             on_error(f"{url}: {one_line(exn.args[0] if exn.args else exn)}")

@@ -20,6 +20,7 @@ import math
 from typing import Any
 
 import numpy as np
+from scipy.integrate import simpson
 
 __all__ = ["UNIT_LANDMARKS", "UNIT_SCHEMES", "ced_auc_fr", "landmark_summary", "nme", "unit_distance"]
 
@@ -134,8 +135,6 @@ def ced_auc_fr(nmes: Any, threshold: float, step: float = 1e-4) -> tuple[float, 
     Returns:
         ``(auc, fr)``: AUC normalised to [0, 1] by ``threshold``; FR = fraction with ``nme > threshold``.
     """
-    from scipy.integrate import simpson  # local: scipy is needed for this function only
-
     values = _float_array(nmes, "nmes").reshape(-1)
     if values.size == 0:
         raise ValueError("nmes is empty")

@@ -9,6 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from facerep.runtime.atomic import atomic_write_bytes
@@ -16,7 +17,7 @@ from facerep.runtime.errors import FacerepError
 
 
 def start_run(output_dir: Path, config_yaml: str, banner: str) -> None:
-    """Create ``output_dir``, save the resolved config (YAML text) as ``config.yaml``, print a one-line banner."""
+    """Create ``output_dir``, write the resolved config as ``config.yaml``, print a one-line ``banner``."""
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(output_dir / "config.yaml", config_yaml.encode())
     print(f"[facerep] {banner} -> {output_dir}", flush=True)
@@ -40,8 +41,6 @@ class MetricsLog:
             self.path.write_text("".join(line + "\n" for line in kept))
         self.writer = None
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter  # slow import (tensorboard): only when used
-
             self.writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=start_step or None)
 
     def write(self, record: dict[str, Any]) -> None:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.io
 
 from facerep.data.downstream.base import (
     FaceDataset,
@@ -128,8 +129,6 @@ class AFLW19(FaceDataset):
 
 
 def _load_mat(dataset: str, path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
-    import scipy.io
-
     try:
         info = scipy.io.loadmat(str(path))
     except Exception as err:
