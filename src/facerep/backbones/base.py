@@ -20,7 +20,7 @@ state dicts and loads them; :data:`FAMILIES` holds one instance per family.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from torch import Tensor, nn
@@ -59,6 +59,15 @@ def arch_record(arch: Any) -> dict[str, Any]:
     return {"family": arch.family, **asdict(arch)}
 
 
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to build a backbone read from a file (see :func:`facerep.load_backbone`)."""
+
+    img_size: int | None = None  # ViT: resample the position embedding to this input size
+    num_heads: int | None = None  # ViT: attention heads when neither the file nor the ViT table says
+    drop_path_rate: float = 0.0  # stochastic depth (fine-tuning)
+
+
 class BackboneFamily:
     """How one family builds, recognises and reads its backbones (one instance each in :data:`FAMILIES`)."""
 
@@ -82,16 +91,10 @@ class BackboneFamily:
         raise NotImplementedError
 
     def from_state(
-        self,
-        state: dict[str, Tensor],
-        record: Mapping[str, Any] | None,
-        *,
-        source: str,
-        img_size: int | None = None,
-        num_heads: int | None = None,
-        drop_path_rate: float = 0.0,
+        self, state: dict[str, Tensor], record: Mapping[str, Any] | None, source: str, options: LoadOptions
     ) -> nn.Module:
-        """The backbone holding ``state`` (architecture from ``record`` or inferred from the weights)."""
+        """The backbone holding ``state`` (architecture from ``record`` or inferred from the weights);
+        errors start with ``source``."""
         raise NotImplementedError
 
     def export_names(self, arch: Any) -> dict[str, str | None]:

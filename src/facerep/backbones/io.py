@@ -35,7 +35,7 @@ import safetensors.torch
 import torch
 from torch import Tensor, nn
 
-from facerep.backbones.base import FAMILIES, Backbone, arch_record, short_list
+from facerep.backbones.base import FAMILIES, Backbone, LoadOptions, arch_record, short_list
 from facerep.runtime.atomic import atomic_write_bytes
 from facerep.runtime.checkpoint import CHECKPOINT_FORMAT, CheckpointError
 from facerep.runtime.errors import one_line
@@ -316,14 +316,8 @@ def load_backbone(
     """
     enc = _read_encoder(path)
     record = {k: v for k, v in (enc.record or {}).items() if k != "family"}
-    return FAMILIES.get(enc.family).from_state(
-        enc.state,
-        record or None,
-        source=str(path),
-        img_size=img_size,
-        num_heads=num_heads,
-        drop_path_rate=drop_path_rate,
-    )
+    options = LoadOptions(img_size, num_heads, drop_path_rate)
+    return FAMILIES.get(enc.family).from_state(enc.state, record or None, str(path), options)
 
 
 # ----------------------------------------------------------------------------------- export

@@ -17,7 +17,7 @@ from timm.models.resnet import BasicBlock, Bottleneck
 from timm.models.resnet import ResNet as TimmResNet
 from torch import Tensor
 
-from facerep.backbones.base import FAMILIES, BackboneFamily, load_strict
+from facerep.backbones.base import FAMILIES, BackboneFamily, LoadOptions, load_strict
 from facerep.config import ConfigError
 from facerep.runtime.checkpoint import CheckpointError
 
@@ -143,20 +143,14 @@ class ResNetFamily(BackboneFamily):
         return "conv1.weight" in state and any(k.startswith("layer1.") for k in state)
 
     def from_state(
-        self,
-        state: dict[str, Tensor],
-        record: Mapping[str, Any] | None,
-        *,
-        source: str,
-        img_size: int | None = None,
-        num_heads: int | None = None,
-        drop_path_rate: float = 0.0,
+        self, state: dict[str, Tensor], record: Mapping[str, Any] | None, source: str, options: LoadOptions
     ) -> ResNet:
-        """Drop a classifier (``fc.*``), infer the architecture and load strictly."""
+        """Drop a classifier (``fc.*``), infer the architecture and load strictly (``options.num_heads``
+        does not apply; ``options.img_size`` is recorded)."""
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
         arch = infer_resnet_arch(state, source)
-        size = img_size or (record or {}).get("img_size")
-        model = build_resnet(arch, img_size=size, drop_path_rate=drop_path_rate)
+        size = options.img_size or (record or {}).get("img_size")
+        model = build_resnet(arch, img_size=size, drop_path_rate=options.drop_path_rate)
         name = arch.name or f"ResNet(layers={list(arch.layers)}, bottleneck={arch.bottleneck})"
         return load_strict(model, state, source, name)
 

@@ -24,7 +24,7 @@ from timm.models import checkpoint_seq
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from facerep.backbones.base import FAMILIES, BackboneFamily, load_strict
+from facerep.backbones.base import FAMILIES, BackboneFamily, LoadOptions, load_strict
 from facerep.config import ConfigError
 from facerep.runtime.checkpoint import CheckpointError
 from facerep.runtime.errors import one_line
@@ -344,17 +344,11 @@ class ViTFamily(BackboneFamily):
         return any(k in _REQUIRED or k.startswith(("blocks.", "patch_embed.")) for k in state)
 
     def from_state(
-        self,
-        state: dict[str, Tensor],
-        record: Mapping[str, Any] | None,
-        *,
-        source: str,
-        img_size: int | None = None,
-        num_heads: int | None = None,
-        drop_path_rate: float = 0.0,
+        self, state: dict[str, Tensor], record: Mapping[str, Any] | None, source: str, options: LoadOptions
     ) -> MaskedViT:
-        """Infer the architecture (heads from ``num_heads``, else the record, else the ViT table) and
-        load; with ``img_size`` the position embedding is resampled (bicubic, CLS row kept)."""
+        """Infer the architecture (heads from ``options``, else the record, else the ViT table) and load;
+        with ``options.img_size`` the position embedding is resampled (bicubic, CLS row kept)."""
+        img_size, num_heads = options.img_size, options.num_heads
         if num_heads is None and record and isinstance(record.get("num_heads"), int):
             num_heads = record["num_heads"]
         arch = infer_arch(state, num_heads=num_heads, source=source)
@@ -369,7 +363,7 @@ class ViTFamily(BackboneFamily):
             state["pos_embed"] = resample_abs_pos_embed(pos, [new, new], [old, old], num_prefix_tokens=1)
             arch = replace(arch, img_size=img_size)
         try:
-            model = build_vit(arch, drop_path_rate=drop_path_rate)
+            model = build_vit(arch, drop_path_rate=options.drop_path_rate)
         except ConfigError as err:
             raise CheckpointError(f"{source}: {one_line(err)}") from err
         what = f"ViT(embed_dim={arch.embed_dim}, depth={arch.depth}, patch={arch.patch_size})"

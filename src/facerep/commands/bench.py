@@ -114,20 +114,14 @@ def bench_one(cfg: BenchPretrainConfig, batch_size: int) -> dict[str, Any]:
         "masks": [m.to(device) for m in random_masks(spec, batch_size, generator)],
     }
     batches = itertools.repeat(batch)
-
-    def step() -> None:
-        trainer.train_step(batches)
-        trainer.step += 1
-        trainer.method.on_optimizer_step(trainer.step, trainer.total_steps)
-
     for _ in range(cfg.bench.warmup):
-        step()
+        trainer.train_step(batches)
     times = []
     for _ in range(cfg.bench.repeats):
         _sync(device)
         start = time.perf_counter()
         for _ in range(cfg.bench.steps):
-            step()
+            trainer.train_step(batches)
         _sync(device)
         times.append((time.perf_counter() - start) / cfg.bench.steps)
     ms = statistics.median(times) * 1000

@@ -193,8 +193,7 @@ class Finetuner:
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            self.loop.scaler.load_state_dict(state["scaler"])
+        self.loop.scaler.load_state_dict(state["scaler"])
         self.epoch = int(state["epoch"])
         self.history = json.loads(state["history"])
         restore_rng(state["rng"][0])

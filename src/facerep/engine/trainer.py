@@ -191,16 +191,19 @@ class Trainer:
         self._note_skipped(batch.get("skipped", []))
         return model(move_to(batch, self.device))
 
-    def train_step(self, batches) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One optimizer step over ``accum_steps`` micro-batches; returns the mean loss and terms."""
+    def train_step(self, batches) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, float]]:
+        """One optimizer step over ``accum_steps`` micro-batches, then the method's once-per-step hook
+        (e.g. MCF's momentum update); returns the mean loss, its terms and the hook's values."""
         try:
-            return self.loop.step(batches, self._compute)
+            loss, terms = self.loop.step(batches, self._compute)
         except NonFiniteLossError as err:
             raise NonFiniteLossError(
                 f"{err} at step {self.step + 1}: stopping without writing a checkpoint "
                 f"(the last good one, if any, is {self.checkpoint_path}); "
                 "lower train.blr or set train.clip_grad"
             ) from None
+        self.step += 1
+        return loss, terms, self.method.on_optimizer_step(self.step, self.total_steps)
 
     def fit(self) -> Path:
         """Train to ``total_steps``; returns the exported ``backbone.safetensors`` path."""
@@ -240,14 +243,12 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 try:
-                    loss, terms = self.train_step(batches)
+                    loss, terms, extra = self.train_step(batches)
                 except KeyboardInterrupt:
                     if self.dist.world_size == 1:  # keep everything up to the last finished step
                         self.save([rng_at_step_start])
                         print(f"\n[facerep] interrupted; saved step {self.step} to {self.checkpoint_path}")
                     raise
-                self.step += 1
-                extra = self.method.on_optimizer_step(self.step, self.total_steps)
                 if self.step % train.log_every == 0 or self.step == self.total_steps:
                     elapsed = time.perf_counter() - tick
                     record = {
