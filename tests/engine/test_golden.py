@@ -36,9 +36,9 @@ PRETRAIN = {
 }
 # (loss, primary test metric) per epoch, from 048cbdc
 FINETUNE = {
-    ("alignment", "synthetic_alignment", False): [(0.9575318098, 0.5474543140), (0.8922418356, 0.5460614793)],
-    ("parsing", "synthetic_parsing", False): [(2.3627386093, 0.0642817411), (1.9538094998, 0.0786305768)],
-    ("classification", "synthetic_attributes", False): [(0.7206780911, 0.65625), (0.4902573526, 0.75)],
+    ("alignment", "synthetic_alignment", False): [(0.9575318098, 0.5474543226), (0.8922418356, 0.5460614961)],
+    ("parsing", "synthetic_parsing", False): [(2.3627386093, 0.0642817411), (1.9538094997, 0.0786305768)],
+    ("classification", "synthetic_attributes", False): [(0.7206780910, 0.65625), (0.4902573824, 0.75)],
     ("classification", "synthetic_attributes", True): [(0.7377743721, 0.65625), (0.5521443486, 0.75)],
 }
 
@@ -78,6 +78,7 @@ def test_pretraining_losses_match_the_pre_redesign_code(tmp_path, old_style_mask
 @pytest.mark.slow
 @pytest.mark.parametrize(("task", "dataset", "probe"), sorted(FINETUNE))
 def test_finetuning_matches_the_pre_redesign_code(tmp_path, task, dataset, probe):
+    torch.manual_seed(0)  # the random backbone's weights
     backbone = export_backbone(
         build_vit("vit_tiny_patch16_224", img_size=64, depth=4, embed_dim=64, num_heads=2), tmp_path / "bb"
     )
