@@ -3,8 +3,9 @@ import torch
 import torch.nn.functional as F
 
 from facerep.backbones import export_backbone
-from facerep.backbones.vit import build_vit, num_kept, random_keep_order
+from facerep.backbones.vit import build_vit, num_kept
 from facerep.config import ConfigError, PretrainConfig, load_config
+from facerep.data.views import random_masks
 from facerep.methods import METHODS, build_method
 from facerep.methods.mcf import default_teacher_blocks
 from facerep.models.patches import patchify
@@ -24,8 +25,7 @@ def small(*overrides: str):
 def batch_for(method, images: torch.Tensor, seed: int = 0) -> dict:
     """The batch ``method`` declares, for ``images``, with masks drawn from ``seed``."""
     spec = method.batch_spec(load_config(PretrainConfig, None, SMALL).data)
-    gen = torch.Generator().manual_seed(seed)
-    masks = [random_keep_order(images.shape[0], spec.num_patches, "cpu", gen) for _ in range(spec.masks)]
+    masks = random_masks(spec, images.shape[0], torch.Generator().manual_seed(seed))
     return {"views": [images] * len(spec.views), "masks": masks}
 
 

@@ -87,8 +87,6 @@ class MomentumMethod(PretrainMethod):
 
     def __init__(self, momentum_schedule: Schedule) -> None:
         super().__init__()
-        if not 0.0 <= momentum_schedule.base <= 1.0 or not 0.0 <= momentum_schedule.final <= 1.0:
-            raise ConfigError(f"momentum must be in [0, 1], got {momentum_schedule}")
         self.momentum_schedule = momentum_schedule
         self.momentum = momentum_schedule.base
 
