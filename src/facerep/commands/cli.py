@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     _command(
         sub, "demo", _demo, "embedded transfer benchmark on synthetic faces (MAE vs MCF vs random init)",
         "Pre-train MAE and MCF with one small budget, fine-tune each and a random backbone on synthetic "
-        "alignment and parsing, write comparison.md/.json/.png (16 minutes on 2 CPU cores).", config=False,
+        "alignment and parsing, write comparison.md/.json/.png (~19 minutes on 2 CPU cores).", config=False,
     )  # fmt: skip
     _command(
         sub, "bench", _bench, "throughput: the full pre-training step (pretrain) or the data pipeline (data)",
