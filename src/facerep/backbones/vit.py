@@ -184,16 +184,12 @@ class MaskedViT(VisionTransformer):
         return self.forward_features(x)[:, 0]
 
     def forward_pyramid(self, x: Tensor, levels: Sequence[int]) -> list[Tensor]:
-        """Block outputs ``[N, D, G, G]`` (CLS dropped) for the block indices ``levels``.
-
-        The output of the last block gets the final norm; the others are taken as they leave their block
-        (FaRL feeds raw block outputs to its FPN).
-        """
+        """Raw block outputs ``[N, D, G, G]`` (CLS dropped, no final norm, the last block's included) for
+        the block indices ``levels``, as FaRL feeds its FPN (``farl/network/transformers.py``
+        ``FaRLVisualFeatures.forward`` never applies ``ln_post``)."""
         grid_h, grid_w = x.shape[-2] // self.arch.patch_size, x.shape[-1] // self.arch.patch_size
         maps = []
-        for index, tokens in zip(levels, self.forward_block_tokens(x, list(levels)), strict=True):
-            if index == len(self.blocks) - 1:
-                tokens = self.norm(tokens)
+        for tokens in self.forward_block_tokens(x, list(levels)):
             n, _, d = tokens.shape
             maps.append(tokens[:, 1:].transpose(1, 2).reshape(n, d, grid_h, grid_w))
         return maps
