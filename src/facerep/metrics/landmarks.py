@@ -9,9 +9,10 @@ which follow HRNet-Facial-Landmark-Detection:
   ``sqrt(w * h)`` (``box``) and ``sqrt(w^2 + h^2)`` (``diag``).
 * AFLW-19: FaRL averages over all 19 points; the dataset's visibility mask is loaded but dropped before
   scoring. ``nme(..., visible=...)`` is an opt-in variant that FaRL's numbers do not use.
-* CED/AUC/FR: an image counts as a success at ``x`` when ``nme <= x``, so FR = fraction with
-  ``nme > threshold``; AUC = Simpson integral of the CED over ``0, step, ..., threshold``, divided by
-  ``threshold``.
+* CED/AUC/FR: an image counts as a success at ``x`` when ``nme <= x``; the CED is sampled on FaRL's grid
+  ``np.arange(0, threshold + step, step)``, AUC = Simpson integral over that grid divided by ``threshold``,
+  FR = 1 - CED at the grid's last node. For AFLW-19's 7 % that grid ends at 0.0701 (702 nodes), so the
+  AUC integrates one step past the threshold and FR counts failures above 0.0701, as FaRL's numbers do.
 """
 
 from __future__ import annotations
@@ -22,7 +23,15 @@ from typing import Any
 import numpy as np
 from scipy.integrate import simpson
 
-__all__ = ["UNIT_LANDMARKS", "UNIT_SCHEMES", "ced_auc_fr", "landmark_summary", "nme", "unit_distance"]
+__all__ = [
+    "UNIT_LANDMARKS",
+    "UNIT_SCHEMES",
+    "ced_auc_fr",
+    "farl_simpson",
+    "landmark_summary",
+    "nme",
+    "unit_distance",
+]
 
 # K -> scheme -> (left point ids, right point ids); a side's position is the mean of its points.
 # From FaRL's scorers/{aflw19,ibug300w,wflw}.yaml (0-based, as are the datasets' point arrays).
@@ -120,20 +129,33 @@ def unit_distance(target: Any, scheme: str, boxes: Any | None = None) -> np.ndar
     return np.linalg.norm(t[:, list(left)].mean(axis=1) - t[:, list(right)].mean(axis=1), axis=-1)
 
 
-def ced_auc_fr(nmes: Any, threshold: float, step: float = 1e-4) -> tuple[float, float]:
-    """Area under the CED curve up to ``threshold`` and the failure rate at ``threshold``.
+def farl_simpson(y: np.ndarray, x: np.ndarray) -> float:
+    """Simpson's rule as FaRL's scorer ran it: ``scipy.integrate.simps`` of scipy < 1.11, whose default
+    ``even="avg"`` treats an even number of samples as the mean of (Simpson over the first ``N - 1``
+    samples + trapezoid on the last interval) and (trapezoid on the first + Simpson over the last
+    ``N - 1``). An odd number of samples is plain Simpson (today's ``scipy.integrate.simpson``, which
+    handles even counts differently). ``y``, ``x``: ``[N]``."""
+    if len(y) % 2:
+        return float(simpson(y, x=x))
+    head = simpson(y[:-1], x=x[:-1]) + 0.5 * (x[-1] - x[-2]) * (y[-1] + y[-2])
+    tail = 0.5 * (x[1] - x[0]) * (y[1] + y[0]) + simpson(y[1:], x=x[1:])
+    return float(0.5 * (head + tail))
 
-    The CED (fraction of images with ``nme <= x``) is sampled at ``x = i * step``, ``i = 0 .. threshold /
-    step``, and integrated with ``scipy.integrate.simpson``, as FaRL / HRNet do. FaRL builds the grid as
-    ``np.arange(0, threshold + step, step)``, which is the same grid for e.g. WFLW's 0.1 but overshoots
-    by one step for AFLW-19's 0.07 (ending at 0.0701); here the grid always ends at ``threshold``.
+
+def ced_auc_fr(nmes: Any, threshold: float, step: float = 1e-4) -> tuple[float, float]:
+    """Area under the CED curve and the failure rate, on FaRL's grid (``scorer.py`` ``AUC_FR``).
+
+    The CED (fraction of images with ``nme <= x``) is sampled at ``x = np.arange(0, threshold + step,
+    step)`` and integrated with :func:`farl_simpson`. For WFLW's 0.1 that grid ends at 0.1; for AFLW-19's
+    0.07 floating point makes it end at 0.0701 (one node more), and FaRL's AUC and FR use that last node.
 
     Args:
         nmes: ``[N]`` per-image NMEs.
         threshold: positive integration limit / failure threshold, a multiple of ``step``.
         step: grid spacing.
     Returns:
-        ``(auc, fr)``: AUC normalised to [0, 1] by ``threshold``; FR = fraction with ``nme > threshold``.
+        ``(auc, fr)``: the integral divided by ``threshold``; FR = fraction with ``nme`` above the grid's
+        last node.
     """
     values = _float_array(nmes, "nmes").reshape(-1)
     if values.size == 0:
@@ -143,10 +165,9 @@ def ced_auc_fr(nmes: Any, threshold: float, step: float = 1e-4) -> tuple[float, 
     n = round(threshold / step)
     if n < 2 or not math.isclose(n * step, threshold, rel_tol=1e-9):
         raise ValueError(f"threshold {threshold} must be a multiple (>= 2) of step {step}")
-    grid = np.arange(n + 1) * step  # bitwise equal to FaRL's np.arange(0., threshold + step, step)
+    grid = np.arange(0.0, threshold + step, step)  # FaRL's xaxis, node for node
     ced = np.searchsorted(np.sort(values), grid, side="right") / values.size  # fraction with nme <= x
-    auc = float(simpson(ced, x=grid) / threshold)
-    return auc, float(1.0 - ced[-1])
+    return farl_simpson(ced, grid) / threshold, float(1.0 - ced[-1])
 
 
 def landmark_summary(nmes: Any, threshold: float, step: float = 1e-4) -> dict[str, float]:
