@@ -16,8 +16,9 @@ WFLW
     pose expression illumination make-up occlusion blur, image path under ``WFLW_images/``); or the
     HRNet/FaRL lists ``face_landmarks_wflw_{train,test}.csv`` (+ ``..._test_{subset}.csv``), which FaRL
     reads, with images under ``WFLW_images/`` (FaRL) or ``images/`` (HRNet). Coordinates are used as
-    given (FaRL applies no offset). The box is the official rectangle, or for the csv layout
-    ``center ± 100 * scale`` (HRNet: ``scale = max(w, h) / 200``; FaRL: ``box_half_size = 100 * scale``).
+    given (FaRL applies no offset). Either way the box is the HRNet lists' square ``center ± 100 * scale``
+    (FaRL ``farl/datasets/wflw.py``: ``box_half_size = 100 * scale``); from the official rectangle,
+    ``center`` is its centre and ``scale = max(w, h) / 200``, as HRNet derived its lists.
     NME unit "inter_ocular" = points 60 / 72 (HRNet ``compute_nme``).
 300W
     HRNet lists ``face_landmarks_300w_{train,valid,valid_common,valid_challenge,test}.csv`` (columns
@@ -186,8 +187,15 @@ def read_hrnet_csv(
 
 
 def _box_from_center_scale(cx: float, cy: float, scale: float) -> np.ndarray:
-    half = 100.0 * scale  # HRNet: scale = box side / 200
+    """The square (x1, y1, x2, y2) box of an HRNet list: ``center ± 100 * scale`` (scale = side / 200)."""
+    half = 100.0 * scale
     return np.array([cx - half, cy - half, cx + half, cy + half], dtype=np.float32)
+
+
+def square_box(rect: np.ndarray) -> np.ndarray:
+    """An (x1, y1, x2, y2) rectangle as the HRNet lists' square box: same centre, side ``max(w, h)``."""
+    x1, y1, x2, y2 = (float(v) for v in rect)
+    return _box_from_center_scale((x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, y2 - y1) / 200.0)
 
 
 class _ListAlignment(FaceDataset):
@@ -276,7 +284,7 @@ class WFLW(_ListAlignment):
                 )
             names.append(f"{prefix}/{fields[206]}")
             lms.append(values[:196].reshape(98, 2))
-            boxes.append(values[196:200])
+            boxes.append(square_box(values[196:200]))
             attrs.append(flags.astype(np.uint8))
         self._set_faces(names, lms, boxes)
         self._attributes = np.stack(attrs) if attrs else np.zeros((0, 6), np.uint8)

@@ -46,8 +46,8 @@ FaRL's protocol (values confirmed in github.com/FacePerceiver/FaRL, ``farl/exper
     tanh-warped with ``warp_factor = 0.8``; CelebAMask-HQ uses the whole (512 px) image and no warp.
     Jitter ``shift_sigma = 0.01`` (uniform), ``rot_sigma = 0.314`` and ``scale_sigma = 0.1`` (normal,
     around 1); photometric: RandomGray, RandomGamma, RandomBlur only.  See
-    :meth:`AugmentConfig.farl_parsing`.  FaRL warps to 512 px and lets the network resize to 448; we warp
-    straight to ``image_size``.
+    :meth:`AugmentConfig.farl_parsing`.  FaRL warps to 512 px and lets the network resize to 448; so do
+    we (``image_size`` 512 here, the model's ``data.backbone_size`` 448, logits scored at 512).
 
 Photometric augmentations (train mode, on the ``[0, 1]`` crop, before mean/std normalisation; the
     blueprint ``augmenters/image.py`` definitions): occlusion -- a rectangle of height ``U(0.1, 0.4)``
