@@ -194,6 +194,10 @@ def to_dict(cfg: Any) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
 
 
+FINETUNE_SCHEDULES = ("step", "cosine")
+SYNC_BN_MODES = ("auto", "true", "false")
+
+
 @dataclass
 class FinetuneDataConfig:
     """A downstream dataset (``facerep.data.downstream``) and how it is loaded."""
@@ -201,11 +205,21 @@ class FinetuneDataConfig:
     root: str | None = None  # dataset root in its official layout (none for synthetic_* sets)
     train_split: str = "train"
     test_split: str = "test"
-    image_size: int = 448  # FaRL: 448 alignment, 512 parsing
+    image_size: int = 448  # crop side: FaRL 448 alignment, 512 parsing
+    backbone_size: int | None = None  # dense tasks: image resized to this for the backbone (None: image_size)
     num_workers: int = 2
     options: dict[str, Any] = field(default_factory=dict)  # dataset-specific kwargs (e.g. size)
     train_options: dict[str, Any] = field(default_factory=dict)  # ... for the train split only (e.g. length)
     test_options: dict[str, Any] = field(default_factory=dict)  # ... for the test split only
+
+    def __post_init__(self) -> None:
+        if self.image_size < 1 or (self.backbone_size is not None and self.backbone_size < 1):
+            raise ConfigError("data.image_size and data.backbone_size must be >= 1")
+
+    @property
+    def backbone_input(self) -> int:
+        """The side of the images the backbone sees (FaRL parsing: 512 crops resized to 448)."""
+        return self.backbone_size if self.backbone_size is not None else self.image_size
 
 
 @dataclass
@@ -215,8 +229,15 @@ class HeadConfig:
     levels: list[int] | None = None  # backbone levels feeding the FPN (default: the backbone's)
     blocks: list[int] | None = None  # ViT spelling of levels: block indices (FaRL: [3, 5, 7, 11])
     channels: int = 768  # UPerNet width
-    heatmap_sigma: float = 1.25  # alignment: Gaussian target width in heatmap pixels
+    dropout: float = 0.1  # Dropout2d before the UPerNet classifier (mmseg's dropout_ratio, FaRL)
+    heatmap_size: int = 128  # alignment: side of the heatmap targets; logits are upsampled to it (FaRL)
+    heatmap_sigma: float = 1.25  # alignment: Gaussian target width in heatmap pixels (FaRL: radius 5 / 4)
     heatmap_weight: float = 1.0  # alignment: weight of the heatmap BCE next to the coordinate loss
+
+    def __post_init__(self) -> None:
+        check_range("head.dropout", self.dropout, 0.0, 1.0, high_open=True)
+        if self.channels < 1 or self.heatmap_size < 1 or self.heatmap_sigma <= 0:
+            raise ConfigError("head.channels and head.heatmap_size must be >= 1, head.heatmap_sigma > 0")
 
 
 @dataclass
@@ -228,7 +249,11 @@ class FinetuneTrainConfig:
     weight_decay: float = 1e-5
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     warmup_epochs: float = 0.0
+    schedule: str = "step"  # step (FaRL: MultiStepLR, epoch-wise) | cosine (per-iteration, after the warm-up)
+    milestones: list[int] = field(default_factory=lambda: [200])  # step: epochs where lr *= gamma
+    gamma: float = 0.1  # step: factor at each milestone
     ema: float = 0.999  # EMA of the weights used for evaluation (0: off)
+    sync_bn: str = "auto"  # auto (on for multi-GPU CUDA runs) | true | false: SyncBatchNorm under DDP
     probe: bool = False  # classification: linear probe on cached features of a frozen backbone
     precision: str = "auto"
     eval_every: int = 1
@@ -237,8 +262,14 @@ class FinetuneTrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("train.epochs and train.batch_size must be >= 1")
+        self.sync_bn = str(self.sync_bn).lower()  # YAML true/false arrive as "True"/"False"
+        check_choice("train.schedule", self.schedule, FINETUNE_SCHEDULES)
+        check_choice("train.sync_bn", self.sync_bn, SYNC_BN_MODES)
         check_choice("train.precision", self.precision, PRECISIONS)
         check_choice("train.progress", self.progress, PROGRESS_MODES)
+        if any(m < 1 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
+            raise ConfigError(f"train.milestones must be sorted epochs >= 1, got {list(self.milestones)}")
+        check_range("train.gamma", self.gamma, 0.0, 1.0)
 
 
 @dataclass
@@ -256,6 +287,10 @@ class FinetuneConfig:
     head: HeadConfig = field(default_factory=HeadConfig)
     augment: dict[str, Any] = field(default_factory=dict)  # overrides of the task's AugmentConfig
     train: FinetuneTrainConfig = field(default_factory=FinetuneTrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.task == "classification" and self.data.backbone_input != self.data.image_size:
+            raise ConfigError("data.backbone_size is for the dense tasks (alignment, parsing)")
 
 
 @dataclass

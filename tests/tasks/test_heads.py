@@ -27,7 +27,9 @@ def test_gaussian_heatmap_peaks_at_the_landmark():
 def test_alignment_loss_terms_and_gradient():
     logits = torch.zeros(2, 3, 8, 8, requires_grad=True)
     target = torch.rand(2, 3, 2)
-    loss, terms = alignment_loss(logits, soft_argmax(logits), target, sigma=1.0, heatmap_weight=0.5)
+    loss, terms = alignment_loss(
+        logits, soft_argmax(logits), target, sigma=1.0, heatmap_weight=0.5, heatmap_size=16
+    )
     torch.testing.assert_close(loss, terms["distance"] + 0.5 * terms["heatmap_bce"])
     loss.backward()
     assert logits.grad is not None and logits.grad.abs().sum() > 0

@@ -1,11 +1,14 @@
 """Fine-tuning on downstream tasks under FaRL's protocol.
 
-AdamW with separate learning rates for backbone and head, per-iteration warm-up + cosine, an EMA copy
-of the weights used for evaluation, evaluation of every subset of the test split after each epoch,
-and ``results.json`` reporting both the best and the last epoch (FaRL reports the best on the test
-set; we say which is which). Checkpoints are written atomically after every epoch; rerunning with the
-same ``output_dir`` resumes at the next epoch. The optimizer step is the shared
-:class:`~facerep.engine.step.StepLoop` (so fp16 gets a loss scaler here too).
+AdamW with separate learning rates for backbone and head; FaRL's schedule (``train.schedule=step``:
+constant, x ``gamma`` 0.1 at epoch 200, ``MultiStepLR`` as ``farl/experiments/*/optimizers/
+refine_backbone.yaml``) or per-iteration warm-up + cosine; BatchNorms made SyncBatchNorm under
+multi-GPU DDP (FaRL's ``SyncBN``: statistics over 8 x 5 = 40 images); an EMA copy of the weights used
+for evaluation, evaluation of every subset of the test split after each epoch, and ``results.json``
+reporting both the best and the last epoch (FaRL reports the best on the test set; we say which is
+which). Checkpoints are written atomically after every epoch; rerunning with the same ``output_dir``
+resumes at the next epoch (the schedule is a function of the step, so it resumes exactly). The
+optimizer step is the shared :class:`~facerep.engine.step.StepLoop` (so fp16 gets a loss scaler here too).
 """
 
 from __future__ import annotations
@@ -33,17 +36,17 @@ from facerep.runtime.checkpoint import capture_rng, load_checkpoint, restore_rng
 from facerep.runtime.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
 from facerep.runtime.optim import decayed, no_weight_decay_names
 from facerep.runtime.run_log import MetricsLog, Progress, start_run
-from facerep.runtime.schedules import cosine_schedule
+from facerep.runtime.schedules import Schedule
 from facerep.tasks import Task, TaskDataset, build_task, collate_samples
 
 CHECKPOINT_NAME = "finetune.pt"
 
 
 def finetune_backbone(cfg: FinetuneConfig) -> nn.Module:
-    """The backbone to fine-tune at ``data.image_size``: a file (a ViT's position embedding resampled)
-    or ``random`` (``backbone_arch``). Every weight is trainable (the sin-cos position embedding too, as
-    in timm)."""
-    size = cfg.data.image_size
+    """The backbone to fine-tune at its input size (``data.backbone_size``, else ``data.image_size``): a
+    file (a ViT's position embedding resampled) or ``random`` (``backbone_arch``). Every weight is
+    trainable (the sin-cos position embedding too, as in timm)."""
+    size = cfg.data.backbone_input
     if cfg.backbone == "random":
         backbone = build_backbone(cfg.backbone_arch, img_size=size)
     else:
@@ -81,6 +84,34 @@ def param_groups(model: nn.Module, backbone: nn.Module, cfg: FinetuneConfig) -> 
     ]
 
 
+def lr_schedule(cfg: FinetuneConfig, steps_per_epoch: int) -> Schedule:
+    """The learning-rate factor per step (x each group's ``base_lr``): ``train.warmup_epochs`` of linear
+    warm-up, then FaRL's ``step`` (``MultiStepLR`` called epoch-wise: x ``gamma`` from each milestone
+    epoch on) or ``cosine`` (per iteration, to 0)."""
+    train = cfg.train
+    return Schedule(
+        1.0,
+        warmup_steps=int(train.warmup_epochs * steps_per_epoch),
+        kind=train.schedule,
+        milestones=tuple(m * steps_per_epoch for m in train.milestones),
+        gamma=train.gamma,
+    )
+
+
+def sync_batchnorm(setting: str, dist_info: DistInfo, batch_size: int) -> bool:
+    """Whether ``train.sync_bn`` (``auto`` / ``true`` / ``false``) makes the BatchNorms SyncBatchNorm: only
+    under multi-process DDP on CUDA (NCCL). torch's SyncBatchNorm cannot run on CPU/gloo: there it stays
+    off and rank 0 says so once."""
+    if setting == "false" or dist_info.world_size == 1:
+        return False
+    if dist_info.device.type == "cuda":
+        return True
+    if dist_info.is_main:
+        print(f"[facerep] train.sync_bn={setting}: SyncBatchNorm needs CUDA (NCCL); on {dist_info.device} "
+              f"(gloo) each process's BatchNorms see its own {batch_size} images", flush=True)  # fmt: skip
+    return False
+
+
 def summarize(history: list[dict], task: Task) -> dict:
     """Best and last evaluated epoch by the task's primary metric on the ``full`` subset."""
     key = task.primary
@@ -110,6 +141,8 @@ class Finetuner:
         self.train_set, self.test_set = build_datasets(cfg)
         self.backbone = backbone = finetune_backbone(cfg)
         self.model = self.task.build_model(backbone, self.train_set).to(self.device)
+        if sync_batchnorm(cfg.train.sync_bn, dist_info, cfg.train.batch_size):
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.train.ema > 0 else None
         wrapped: nn.Module = self.model
         if dist_info.world_size > 1:
@@ -143,7 +176,7 @@ class Finetuner:
         per_rank = len(train_data) // dist_info.world_size
         self.steps_per_epoch = max(1, per_rank // cfg.train.batch_size)
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
-        self.warmup_steps = int(cfg.train.warmup_epochs * self.steps_per_epoch)
+        self.schedule = lr_schedule(cfg, self.steps_per_epoch)
         self.epoch = 0
         self.history: list[dict] = []
 
@@ -203,8 +236,9 @@ class Finetuner:
         return self.task.loss(model, move_to(batch, self.device))
 
     def _step(self, batch: dict, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        factor = self.schedule.at(step, self.total_steps)
         for group in self.optimizer.param_groups:
-            group["lr"] = cosine_schedule(step, self.total_steps, group["base_lr"], 0.0, self.warmup_steps)
+            group["lr"] = group["base_lr"] * factor
         try:
             loss, terms = self.loop.step(iter([batch]), self._compute)
         except NonFiniteLossError as err:

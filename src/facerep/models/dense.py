@@ -1,9 +1,16 @@
 """Dense prediction trunk for face alignment and parsing (FaRL's protocol), fed by any backbone's pyramid.
 
-The backbone's ``forward_pyramid`` gives four maps. A ViT's are four block outputs on one patch grid;
+The backbone's ``forward_pyramid`` gives four maps. A ViT's are four raw block outputs on one patch grid;
 FPN-style adapters (4x up, 2x up, identity, 2x down) bring them to four scales. A CNN's stages already
 form a pyramid (strides 4, 8, 16, 32) and pass unchanged. A UPerNet head (pyramid pooling + top-down
 FPN) fuses the four into one map at the resolution of the finest.
+
+As FaRL (``farl/network/transformers.py`` ``_make_fpns`` / ``FaRLVisualFeatures.forward``,
+``farl/network/mmseg.py`` = mmseg 0.18 ``UPerHead``): images of another size are resized (bilinear) to the
+backbone's input size first (parsing: 512 -> 448); every conv-BN-ReLU is mmcv's ``ConvModule`` (conv
+without bias, Kaiming-normal fan-out init, BN weight 1 / bias 0); the classifier is ``Dropout2d(0.1)`` then
+a 1x1 conv initialised normal(0, 0.01), bias 0 (mmseg ``BaseDecodeHead.conv_seg``). Its BatchNorms are
+plain here; the fine-tuning engine makes them SyncBatchNorm under multi-GPU DDP, as FaRL's ``SyncBN``.
 """
 
 from __future__ import annotations
@@ -21,11 +28,10 @@ PYRAMID_LEVELS = 4
 
 
 def conv_bn_relu(in_ch: int, out_ch: int, kernel: int = 3) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=False),
-        nn.BatchNorm2d(out_ch),
-        nn.ReLU(True),
-    )
+    """mmcv's ``ConvModule`` with BN and ReLU: ``[N, in_ch, H, W]`` -> ``[N, out_ch, H, W]``."""
+    conv = nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=False)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    return nn.Sequential(conv, nn.BatchNorm2d(out_ch), nn.ReLU(True))
 
 
 class FPNAdapters(nn.Module):
@@ -48,6 +54,7 @@ class UPerHead(nn.Module):
     """UPerNet fusion (Xiao et al., 2018): pyramid pooling on the coarsest map, top-down FPN, concat, fuse.
 
     Input: 4 maps, finest first, ``[N, in_dims[i], H_i, W_i]``; output ``[N, out_channels, H_0, W_0]``.
+    ``dropout``: ``Dropout2d`` rate before the 1x1 classifier (mmseg's ``dropout_ratio``; FaRL 0.1).
     """
 
     def __init__(
@@ -56,6 +63,7 @@ class UPerHead(nn.Module):
         channels: int,
         out_channels: int,
         pool_scales: tuple[int, ...] = (1, 2, 3, 6),
+        dropout: float = 0.1,
     ) -> None:
         super().__init__()
         *fine, top = in_dims
@@ -66,7 +74,10 @@ class UPerHead(nn.Module):
         self.lateral = nn.ModuleList(conv_bn_relu(dim, channels, 1) for dim in fine)
         self.fpn = nn.ModuleList(conv_bn_relu(channels, channels) for _ in fine)
         self.fuse = conv_bn_relu(len(in_dims) * channels, channels)
+        self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(channels, out_channels, 1)
+        nn.init.normal_(self.classifier.weight, std=0.01)
+        nn.init.zeros_(self.classifier.bias)
 
     @staticmethod
     def _resize(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -81,16 +92,26 @@ class UPerHead(nn.Module):
             laterals[i - 1] = laterals[i - 1] + self._resize(laterals[i], laterals[i - 1])
         outs = [conv(x) for conv, x in zip(self.fpn, laterals[:-1], strict=True)] + [laterals[-1]]
         fused = self.fuse(torch.cat([outs[0]] + [self._resize(o, outs[0]) for o in outs[1:]], dim=1))
-        return self.classifier(fused)
+        return self.classifier(self.dropout(fused))
 
 
 class DenseHead(nn.Module):
-    """Backbone pyramid -> (FPN adapters) -> UPerNet: ``[N, 3, S, S]`` -> ``[N, out, S/4, S/4]``.
+    """(Resize) -> backbone pyramid -> (FPN adapters) -> UPerNet: ``[N, 3, S, S]`` -> ``[N, out, B/4, B/4]``.
 
     ``levels`` are the backbone's pyramid levels (ViT block indices, ResNet stages); exactly four.
+    ``input_size`` ``B``: the side images are resized to (bilinear) before the backbone, as FaRL's
+    ``FaRLVisualFeatures.forward`` (``None``: as they come, ``B = S``). ``dropout``: see :class:`UPerHead`.
     """
 
-    def __init__(self, backbone: Backbone, levels: Sequence[int], channels: int, out_channels: int) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        levels: Sequence[int],
+        channels: int,
+        out_channels: int,
+        input_size: int | None = None,
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__()
         if len(levels) != PYRAMID_LEVELS:
             raise ConfigError(f"need {PYRAMID_LEVELS} pyramid levels for the FPN, got {list(levels)}")
@@ -100,10 +121,14 @@ class DenseHead(nn.Module):
         one_grid = len(set(backbone.pyramid_strides(self.levels))) == 1
         if one_grid and len(set(dims)) != 1:
             raise ConfigError(f"same-stride pyramid levels {self.levels} must share one width, got {dims}")
+        self.input_size = input_size
         self.adapters = FPNAdapters(dims[0]) if one_grid else nn.Identity()
-        self.head = UPerHead(dims, channels, out_channels)
+        self.head = UPerHead(dims, channels, out_channels, dropout=dropout)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        size = self.input_size
+        if size is not None and images.shape[-2:] != (size, size):
+            images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
         return self.head(self.adapters(self.backbone.forward_pyramid(images, self.levels)))
 
 

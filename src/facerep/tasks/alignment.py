@@ -1,4 +1,12 @@
-"""Face alignment: heatmap regression with soft-argmax read-out (FaRL's protocol)."""
+"""Face alignment: heatmap regression with soft-argmax read-out (FaRL's protocol).
+
+FaRL (``farl/experiments/face_alignment/task.py``, ``trainers/*_farl.yaml``, ``farl/network/geometry.py``):
+landmarks are the sigmoid-weighted mean of the head's heatmaps; loss = mean point distance in [0, 1] +
+BCE between the head's logits upsampled (bilinear, ``align_corners=False``) to 128 x 128 and targets
+rendered there by ``points2heatmap`` (``heatmap_radius`` 5, p2i kernel ``gaussian_awing``:
+``exp(-r^2 / (2 sigma^2))`` with ``sigma = radius / 4 = 1.25`` px, zero beyond ``r > radius``, peak 1,
+not normalised).
+"""
 
 from __future__ import annotations
 
@@ -28,37 +36,50 @@ def soft_argmax(heatmap_logits: torch.Tensor) -> torch.Tensor:
 
 
 def gaussian_heatmaps(landmarks: torch.Tensor, size: tuple[int, int], sigma: float) -> torch.Tensor:
-    """Targets ``[N, K, h, w]``: a Gaussian of ``sigma`` heatmap pixels at each ``[N, K, 2]`` point (0-1)."""
+    """Targets ``[N, K, h, w]`` for ``[N, K, 2]`` points in [0, 1]: FaRL's ``gaussian_awing`` kernel,
+    ``exp(-r^2 / (2 sigma^2))`` of the distance ``r`` (heatmap pixels) from a pixel centre to the point,
+    zero beyond ``r > 4 sigma`` (FaRL's kernel radius), peak 1 (not normalised)."""
     h, w = size
     xs = torch.arange(w, device=landmarks.device, dtype=torch.float32) + 0.5
     ys = torch.arange(h, device=landmarks.device, dtype=torch.float32) + 0.5
-    px = landmarks[..., 0:1].float() * w  # [N, K, 1]
-    py = landmarks[..., 1:2].float() * h
-    gx = torch.exp(-((xs - px) ** 2) / (2 * sigma**2))  # [N, K, w]
-    gy = torch.exp(-((ys - py) ** 2) / (2 * sigma**2))  # [N, K, h]
-    return gy[..., :, None] * gx[..., None, :]
+    dx2 = (xs - landmarks[..., 0:1].float() * w) ** 2  # [N, K, w]
+    dy2 = (ys - landmarks[..., 1:2].float() * h) ** 2  # [N, K, h]
+    r2 = dy2[..., :, None] + dx2[..., None, :]  # [N, K, h, w]
+    return torch.exp(-r2 / (2 * sigma**2)) * (r2 <= (4 * sigma) ** 2)
 
 
 def alignment_loss(
     heatmap_logits: torch.Tensor,
     pred: torch.Tensor,
     target: torch.Tensor,
+    *,
     sigma: float,
     heatmap_weight: float,
+    heatmap_size: int,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Mean Euclidean distance of ``[N, K, 2]`` points in [0, 1] + ``heatmap_weight`` x heatmap BCE."""
+    """Mean Euclidean distance of ``[N, K, 2]`` points in [0, 1] + ``heatmap_weight`` x heatmap BCE.
+
+    The BCE compares the ``[N, K, h, w]`` logits upsampled (bilinear, ``align_corners=False``) to
+    ``heatmap_size`` with :func:`gaussian_heatmaps` rendered at that size (FaRL: 112 -> 128).
+    """
     distance = (pred - target.float()).norm(dim=-1).mean()
-    heatmaps = gaussian_heatmaps(target, heatmap_logits.shape[-2:], sigma)
-    bce = F.binary_cross_entropy_with_logits(heatmap_logits.float(), heatmaps)
+    size = (heatmap_size, heatmap_size)
+    logits = F.interpolate(heatmap_logits.float(), size=size, mode="bilinear", align_corners=False)
+    bce = F.binary_cross_entropy_with_logits(logits, gaussian_heatmaps(target, size, sigma))
     return distance + heatmap_weight * bce, {"distance": distance.detach(), "heatmap_bce": bce.detach()}
 
 
 class AlignmentModel(nn.Module):
-    """Backbone + UPerNet -> K heatmaps at 1/4 resolution -> soft-argmax landmarks."""
+    """Backbone + UPerNet -> K heatmaps at 1/4 of the backbone's input -> soft-argmax landmarks.
 
-    def __init__(self, backbone: Backbone, num_points: int, levels: list[int], channels: int) -> None:
+    ``dense``: keyword arguments of :class:`DenseHead` (``input_size``, ``dropout``).
+    """
+
+    def __init__(
+        self, backbone: Backbone, num_points: int, levels: list[int], channels: int, **dense: Any
+    ) -> None:
         super().__init__()
-        self.dense = DenseHead(backbone, levels, channels, num_points)
+        self.dense = DenseHead(backbone, levels, channels, num_points, **dense)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         heatmaps = self.dense(images)
@@ -74,7 +95,7 @@ class Alignment(Task):
     def build_model(self, backbone, dataset) -> nn.Module:
         head = self.cfg.head
         levels = resolve_levels(backbone, head.levels, head.blocks)
-        return AlignmentModel(backbone, dataset.num_points, levels, head.channels)
+        return AlignmentModel(backbone, dataset.num_points, levels, head.channels, **self.dense_options())
 
     def transform(self, train: bool):
         return AlignmentTransform(self.cfg.data.image_size, train, self.augment_config())
@@ -89,8 +110,9 @@ class Alignment(Task):
         out = model(batch["image"])
         head = self.cfg.head
         return alignment_loss(
-            out["heatmaps"], out["landmarks"], batch["landmarks"], head.heatmap_sigma, head.heatmap_weight
-        )
+            out["heatmaps"], out["landmarks"], batch["landmarks"], sigma=head.heatmap_sigma,
+            heatmap_weight=head.heatmap_weight, heatmap_size=head.heatmap_size,
+        )  # fmt: skip
 
     @torch.no_grad()
     def predict(self, model, batch):

@@ -41,6 +41,11 @@ class Task:
     def transform(self, train: bool) -> Callable[[dict], dict]:
         raise NotImplementedError
 
+    def dense_options(self) -> dict[str, Any]:
+        """:class:`~facerep.models.dense.DenseHead` options from the config: the backbone's input size
+        (``data.backbone_size``, resized from ``data.image_size``) and the classifier dropout."""
+        return {"input_size": self.cfg.data.backbone_input, "dropout": self.cfg.head.dropout}
+
     def augment_config(self) -> Any:
         """FaRL's augmentation preset for this task with the config's ``augment.*`` overrides applied."""
         return AugmentConfig.for_task(self.name, **self.cfg.augment)

@@ -18,11 +18,18 @@ from facerep.viz import draw_parsing
 
 
 class ParsingModel(nn.Module):
-    """Backbone + UPerNet -> class logits at the input size: ``[N, 3, S, S]`` -> ``[N, C, S, S]``."""
+    """Backbone + UPerNet -> class logits at the input size: ``[N, 3, S, S]`` -> ``[N, C, S, S]``.
 
-    def __init__(self, backbone: Backbone, num_classes: int, levels: list[int], channels: int) -> None:
+    As FaRL's ``FaceParsingTransformer`` (``farl/experiments/face_parsing/network.py``): the crop (512) is
+    resized to the backbone's input (``dense["input_size"]``, 448) and the logits are upsampled back to
+    the crop size (bilinear, ``align_corners=False``) for the loss and the metrics.
+    """
+
+    def __init__(
+        self, backbone: Backbone, num_classes: int, levels: list[int], channels: int, **dense: Any
+    ) -> None:
         super().__init__()
-        self.dense = DenseHead(backbone, levels, channels, num_classes)
+        self.dense = DenseHead(backbone, levels, channels, num_classes, **dense)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits = self.dense(images)
@@ -38,7 +45,7 @@ class Parsing(Task):
     def build_model(self, backbone, dataset) -> nn.Module:
         head = self.cfg.head
         levels = resolve_levels(backbone, head.levels, head.blocks)
-        return ParsingModel(backbone, len(dataset.class_names), levels, head.channels)
+        return ParsingModel(backbone, len(dataset.class_names), levels, head.channels, **self.dense_options())
 
     def transform(self, train: bool):
         return ParsingTransform(self.cfg.data.image_size, train, self.augment_config())
