@@ -22,7 +22,7 @@ TINY = [
     "decoder.depth=1", "decoder.num_heads=2", "mcf.proj_hidden_dim=64", "mcf.proj_dim=32",
     "teacher.checkpoint=random", "train.batch_size=4", "train.warmup_steps=1", "train.blr=1e-3",
     "train.log_every=1", "train.ckpt_every=100", "train.progress=log", "train.max_steps=6",
-    "train.accum_steps=2",
+    "train.accum_steps=2", "mcf.balance=fixed",  # 048cbdc had no balance rule: the weight stayed 1000
 ]  # fmt: skip
 # losses per optimizer step and the sum of every floating-point state entry at the end, from 048cbdc
 PRETRAIN = {

@@ -58,6 +58,16 @@ def test_batch_specs_declare_views_and_masks():
     assert mcf.batch_spec(data).num_patches == 4  # 32 px / patch 16
 
 
+def test_mcf_balance_rule_keeps_the_papers_weight_at_224_and_scales_with_the_normalised_axis():
+    assert small("method=mcf", "mcf.balance=fixed").feature_weight == 1000.0
+    feature_axis = small("method=mcf", "teacher.norm_axis=feature")  # 64 channels against ViT-B's 768
+    assert feature_axis.feature_weight == pytest.approx(1000 * 64 / 768)
+    paper = small("method=mcf", "data.image_size=224", "mcf.feature_weight=1000")
+    assert paper.feature_weight == pytest.approx(1000.0)  # 14 x 14 + 1 = 197 tokens
+    with pytest.raises(ConfigError, match="mcf.balance"):
+        load_config(PretrainConfig, None, ["mcf.balance=auto"])
+
+
 def test_teacher_blocks():
     assert default_teacher_blocks(12) == [2, 5, 8, 11]
     assert default_teacher_blocks(24) == [5, 11, 17, 23]
@@ -68,7 +78,9 @@ def test_mcf_gradients_reach_online_parts_only():
     images = torch.randn(4, 3, 32, 32)
     loss, terms = method(batch_for(method, images))
     assert set(terms) == {"feature", "contrastive"}
-    torch.testing.assert_close(loss, 1000 * terms["feature"] + terms["contrastive"])
+    # balance=paper: a 32 px teacher with patch 16 has 2 x 2 + 1 = 5 tokens, against 197 in the paper
+    assert method.feature_weight == pytest.approx(1000 * 5 / 197)
+    torch.testing.assert_close(loss, 1000 * 5 / 197 * terms["feature"] + terms["contrastive"])
     loss.backward()
     for module in (method.encoder.blocks, method.decoder, method.projector, method.predictor):
         assert all(p.grad is not None for p in module.parameters() if p.requires_grad)

@@ -9,7 +9,8 @@ Two signals train one masked ViT encoder:
   mask; the online CLS token, through projector and predictor, must identify its momentum key among
   all keys of the global batch (InfoNCE, MoCo v3 heads).
 
-``loss = feature_weight * feature_loss + contrastive_weight * infonce``.
+``loss = w * feature_loss + contrastive_weight * infonce`` with ``w`` = ``mcf.feature_weight`` scaled by the
+``mcf.balance`` rule (the paper's balance of the two terms at any image size).
 
 Unlike the reference code, the momentum update runs once per optimizer step (not per micro-batch),
 its schedule is configurable, and one process runs without ``torch.distributed``. With
@@ -71,7 +72,13 @@ class MCFConfig:
     """``mcf.*``: masking, loss weights, contrastive heads and momentum."""
 
     mask_ratio: float = 0.75
-    feature_weight: float = 1000.0
+    feature_weight: float = 1000.0  # at the paper's scale; see ``balance``
+    # paper: the feature loss of L2-normalised features scales as 1 / (size of the normalised axis), so the
+    # weight is multiplied by (teacher's axis size) / (its size in the paper: 197 tokens of a ViT-B/16 at
+    # 224 px for norm_axis=token, 768 channels for norm_axis=feature); the two MCF terms then keep the paper's
+    # balance (1000 x feature ~ 30 against InfoNCE ~ 0.84 at initialisation) at any image size.
+    # fixed: feature_weight as it is.
+    balance: str = "paper"
     contrastive_weight: float = 1.0
     temperature: float = 0.2
     symmetric: bool = False  # MoCo v3 symmetric loss (both views as queries)
@@ -86,12 +93,18 @@ class MCFConfig:
         check_range("mcf.momentum", self.momentum, 0.0, 1.0)
         check_range("mcf.momentum_end", self.momentum_end, 0.0, 1.0)
         check_choice("mcf.momentum_schedule", self.momentum_schedule, SCHEDULE_KINDS)
+        check_choice("mcf.balance", self.balance, BALANCE_RULES)
         if self.temperature <= 1e-8:
             raise ConfigError(f"mcf.temperature must be > 1e-8, got {self.temperature}")
 
     def momentum_schedule_of(self) -> Schedule:
         """The EMA momentum schedule these settings describe."""
         return Schedule(self.momentum, self.momentum_end, kind=self.momentum_schedule)
+
+
+BALANCE_RULES = ("paper", "fixed")
+# size of the normalised axis in the paper's setting (ViT-B/16 teacher at 224 px)
+PAPER_AXIS_SIZE = {"token": 197, "feature": 768}
 
 
 def default_teacher_blocks(depth: int, count: int = 4) -> list[int]:
@@ -123,6 +136,14 @@ class FrozenTeacher(nn.Module):
             )
         return self.backbone.forward_block_tokens(images, self.blocks)
 
+    @property
+    def axis_size(self) -> int:
+        """Size of the axis the features are L2-normalised over: tokens (CLS included) or channels."""
+        if self.norm_axis == "feature":
+            return self.backbone.embed_dim
+        grid = self.img_size // self.backbone.arch.patch_size
+        return grid * grid + self.backbone.num_prefix_tokens
+
     def loss(self, reconstruction: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """Feature loss between the teacher's view of the reconstruction and of the input."""
         with torch.no_grad():
@@ -146,6 +167,7 @@ class MCF(MomentumMethod):
         self.predictor = mlp_head(cfg.proj_dim, cfg.proj_hidden_dim, cfg.proj_dim, last_bn=False)
         self.target_encoder = self.momentum_copy(encoder)
         self.target_projector = self.momentum_copy(self.projector)
+        self.feature_weight = balanced_feature_weight(cfg, teacher)
 
     @classmethod
     def from_config(cls, cfg: PretrainConfig) -> MCF:
@@ -200,8 +222,16 @@ class MCF(MomentumMethod):
         if self.cfg.symmetric:
             query_2 = self._query(images, target_ids)[2]
             contrast = contrast + infonce_loss(query_2, self._key(images, online_ids), self.cfg.temperature)
-        loss = self.cfg.feature_weight * feature + self.cfg.contrastive_weight * contrast
+        loss = self.feature_weight * feature + self.cfg.contrastive_weight * contrast
         return loss, {"feature": feature.detach(), "contrastive": contrast.detach()}
+
+
+def balanced_feature_weight(cfg: MCFConfig, teacher: FrozenTeacher) -> float:
+    """``mcf.feature_weight`` under the ``mcf.balance`` rule (see :class:`MCFConfig`): 1000 x 37 / 197 = 187.8
+    for a ViT/16 teacher at 96 px with token-axis normalisation, 1000 at 224 px."""
+    if cfg.balance == "fixed":
+        return cfg.feature_weight
+    return cfg.feature_weight * teacher.axis_size / PAPER_AXIS_SIZE[teacher.norm_axis]
 
 
 def build_teacher(cfg: PretrainConfig) -> FrozenTeacher:
