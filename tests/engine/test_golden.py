@@ -1,7 +1,12 @@
 """Fixed-seed CPU runs give the losses the pre-redesign code gave (commit 048cbdc), when both see the
 same masks. Since the redesign the data pipeline draws the masks (from the sample's seed, not from the
 model's RNG stream), so here they are replaced by one fixed sequence, drawn as the old code drew them;
-images, initial weights, optimizer, schedules, momentum and fine-tuning are compared as they are."""
+images, initial weights, optimizer, schedules, momentum and fine-tuning are compared as they are.
+
+Fine-tuning runs with 048cbdc's cosine schedule (``train.schedule=cosine``; FaRL's step schedule is the
+default now). Classification still gives 048cbdc's values; alignment and parsing were re-derived by the
+same procedure after the FaRL protocol changes of issue 9 (raw last pyramid level, UPerNet dropout and
+mmseg init, heatmap BCE at 128 with FaRL's truncated kernel), which change their numbers by design."""
 
 import json
 
@@ -34,10 +39,11 @@ PRETRAIN = {
         1873.08247,
     ),
 }
-# (loss, primary test metric) per epoch, from 048cbdc
+# (loss, primary test metric) per epoch: classification from 048cbdc, alignment and parsing re-derived
+# after issue 9's FaRL protocol changes (see the module docstring)
 FINETUNE = {
-    ("alignment", "synthetic_alignment", False): [(0.9575318098, 0.5474543226), (0.8922418356, 0.5460614961)],
-    ("parsing", "synthetic_parsing", False): [(2.3627386093, 0.0642817411), (1.9538094997, 0.0786305768)],
+    ("alignment", "synthetic_alignment", False): [(0.9195562601, 0.5454943588), (0.8577420712, 0.5461401354)],
+    ("parsing", "synthetic_parsing", False): [(2.3252799511, 0.0407769121), (2.1417694092, 0.0431465893)],
     ("classification", "synthetic_attributes", False): [(0.7206780910, 0.65625), (0.4902573824, 0.75)],
     ("classification", "synthetic_attributes", True): [(0.7377743721, 0.65625), (0.5521443486, 0.75)],
 }
@@ -87,6 +93,7 @@ def test_finetuning_matches_the_pre_redesign_code(tmp_path, task, dataset, probe
         "data.image_size=64", "data.num_workers=0", "data.options.size=64", "data.train_options.length=8",
         "data.test_options.length=4", "head.blocks=[0,1,2,3]", "head.channels=16", "train.epochs=2",
         "train.batch_size=4", "train.progress=log", "train.ema=0.9", f"train.probe={str(probe).lower()}",
+        "train.schedule=cosine",
     ])  # fmt: skip
     results = finetune(cfg)
     records = [json.loads(line) for line in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
