@@ -1,4 +1,5 @@
-"""Backbones behind one protocol (ViT, ResNet), their families, and checkpoint reading and export."""
+"""Backbones behind one protocol (ViT, ResNet), their families, and checkpoint reading and export
+(facerep, MoCo v3, MAE, MCF, timm, Hugging Face and ONNX layouts; packaged weights by name)."""
 
 from facerep.backbones import resnet, vit  # noqa: F401  (register the families)
 from facerep.backbones.base import (
@@ -9,13 +10,22 @@ from facerep.backbones.base import (
     backbone_from_record,
     build_backbone,
 )
-from facerep.backbones.io import FORMATS, CheckpointError, export_backbone, load_backbone, read_backbone_state
+from facerep.backbones.io import (
+    FORMATS,
+    PACKAGED,
+    CheckpointError,
+    export_backbone,
+    load_backbone,
+    read_backbone_state,
+    resolve_weights,
+)
 from facerep.backbones.resnet import ResNet, ResNetArch, build_resnet
 from facerep.backbones.vit import MaskedViT, ViTArch, build_vit
 
 __all__ = [
     "FAMILIES",
     "FORMATS",
+    "PACKAGED",
     "Backbone",
     "BackboneFamily",
     "CheckpointError",
@@ -31,4 +41,5 @@ __all__ = [
     "export_backbone",
     "load_backbone",
     "read_backbone_state",
+    "resolve_weights",
 ]

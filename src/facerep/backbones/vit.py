@@ -8,6 +8,10 @@ loads into ``timm.create_model(..., num_classes=0)`` with strict key matching. W
   data pipeline drew (or a random one);
 * :meth:`MaskedViT.forward_block_tokens`, the token outputs of chosen blocks (teacher features);
 * the backbone protocol of :mod:`facerep.backbones.base` (pyramid of block outputs, CLS pooling).
+
+Optional :class:`ViTArch` fields reproduce other ViT families with the same timm modules: layer scale
+(DINOv2), a norm before the blocks without patch bias (CLIP), QuickGELU (OpenAI CLIP) and the
+LayerNorm epsilon (Hugging Face ViT 1e-12, CLIP 1e-5, timm and DINOv2 1e-6).
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, ClassVar
 
 import timm
 import torch
-from timm.layers import resample_abs_pos_embed
+from timm.layers import LayerNorm, QuickGELU, resample_abs_pos_embed
 from timm.models import checkpoint_seq
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
@@ -41,6 +46,17 @@ _ARCH_RE = re.compile(r"^vit_(?P<size>[a-z]+)_patch(?P<patch>\d+)(?:_(?P<img>\d+
 _ARCH_NAMES = f"vit_{{{'|'.join(VIT_SIZES)}}}_patch{{14|16}}[_SIZE]"
 _REQUIRED = ("cls_token", "pos_embed", "patch_embed.proj.weight")
 _BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
+ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "quick_gelu": QuickGELU}
+# A record key a reader sets to False when its source resamples position grids without antialiasing
+# (Hugging Face, ONNX graphs); facerep's own files resample like timm (bicubic, antialiased).
+POS_ANTIALIAS = "pos_embed_antialias"
+# (layer scale, pre_norm, act, norm_eps) -> the timm model name suffix building exactly that variant
+_TIMM_VARIANTS: dict[tuple[bool, bool, str, float], str] = {
+    (False, False, "gelu", 1e-6): "",
+    (True, False, "gelu", 1e-6): "_dinov2",
+    (False, True, "gelu", 1e-5): "_clip",
+    (False, True, "quick_gelu", 1e-5): "_clip_quickgelu",
+}
 
 
 @dataclass(frozen=True)
@@ -55,6 +71,10 @@ class ViTArch:
     patch_size: int
     img_size: int
     mlp_ratio: float = 4.0
+    layer_scale: float | None = None  # LayerScale init value (timm init_values); DINOv2: 1.0
+    pre_norm: bool = False  # LayerNorm before the blocks, patch projection without bias (CLIP ln_pre)
+    act: str = "gelu"  # MLP activation: gelu | quick_gelu (OpenAI CLIP)
+    norm_eps: float = 1e-6  # LayerNorm epsilon
 
     @property
     def grid_size(self) -> int:
@@ -88,7 +108,10 @@ def parse_arch(name: str, img_size: int | None = None) -> ViTArch:
 
 
 def check_arch(arch: ViTArch) -> ViTArch:
-    """Raise a one-line error when the image size is not a multiple of the patch size."""
+    """Raise a one-line error when the image size is not a multiple of the patch size (or another field
+    is out of range)."""
+    if arch.act not in ACTIVATIONS:
+        raise ConfigError(f"unknown ViT activation {arch.act!r}: expected {' or '.join(ACTIVATIONS)}")
     if arch.img_size % arch.patch_size:
         raise ConfigError(f"image size {arch.img_size} is not divisible by patch size {arch.patch_size}")
     if arch.embed_dim % arch.num_heads:
@@ -153,6 +176,10 @@ class MaskedViT(VisionTransformer):
             num_classes=0,
             global_pool="token",
             drop_path_rate=drop_path_rate,
+            init_values=arch.layer_scale,
+            pre_norm=arch.pre_norm,
+            act_layer=ACTIVATIONS[arch.act],
+            norm_layer=partial(LayerNorm, eps=arch.norm_eps),
         )
         self.arch = arch
         self.pos_embed.requires_grad_(False)
@@ -264,9 +291,17 @@ def build_vit(arch: str | ViTArch, img_size: int | None = None, **overrides: flo
 
 
 def infer_arch(
-    state: Mapping[str, Tensor], num_heads: int | None = None, source: str = "checkpoint"
+    state: Mapping[str, Tensor],
+    num_heads: int | None = None,
+    source: str = "checkpoint",
+    record: Mapping[str, Any] | None = None,
 ) -> ViTArch:
-    """Infer the :class:`ViTArch` of a timm-named ViT state dict (heads from the ViT table by default)."""
+    """Infer the :class:`ViTArch` of a timm-named ViT state dict.
+
+    Heads come from ``num_heads``, else the ViT table; layer scale and pre-norm from the keys
+    (``blocks.0.ls1.gamma``, ``norm_pre.weight``); the activation, LayerNorm epsilon and layer-scale init
+    value, which weights cannot tell, from ``record`` (the :class:`ViTArch` defaults otherwise).
+    """
     missing = [k for k in _REQUIRED if k not in state]
     if missing:
         raise CheckpointError(f"{source}: missing required ViT keys {missing} after mapping to timm names")
@@ -295,9 +330,17 @@ def infer_arch(
         raise CheckpointError(
             f"{source}: MLP width {fc1.shape[0]} is not expressible as embed_dim * mlp_ratio"
         )
+    pre_norm = "norm_pre.weight" in state
+    if ("patch_embed.proj.bias" in state) == pre_norm:
+        layout = "a pre-norm with a patch bias" if pre_norm else "a patch projection without bias or pre-norm"
+        raise CheckpointError(f"{source}: {layout} is not supported (timm ties patch bias to no pre-norm)")
+    given = record or {}
+    layer_scale = float(given.get("layer_scale") or 1.0) if "blocks.0.ls1.gamma" in state else None
+    act, eps = str(given.get("act", "gelu")), float(given.get("norm_eps", 1e-6))
     try:
         heads = num_heads if num_heads is not None else heads_for_dim(dim)
-        return check_arch(ViTArch(dim, len(blocks), heads, patch, grid * patch, mlp_ratio))
+        shape = (dim, len(blocks), heads, patch, grid * patch, mlp_ratio)
+        return check_arch(ViTArch(*shape, layer_scale=layer_scale, pre_norm=pre_norm, act=act, norm_eps=eps))
     except ConfigError as err:
         raise CheckpointError(f"{source}: {one_line(err)}") from err
 
@@ -305,19 +348,18 @@ def infer_arch(
 def timm_model_name(arch: ViTArch) -> str | None:
     """A registered timm model with this architecture, or ``None`` for a non-standard one.
 
-    Prefers ``vit_{size}_patch{p}_{img_size}``; otherwise the ``..._224`` variant, which timm builds at any
-    size via ``timm.create_model(name, img_size=arch.img_size, num_classes=0)``.
+    Prefers ``vit_{size}_patch{p}[_clip|_clip_quickgelu]_{img_size}``; otherwise the ``..._224`` variant
+    (``..._dinov2`` for layer-scale ViTs), which timm builds at any size via
+    ``timm.create_model(name, img_size=arch.img_size, num_classes=0)``.
     """
-    if arch.mlp_ratio != 4.0:
+    variant = _TIMM_VARIANTS.get((arch.layer_scale is not None, arch.pre_norm, arch.act, arch.norm_eps))
+    if arch.mlp_ratio != 4.0 or variant is None:
         return None
     for size, spec in VIT_SIZES.items():
         if spec == (arch.embed_dim, arch.depth, arch.num_heads):
-            for name in (
-                f"vit_{size}_patch{arch.patch_size}_{arch.img_size}",
-                f"vit_{size}_patch{arch.patch_size}_224",
-            ):
-                if timm.is_model(name):
-                    return name
+            base = f"vit_{size}_patch{arch.patch_size}{variant}"
+            names = [base] if variant == "_dinov2" else [f"{base}_{arch.img_size}", f"{base}_224"]
+            return next((name for name in names if timm.is_model(name)), None)
     return None
 
 
@@ -342,12 +384,17 @@ class ViTFamily(BackboneFamily):
     def from_state(
         self, state: dict[str, Tensor], record: Mapping[str, Any] | None, source: str, options: LoadOptions
     ) -> MaskedViT:
-        """Infer the architecture (heads from ``options``, else the record, else the ViT table) and load;
-        with ``options.img_size`` the position embedding is resampled (bicubic, CLS row kept)."""
-        img_size, num_heads = options.img_size, options.num_heads
-        if num_heads is None and record and isinstance(record.get("num_heads"), int):
+        """Infer the architecture (heads from ``options``, else the record, else the ViT table; the fields
+        weights cannot tell from the record) and load. With ``options.img_size``, or a record ``img_size``
+        other than the stored grid's, the position embedding is resampled (bicubic, CLS row kept;
+        antialiased unless the record's :data:`POS_ANTIALIAS` says otherwise)."""
+        record = record or {}
+        num_heads = options.num_heads
+        if num_heads is None and isinstance(record.get("num_heads"), int):
             num_heads = record["num_heads"]
-        arch = infer_arch(state, num_heads=num_heads, source=source)
+        arch = infer_arch(state, num_heads=num_heads, source=source, record=record)
+        recorded_size = record.get("img_size") if isinstance(record.get("img_size"), int) else None
+        img_size = options.img_size or recorded_size
         state = dict(state)
         if img_size is not None and img_size != arch.img_size:
             if img_size % arch.patch_size:
@@ -356,7 +403,10 @@ class ViTFamily(BackboneFamily):
                 )
             old, new = arch.grid_size, img_size // arch.patch_size
             pos = state["pos_embed"].float()
-            state["pos_embed"] = resample_abs_pos_embed(pos, [new, new], [old, old], num_prefix_tokens=1)
+            antialias = bool(record.get(POS_ANTIALIAS, True))
+            state["pos_embed"] = resample_abs_pos_embed(
+                pos, [new, new], [old, old], num_prefix_tokens=1, antialias=antialias
+            )
             arch = replace(arch, img_size=img_size)
         try:
             model = build_vit(arch, drop_path_rate=options.drop_path_rate)
