@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.utils
 import onnxruntime as ort
 import pytest
 import safetensors.torch
@@ -222,6 +223,13 @@ def test_onnx_facerep_vit_fused_qkv(tmp_path: Path) -> None:
     (ref,) = _run(path, x)
     with torch.no_grad():
         np.testing.assert_allclose(model.forward_features(x).numpy(), ref, atol=ATOL, rtol=0)
+
+    last_block = [n for n in onnx.load(str(path)).graph.node if n.op_type == "LayerNormalization"][-1].input[
+        0
+    ]
+    cut = tmp_path / "cut.onnx"  # the same graph truncated before its final norm
+    onnx.utils.extract_model(str(path), str(cut), ["image"], [last_block])
+    _assert_error(cut, "no final LayerNorm after the last block")
 
 
 @pytest.mark.slow

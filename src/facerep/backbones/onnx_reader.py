@@ -46,17 +46,8 @@ from facerep.runtime.errors import one_line
 _SELECT = ("Gather", "Slice", "Squeeze", "Reshape", "Transpose", "Identity", "Cast")  # token selection ops
 # ops position values may flow through: reshaping, slicing, concatenation and one bicubic resize
 _POS_OPS = {
-    "Reshape",
-    "Transpose",
-    "Resize",
-    "Concat",
-    "Cast",
-    "Identity",
-    "Unsqueeze",
-    "Squeeze",
-    "Expand",
-    "Slice",
-}
+    "Reshape", "Transpose", "Resize", "Concat", "Cast", "Identity", "Unsqueeze", "Squeeze", "Expand", "Slice",
+}  # fmt: skip
 _QUICK_GELU = 1.702
 _MAX_WALK = 64
 
@@ -328,7 +319,8 @@ def _residual(graph: _Graph, tensor: str, skip: str, dim: int, n: int) -> tuple[
 
 def _activation(graph: _Graph, passed: list[onnx.NodeProto], n: int) -> str:
     ops = {node.op_type for node in passed}
-    if "Erf" in ops or "Gelu" in ops:
+    exact = [helper.get_attribute_value(a) for n in passed if n.op_type == "Gelu" for a in n.attribute]
+    if "Erf" in ops or ("Gelu" in ops and b"tanh" not in exact):
         return "gelu"
     factors = [graph.consts.get(i) for node in passed if node.op_type == "Mul" for i in node.input]
     if "Sigmoid" in ops and any(
@@ -519,17 +511,47 @@ def _embedding(graph: _Graph, first: str, dim: int) -> tuple[dict[str, np.ndarra
     return params, record
 
 
-def _dropped(graph: _Graph, end: str, used: set[str]) -> str | None:
-    """A note on what follows the backbone's final norm when it holds weights (a head), else ``None``."""
-    _, after = graph.walk_forward(end, lambda node: False)
-    weights = [i for node in after for i in node.input if i in graph.consts and i not in used]
-    weights = [w for w in dict.fromkeys(weights) if graph.consts[w].size > 1]
+def _after(graph: _Graph, end: str) -> list[onnx.NodeProto]:
+    """The nodes using values computed from ``end`` (shape reads aside), in graph order."""
+    reached, after = {end}, []
+    for node in graph.nodes:
+        if node.op_type not in ("Shape", "Size") and any(i in reached for i in node.input):
+            after.append(node)
+            reached.update(node.output)
+    return after
+
+
+def _dropped(graph: _Graph, after: list[onnx.NodeProto]) -> str | None:
+    """A note on the nodes after the backbone when they hold weights (a head), else ``None``."""
+    names = (i for node in after for i in node.input if i in graph.consts and graph.consts[i].size > 1)
+    weights = list(dict.fromkeys(names))
     if not weights:
         return None
     ops = ", ".join(f"{op} x{count}" for op, count in Counter(n.op_type for n in after).most_common(6))
-    return f"kept the ViT backbone up to its final norm; dropped {len(after)} later nodes ({ops}, ...) " + (
-        f"and their {len(weights)} weight tensors {short_list(weights, 4)}"
+    return (
+        f"kept the ViT backbone up to its final norm; dropped the {len(after)} graph nodes after it "
+        f"({ops}, ...) and their {len(weights)} weight tensors {short_list(weights, 4)}"
     )
+
+
+def _blocks(graph: _Graph) -> tuple[list[_Block], tuple[onnx.NodeProto, CheckpointError] | None]:
+    """The chain of blocks from the first ``Softmax`` on, and the first ``Softmax`` that does not continue
+    it (with the error saying why), if any: it must lie beyond the backbone, in a head."""
+    blocks: list[_Block] = []
+    for node in graph.nodes:
+        if node.op_type != "Softmax":
+            continue
+        try:
+            block = _block(graph, node, len(blocks))
+        except CheckpointError as err:
+            return blocks, (node, err)
+        if blocks and block.input != blocks[-1].output:
+            return blocks, (
+                node,
+                graph.fail(f"block {len(blocks)} does not continue block {len(blocks) - 1}"),
+            )
+        blocks.append(block)
+    return blocks, None
 
 
 def read_onnx_vit(path: Path, source: str) -> tuple[dict[str, Tensor], dict[str, Any], str | None]:
@@ -543,21 +565,18 @@ def read_onnx_vit(path: Path, source: str) -> tuple[dict[str, Tensor], dict[str,
     except Exception as err:
         raise CheckpointError(f"{source}: not a readable ONNX file: {one_line(err, 200)}") from err
     graph = _Graph(model, source)
-    blocks: list[_Block] = []
-    for node in graph.nodes:
-        if node.op_type == "Softmax":
-            block = _block(graph, node, len(blocks))
-            if blocks and block.input != blocks[-1].output:
-                break  # attention beyond the backbone (in a head)
-            blocks.append(block)
+    blocks, stop = _blocks(graph)
     if not blocks:
-        raise graph.fail("no attention block (Softmax) found")
+        raise stop[1] if stop else graph.fail("no attention block (Softmax) found")
     _, before = graph.walk_forward(blocks[-1].output, lambda node: False, _SELECT)
     final = graph.norms_by_input.get(blocks[-1].output) or next(
         (graph.norms_by_input[o] for node in before for o in node.output if o in graph.norms_by_input), None
     )
     if final is None:
-        raise graph.fail("no final LayerNorm after the last block")
+        raise stop[1] if stop else graph.fail("no final LayerNorm after the last block")
+    after = _after(graph, final.output)
+    if stop and all(node is not stop[0] for node in after):
+        raise stop[1]  # a block that failed to parse inside the backbone
     dim = len(final.weight)
     state, record = _embedding(graph, blocks[0].input, dim)
     state |= {"norm.weight": final.weight, "norm.bias": final.bias}
@@ -571,6 +590,5 @@ def read_onnx_vit(path: Path, source: str) -> tuple[dict[str, Tensor], dict[str,
     record |= {"act": acts.pop(), "norm_eps": eps.pop(), POS_ANTIALIAS: False}
     if len(heads) == 1 and None not in heads:
         record["num_heads"] = heads.pop()
-    used = {name for name, value in graph.consts.items() if any(value is v for v in state.values())}
     tensors = {k: torch.tensor(np.asarray(v, dtype=np.float32)) for k, v in state.items()}
-    return tensors, record, _dropped(graph, final.output, used)
+    return tensors, record, _dropped(graph, after)
