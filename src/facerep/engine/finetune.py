@@ -147,7 +147,9 @@ class Finetuner:
         wrapped: nn.Module = self.model
         if dist_info.world_size > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            wrapped = DistributedDataParallel(self.model, device_ids=device_ids)
+            # static graph: the same parameters stay unused every step (a ViT's final norm: FaRL's FPN gets
+            # raw block outputs), which DDP then tolerates without searching the graph each iteration
+            wrapped = DistributedDataParallel(self.model, device_ids=device_ids, static_graph=True)
         groups = param_groups(self.model, backbone, cfg)
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.train.lr_head, betas=tuple(cfg.train.betas))
         self.loop = StepLoop(wrapped, self.optimizer, self.device, precision=cfg.train.precision)
