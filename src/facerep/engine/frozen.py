@@ -1,0 +1,321 @@
+"""Frozen-feature evaluation: what a backbone's features say about a face, without training the backbone.
+
+The features of a frozen backbone are computed once; three read-outs are then fitted to convergence, so the
+numbers measure the representation and not an under-trained head:
+
+* **landmarks**: ridge regression from multi-level tokens to the 68 point coordinates, in closed form (dual
+  form, an eigendecomposition of the train Gram matrix); the ridge strength is chosen by exact
+  leave-one-out error on the train split only;
+* **parsing**: a per-token linear decoder: each token predicts the class logits of its ``c x c`` sub-cells
+  (pixel-shuffle; ``c = parsing_cells``: 4 px cells for a stride-16 backbone) plus a learned bias per cell
+  position; multinomial logistic regression on soft (area-averaged) targets, full-batch L-BFGS until the
+  loss stops moving; logits are upsampled bilinearly to the image size and scored with the dataset-level
+  F1 of :mod:`facerep.metrics.parsing`;
+* **attributes**: a linear probe (per-attribute logistic regression, L-BFGS) on the pooled feature.
+
+Each read-out stands beside a trivial baseline that never looks at the test image: the mean face of the train
+split, the per-pixel class prior map (most frequent train class at each pixel), the majority value of each
+attribute. Inputs are z-scored with train statistics, so every backbone gets the same read-out recipe.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from facerep.data.downstream.synthetic import SPLIT_SEEDS
+from facerep.data.downstream.transforms import AlignmentTransform, ParsingTransform
+from facerep.data.synthetic import ATTRIBUTES, LAPA_CLASSES, render_face
+from facerep.metrics.classification import attribute_accuracy
+from facerep.metrics.landmarks import nme, unit_distance
+from facerep.metrics.parsing import confusion_matrix, parsing_scores
+
+RIDGE_LAMBDAS = tuple(float(x) for x in np.logspace(-1, 6, 22))
+
+
+@dataclass(frozen=True)
+class FaceSet:
+    """Synthetic faces cropped as the fine-tuning protocols crop them, with all their labels.
+
+    ``align_images [N, 3, S, S]`` are the alignment crops (FaRL's box crop) and ``landmarks [N, 68, 2]`` their
+    points in crop pixels; ``parse_images [N, 3, S, S]`` are the parsing crops (five-point alignment + tanh
+    warp, FaRL's LaPa protocol) and ``masks [N, S, S]`` their labels (``LAPA_CLASSES``); ``attributes
+    [N, A]`` (0/1, ``ATTRIBUTES``) are read from the parsing crops. Images are normalised (ImageNet mean/std).
+    """
+
+    align_images: Tensor
+    landmarks: Tensor
+    parse_images: Tensor
+    masks: Tensor
+    attributes: Tensor
+
+    def __len__(self) -> int:
+        return self.align_images.shape[0]
+
+    @property
+    def size(self) -> int:
+        return self.align_images.shape[-1]
+
+
+def render_split(split: str, length: int, size: int, progress: bool | None = None) -> FaceSet:
+    """The first ``length`` faces of the synthetic downstream ``split``, rendered and cropped at ``size``
+    (a progress bar on a terminal unless ``progress`` says otherwise)."""
+    align, parse = AlignmentTransform(size, train=False), ParsingTransform(size, train=False)
+    columns: dict[str, list[Tensor]] = {k: [] for k in ("align", "landmarks", "parse", "masks", "attributes")}
+    show = sys.stderr.isatty() if progress is None else progress
+    for i in tqdm(range(length), desc=f"render {split}", disable=not show, leave=False):
+        face = render_face(SPLIT_SEEDS[split], i, size)
+        a = align({"image": face.image, "landmarks": face.landmarks})
+        p = parse({"image": face.image, "mask": face.mask, "landmarks": face.landmarks})
+        columns["align"].append(a["image"])
+        columns["landmarks"].append(a["landmarks"] * size - 0.5)  # normalised (x + 0.5) / S -> crop pixels
+        columns["parse"].append(p["image"])
+        columns["masks"].append(p["mask"])
+        columns["attributes"].append(torch.from_numpy(face.attributes).long())
+    stacked = {k: torch.stack(v) for k, v in columns.items()}
+    return FaceSet(stacked["align"], stacked["landmarks"], stacked["parse"], stacked["masks"],
+                   stacked["attributes"])  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Features:
+    """Frozen features of a :class:`FaceSet`: ``align_tokens`` / ``parse_tokens`` ``[N, C, G, G]`` (pyramid
+    levels pooled to the coarsest grid, concatenated on channels) and ``pooled [N, D]`` (parsing crops)."""
+
+    align_tokens: Tensor
+    parse_tokens: Tensor
+    pooled: Tensor
+
+
+@torch.no_grad()
+def _tokens(backbone: nn.Module, images: Tensor, levels: list[int], batch_size: int) -> Tensor:
+    out = []
+    for start in range(0, images.shape[0], batch_size):
+        maps = backbone.forward_pyramid(images[start : start + batch_size], levels)
+        grid = min(m.shape[-1] for m in maps)
+        out.append(torch.cat([F.adaptive_avg_pool2d(m.float(), grid) for m in maps], dim=1))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def extract_features(
+    backbone: nn.Module, faces: FaceSet, levels: Sequence[int] | None = None, batch_size: int = 100
+) -> Features:
+    """Run the frozen ``backbone`` (eval mode) over ``faces`` once (levels: default ``default_levels``)."""
+    levels = list(levels if levels is not None else backbone.default_levels)
+    was_training = backbone.training
+    backbone.eval()
+    images = faces.parse_images
+    pooled = torch.cat([backbone.pooled(images[i : i + batch_size]).float()
+                        for i in range(0, len(faces), batch_size)])  # fmt: skip
+    features = Features(_tokens(backbone, faces.align_images, levels, batch_size),
+                        _tokens(backbone, images, levels, batch_size), pooled)  # fmt: skip
+    backbone.train(was_training)
+    return features
+
+
+def _standardise(train: Tensor, test: Tensor, dims: tuple[int, ...]) -> tuple[Tensor, Tensor]:
+    """z-score both with the mean / std of ``train`` over ``dims`` (constant features become zero)."""
+    mean, std = train.mean(dim=dims, keepdim=True), train.std(dim=dims, keepdim=True)
+    std = torch.where(std > 1e-6, std, torch.ones_like(std))
+    return (train - mean) / std, (test - mean) / std
+
+
+def ridge_loo(x_train: Tensor, y_train: Tensor, x_test: Tensor, lambdas: Sequence[float] = RIDGE_LAMBDAS
+              ) -> tuple[Tensor, float]:  # fmt: skip
+    """Ridge regression with an intercept, its strength chosen by exact leave-one-out error on train.
+
+    Args:
+        x_train: ``[N, P]`` inputs (any P: the dual form costs ``O(N^2 P + N^3)``); y_train ``[N, T]``;
+        x_test: ``[M, P]``.
+    Returns:
+        ``([M, T] test predictions, the chosen lambda)``.
+    """
+    x_mean, y_mean = x_train.mean(0, keepdim=True), y_train.mean(0, keepdim=True)
+    xc, yc = (x_train - x_mean).double(), (y_train - y_mean).double()
+    gram = xc @ xc.T
+    eigval, eigvec = torch.linalg.eigh(gram)
+    eigval = eigval.clamp_min(0.0)
+    uy = eigvec.T @ yc
+    best: tuple[float, float] | None = None
+    for lam in lambdas:
+        shrink = eigval / (eigval + lam)
+        fitted = eigvec @ (shrink[:, None] * uy)
+        leverage = (eigvec**2 * shrink[None]).sum(1)
+        loo = ((yc - fitted) / (1.0 - leverage)[:, None].clamp_min(1e-9)).pow(2).mean().item()
+        if best is None or loo < best[0]:
+            best = (loo, lam)
+    assert best is not None
+    lam = best[1]
+    alpha = eigvec @ (uy / (eigval + lam)[:, None])
+    pred = ((x_test - x_mean).double() @ xc.T) @ alpha + y_mean.double()
+    return pred.float(), lam
+
+
+def lbfgs_fit(
+    params: list[Tensor], loss_fn, max_iter: int, tolerance: float = 1e-5
+) -> list[float]:
+    """Minimise a convex ``loss_fn()`` over ``params`` with full-batch L-BFGS (strong Wolfe line search).
+
+    Stops after ``max_iter`` iterations or when the loss changes by less than ``tolerance`` (relative) over
+    ten iterations; returns the loss after each outer step (the read-out's learning curve).
+    """
+    optimizer = torch.optim.LBFGS(params, lr=1.0, max_iter=10, history_size=20, line_search_fn="strong_wolfe",
+                                  tolerance_grad=1e-9, tolerance_change=1e-12)  # fmt: skip
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss
+
+    curve: list[float] = []
+    for _ in range(max(1, max_iter // 10)):
+        curve.append(float(optimizer.step(closure).detach()))
+        if len(curve) > 1 and abs(curve[-2] - curve[-1]) <= tolerance * max(abs(curve[-1]), 1e-12):
+            break
+    return curve
+
+
+def converged(curve: Sequence[float], tolerance: float = 1e-3) -> bool:
+    """Whether the last step of a read-out's loss curve changed the loss by less than ``tolerance`` (rel.)."""
+    return len(curve) > 1 and abs(curve[-2] - curve[-1]) <= tolerance * max(abs(curve[-1]), 1e-12)
+
+
+@dataclass
+class ReadoutConfig:
+    """The read-outs' fixed recipe (the same for every backbone)."""
+
+    parsing_cells: int = 4  # each token predicts the classes of cells x cells sub-cells
+    parsing_components: int = 128  # PCA-whitened channels the parsing decoder reads
+    parsing_weight_decay: float = 1e-4
+    probe_weight_decay: float = 1e-3
+    max_iter: int = 300  # L-BFGS inner iterations at most
+    levels: list[int] | None = None  # pyramid levels the token read-outs use (default: the backbone's)
+
+
+def landmarks_readout(train: Features, test: Features, train_set: FaceSet, test_set: FaceSet) -> dict:
+    """Ridge from all tokens of all levels to the 68 points; returns test NME (inter-ocular) and lambda."""
+    size = train_set.size
+    x_train, x_test = _standardise(train.align_tokens, test.align_tokens, (0, 2, 3))
+    pred, lam = ridge_loo(x_train.flatten(1), train_set.landmarks.flatten(1) / size, x_test.flatten(1))
+    pred = pred.view_as(test_set.landmarks) * size
+    target = test_set.landmarks.numpy()
+    return {"nme": float(nme(pred.numpy(), target, unit_distance(target, "inter_ocular")).mean()),
+            "ridge_lambda": lam}  # fmt: skip
+
+
+def _soft_targets(masks: Tensor, cells: int) -> Tensor:
+    """``[N, S, S]`` class indices -> ``[N, K, cells, cells]`` class fractions of each cell (area average)."""
+    onehot = F.one_hot(masks, len(LAPA_CLASSES)).permute(0, 3, 1, 2).float()
+    return F.adaptive_avg_pool2d(onehot, cells)
+
+
+def _whiten(train: Tensor, test: Tensor, components: int) -> tuple[Tensor, Tensor]:
+    """Project channel vectors ``[N, C, G, G]`` on the top ``components`` principal axes of the train tokens,
+    scaled to unit variance (PCA whitening: the same information for a linear read-out, better conditioned
+    and cheaper to fit)."""
+    flat = train.permute(0, 2, 3, 1).reshape(-1, train.shape[1]).double()
+    mean = flat.mean(0)
+    eigval, eigvec = torch.linalg.eigh(torch.cov((flat - mean).T))
+    keep = eigval.argsort(descending=True)[: min(components, train.shape[1])]
+    proj = (eigvec[:, keep] / eigval[keep].clamp_min(1e-12).sqrt()).float()
+
+    def apply(x: Tensor) -> Tensor:
+        return torch.einsum("ncij,ck->nkij", x - mean.float().view(1, -1, 1, 1), proj)
+
+    return apply(train), apply(test)
+
+
+def parsing_readout(
+    train: Features, test: Features, train_set: FaceSet, test_set: FaceSet, cfg: ReadoutConfig
+) -> dict:
+    """Per-token linear decoder (pixel-shuffle) fitted to convergence; returns test mean F1 (foreground).
+
+    Every token predicts the logits of its ``sub x sub`` cells from its (whitened) channels, plus a learned
+    bias per cell position: with uninformative features the decoder reduces to the class-prior map, so what
+    a backbone adds over the prior is what its features carry.
+    """
+    size, grid = train_set.size, train.parse_tokens.shape[-1]
+    sub, classes = cfg.parsing_cells, len(LAPA_CLASSES)
+    x_train, x_test = _whiten(train.parse_tokens, test.parse_tokens, cfg.parsing_components)
+    target = _soft_targets(train_set.masks, grid * sub)
+    weight = torch.zeros(classes * sub * sub, x_train.shape[1], requires_grad=True)
+    bias = torch.zeros(1, classes * sub * sub, grid, grid, requires_grad=True)
+
+    def logits(x: Tensor) -> Tensor:  # [N, C, G, G] -> [N, K, G * sub, G * sub]
+        return F.pixel_shuffle(torch.einsum("ncij,oc->noij", x, weight) + bias, sub)
+
+    def loss_fn() -> Tensor:
+        ce = -(target * F.log_softmax(logits(x_train), dim=1)).sum(1).mean()
+        return ce + cfg.parsing_weight_decay * weight.pow(2).sum()
+
+    curve = lbfgs_fit([weight, bias], loss_fn, cfg.max_iter)
+    with torch.no_grad():
+        up = F.interpolate(logits(x_test), size=(size, size), mode="bilinear", align_corners=False)
+    confusion = confusion_matrix(up.argmax(1).numpy(), test_set.masks.numpy(), classes)
+    return {"mean_f1": parsing_scores(confusion, LAPA_CLASSES)["mean_f1"], "curve": curve,
+            "converged": converged(curve)}  # fmt: skip
+
+
+def attributes_readout(
+    train: Features, test: Features, train_set: FaceSet, test_set: FaceSet, cfg: ReadoutConfig
+) -> dict:
+    """Linear probe (logistic regression per attribute) on the pooled feature; returns test mean accuracy."""
+    x_train, x_test = _standardise(train.pooled, test.pooled, (0,))
+    probe = nn.Linear(x_train.shape[1], len(ATTRIBUTES))
+    nn.init.zeros_(probe.weight)
+    nn.init.zeros_(probe.bias)
+    y = train_set.attributes.float()
+
+    def loss_fn() -> Tensor:
+        bce = F.binary_cross_entropy_with_logits(probe(x_train), y)
+        return bce + cfg.probe_weight_decay * probe.weight.pow(2).sum()
+
+    curve = lbfgs_fit(list(probe.parameters()), loss_fn, cfg.max_iter)
+    with torch.no_grad():
+        scores = probe(x_test).numpy()
+    return {"accuracy": attribute_accuracy(scores, test_set.attributes.numpy())[1], "curve": curve,
+            "converged": converged(curve)}  # fmt: skip
+
+
+def evaluate_frozen(
+    backbone: nn.Module, train_set: FaceSet, test_set: FaceSet, cfg: ReadoutConfig | None = None
+) -> dict:
+    """All three read-outs of a frozen backbone: ``{"alignment": {"nme"...}, "parsing": {"mean_f1"...},
+    "attributes": {"accuracy"...}}``."""
+    cfg = cfg or ReadoutConfig()
+    train = extract_features(backbone, train_set, cfg.levels)
+    test = extract_features(backbone, test_set, cfg.levels)
+    return {
+        "alignment": landmarks_readout(train, test, train_set, test_set),
+        "parsing": parsing_readout(train, test, train_set, test_set, cfg),
+        "attributes": attributes_readout(train, test, train_set, test_set, cfg),
+    }
+
+
+def trivial_baselines(train_set: FaceSet, test_set: FaceSet) -> dict:
+    """The scores of predictions that never look at the test image (same keys as :func:`evaluate_frozen`).
+
+    Mean face (mean train landmarks), class-prior map (per-pixel most frequent train class), majority
+    value of each attribute.
+    """
+    target = test_set.landmarks.numpy()
+    mean_face = np.broadcast_to(train_set.landmarks.mean(0).numpy(), target.shape)
+    classes = len(LAPA_CLASSES)
+    prior = F.one_hot(train_set.masks, classes).sum(0).argmax(-1)
+    confusion = confusion_matrix(prior.expand_as(test_set.masks).numpy(), test_set.masks.numpy(), classes)
+    majority = (train_set.attributes.float().mean(0) > 0.5).float() * 2 - 1  # a logit of the majority value
+    scores = majority.expand(len(test_set), -1).numpy()
+    return {
+        "alignment": {"nme": float(nme(mean_face, target, unit_distance(target, "inter_ocular")).mean())},
+        "parsing": {"mean_f1": parsing_scores(confusion, LAPA_CLASSES)["mean_f1"]},
+        "attributes": {"accuracy": attribute_accuracy(scores, test_set.attributes.numpy())[1]},
+    }
