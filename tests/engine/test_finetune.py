@@ -12,7 +12,7 @@ from facerep.backbones import build_backbone, export_backbone
 from facerep.backbones.resnet import ResNet
 from facerep.backbones.vit import build_vit
 from facerep.commands.cli import main
-from facerep.config import FinetuneConfig, load_config
+from facerep.config import ConfigError, FinetuneConfig, load_config
 from facerep.engine.finetune import Finetuner, finetune
 from facerep.runtime.checkpoint import load_checkpoint
 from facerep.runtime.distributed import init_distributed
@@ -45,6 +45,29 @@ def small(tmp_path, backbone, task: str, *extra: str) -> FinetuneConfig:
             "train.progress=log", "train.ema=0.9", *extra,
         ],
     )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.schedule=linear", "train.schedule must be one of step, cosine"),
+        ("train.milestones=[200,100]", "train.milestones must be sorted epochs >= 1"),
+        ("train.sync_bn=maybe", "train.sync_bn must be one of auto, true, false"),
+        ("head.heatmap_size=0", "head.heatmap_size must be >= 1"),
+        ("head.dropout=1.0", r"head.dropout must be in \[0.0, 1.0\)"),
+        ("data.backbone_size=0", "data.backbone_size must be >= 1"),
+    ],
+)
+def test_finetune_config_rejects_bad_protocol_values(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(FinetuneConfig, None, [override])
+
+
+def test_backbone_size_is_for_dense_tasks_and_sync_bn_takes_yaml_booleans():
+    classification = ["task=classification", "data.image_size=224", "data.backbone_size=192"]
+    with pytest.raises(ConfigError, match="data.backbone_size is for the dense tasks"):
+        load_config(FinetuneConfig, None, classification)
+    assert load_config(FinetuneConfig, None, ["train.sync_bn=true"]).train.sync_bn == "true"
 
 
 @pytest.mark.slow

@@ -22,3 +22,11 @@ def test_momentum_rises_from_base_to_final_with_the_same_curve():
     assert Schedule(0.99, 1.0, kind="constant").at(5, 10) == 0.99
     with pytest.raises(ValueError, match="schedule kind"):
         Schedule(0.99, kind="linear")
+
+
+def test_step_schedule_warms_up_then_multiplies_by_gamma_at_each_milestone():
+    lr = Schedule(1.0, warmup_steps=2, kind="step", milestones=(4, 8), gamma=0.5)
+    assert [lr.at(s, 10) for s in range(10)] == [0.5, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.25, 0.25]
+    assert Schedule(0.99, kind="step").at(7, 10) == 0.99  # no milestones: constant, as MultiStepLR([])
+    with pytest.raises(ValueError, match="sorted"):
+        Schedule(1.0, kind="step", milestones=(8, 4))
