@@ -66,6 +66,13 @@ def test_demo_end_to_end_equal_budgets_seeds_table_plots_and_resume(tmp_path):
     assert len(cached["runs"]) == 8
     (tmp_path / "comparison.md").unlink()
     assert run_demo(cfg) == summary and (tmp_path / "comparison.md").exists()
+    # another teacher adds one row per seed and keeps the other evaluations
+    cfg.teachers = ["stage", str(tmp_path / "seed0" / "mae_stage" / "backbone.safetensors")]
+    cfg.external_teacher_overrides = ["teacher.blocks=[1,3]"]
+    extended = run_demo(cfg)
+    assert list(extended)[:4] == list(summary) and list(extended)[4] == "mcf (backbone teacher)"
+    assert {k: extended[k] for k in summary} == summary
+    assert "blocks:\n  - 1\n  - 3" in (tmp_path / "seed1" / "mcf_backbone" / "config.yaml").read_text()
 
 
 def test_probe_command_scores_a_backbone_file_beside_the_baselines(tmp_path, capsys):

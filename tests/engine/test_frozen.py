@@ -51,7 +51,7 @@ def _faces(masks: torch.Tensor, attributes: torch.Tensor | None = None, landmark
     images = torch.zeros(n, 3, size, size)
     landmarks = landmarks if landmarks is not None else torch.zeros(n, 68, 2)
     attributes = attributes if attributes is not None else torch.zeros(n, len(ATTRIBUTES), dtype=torch.long)
-    return FaceSet(images, landmarks, images, masks, attributes)
+    return FaceSet(images, landmarks, masks, attributes)
 
 
 def test_trivial_baselines_by_hand():
@@ -85,7 +85,7 @@ def test_parsing_decoder_reads_informative_tokens_and_falls_back_to_the_prior_on
     cfg = ReadoutConfig(parsing_cells=2, parsing_components=12, max_iter=200)
 
     def split(x: torch.Tensor) -> tuple[Features, Features]:
-        return Features(x[:32], x[:32], x[:32, :, 0, 0]), Features(x[32:], x[32:], x[32:, :, 0, 0])
+        return Features(x[:32], x[:32, :, 0, 0]), Features(x[32:], x[32:, :, 0, 0])
 
     good = parsing_readout(*split(tokens), train, test, cfg)
     assert good["mean_f1"] > 0.95 and good["converged"]
@@ -101,9 +101,16 @@ def test_attribute_probe_reads_a_linear_code():
     masks = torch.zeros(80, 8, 8, dtype=torch.long)
     tokens = torch.zeros(80, 1, 1, 1)
     train, test = _faces(masks[:60], labels[:60]), _faces(masks[60:], labels[60:])
-    out = attributes_readout(Features(tokens[:60], tokens[:60], pooled[:60]),
-                             Features(tokens[60:], tokens[60:], pooled[60:]), train, test, ReadoutConfig())
+    out = attributes_readout(Features(tokens[:60], pooled[:60]), Features(tokens[60:], pooled[60:]), train, test,
+                             ReadoutConfig())
     assert out["accuracy"] == 1.0 and out["converged"]
+
+
+def test_rendered_crops_keep_landmarks_on_their_mask_parts():
+    faces = render_split("test", 16, 64, progress=False)
+    eye = faces.landmarks[:, 36:42].mean(1).round().long()  # centre of iBUG's image-left eye
+    on_eye = [int(faces.masks[i, eye[i, 1], eye[i, 0]]) == LAPA_CLASSES.index("left_eye") for i in range(16)]
+    assert sum(on_eye) >= 14  # occluders (hands, masks) may hide a few
 
 
 @pytest.mark.parametrize("arch,levels,channels,grid", [("vit_tiny_patch16_224", [1, 3], 2 * 64, 2),
@@ -115,7 +122,7 @@ def test_features_of_vits_and_resnets_on_rendered_faces(arch, levels, channels, 
     overrides = {"depth": 4, "embed_dim": 64, "num_heads": 2} if arch.startswith("vit") else {}
     backbone = build_backbone(arch, img_size=32, **overrides).train()
     feats = extract_features(backbone, faces, levels)
-    assert feats.align_tokens.shape == feats.parse_tokens.shape == (3, channels, grid, grid)
+    assert feats.tokens.shape == (3, channels, grid, grid)
     assert feats.pooled.shape == (3, backbone.feature_dim) and backbone.training
 
 

