@@ -1,5 +1,5 @@
 # facerep: `make demo` runs MCF pre-training on the embedded default, `make test` runs lint + tests,
-# `make benchmark` runs the embedded synthetic transfer benchmark (facerep demo).
+# `make benchmark` runs the embedded representation benchmark (facerep demo, frozen read-outs).
 # Both create .venv on first use.
 PYTHON ?= python3
 VENV ?= .venv

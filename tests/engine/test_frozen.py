@@ -101,8 +101,8 @@ def test_attribute_probe_reads_a_linear_code():
     masks = torch.zeros(80, 8, 8, dtype=torch.long)
     tokens = torch.zeros(80, 1, 1, 1)
     train, test = _faces(masks[:60], labels[:60]), _faces(masks[60:], labels[60:])
-    out = attributes_readout(Features(tokens[:60], pooled[:60]), Features(tokens[60:], pooled[60:]), train, test,
-                             ReadoutConfig())
+    train_features, test_features = Features(tokens[:60], pooled[:60]), Features(tokens[60:], pooled[60:])
+    out = attributes_readout(train_features, test_features, train, test, ReadoutConfig())
     assert out["accuracy"] == 1.0 and out["converged"]
 
 

@@ -15,8 +15,9 @@ def recipe() -> PretrainConfig:
 
 
 def test_momentum_per_optimizer_step_equals_the_references_eight_micro_batch_updates():
-    # The reference updates the momentum encoder inside forward (every micro-batch, m = 0.99) and its README
-    # recipe accumulates 8 micro-batches per optimizer step on 8 GPUs; facerep updates once per optimizer step.
+    # The reference updates the momentum encoder inside forward (every micro-batch, m = 0.99) and its
+    # README recipe accumulates 8 micro-batches per optimizer step on 8 GPUs; facerep updates once per
+    # optimizer step.
     cfg = recipe()
     assert resolve_accumulation(cfg.train, world_size=8).accum_steps == 8
     assert cfg.mcf.momentum == pytest.approx(0.99**8, abs=1e-4)

@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub, "demo", _demo, "embedded representation benchmark on synthetic faces (MAE vs MCF vs random)",
         "Pre-train MAE and MCF with equal budgets over 3 seeds, evaluate every backbone frozen (ridge "
         "landmarks, linear parsing decoder, attribute probe) against trivial baselines, write "
-        "comparison.md/.json/.png and curves.png (~MINUTES minutes on 2 CPU cores).", config=False,
+        "comparison.md/.json/.png and curves.png (~11 minutes on 2 CPU cores).", config=False,
     )  # fmt: skip
     _command(
         sub, "bench", _bench, "throughput: the full pre-training step (pretrain) or the data pipeline (data)",
