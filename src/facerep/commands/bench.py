@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import resource
 import statistics
 import time
@@ -27,7 +26,7 @@ from facerep.config import DataConfig, PretrainConfig
 from facerep.data.loader import build_pretrain_loader
 from facerep.data.views import random_masks
 from facerep.engine.trainer import Trainer
-from facerep.runtime.atomic import atomic_write_bytes
+from facerep.runtime.atomic import atomic_write_json
 from facerep.runtime.distributed import init_distributed
 
 
@@ -175,7 +174,7 @@ def bench_pretrain(cfg: BenchPretrainConfig) -> dict[str, Any]:
     lines += [f"loss parity (batch {r['batch_size']}): {r['loss_parity']}" for r in rows]
     print("\n".join(lines), flush=True)
     out = Path(cfg.bench.output) if cfg.bench.output else Path(cfg.output_dir) / "bench_pretrain.json"
-    atomic_write_bytes(out, json.dumps(result, indent=2).encode())
+    atomic_write_json(out, result)
     print(f"[facerep] wrote {out}", flush=True)
     return result
 
@@ -215,5 +214,5 @@ def bench_data(cfg: BenchDataConfig) -> dict[str, Any]:
     for r in rows:
         print(f"{r['num_workers']:>8} {r['images_per_s']:>9.1f} {r['per_worker']:>13.1f}")
     if cfg.output:
-        atomic_write_bytes(Path(cfg.output), json.dumps(result, indent=2).encode())
+        atomic_write_json(Path(cfg.output), result)
     return result

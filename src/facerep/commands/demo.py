@@ -20,7 +20,6 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 import numpy as np
@@ -31,7 +30,7 @@ from facerep.config import PretrainConfig, load_config
 from facerep.engine.frozen import FaceSet, ReadoutConfig, evaluate_frozen, render_split, trivial_baselines
 from facerep.engine.trainer import pretrain
 from facerep.methods.base import build_encoder
-from facerep.runtime.atomic import atomic_write_bytes
+from facerep.runtime.atomic import atomic_write_bytes, atomic_write_json
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
@@ -210,10 +209,6 @@ def learning_curves_plot(out: Path, seeds: list[int], runs: dict[str, str], path
     plt.close(fig)
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=2).encode())
-
-
 def run_demo(cfg: DemoConfig) -> dict:
     """Run the whole benchmark; writes ``comparison.{md,json,png}`` and ``curves.png`` in ``output_dir``.
 
@@ -248,7 +243,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                 scores = ", ".join(f"{t} {done[t][k]:.4f}" for t, (k, *_) in METRICS.items())
                 seconds = time.perf_counter() - tick
                 print(f"[facerep] {key} evaluated in {seconds:.0f} s: {scores}", flush=True)
-                _write_json(cache_path, cache)
+                atomic_write_json(cache_path, cache)
             for task in METRICS:
                 results.setdefault(row, {}).setdefault(task, []).append(cache["runs"][key][task])
     summary = summarise(results, baselines)
@@ -262,7 +257,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     )
     atomic_write_bytes(out / "comparison.md", (table + "\n" + budget + "\n").encode())
     elapsed = time.perf_counter() - start
-    _write_json(out / "comparison.json", {"baselines": baselines, "summary": summary, "budget": budget,
+    atomic_write_json(out / "comparison.json", {"baselines": baselines, "summary": summary, "budget": budget,
                                           "not_converged": not_converged, "seconds": elapsed})  # fmt: skip
     comparison_plot(summary, baselines, out / "comparison.png", "facerep demo: frozen features, synthetic")
     learning_curves_plot(out, cfg.seeds, runs, out / "curves.png", cfg.stage_steps)

@@ -7,14 +7,13 @@ printed beside the trivial baselines and written to ``output_dir/probe.json``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from facerep.backbones import load_backbone
 from facerep.config import ConfigError
 from facerep.engine.frozen import ReadoutConfig, evaluate_frozen, render_split, trivial_baselines
-from facerep.runtime.atomic import atomic_write_bytes
+from facerep.runtime.atomic import atomic_write_json
 
 
 @dataclass
@@ -37,7 +36,7 @@ def run_probe(cfg: ProbeConfig) -> dict:
     result = {"backbone": evaluate_frozen(backbone, train_set, test_set, cfg.readout),
               "baselines": trivial_baselines(train_set, test_set), "config": asdict(cfg)}  # fmt: skip
     out = Path(cfg.output_dir)
-    atomic_write_bytes(out / "probe.json", json.dumps(result, indent=2).encode())
+    atomic_write_json(out / "probe.json", result)
     for task, key in (("alignment", "nme"), ("parsing", "mean_f1"), ("attributes", "accuracy")):
         print(f"[facerep] {task} {key}: {result['backbone'][task][key]:.4f} "
               f"(trivial baseline {result['baselines'][task][key]:.4f})", flush=True)  # fmt: skip

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from torch.utils.data import DataLoader
 from facerep.backbones import backbone_from_record
 from facerep.config import ConfigError, EvaluateConfig, FinetuneConfig
 from facerep.data.downstream import build_dataset
-from facerep.runtime.atomic import atomic_write_bytes
+from facerep.runtime.atomic import atomic_write_json
 from facerep.runtime.checkpoint import load_checkpoint
 from facerep.runtime.distributed import init_distributed
 from facerep.tasks import Task, TaskDataset, build_task, collate_samples
@@ -72,7 +71,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     out = Path(cfg.output_dir) if cfg.output_dir else Path(cfg.checkpoint).parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
     summary = {"checkpoint": str(cfg.checkpoint), "dataset": ft.dataset, "epoch": state["epoch"], **results}
-    atomic_write_bytes(out / "results.json", json.dumps(summary, indent=2).encode())
+    atomic_write_json(out / "results.json", summary)
     print(format_table([(f"epoch {state['epoch']}", subset, metrics) for subset, metrics in results.items()]))
     if cfg.overlays > 0:
         save_overlays(task, model, test_set, cfg.overlays, out / "overlays", device)

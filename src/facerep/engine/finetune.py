@@ -31,7 +31,7 @@ from facerep.data.downstream import build_dataset
 from facerep.engine.evaluate import format_results
 from facerep.engine.step import NonFiniteLossError, StepLoop, move_to
 from facerep.models.ema import ema_update_
-from facerep.runtime.atomic import atomic_write_bytes
+from facerep.runtime.atomic import atomic_write_json
 from facerep.runtime.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from facerep.runtime.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
 from facerep.runtime.optim import decayed, no_weight_decay_names
@@ -309,7 +309,7 @@ class Finetuner:
                 log.close()
         results = summarize(self.history, self.task) if self.history else {}
         if main and results:
-            atomic_write_bytes(self.output_dir / "results.json", json.dumps(results, indent=2).encode())
+            atomic_write_json(self.output_dir / "results.json", results)
             print(format_results(results), flush=True)
         barrier()
         return results

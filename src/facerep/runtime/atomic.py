@@ -13,6 +13,7 @@ Use :func:`atomic_save` with any writer that takes a path, e.g.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import uuid
 from collections.abc import Callable
@@ -74,6 +75,11 @@ def atomic_save(writer: Callable[[Path], None], path: str | Path, *, fsync: bool
 def atomic_write_bytes(path: str | Path, data: bytes, *, fsync: bool = True) -> Path:
     """Atomically write ``data`` to ``path``."""
     return atomic_save(lambda tmp: tmp.write_bytes(data), path, fsync=fsync)
+
+
+def atomic_write_json(path: str | Path, obj: Any, *, fsync: bool = True) -> Path:
+    """Atomically write ``obj`` as indented JSON (results and summaries people read)."""
+    return atomic_write_bytes(path, json.dumps(obj, indent=2).encode(), fsync=fsync)
 
 
 def atomic_torch_save(obj: Any, path: str | Path, *, fsync: bool = True) -> Path:
