@@ -132,19 +132,22 @@ def ridge_loo(x_train: Tensor, y_train: Tensor, x_test: Tensor, lambdas: Sequenc
     eigval, eigvec = torch.linalg.eigh(gram)
     eigval = eigval.clamp_min(0.0)
     uy = eigvec.T @ yc
-    best: tuple[float, float] | None = None
-    for lam in lambdas:
+
+    def loo_error(lam: float) -> float:  # (y_i - fit_i) / (1 - H_ii) is the error of the fit without i
         shrink = eigval / (eigval + lam)
         fitted = eigvec @ (shrink[:, None] * uy)
         leverage = (eigvec**2 * shrink[None]).sum(1)
-        loo = ((yc - fitted) / (1.0 - leverage)[:, None].clamp_min(1e-9)).pow(2).mean().item()
-        if best is None or loo < best[0]:
-            best = (loo, lam)
-    assert best is not None
-    lam = best[1]
+        return ((yc - fitted) / (1.0 - leverage)[:, None].clamp_min(1e-9)).pow(2).mean().item()
+
+    lam = min(lambdas, key=loo_error)
     alpha = eigvec @ (uy / (eigval + lam)[:, None])
     pred = ((x_test - x_mean).double() @ xc.T) @ alpha + y_mean.double()
     return pred.float(), lam
+
+
+def converged(curve: Sequence[float], tolerance: float = 1e-3) -> bool:
+    """Whether the last step of a loss curve changed the loss by less than ``tolerance`` (relative)."""
+    return len(curve) > 1 and abs(curve[-2] - curve[-1]) <= tolerance * max(abs(curve[-1]), 1e-12)
 
 
 def lbfgs_fit(
@@ -167,14 +170,9 @@ def lbfgs_fit(
     curve: list[float] = []
     for _ in range(max(1, max_iter // 10)):
         curve.append(float(optimizer.step(closure).detach()))
-        if len(curve) > 1 and abs(curve[-2] - curve[-1]) <= tolerance * max(abs(curve[-1]), 1e-12):
+        if converged(curve, tolerance):
             break
     return curve
-
-
-def converged(curve: Sequence[float], tolerance: float = 1e-3) -> bool:
-    """Whether the last step of a read-out's loss curve changed the loss by less than ``tolerance`` (rel.)."""
-    return len(curve) > 1 and abs(curve[-2] - curve[-1]) <= tolerance * max(abs(curve[-1]), 1e-12)
 
 
 @dataclass
@@ -189,15 +187,30 @@ class ReadoutConfig:
     levels: list[int] | None = None  # pyramid levels the token read-outs use (default: the backbone's)
 
 
+def landmark_nme(pred: np.ndarray, faces: FaceSet) -> float:
+    """Mean inter-ocular NME of ``[N, 68, 2]`` crop-pixel predictions against ``faces``."""
+    target = faces.landmarks.numpy()
+    return float(nme(pred, target, unit_distance(target, "inter_ocular")).mean())
+
+
+def parsing_f1(pred: np.ndarray, faces: FaceSet) -> float:
+    """Dataset-level mean foreground F1 of ``[N, S, S]`` class maps against ``faces``."""
+    confusion = confusion_matrix(pred, faces.masks.numpy(), len(LAPA_CLASSES))
+    return parsing_scores(confusion, LAPA_CLASSES)["mean_f1"]
+
+
+def attributes_accuracy(scores: np.ndarray, faces: FaceSet) -> float:
+    """Mean accuracy over attributes of ``[N, A]`` logits (positive = present) against ``faces``."""
+    return attribute_accuracy(scores, faces.attributes.numpy())[1]
+
+
 def landmarks_readout(train: Features, test: Features, train_set: FaceSet, test_set: FaceSet) -> dict:
     """Ridge from all tokens of all levels to the 68 points; returns test NME (inter-ocular) and lambda."""
     size = train_set.size
     x_train, x_test = _standardise(train.tokens, test.tokens, (0, 2, 3))
     pred, lam = ridge_loo(x_train.flatten(1), train_set.landmarks.flatten(1) / size, x_test.flatten(1))
     pred = pred.view_as(test_set.landmarks) * size
-    target = test_set.landmarks.numpy()
-    return {"nme": float(nme(pred.numpy(), target, unit_distance(target, "inter_ocular")).mean()),
-            "ridge_lambda": lam}  # fmt: skip
+    return {"nme": landmark_nme(pred.numpy(), test_set), "ridge_lambda": lam}
 
 
 def _soft_targets(masks: Tensor, cells: int) -> Tensor:
@@ -248,9 +261,8 @@ def parsing_readout(
     curve = lbfgs_fit([weight, bias], loss_fn, cfg.max_iter)
     with torch.no_grad():
         up = F.interpolate(logits(x_test), size=(size, size), mode="bilinear", align_corners=False)
-    confusion = confusion_matrix(up.argmax(1).numpy(), test_set.masks.numpy(), classes)
-    return {"mean_f1": parsing_scores(confusion, LAPA_CLASSES)["mean_f1"], "curve": curve,
-            "converged": converged(curve)}  # fmt: skip
+    pred = up.argmax(1).numpy()
+    return {"mean_f1": parsing_f1(pred, test_set), "curve": curve, "converged": converged(curve)}
 
 
 def attributes_readout(
@@ -270,8 +282,7 @@ def attributes_readout(
     curve = lbfgs_fit(list(probe.parameters()), loss_fn, cfg.max_iter)
     with torch.no_grad():
         scores = probe(x_test).numpy()
-    return {"accuracy": attribute_accuracy(scores, test_set.attributes.numpy())[1], "curve": curve,
-            "converged": converged(curve)}  # fmt: skip
+    return {"accuracy": attributes_accuracy(scores, test_set), "curve": curve, "converged": converged(curve)}
 
 
 def evaluate_frozen(
@@ -295,15 +306,11 @@ def trivial_baselines(train_set: FaceSet, test_set: FaceSet) -> dict:
     Mean face (mean train landmarks), class-prior map (per-pixel most frequent train class), majority
     value of each attribute.
     """
-    target = test_set.landmarks.numpy()
-    mean_face = np.broadcast_to(train_set.landmarks.mean(0).numpy(), target.shape)
-    classes = len(LAPA_CLASSES)
-    prior = F.one_hot(train_set.masks, classes).sum(0).argmax(-1)
-    confusion = confusion_matrix(prior.expand_as(test_set.masks).numpy(), test_set.masks.numpy(), classes)
+    mean_face = train_set.landmarks.mean(0).expand_as(test_set.landmarks)
+    prior = F.one_hot(train_set.masks, len(LAPA_CLASSES)).sum(0).argmax(-1)
     majority = (train_set.attributes.float().mean(0) > 0.5).float() * 2 - 1  # a logit of the majority value
-    scores = majority.expand(len(test_set), -1).numpy()
     return {
-        "alignment": {"nme": float(nme(mean_face, target, unit_distance(target, "inter_ocular")).mean())},
-        "parsing": {"mean_f1": parsing_scores(confusion, LAPA_CLASSES)["mean_f1"]},
-        "attributes": {"accuracy": attribute_accuracy(scores, test_set.attributes.numpy())[1]},
+        "alignment": {"nme": landmark_nme(mean_face.numpy(), test_set)},
+        "parsing": {"mean_f1": parsing_f1(prior.expand_as(test_set.masks).numpy(), test_set)},
+        "attributes": {"accuracy": attributes_accuracy(majority.expand(len(test_set), -1).numpy(), test_set)},
     }
