@@ -1,4 +1,4 @@
-"""CLIP's image-text contrastive loss: a hand-computed case, argument checks, and 2 gloo ranks with gradients."""
+"""CLIP's image-text contrastive loss: a hand-computed case, argument checks, 2 gloo ranks with gradients."""
 
 import math
 import os

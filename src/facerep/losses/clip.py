@@ -37,7 +37,8 @@ def clip_contrastive_loss(
         scalar loss.
     """
     if image.ndim != 2 or image.shape != text.shape:
-        raise ValueError(f"image and text must both be [N, E], got {list(image.shape)} and {list(text.shape)}")
+        shapes = f"{list(image.shape)} and {list(text.shape)}"
+        raise ValueError(f"image and text must both be [N, E], got {shapes}")
     img = F.normalize(image.float(), dim=1)
     txt = F.normalize(text.float(), dim=1)
     n = img.shape[0]
