@@ -37,6 +37,10 @@ class Tokenizer:
         batch = [texts] if isinstance(texts, str) else list(texts)
         return self._bpe(batch, context_length=self.context_length).to(torch.int64)
 
+    def encode(self, text: str) -> Tensor:
+        """One caption -> ``[context_length]`` ids (what the data pipeline stores per sample)."""
+        return self(text)[0]
+
     def decode(self, ids: Tensor | Sequence[int]) -> str:
         """The cleaned text of one id sequence (start/end markers and padding removed)."""
         values = ids.tolist() if isinstance(ids, Tensor) else list(ids)
