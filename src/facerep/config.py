@@ -60,6 +60,10 @@ class DataConfig:
     synthetic_render_size: int = 0  # resolution the generator draws at (0: data.image_size)
     lmdb_keys: str | None = None  # key-list file for lmdb (default: <path>/keys.txt, else the db's keys)
     shuffle_buffer: int = 1000  # webdataset sample shuffle buffer (0: off)
+    missing_caption: str = "skip"  # image-text methods, image without a caption: skip | empty (caption "")
+
+    def __post_init__(self) -> None:
+        check_choice("data.missing_caption", self.missing_caption, ("skip", "empty"))
 
 
 @dataclass

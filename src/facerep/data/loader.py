@@ -2,6 +2,9 @@
 
 Batches are ``{"views": [[B, 3, S, S], ...], "masks": [[B, L], ...], "skipped": [...]}`` (see
 :mod:`facerep.data.views`); ``skipped`` names the bad inputs skipped or replaced while building them.
+When the method's :class:`BatchSpec` has ``text``, they also hold ``"texts": [B, T]`` int64 (the
+captions, tokenized) and ``"captions"`` (list of B strings); an image without a caption is skipped
+(reported as ``"<name> (no caption)"``) or captioned ``""``, as ``data.missing_caption`` says.
 
 Map-style sources (synthetic, folder, lmdb) are exactly deterministic and resumable: an infinite
 sampler walks epochs ``e = 0, 1, ...``; epoch ``e`` is ``torch.randperm(N)`` under a generator seeded
@@ -13,10 +16,12 @@ depend on ``num_workers`` and ``start_sample`` (samples this rank already consum
 Webdataset shards are split by shard: every epoch the shard list is permuted with ``(seed, epoch)``,
 rank ``r`` takes ``perm[r::W]`` and DataLoader worker ``w`` of ``K`` takes every ``K``-th of those, so
 one epoch reads every shard exactly once. Fewer than ``W * max(1, K)`` shards is a :class:`DataError`.
-Resume skips ``start_sample`` samples of the rank's stream without decoding them; it is exact when
-``num_workers`` and ``batch_size`` are unchanged and ``start_sample`` is a multiple of ``batch_size``
-(always true for a trainer consuming whole batches), except that each image in the skipped prefix
-that only fails at decode time (e.g. truncated) shifts the resumed stream by one sample.
+Samples without an image, or without a caption when captions are needed and skipped, are dropped from
+the stream before the shuffle buffer. Resume skips ``start_sample`` samples of the rank's stream
+without decoding them; it is exact when ``num_workers`` and ``batch_size`` are unchanged and
+``start_sample`` is a multiple of ``batch_size`` (always true for a trainer consuming whole batches),
+except that each image in the skipped prefix that only fails at decode time (e.g. truncated) shifts
+the resumed stream by one sample.
 """
 
 from __future__ import annotations
@@ -35,11 +40,12 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_
 
 from facerep.config import DataConfig
 from facerep.data.sources import (
+    NO_CAPTION,
     DataError,
     MapSource,
     WebDatasetSource,
     build_source,
-    load_with_fallback,
+    load_item_with_fallback,
 )
 from facerep.data.transforms import BadImage, build_pretrain_transform
 from facerep.data.views import BatchSpec, draw_sample, stack_views
@@ -48,8 +54,9 @@ _MASK64 = (1 << 64) - 1
 # Consecutive undecodable webdataset samples after which the stream is declared unreadable.
 WDS_MAX_CONSECUTIVE_BAD = 1000
 
-# (views [3, S, S] each, masks [L] each, skipped names, name of the loaded item)
-Sample = tuple[list[Tensor], list[Tensor], list[str], str]
+# (views [3, S, S] each, masks [L] each, skipped names, name of the loaded item, caption, its ids [T]);
+# caption and ids are None unless the spec asks for text.
+Sample = tuple[list[Tensor], list[Tensor], list[str], str, str | None, Tensor | None]
 
 
 def mix_seed(*values: int) -> int:
@@ -98,19 +105,25 @@ class InfiniteShuffleSampler(Sampler[int]):
             epoch, pos = epoch + 1, 0
 
 
-class MapStyleDataset(Dataset):
-    """Draw id -> ``(views, masks, skipped names, item name)`` for a :class:`MapSource`."""
+def _tokens(spec: BatchSpec, caption: str | None) -> Tensor | None:
+    return spec.text(caption) if spec.text is not None and caption is not None else None
 
-    def __init__(self, source: MapSource, spec: BatchSpec, seed: int) -> None:
+
+class MapStyleDataset(Dataset):
+    """Draw id -> :data:`Sample` for a :class:`MapSource` (captions read only when ``spec.text`` is set)."""
+
+    def __init__(self, source: MapSource, spec: BatchSpec, seed: int, missing_caption: str = "skip") -> None:
         self.source, self.spec, self.seed = source, spec, seed
+        self.missing_caption = missing_caption
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, draw: int) -> Sample:
-        img, used, skipped = load_with_fallback(self.source, draw % len(self.source))
+        policy = self.missing_caption if self.spec.text is not None else None
+        img, caption, used, skipped = load_item_with_fallback(self.source, draw % len(self.source), policy)
         views, masks = draw_sample(self.spec, img, mix_seed(self.seed, draw))
-        return views, masks, skipped, self.source.name(used)
+        return views, masks, skipped, self.source.name(used), caption, _tokens(self.spec, caption)
 
 
 def _shuffle_buffer(items: Iterable[Any], size: int, rng: random.Random) -> Iterator[Any]:
@@ -144,21 +157,25 @@ class WebDatasetStream(IterableDataset):
         batch_size: int,
         start_sample: int,
         shuffle_buffer: int,
+        missing_caption: str = "skip",
     ) -> None:
         super().__init__()
         self.source, self.spec, self.seed = source, spec, seed
         self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
         self.start_sample, self.shuffle_buffer = start_sample, shuffle_buffer
+        self.missing_caption = missing_caption
 
     def _raw(self, worker: int, num_workers: int, pending: list[str]) -> Iterator[tuple[int, dict[str, Any]]]:
-        """``(epoch, raw sample)`` of logical worker ``worker``; cheaply detected bad ones go to pending."""
+        """``(epoch, raw sample)`` of logical worker ``worker``; cheaply detected bad ones (no image, or
+        no caption when those are skipped) go to pending."""
         shards = self.source.shards
+        need_caption = self.spec.text is not None and self.missing_caption == "skip"
         epoch = 0
         while True:
             gen = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
             order = [shards[i] for i in torch.randperm(len(shards), generator=gen).tolist()]
             mine = order[self.rank :: self.world_size][worker::num_workers]
-            good = 0
+            good = uncaptioned = 0
             for url in mine:
                 for sample in self.source.shard_samples(url, pending.append):
                     try:
@@ -166,14 +183,29 @@ class WebDatasetStream(IterableDataset):
                     except BadImage as err:
                         pending.append(err.name)
                         continue
-                    good += 1
+                    if need_caption and WebDatasetSource.caption(sample) is None:
+                        pending.append(WebDatasetSource.sample_name(sample) + NO_CAPTION)
+                        uncaptioned += 1
+                        if uncaptioned >= WDS_MAX_CONSECUTIVE_BAD:
+                            raise self._no_captions(uncaptioned, sample)
+                        continue
+                    good, uncaptioned = good + 1, 0
                     yield epoch, sample
             if good == 0:
+                if uncaptioned:
+                    raise self._no_captions(uncaptioned, None)
                 raise DataError(
                     f"webdataset source: no readable samples in {len(mine)} shard(s) starting "
                     f"{mine[0] if mine else None} (rank {self.rank}, worker {worker}, epoch {epoch})"
                 )
             epoch += 1
+
+    def _no_captions(self, count: int, last: dict[str, Any] | None) -> DataError:
+        upto = f" up to {WebDatasetSource.sample_name(last)}" if last is not None else ""
+        return DataError(
+            f"webdataset source: {count} consecutive samples without a caption{upto}; captions are read "
+            f'from {self.source.captions_from} (data.missing_caption=empty uses "" instead)'
+        )
 
     def __iter__(self) -> Iterator[Sample]:
         info = get_worker_info()
@@ -210,12 +242,14 @@ class WebDatasetStream(IterableDataset):
                 self.seed, epoch, _str_hash(sample.get("__url__", "")), _str_hash(sample["__key__"])
             )
             views, masks = draw_sample(self.spec, img, seed)
+            caption = (WebDatasetSource.caption(sample) or "") if self.spec.text is not None else None
             skipped, pending[:] = list(pending), []
-            yield views, masks, skipped, name
+            yield views, masks, skipped, name, caption, _tokens(self.spec, caption)
 
 
 class CollateBatch:
-    """``Sample`` s -> ``{"views": [...], "masks": [...], "skipped": [...]}`` (+ ``"keys"`` if asked)."""
+    """``Sample`` s -> ``{"views": [...], "masks": [...], "skipped": [...]}`` (+ ``"texts"`` ``[B, T]`` and
+    ``"captions"`` when the samples carry them, + ``"keys"`` if asked)."""
 
     def __init__(self, return_keys: bool = False) -> None:
         self.return_keys = return_keys
@@ -227,6 +261,9 @@ class CollateBatch:
             "masks": masks,
             "skipped": [name for s in samples for name in s[2]],
         }
+        if samples and samples[0][5] is not None:
+            batch["texts"] = torch.stack([s[5] for s in samples])
+            batch["captions"] = [s[4] for s in samples]
         if self.return_keys:
             batch["keys"] = [s[3] for s in samples]
         return batch
@@ -293,13 +330,14 @@ def build_pretrain_loader(
     return_keys: bool = False,
 ) -> PretrainLoader:
     """Endless loader of ``{"views": [[B, 3, S, S] float32, ...], "masks": [[B, L] int64, ...],
-    "skipped": list[str]}`` batches.
+    "skipped": list[str]}`` batches (+ ``"texts": [B, T]`` int64 and ``"captions": list[str]`` when
+    ``spec.text`` is set).
 
     ``spec`` is what the method needs (default: one view through :func:`build_pretrain_transform`, no
-    masks). ``skipped`` names the bad inputs skipped or replaced while building that batch. ``start_sample``
-    is the number of samples this rank already consumed. ``return_keys`` adds ``"keys"``: the name
-    of each sample's image (for tests and debugging). Building (and iterating) the loader does not
-    touch torch's global RNG.
+    masks, no text). ``skipped`` names the bad inputs skipped or replaced while building that batch.
+    ``start_sample`` is the number of samples this rank already consumed. ``return_keys`` adds
+    ``"keys"``: the name of each sample's image (for tests and debugging). Building (and iterating) the
+    loader does not touch torch's global RNG.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -328,9 +366,10 @@ def build_pretrain_loader(
             batch_size=batch_size,
             start_sample=start_sample,
             shuffle_buffer=int(cfg.shuffle_buffer),
+            missing_caption=cfg.missing_caption,
         )
     else:
-        dataset = MapStyleDataset(source, spec, seed)
+        dataset = MapStyleDataset(source, spec, seed, cfg.missing_caption)
         kwargs["sampler"] = InfiniteShuffleSampler(
             len(source), seed=seed, rank=rank, world_size=world_size, start_sample=start_sample
         )

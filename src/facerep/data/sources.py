@@ -5,6 +5,14 @@ Map-style sources (:class:`SyntheticSource`, :class:`FolderSource`, :class:`Lmdb
 ``len``, ``name(i)`` and ``load(i)``; :func:`load_with_fallback` replaces an unreadable item by the
 next readable one and reports what it skipped. :class:`WebDatasetSource` streams raw tar samples.
 Configuration mistakes (missing path, no images, unknown source) are one-line :class:`DataError` s.
+
+Captions (image-text pre-training): ``caption(i)`` is item ``i``'s text or ``None``, and ``load_item(i)``
+gives image and caption together. Synthetic faces are described from their ground truth
+(:mod:`facerep.data.captions`); a folder image ``a/img_001.jpg`` has its caption in ``a/img_001.txt``;
+an LMDB image ``key`` in the value of ``key.txt``; a webdataset sample in its ``txt`` member (UTF-8,
+stripped; empty counts as missing). :func:`load_item_with_fallback` applies ``data.missing_caption``:
+``skip`` passes over an uncaptioned item like an unreadable one (reported as ``"<name> (no caption)"``),
+``empty`` gives it the caption ``""``.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from webdataset.shardlists import expand_urls
 from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from facerep.config import DataConfig
+from facerep.data.captions import synthetic_caption
 from facerep.data.synthetic import render_face
 from facerep.data.transforms import BadImage, decode_image
 from facerep.runtime.errors import FacerepError, one_line
@@ -36,16 +45,26 @@ WDS_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff", "ppm
 SYNTHETIC_DATASET_SEED = 0
 # Consecutive unreadable items after which a map-style source is declared unreadable.
 MAX_CONSECUTIVE_BAD = 50
+# Suffix of a skipped item's name when it was skipped for want of a caption (data.missing_caption=skip).
+NO_CAPTION = " (no caption)"
 
 
 class DataError(FacerepError):
     """A data configuration problem (missing path, no images, unknown source); one line."""
 
 
+def read_caption(data: bytes | None) -> str | None:
+    """A stored caption: UTF-8 (undecodable bytes replaced), stripped; ``None`` if missing or empty."""
+    text = bytes(data).decode("utf-8", "replace").strip() if data is not None else ""
+    return text or None
+
+
 class MapSource:
-    """A finite, indexable set of images: ``len(src)``, ``src.name(i)``, ``src.load(i)``."""
+    """A finite, indexable set of images: ``len(src)``, ``src.name(i)``, ``src.load(i)``, and captions:
+    ``src.caption(i)``, ``src.load_item(i)``."""
 
     where = "?"  # what the items are read from (a path, or "synthetic"), for messages
+    captions_from = "nowhere (this source has no captions)"  # where captions are looked for, for messages
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -58,9 +77,21 @@ class MapSource:
         """Item ``index`` as a loaded RGB image; raises :class:`BadImage` if unreadable."""
         raise NotImplementedError
 
+    def caption(self, index: int) -> str | None:
+        """The caption of item ``index``, ``None`` if it has none."""
+        return None
+
+    def load_item(self, index: int) -> tuple[Image.Image, str | None]:
+        """``(load(index), caption(index))``; sources that can read both at once override it."""
+        return self.load(index), self.caption(index)
+
 
 class SyntheticSource(MapSource):
-    """Procedurally rendered faces: item ``i`` is ``render_face(seed, i, size).image``."""
+    """Procedurally rendered faces: item ``i`` is ``render_face(seed, i, size).image``, its caption
+    ``synthetic_caption(face, seed, i)`` (independent of ``size``)."""
+
+    captions_from = "the generator's ground truth"
+    CAPTION_RENDER_SIZE = 16  # caption(i) alone renders this small: captions depend on parameters only
 
     def __init__(self, length: int, size: int, seed: int = 0) -> None:
         if length <= 0:
@@ -78,6 +109,14 @@ class SyntheticSource(MapSource):
 
     def load(self, index: int) -> Image.Image:
         return Image.fromarray(render_face(self.seed, index, size=self.size).image, mode="RGB")
+
+    def caption(self, index: int) -> str:
+        face = render_face(self.seed, index, size=self.CAPTION_RENDER_SIZE)
+        return synthetic_caption(face, self.seed, index)
+
+    def load_item(self, index: int) -> tuple[Image.Image, str]:
+        face = render_face(self.seed, index, size=self.size)  # rendered once for both
+        return Image.fromarray(face.image, mode="RGB"), synthetic_caption(face, self.seed, index)
 
 
 def list_image_files(root: Path) -> list[str]:
@@ -98,11 +137,13 @@ def list_image_files(root: Path) -> list[str]:
 
 
 class FolderSource(MapSource):
-    """Every image file under a folder, recursively, in sorted relative-path order."""
+    """Every image file under a folder, recursively, in sorted relative-path order; the caption of
+    ``a/img_001.jpg`` is the text file ``a/img_001.txt`` beside it."""
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
         self.where = str(self.root)
+        self.captions_from = f"<image stem>.txt files beside the images under {self.root}"
         if not self.root.exists():
             raise DataError(f"folder source: path not found: {self.root} (expected a folder of images)")
         if not self.root.is_dir():
@@ -120,6 +161,12 @@ class FolderSource(MapSource):
 
     def load(self, index: int) -> Image.Image:
         return decode_image(self.root / self.files[index], self.files[index])
+
+    def caption(self, index: int) -> str | None:
+        try:
+            return read_caption((self.root / self.files[index]).with_suffix(".txt").read_bytes())
+        except FileNotFoundError:
+            return None
 
 
 _LMDB_ENVS: dict[str, tuple[int, Any]] = {}  # realpath -> (pid, env): one env per db per process
@@ -148,13 +195,15 @@ class LmdbSource(MapSource):
     (line ``i`` = key of image ``i``; its value = encoded image bytes).
 
     The key file is ``keys_file`` or ``<path>/keys.txt``; without one, the db's own keys (sorted,
-    minus ``length``) are used. Each process opens (and caches) its own read-only environment on
+    minus ``length`` and caption keys ``*.txt``) are used. Image ``key``'s caption is the value of
+    ``key.txt``. Each process opens (and caches) its own read-only environment on
     first use, so the source can be forked or pickled into DataLoader workers.
     """
 
     def __init__(self, path: str | os.PathLike, keys_file: str | os.PathLike | None = None) -> None:
         self.path = Path(path)
         self.where = str(self.path)
+        self.captions_from = f"keys '<image key>.txt' in {self.path}"
         if not self.path.exists():
             raise DataError(f"lmdb source: path not found: {self.path} (expected an LMDB environment)")
         try:
@@ -171,7 +220,7 @@ class LmdbSource(MapSource):
                 self.keys = [line.strip() for line in lines if line.strip()]
             else:
                 self.keys = [k.decode("utf-8", "replace") for k in txn.cursor().iternext(values=False)]
-                self.keys = sorted(k for k in self.keys if k != "length")
+                self.keys = sorted(k for k in self.keys if k != "length" and not k.endswith(".txt"))
         if raw_length is not None:
             try:
                 length = int(bytes(raw_length).decode("ascii").strip())
@@ -192,12 +241,21 @@ class LmdbSource(MapSource):
         return self.keys[index]
 
     def load(self, index: int) -> Image.Image:
+        return self.load_item(index, caption=False)[0]
+
+    def caption(self, index: int) -> str | None:
+        with _open_lmdb(self.path).begin(buffers=False) as txn:
+            return read_caption(txn.get(f"{self.keys[index]}.txt".encode()))
+
+    def load_item(self, index: int, caption: bool = True) -> tuple[Image.Image, str | None]:
+        """Image and caption read in one transaction (``caption=False``: the image only)."""
         key = self.keys[index]
         with _open_lmdb(self.path).begin(buffers=False) as txn:
             value = txn.get(key.encode("utf-8"))
+            text = read_caption(txn.get(f"{key}.txt".encode())) if caption else None
         if value is None:
             raise BadImage(key, "key not found in the lmdb")
-        return decode_image(value, key)
+        return decode_image(value, key), text
 
 
 def load_with_fallback(source: MapSource, index: int) -> tuple[Image.Image, int, list[str]]:
@@ -206,22 +264,51 @@ def load_with_fallback(source: MapSource, index: int) -> tuple[Image.Image, int,
     Returns ``(image, index actually loaded, names of the unreadable items passed over)``. Raises
     :class:`DataError` after :data:`MAX_CONSECUTIVE_BAD` consecutive failures (or all items).
     """
+    img, _, used, skipped = load_item_with_fallback(source, index, None)
+    return img, used, skipped
+
+
+def load_item_with_fallback(
+    source: MapSource, index: int, missing_caption: str | None
+) -> tuple[Image.Image, str | None, int, list[str]]:
+    """:func:`load_with_fallback` with the caption: ``(image, caption, index loaded, skipped names)``.
+
+    ``missing_caption=None`` reads no captions (the caption is ``None``); ``"skip"`` passes over an
+    item without one like an unreadable one, naming it ``"<name> (no caption)"``; ``"empty"`` gives it
+    ``""``. A run of :data:`MAX_CONSECUTIVE_BAD` uncaptioned items is a :class:`DataError` that says
+    where captions are looked for.
+    """
     n = len(source)
     skipped: list[str] = []
-    last = ""
+    last, uncaptioned = "", 0
     for step in range(min(MAX_CONSECUTIVE_BAD, n)):
         i = (index + step) % n
         try:
-            return source.load(i), i, skipped
+            if missing_caption is None:
+                return source.load(i), None, i, skipped
+            img, caption = source.load_item(i)
         except BadImage as err:
             skipped.append(err.name)
             last = err.reason
+            continue
         except Exception as err:
             skipped.append(source.name(i))
             last = one_line(f"{type(err).__name__}: {err}")
+            continue
+        if caption is not None or missing_caption != "skip":
+            return img, caption or "", i, skipped
+        skipped.append(source.name(i) + NO_CAPTION)
+        uncaptioned += 1
+    first = source.name(index % n)
+    if uncaptioned == len(skipped):
+        raise DataError(
+            f"{source.where}: {uncaptioned} consecutive images without a caption from {first} on; captions "
+            f'are read from {source.captions_from} (data.missing_caption=empty uses "" instead)'
+        )
+    also = f", {uncaptioned} more without a caption" if uncaptioned else ""
     raise DataError(
-        f"{source.where}: {len(skipped)} consecutive unreadable images from {source.name(index % n)} on "
-        f"(last: {last}); the data looks unreadable"
+        f"{source.where}: {len(skipped) - uncaptioned} consecutive unreadable images from {first} on"
+        f"{also} (last: {last}); the data looks unreadable"
     )
 
 
@@ -234,7 +321,8 @@ def _local_path(url: str) -> str:
 
 
 class WebDatasetSource:
-    """Tar shards in the webdataset / img2dataset layout (``key.jpg`` + ``key.txt`` + ``key.json``).
+    """Tar shards in the webdataset / img2dataset layout (``key.jpg`` + ``key.txt`` + ``key.json``);
+    a sample's caption is its ``txt`` member.
 
     ``pattern`` uses brace syntax (``data/{00000..00009}.tar``), ``::`` separates several patterns;
     shards may be local paths or anything webdataset's ``gopen`` opens (``http(s)://``, ``pipe:``).
@@ -243,6 +331,7 @@ class WebDatasetSource:
 
     def __init__(self, pattern: str) -> None:
         self.pattern = pattern
+        self.captions_from = f"the 'txt' member (<key>.txt) of each sample in {pattern}"
         self.shards: list[str] = [s for s in expand_urls(pattern) if s]
         if not self.shards:
             raise DataError(f"webdataset source: pattern {pattern!r} expands to no shards")
@@ -296,6 +385,11 @@ class WebDatasetSource:
                     raise BadImage(WebDatasetSource.sample_name(sample), f"empty {ext} member")
                 return data
         raise BadImage(WebDatasetSource.sample_name(sample), "sample has no image member")
+
+    @staticmethod
+    def caption(sample: dict[str, Any]) -> str | None:
+        """The sample's ``txt`` member as text; ``None`` if missing or empty."""
+        return read_caption(sample.get("txt"))
 
     @staticmethod
     def decode(sample: dict[str, Any]) -> Image.Image:

@@ -10,6 +10,12 @@ batches them as ``{"views": [[B, 3, S, S], ...], "masks": [[B, L], ...], "skippe
 A mask is a random permutation of the ``L`` patch indices (int64); a method keeps the first
 ``int(L * (1 - mask_ratio))`` patches, so the masking ratio stays the method's (DINOv2 and MAE draw
 masks in the data pipeline the same way).
+
+A method that learns from image-text pairs (FaRL) also sets ``text``: a tokenizer of one caption to
+``[T]`` int64 ids (e.g. :class:`TokenizeCaption` around :class:`facerep.data.tokenizer.Tokenizer`). Its
+batches then also carry ``"texts": [B, T]`` (each image's caption, tokenized) and ``"captions"`` (the
+strings). Captions are a pure function of the item (see :mod:`facerep.data.sources`), never of the
+sample's RNG, so they keep the determinism of the views. Without ``text`` no caption is even read.
 """
 
 from __future__ import annotations
@@ -22,21 +28,37 @@ from PIL import Image
 from torch import Tensor
 
 ViewTransform = Callable[[Image.Image], Tensor]
+TextTransform = Callable[[str], Tensor]  # one caption -> [T] int64 token ids
 
 
 @dataclass(frozen=True)
 class BatchSpec:
-    """The views and masks a method needs per image (see the module docstring)."""
+    """The views, masks and caption tokens a method needs per image (see the module docstring).
+
+    ``text`` must be picklable (a class instance or ``functools.partial``, not a lambda) so that it can
+    travel to DataLoader workers.
+    """
 
     views: tuple[ViewTransform, ...]
     masks: int = 0
     num_patches: int = 0
+    text: TextTransform | None = None
 
     def __post_init__(self) -> None:
         if not self.views:
             raise ValueError("a batch spec needs at least one view")
         if self.masks and self.num_patches < 1:
             raise ValueError(f"drawing {self.masks} mask(s) needs num_patches >= 1, got {self.num_patches}")
+
+
+class TokenizeCaption:
+    """One caption -> its ``[T]`` int64 ids, from a batch tokenizer (``texts -> [N, T]``); picklable."""
+
+    def __init__(self, tokenizer: Callable[[list[str]], Tensor]) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, caption: str) -> Tensor:
+        return self.tokenizer([caption])[0]
 
 
 def draw_sample(spec: BatchSpec, image: Image.Image, seed: int) -> tuple[list[Tensor], list[Tensor]]:
