@@ -30,7 +30,7 @@ from facerep.data.sources import DataError, FolderSource, LmdbSource, SyntheticS
 from facerep.data.synthetic import _HAIR_COLOURS, ATTRIBUTES, render_face
 from facerep.data.tokenizer import Tokenizer
 from facerep.data.transforms import build_pretrain_transform
-from facerep.data.views import BatchSpec, TokenizeCaption
+from facerep.data.views import BatchSpec
 
 CONTEXT = 24
 TEMPLATE = re.compile(
@@ -44,7 +44,7 @@ def tok() -> Tokenizer:
 
 
 def _spec(cfg: DataConfig, tok: Tokenizer) -> BatchSpec:
-    return BatchSpec((build_pretrain_transform(cfg),), masks=1, num_patches=4, text=TokenizeCaption(tok))
+    return BatchSpec((build_pretrain_transform(cfg),), masks=1, num_patches=4, text=tok.encode)
 
 
 def _take(cfg: DataConfig, tok: Tokenizer, count: int, **kwargs) -> list[dict]:

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from facerep.data.tokenizer import CLIP_CONTEXT_LENGTH, CLIP_VOCAB_SIZE, Tokenizer
-from facerep.data.views import TokenizeCaption
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +52,7 @@ def test_truncation_keeps_end_of_text_last() -> None:
 def test_pickles_for_workers(tok: Tokenizer) -> None:
     clone = pickle.loads(pickle.dumps(tok))
     assert torch.equal(clone(SENTENCES), tok(SENTENCES))
-    one = pickle.loads(pickle.dumps(TokenizeCaption(Tokenizer(16))))
+    one = pickle.loads(pickle.dumps(Tokenizer(16).encode))
     ids = one(SENTENCES[0])
     assert ids.shape == (16,) and ids.dtype == torch.int64
     assert torch.equal(ids, Tokenizer(16)(SENTENCES[0])[0])

@@ -155,7 +155,7 @@ def test_corrupt_inputs_are_skipped_counted_and_reported(tiny_config, tmp_path, 
     records = _metrics(Path(cfg.output_dir))
     assert records[-1]["skipped"] == 2
     out = capsys.readouterr().out
-    assert "skipped 2 unreadable input(s)" in out and "empty.jpg" in out and "notes.png" in out
+    assert "skipped 2 unreadable or uncaptioned input(s)" in out and "empty.jpg" in out and "notes.png" in out
 
 
 def test_default_teacher_is_pre_trained_by_an_mae_stage_first(tiny_config, tmp_path, capsys):

@@ -19,7 +19,7 @@ CLIP_VOCAB_SIZE = 49408
 
 
 class Tokenizer:
-    """``tokenizer(texts) -> [N, context_length]`` int64 ids; ``decode(ids) -> str`` inverts it (cleaned text).
+    """``tokenizer(texts) -> [N, context_length]`` int64 ids; ``decode(ids)`` gives back the cleaned text.
 
     Picklable, so DataLoader workers can tokenize captions.
     """

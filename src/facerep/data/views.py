@@ -12,7 +12,7 @@ A mask is a random permutation of the ``L`` patch indices (int64); a method keep
 masks in the data pipeline the same way).
 
 A method that learns from image-text pairs (FaRL) also sets ``text``: a tokenizer of one caption to
-``[T]`` int64 ids (e.g. :class:`TokenizeCaption` around :class:`facerep.data.tokenizer.Tokenizer`). Its
+``[T]`` int64 ids (e.g. :meth:`facerep.data.tokenizer.Tokenizer.encode`). Its
 batches then also carry ``"texts": [B, T]`` (each image's caption, tokenized) and ``"captions"`` (the
 strings). Captions are a pure function of the item (see :mod:`facerep.data.sources`), never of the
 sample's RNG, so they keep the determinism of the views. Without ``text`` no caption is even read.
@@ -49,16 +49,6 @@ class BatchSpec:
             raise ValueError("a batch spec needs at least one view")
         if self.masks and self.num_patches < 1:
             raise ValueError(f"drawing {self.masks} mask(s) needs num_patches >= 1, got {self.num_patches}")
-
-
-class TokenizeCaption:
-    """One caption -> its ``[T]`` int64 ids, from a batch tokenizer (``texts -> [N, T]``); picklable."""
-
-    def __init__(self, tokenizer: Callable[[list[str]], Tensor]) -> None:
-        self.tokenizer = tokenizer
-
-    def __call__(self, caption: str) -> Tensor:
-        return self.tokenizer([caption])[0]
 
 
 def draw_sample(spec: BatchSpec, image: Image.Image, seed: int) -> tuple[list[Tensor], list[Tensor]]:

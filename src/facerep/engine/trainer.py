@@ -284,9 +284,12 @@ class Trainer:
             path = export_backbone(
                 self.method.encoder, self.output_dir, extra={"method": self.cfg.method, "step": self.step}
             )
+            extra = self.method.export(self.output_dir)
+            if extra is not None:
+                print(f"[facerep] wrote {extra}", flush=True)
             if skipped:
                 print(
-                    f"[facerep] skipped {skipped} unreadable input(s), "
+                    f"[facerep] skipped {skipped} unreadable or uncaptioned input(s), "
                     f"first: {', '.join(self.skipped_names)}",
                     flush=True,
                 )
