@@ -7,7 +7,8 @@ A method is an ``nn.Module`` that composes a backbone, heads and pure losses:
 * :meth:`PretrainMethod.forward` maps such a batch to ``(loss, named terms)``;
 * :meth:`PretrainMethod.resolve_stages` runs whatever must finish before the method can be built
   (MCF's MAE-trained teacher);
-* :meth:`PretrainMethod.on_optimizer_step` runs once per optimizer step (not per micro-batch).
+* :meth:`PretrainMethod.on_optimizer_step` runs once per optimizer step (not per micro-batch);
+* :meth:`PretrainMethod.export` writes what the method has beyond its backbone (FaRL's text tower).
 
 A new method is one module with a :func:`register_method` class (plus one import line in
 ``facerep/methods/__init__.py``); its config sections come with the registration.
@@ -63,6 +64,11 @@ class PretrainMethod(nn.Module):
     def on_optimizer_step(self, step: int, total_steps: int) -> dict[str, float]:
         """Called after every optimizer step (not micro-batch); returns values to log."""
         return {}
+
+    def export(self, output_dir: Path) -> Path | None:
+        """Write files beside the exported backbone at the end of the run (main process); returns the
+        path written, or ``None`` when the backbone is all there is (the default)."""
+        return None
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """Trainable parameters split into decayed weights and undecayed norms/biases/tokens."""
