@@ -6,6 +6,7 @@ knows all method sections.
 
 from facerep import methods, tasks  # noqa: F401  (register the methods and tasks)
 from facerep.backbones import build_backbone, export_backbone, load_backbone
+from facerep.models.clip import load_clip
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "build_backbone", "export_backbone", "load_backbone"]
+__all__ = ["__version__", "build_backbone", "export_backbone", "load_backbone", "load_clip"]
