@@ -259,3 +259,10 @@ def test_the_original_torchscript_release_asks_for_a_state_dict(tmp_path):
     torch.jit.save(torch.jit.trace(torch.nn.Linear(2, 2), torch.zeros(1, 2)), path)
     with pytest.raises(CheckpointError, match=r"TorchScript archive.*state_dict\(\)"):
         load_clip(path)
+
+
+def test_keys_outside_both_towers_are_named_in_a_warning(state, tmp_path):
+    path = tmp_path / "extra.pt"
+    torch.save(state | {"input_resolution": torch.tensor(32), "text_mlm_head.weight": torch.zeros(2)}, path)
+    with pytest.warns(UserWarning, match=r"ignored keys outside the CLIP towers: \[text_mlm_head\.weight\]"):
+        load_clip(path)
