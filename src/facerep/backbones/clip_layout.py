@@ -128,7 +128,8 @@ def _expected_shapes(state: Mapping[str, Tensor], depth: int, source: str) -> di
     fc = state.get("transformer.resblocks.0.mlp.c_fc.weight")
     hidden = int(fc.shape[0]) if isinstance(fc, Tensor) and fc.ndim == 2 else 4 * dim
     shapes: dict[str, tuple[int, ...]] = {
-        "conv1.weight": tuple(conv.shape), "conv1.bias": (dim,), "class_embedding": (dim,), "positional_embedding": (tokens, dim),
+        "conv1.weight": tuple(conv.shape), "conv1.bias": (dim,),
+        "class_embedding": (dim,), "positional_embedding": (tokens, dim),
         "ln_pre.weight": (dim,), "ln_pre.bias": (dim,), "ln_post.weight": (dim,), "ln_post.bias": (dim,),
     }  # fmt: skip
     block = {
