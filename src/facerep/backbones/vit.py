@@ -261,6 +261,19 @@ class MaskedViT(VisionTransformer):
         h = self.norm(self._run_blocks(h))
         return h, mask, ids_restore
 
+    def forward_replaced(self, x: Tensor, replace: Tensor, mask_token: Tensor) -> Tensor:
+        """Encode every patch, with the embeddings of the ``replace`` ones swapped for ``mask_token``.
+
+        BEiT-style masked image modelling (FaRL): the sequence keeps its length, so the blocks see where
+        patches are missing. Args: images ``[N, 3, H, W]``, ``replace`` ``[N, L]`` bool, ``mask_token``
+        ``[D]``. Returns the last block's raw tokens ``[N, 1 + L, D]`` (CLS first, no final norm).
+        """
+        tokens = self.patch_embed(x)
+        if replace.shape != tokens.shape[:2]:
+            raise ValueError(f"replace must be {list(tokens.shape[:2])}, got {list(replace.shape)}")
+        tokens = torch.where(replace[..., None], mask_token.to(tokens.dtype), tokens)
+        return self._run_blocks(self.norm_pre(self._pos_embed(tokens)))
+
     def _run_blocks(self, h: torch.Tensor) -> torch.Tensor:
         """All blocks, with activation checkpointing when enabled (``set_grad_checkpointing``)."""
         if self.grad_checkpointing and torch.is_grad_enabled():
