@@ -1,4 +1,5 @@
-"""``facerep`` command line: ``pretrain``, ``finetune``, ``evaluate``, ``probe``, ``demo`` and ``bench``.
+"""``facerep`` command line: ``pretrain``, ``finetune``, ``evaluate``, ``probe``, ``zeroshot``, ``demo`` and
+``bench``.
 
 Each takes ``[-c CONFIG.yaml] [KEY=VALUE ...]`` (``evaluate``, ``probe``, ``demo`` and ``bench data`` only the
 overrides). facerep's own errors (:class:`~facerep.runtime.errors.FacerepError`: bad config, data,
@@ -16,6 +17,7 @@ from typing import Any
 from facerep.commands import bench
 from facerep.commands.demo import DemoConfig, run_demo
 from facerep.commands.probe import ProbeConfig, run_probe
+from facerep.commands.zeroshot import ZeroShotConfig, run_zeroshot
 from facerep.config import ConfigError, EvaluateConfig, FinetuneConfig, PretrainConfig, load_config, to_yaml
 from facerep.engine.evaluate import evaluate
 from facerep.engine.finetune import finetune
@@ -49,6 +51,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _probe(args: argparse.Namespace) -> int:
     run_probe(load_config(ProbeConfig, None, args.overrides))
     return 0
+
+
+def _zeroshot(args: argparse.Namespace) -> int:
+    return _run_config(ZeroShotConfig, run_zeroshot, args)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -109,6 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
         sub, "probe", _probe, "frozen-feature read-outs of one backbone on synthetic faces",
         "facerep probe backbone=PATH [image_size=96 train_length=1000 test_length=500 output_dir=DIR]",
         config=False,
+    )  # fmt: skip
+    _command(
+        sub, "zeroshot", _zeroshot,
+        "zero-shot classification and image-text retrieval with a CLIP-style model (FaRL)",
+        "facerep zeroshot [-c configs/zeroshot_*.yaml] backbone=CLIP_FILE "
+        "dataset=celeba_attr|rafdb|generic|synthetic_attributes [root=DIR split=test] | "
+        "facerep zeroshot backbone=CLIP_FILE dataset=captions [source=synthetic|folder path=DIR length=500]. "
+        "Prompt classifiers (templates x class names, features averaged) score images by cosine similarity; "
+        "attributes compare a positive and a negative prompt set. Reports accuracy (plus balanced accuracy "
+        "and ROC-AUC for attributes) beside the trivial baseline of the split, or recall@1/5/10 beside "
+        "chance (a hit = identical caption text); writes zeroshot.json to output_dir "
+        "(default runs/zeroshot/<dataset>).", config=True,
     )  # fmt: skip
     _command(
         sub, "demo", _demo, "embedded representation benchmark on synthetic faces (MAE vs MCF vs random)",
