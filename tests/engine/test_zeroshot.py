@@ -209,10 +209,10 @@ def test_overrides_replace_templates_and_single_classes():
     prompts = resolve_prompts("synthetic_attributes", ATTRIBUTES, True, templates=["{}!"], **given)
     assert prompts.positive[0] == ("specs!", "eyeglasses!")
     assert prompts.negative[ATTRIBUTES.index("hat")] == ("bare head!",)
-    assert prompts.negative[0] == ("a person without glasses!",)  # the default negative stays
+    assert prompts.negative[0] == ("a person!",)  # the default negative (the captions' bare subject) stays
     assert prompts.as_dict()["glasses"] == {
         "positive": ["specs!", "eyeglasses!"],
-        "negative": ["a person without glasses!"],
+        "negative": ["a person!"],
     }
 
 

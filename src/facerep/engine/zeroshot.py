@@ -101,17 +101,9 @@ RAFDB_PROMPTS: dict[str, tuple[str, ...]] = {
 ATTRIBUTE_TEMPLATES = ("a photo of a face {}.", "a photo of a person {}.")
 # synthetic faces: noun phrases in the captions' own wording (data.captions), in the captions' templates
 SYNTHETIC_TEMPLATES = ("a photo of {}.", "a portrait of {}.", "close-up of {}.", "a picture of {}.")
-SYNTHETIC_NEGATIVES: dict[str, tuple[str, ...]] = {
-    "glasses": ("a person without glasses",),
-    "smiling": ("a person who is not smiling", "a person with a neutral expression"),
-    "mouth_open": ("a person with a closed mouth",),
-    "eyes_closed": ("a person with open eyes",),
-    "bald": ("a person with hair",),
-    "beard": ("a person without a beard", "a clean-shaven person"),
-    "hat": ("a person without a hat",),
-    "occluded": ("a person with the whole face visible",),
-}
-assert set(SYNTHETIC_NEGATIVES) == set(ATTRIBUTES)
+# The synthetic captions state the attributes present and leave absent ones unsaid, so an attribute's
+# negative is the captions' bare subject ("without glasses" still says "glasses"; it scored worse).
+SYNTHETIC_NEGATIVE = ("a person",)
 
 
 def format_prompts(templates: Sequence[str], names: Sequence[str]) -> list[str]:
@@ -216,14 +208,14 @@ def default_prompts(
 ) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]], dict[str, tuple[str, ...]] | None]:
     """``(templates, positive phrases, negative phrases or None)`` used where the config gives none.
 
-    synthetic_attributes: the captions' noun phrases (:func:`~facerep.data.captions.attribute_prompt`) and
-    :data:`SYNTHETIC_NEGATIVES`; rafdb: :data:`RAFDB_PROMPTS`; anything else the names themselves
+    synthetic_attributes: the captions' noun phrases (:func:`~facerep.data.captions.attribute_prompt`) against
+    :data:`SYNTHETIC_NEGATIVE`; rafdb: :data:`RAFDB_PROMPTS`; anything else the names themselves
     (:func:`mechanical_phrase`), absent attributes as ``"not <phrase>"`` (configs/zeroshot_celeba_attr.yaml
     words CelebA's 40 attributes properly).
     """
     if dataset == "synthetic_attributes" and set(names) <= set(ATTRIBUTES):
         positive = {n: (attribute_prompt(n).removeprefix("a photo of "),) for n in names}
-        return SYNTHETIC_TEMPLATES, positive, {n: SYNTHETIC_NEGATIVES[n] for n in names}
+        return SYNTHETIC_TEMPLATES, positive, dict.fromkeys(names, SYNTHETIC_NEGATIVE)
     if multilabel:
         positive = {n: (mechanical_phrase(n),) for n in names}
         return ATTRIBUTE_TEMPLATES, positive, {n: (f"not {p[0]}",) for n, p in positive.items()}

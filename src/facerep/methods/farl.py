@@ -34,14 +34,13 @@ from facerep.data.transforms import build_pretrain_transform
 from facerep.data.views import BatchSpec
 from facerep.losses.clip import clip_contrastive_loss
 from facerep.methods.base import PretrainMethod, build_masked_encoder, register_method
-from facerep.models.clip import CLIPModel, save_clip
+from facerep.models.clip import LOGIT_SCALE_MAX, CLIPModel, save_clip
 from facerep.models.dvae import load_dvae
 from facerep.models.mim import DVAETarget, MIMHead, PixelTarget
 from facerep.models.text import TextArch
 
 MIM_TARGETS = ("pixels", "dvae")
 CLIP_FILE = "clip.safetensors"
-MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps the learned temperature at 1/100
 
 
 @dataclass
@@ -170,7 +169,7 @@ class FaRL(PretrainMethod):
     @torch.no_grad()
     def on_optimizer_step(self, step: int, total_steps: int) -> dict[str, float]:
         """CLIP's clamp of the learned logit scale to ``[0, ln 100]`` after every update."""
-        self.clip.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
+        self.clip.logit_scale.clamp_(0.0, math.log(LOGIT_SCALE_MAX))
         return {}
 
     def export(self, output_dir: Path) -> Path:
