@@ -30,9 +30,9 @@ from facerep.engine.zeroshot import (
     resolve_prompts,
     retrieval_chance,
     retrieval_recall,
-    roc_auc,
     text_classifier,
 )
+from facerep.metrics.classification import roc_auc
 from facerep.tasks.classification import classification_scores
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

@@ -34,7 +34,6 @@ import torch
 import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from safetensors import safe_open
-from scipy.stats import rankdata
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -46,7 +45,7 @@ from facerep.data.downstream import RAFDB_CLASSES
 from facerep.data.sources import DataError
 from facerep.data.synthetic import ATTRIBUTES
 from facerep.data.transforms import BadImage
-from facerep.metrics.classification import mean_class_accuracy
+from facerep.metrics.classification import mean_class_accuracy, roc_auc
 from facerep.runtime.checkpoint import CheckpointError
 from facerep.runtime.errors import one_line
 from facerep.tasks.classification import classification_scores
@@ -71,7 +70,6 @@ __all__ = [
     "resolve_prompts",
     "retrieval_chance",
     "retrieval_recall",
-    "roc_auc",
     "text_classifier",
 ]
 
@@ -268,18 +266,6 @@ def attribute_scores(images: Tensor, positive: Tensor, negative: Tensor) -> Tens
     """``cos(image, positive_a) - cos(image, negative_a)``: images ``[N, E]``, classifiers ``[A, E]`` (all
     unit rows) -> ``[N, A]``; an attribute is predicted present where the score is > 0."""
     return images @ positive.T - images @ negative.T
-
-
-def roc_auc(scores: Any, target: Any) -> float:
-    """Area under the ROC curve of ``[N]`` scores for ``[N]`` 0/1 targets: the probability that a random
-    positive outscores a random negative, ties counting one half (Mann-Whitney U). NaN when the targets
-    hold one class only."""
-    s, t = np.asarray(scores, dtype=np.float64), np.asarray(target).astype(bool)
-    positives, negatives = int(t.sum()), int((~t).sum())
-    if positives == 0 or negatives == 0:
-        return float("nan")
-    ranks = rankdata(s)
-    return float((ranks[t].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
 def _mean(values: Sequence[float]) -> float:

@@ -1,12 +1,14 @@
-"""Classification metrics: single-label accuracy, mean per-class accuracy, multi-label attribute accuracy."""
+"""Classification metrics: single-label accuracy, mean per-class accuracy, multi-label attribute accuracy,
+ROC-AUC of binary scores."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
+from scipy.stats import rankdata
 
-__all__ = ["accuracy", "attribute_accuracy", "mean_class_accuracy"]
+__all__ = ["accuracy", "attribute_accuracy", "mean_class_accuracy", "roc_auc"]
 
 
 def _array(x: Any) -> np.ndarray:
@@ -77,3 +79,15 @@ def attribute_accuracy(scores: Any, target: Any, threshold: float = 0.0) -> tupl
         raise ValueError("target must be binary (0 / 1)")
     per_attribute = np.mean((s > threshold) == t.astype(bool), axis=0)
     return per_attribute, float(per_attribute.mean())
+
+
+def roc_auc(scores: Any, target: Any) -> float:
+    """Area under the ROC curve of ``[N]`` scores for ``[N]`` 0/1 targets: the probability that a random
+    positive outscores a random negative, ties counting one half (Mann-Whitney U). NaN when the targets
+    hold one class only."""
+    s, t = np.asarray(scores, dtype=np.float64), np.asarray(target).astype(bool)
+    positives, negatives = int(t.sum()), int((~t).sum())
+    if positives == 0 or negatives == 0:
+        return float("nan")
+    ranks = rankdata(s)
+    return float((ranks[t].sum() - positives * (positives + 1) / 2) / (positives * negatives))
