@@ -113,8 +113,10 @@ def test_rendered_crops_keep_landmarks_on_their_mask_parts():
     assert sum(on_eye) >= 14  # occluders (hands, masks) may hide a few
 
 
-@pytest.mark.parametrize("arch,levels,channels,grid", [("vit_tiny_patch16_224", [1, 3], 2 * 64, 2),
-                                                        ("resnet18", [1, 2, 3, 4], 64 + 128 + 256 + 512, 1)])
+@pytest.mark.parametrize(
+    "arch,levels,channels,grid",
+    [("vit_tiny_patch16_224", [1, 3], 2 * 64, 2), ("resnet18", [1, 2, 3, 4], 64 + 128 + 256 + 512, 1)],
+)
 def test_features_of_vits_and_resnets_on_rendered_faces(arch, levels, channels, grid):
     faces = render_split("test", 3, 32, progress=False)
     assert faces.masks.shape == (3, 32, 32) and int(faces.masks.max()) < len(LAPA_CLASSES)

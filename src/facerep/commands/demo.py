@@ -103,9 +103,13 @@ def _backbones(cfg: DemoConfig, seed: int, out: Path):
 
     yield "mae-stage", lambda: load_backbone(stage_path()), stage_dir
     mae_dir = out / "mae"
-    yield "mae", lambda: load_backbone(
-        _pretrain(cfg, seed, "mae", cfg.steps, mae_dir, [f"model.init={stage_path()}"])
-    ), mae_dir
+    yield (
+        "mae",
+        lambda: load_backbone(
+            _pretrain(cfg, seed, "mae", cfg.steps, mae_dir, [f"model.init={stage_path()}"])
+        ),
+        mae_dir,
+    )
     for teacher in cfg.teachers:
         mcf_dir = out / ("mcf" if teacher == "stage" else f"mcf_{Path(teacher).stem}")
 

@@ -150,9 +150,7 @@ def converged(curve: Sequence[float], tolerance: float = 1e-3) -> bool:
     return len(curve) > 1 and abs(curve[-2] - curve[-1]) <= tolerance * max(abs(curve[-1]), 1e-12)
 
 
-def lbfgs_fit(
-    params: list[Tensor], loss_fn, max_iter: int, tolerance: float = 1e-5
-) -> list[float]:
+def lbfgs_fit(params: list[Tensor], loss_fn, max_iter: int, tolerance: float = 1e-5) -> list[float]:
     """Minimise a convex ``loss_fn()`` over ``params`` with full-batch L-BFGS (strong Wolfe line search).
 
     Stops after ``max_iter`` iterations or when the loss changes by less than ``tolerance`` (relative) over
