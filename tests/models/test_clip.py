@@ -9,76 +9,18 @@ import safetensors.torch
 import torch
 from open_clip.model import build_model_from_openai_state_dict
 
+from clip_files import EMBED, IMAGE, WIDTH, mim_head, openai_state
 from facerep import load_backbone, load_clip
 from facerep.backbones import CheckpointError, build_vit
 from facerep.models.clip import CLIPModel, clip_state_dict, save_clip
 from facerep.models.text import TextArch, TextTransformer
 
-WIDTH, TEXT_WIDTH, PATCH, IMAGE, EMBED, CONTEXT, VOCAB = 128, 128, 8, 32, 64, 16, 49408
-
-
-def _rand(gen, *shape, std=0.1):
-    return torch.randn(*shape, generator=gen) * std
-
-
-def _norm(gen, prefix, dim):
-    return {f"{prefix}.weight": 1 + _rand(gen, dim), f"{prefix}.bias": _rand(gen, dim)}
-
-
-def _block(gen, prefix, dim):
-    """One OpenAI ``ResidualAttentionBlock``'s parameters."""
-    return {
-        f"{prefix}.attn.in_proj_weight": _rand(gen, 3 * dim, dim, std=dim**-0.5),
-        f"{prefix}.attn.in_proj_bias": _rand(gen, 3 * dim),
-        f"{prefix}.attn.out_proj.weight": _rand(gen, dim, dim, std=dim**-0.5),
-        f"{prefix}.attn.out_proj.bias": _rand(gen, dim),
-        **_norm(gen, f"{prefix}.ln_1", dim),
-        f"{prefix}.mlp.c_fc.weight": _rand(gen, 4 * dim, dim, std=dim**-0.5),
-        f"{prefix}.mlp.c_fc.bias": _rand(gen, 4 * dim),
-        f"{prefix}.mlp.c_proj.weight": _rand(gen, dim, 4 * dim, std=(4 * dim) ** -0.5),
-        f"{prefix}.mlp.c_proj.bias": _rand(gen, dim),
-        **_norm(gen, f"{prefix}.ln_2", dim),
-    }
-
-
-def openai_state(seed=0, layers=2):
-    """A CLIP ViT state dict in the OpenAI layout, written key by key (2 heads in both towers)."""
-    gen = torch.Generator().manual_seed(seed)
-    grid = IMAGE // PATCH
-    state = {
-        "visual.conv1.weight": _rand(gen, WIDTH, 3, PATCH, PATCH, std=0.05),
-        "visual.class_embedding": _rand(gen, WIDTH),
-        "visual.positional_embedding": _rand(gen, 1 + grid * grid, WIDTH),
-        **_norm(gen, "visual.ln_pre", WIDTH),
-        **_norm(gen, "visual.ln_post", WIDTH),
-        "visual.proj": _rand(gen, WIDTH, EMBED, std=WIDTH**-0.5),
-        "token_embedding.weight": _rand(gen, VOCAB, TEXT_WIDTH, std=0.02),
-        "positional_embedding": _rand(gen, CONTEXT, TEXT_WIDTH, std=0.01),
-        **_norm(gen, "ln_final", TEXT_WIDTH),
-        "text_projection": _rand(gen, TEXT_WIDTH, EMBED, std=TEXT_WIDTH**-0.5),
-        "logit_scale": torch.tensor(2.5),
-    }
-    for i in range(layers):
-        state |= _block(gen, f"visual.transformer.resblocks.{i}", WIDTH)
-        state |= _block(gen, f"transformer.resblocks.{i}", TEXT_WIDTH)
-    return state
-
-
-def mim_head(seed=1):
-    """FaRL's masked-image-modelling head, kept under ``visual.`` in its released files."""
-    gen = torch.Generator().manual_seed(seed)
-    return {
-        "visual.mask_token": _rand(gen, WIDTH),
-        **_block(gen, "visual.lm_transformer.resblocks.0", WIDTH),
-        **_norm(gen, "visual.ln_lm", WIDTH),
-        "visual.lm_head.weight": _rand(gen, 8192, WIDTH),
-        "visual.lm_head.bias": _rand(gen, 8192),
-    }
+TEXT_WIDTH, CONTEXT, VOCAB = 128, 16, 49408  # the real vocabulary, so the tokenizer can feed the tower
 
 
 @pytest.fixture(scope="module")
 def state():
-    return openai_state()
+    return openai_state(text_width=TEXT_WIDTH, vocab=VOCAB, context=CONTEXT)
 
 
 @pytest.fixture(scope="module")
