@@ -28,3 +28,23 @@ def test_torchrun_two_processes_gloo(tmp_path, tiny_overrides):
     assert state["step"] == 3 and len(state["rng"]) == 2  # each rank's RNG saved for exact resume
     assert state["samples_per_rank"] == 3 * 2 * 4
     assert (out / "backbone.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_farl(tmp_path, tiny_overrides):
+    """FaRL under DDP: the image tower shared by the CLIP model and the method, features gathered with
+    gradients; rank 0 alone writes both towers."""
+    out = tmp_path / "farl"
+    text = ["text.width=64", "text.layers=1", "text.heads=1", "text.context_length=16", "text.embed_dim=32"]
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "facerep", "pretrain", *tiny_overrides, *text, "method=farl", "device=cpu", "train.max_steps=3",
+        "train.accum_steps=2", f"output_dir={out}",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("[facerep] done") == 1 and result.stdout.count("clip.safetensors") == 1
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3] and all({"itc", "mim"} <= set(r) for r in records)
+    assert (out / "clip.safetensors").exists() and (out / "backbone.safetensors").exists()

@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facerep", description="Facial representation learning.")
     sub = parser.add_subparsers(dest="command", required=True)
     _command(
-        sub, "pretrain", _pretrain, "pre-train a face backbone (MCF, MAE)",
+        sub, "pretrain", _pretrain, "pre-train a face backbone (MCF, MAE, FaRL)",
         "Pre-train a backbone. Defaults: MCF, tiny ViT, synthetic faces, CPU-sized. "
         "Rerun with the same output_dir to resume.", config=True,
     )  # fmt: skip
