@@ -58,8 +58,12 @@ def test_run_writes_config_metrics_tensorboard_checkpoint_and_timm_backbone(tiny
     model.load_state_dict(load_file(path), strict=True)
 
 
-def test_resume_equals_uninterrupted_run(tiny_config, monkeypatch):
-    common = ("method=mcf", "train.max_steps=6", "train.ckpt_every=2", "train.accum_steps=2")
+FARL_TINY = ("text.width=64", "text.layers=1", "text.heads=1", "text.context_length=16", "text.embed_dim=32")
+
+
+@pytest.mark.parametrize("method", [("method=mcf",), ("method=farl", *FARL_TINY)], ids=["mcf", "farl"])
+def test_resume_equals_uninterrupted_run(tiny_config, monkeypatch, method):
+    common = (*method, "train.max_steps=6", "train.ckpt_every=2", "train.accum_steps=2")
     full = Trainer(tiny_config(*common, out="full"), init_distributed("cpu"))
     full.fit()
 
