@@ -13,7 +13,8 @@ from facerep.data.views import random_masks
 from facerep.engine.trainer import pretrain
 from facerep.losses.clip import clip_contrastive_loss
 from facerep.methods import build_method
-from facerep.methods.farl import CLIP_FILE, FaRL
+from facerep.methods.farl import FaRL
+from facerep.models.clip import CLIP_FILE
 from facerep.models.dvae import DVAEEncoder
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -150,7 +151,8 @@ def test_pretraining_on_synthetic_captions_lowers_both_terms_and_exports_both_to
         before = sum(r[term] for r in first) / len(first)
         after = sum(r[term] for r in last) / len(last)
         assert after < 0.9 * before, (term, before, after)
-    clip = load_clip(out / CLIP_FILE)
+    assert (out / CLIP_FILE).is_file()
+    clip = load_clip(out)  # the run directory stands for its clip.safetensors
     method = small()
     method.load_state_dict(torch.load(out / "checkpoint.pt", weights_only=True)["model"])
     method.eval()

@@ -42,8 +42,7 @@ from facerep.engine.zeroshot import (
     recorded_normalization,
     resolve_prompts,
 )
-from facerep.methods.farl import CLIP_FILE
-from facerep.models.clip import load_clip
+from facerep.models.clip import clip_file, load_clip
 from facerep.runtime.atomic import atomic_write_json
 from facerep.runtime.distributed import resolve_device
 from facerep.runtime.run_log import start_run
@@ -95,12 +94,6 @@ class ZeroShotConfig:
             raise ConfigError("length and batch_size must be >= 1, size >= 16, num_workers >= 0")
         if (self.mean is not None or self.std is not None) and self.normalize != "custom":
             raise ConfigError("mean and std apply with normalize=custom only")
-
-
-def clip_file(backbone: str) -> Path:
-    """``backbone``, or the ``clip.safetensors`` inside it when it is a (FaRL run) directory."""
-    path = Path(backbone)
-    return path / CLIP_FILE if path.is_dir() and (path / CLIP_FILE).is_file() else path
 
 
 def normalization(cfg: ZeroShotConfig, file: Path) -> dict[str, Any]:

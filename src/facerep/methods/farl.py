@@ -34,13 +34,12 @@ from facerep.data.transforms import build_pretrain_transform
 from facerep.data.views import BatchSpec
 from facerep.losses.clip import clip_contrastive_loss
 from facerep.methods.base import PretrainMethod, build_masked_encoder, register_method
-from facerep.models.clip import LOGIT_SCALE_MAX, CLIPModel, save_clip
+from facerep.models.clip import CLIP_FILE, LOGIT_SCALE_MAX, CLIPModel, save_clip
 from facerep.models.dvae import load_dvae
 from facerep.models.mim import DVAETarget, MIMHead, PixelTarget
 from facerep.models.text import TextArch
 
 MIM_TARGETS = ("pixels", "dvae")
-CLIP_FILE = "clip.safetensors"
 
 
 @dataclass

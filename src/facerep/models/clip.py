@@ -44,8 +44,9 @@ from facerep.models.text import TextArch, TextTransformer, infer_text_arch, text
 from facerep.runtime.atomic import atomic_write_bytes
 from facerep.runtime.checkpoint import CheckpointError
 
-__all__ = ["CLIPModel", "clip_state_dict", "load_clip", "save_clip"]
+__all__ = ["CLIP_FILE", "CLIPModel", "clip_file", "clip_state_dict", "load_clip", "save_clip"]
 
+CLIP_FILE = "clip.safetensors"  # what image-text runs (FaRL) write beside backbone.safetensors
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
 LOGIT_SCALE_MAX = 100.0  # CLIP clamps the temperature's inverse to at most 100
 
@@ -140,17 +141,24 @@ def _ignored(state: Mapping[str, Any], text: Mapping[str, Any]) -> list[str]:
     return [k for k in state if k not in known and not k.startswith(VISION)]
 
 
+def clip_file(path: str | Path) -> Path:
+    """``path``, or the :data:`CLIP_FILE` inside it when it is a run directory."""
+    path = Path(path)
+    return path / CLIP_FILE if path.is_dir() and (path / CLIP_FILE).is_file() else path
+
+
 def load_clip(path: str | Path, *, img_size: int | None = None) -> CLIPModel:
     """Read a CLIP model (see the module docstring), in eval mode.
 
     Args:
-        path: a facerep ``clip.safetensors``, a FaRL release (``{"state_dict": sd}``) or an OpenAI CLIP /
-            open_clip state dict. FaRL's masked-image-modelling head is ignored.
+        path: a facerep ``clip.safetensors`` (or the run directory holding it), a FaRL release
+            (``{"state_dict": sd}``) or an OpenAI CLIP / open_clip state dict. FaRL's masked-image-modelling
+            head is ignored.
         img_size: image size to build the image tower for; its position embedding is resampled (bicubic)
             as :func:`facerep.load_backbone` does. By default the size the file was stored with.
     """
     source = str(path)
-    obj, metadata = read_checkpoint_file(path)
+    obj, metadata = read_checkpoint_file(clip_file(path))
     state = clip_state(obj) if isinstance(obj, Mapping) else None
     if state is None:
         top = short_list([str(k) for k in obj]) if isinstance(obj, Mapping) else type(obj).__name__
