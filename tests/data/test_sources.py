@@ -18,7 +18,7 @@ from facerep.data.sources import (
     LmdbSource,
     WebDatasetSource,
     build_source,
-    load_with_fallback,
+    load_item_with_fallback,
 )
 
 
@@ -66,7 +66,7 @@ def test_all_unreadable_is_one_line_data_error(tmp_path: Path) -> None:
         (tmp_path / f"{i}.jpg").write_bytes(b"nope")
     src = FolderSource(tmp_path)
     with pytest.raises(DataError, match="unreadable"):
-        load_with_fallback(src, 0)
+        load_item_with_fallback(src, 0, None)
     for workers in (0, 2):
         cfg = DataConfig(source="folder", path=str(tmp_path), image_size=8, num_workers=workers)
         with pytest.raises(DataError, match="looks unreadable") as info:
@@ -98,7 +98,7 @@ def test_lmdb_reference_layout(tmp_path: Path) -> None:
     _write_lmdb(db, {k: items[k] for k in reversed(items)})  # key file order != sorted order
     src = LmdbSource(db)
     assert src.keys == list(reversed(items)) and len(src) == 8
-    img, used, skipped = load_with_fallback(src, src.keys.index("img_004"))
+    img, _, used, skipped = load_item_with_fallback(src, src.keys.index("img_004"), None)
     assert skipped == ["img_004"] and src.keys[used] == "img_003" and img.mode == "RGB"
     cfg = DataConfig(source="lmdb", path=str(db), image_size=16, num_workers=2)
     assert dataset_length(cfg) == 8

@@ -2,7 +2,7 @@
 
 Every source yields RGB ``PIL.Image`` s (the transform comes later, see :mod:`facerep.data.loader`).
 Map-style sources (:class:`SyntheticSource`, :class:`FolderSource`, :class:`LmdbSource`) expose
-``len``, ``name(i)`` and ``load(i)``; :func:`load_with_fallback` replaces an unreadable item by the
+``len``, ``name(i)`` and ``load(i)``; :func:`load_item_with_fallback` replaces an unreadable item by the
 next readable one and reports what it skipped. :class:`WebDatasetSource` streams raw tar samples.
 Configuration mistakes (missing path, no images, unknown source) are one-line :class:`DataError` s.
 
@@ -258,20 +258,12 @@ class LmdbSource(MapSource):
         return decode_image(value, key), text
 
 
-def load_with_fallback(source: MapSource, index: int) -> tuple[Image.Image, int, list[str]]:
-    """Load item ``index``, or the next readable one (``index+1, index+2, ...`` mod ``len``).
-
-    Returns ``(image, index actually loaded, names of the unreadable items passed over)``. Raises
-    :class:`DataError` after :data:`MAX_CONSECUTIVE_BAD` consecutive failures (or all items).
-    """
-    img, _, used, skipped = load_item_with_fallback(source, index, None)
-    return img, used, skipped
-
-
 def load_item_with_fallback(
     source: MapSource, index: int, missing_caption: str | None
 ) -> tuple[Image.Image, str | None, int, list[str]]:
-    """:func:`load_with_fallback` with the caption: ``(image, caption, index loaded, skipped names)``.
+    """Load item ``index``, or the next readable one (``index+1, index+2, ...`` mod ``len``), with its
+    caption: ``(image, caption, index actually loaded, names of the items passed over)``. Raises
+    :class:`DataError` after :data:`MAX_CONSECUTIVE_BAD` consecutive failures (or all items).
 
     ``missing_caption=None`` reads no captions (the caption is ``None``); ``"skip"`` passes over an
     item without one like an unreadable one, naming it ``"<name> (no caption)"``; ``"empty"`` gives it
