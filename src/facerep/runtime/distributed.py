@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -85,7 +86,11 @@ def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """
     if not is_distributed() or world_size() == 1:
         return tensor
-    return torch.cat(dist_fn.all_gather(tensor), dim=0)
+    with warnings.catch_warnings():
+        # torch 2.14 marks this public op deprecated in favour of private, still-renamed functional
+        # collectives; the public op keeps working, so its once-per-process warning is only noise
+        warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather")
+        return torch.cat(dist_fn.all_gather(tensor), dim=0)
 
 
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
