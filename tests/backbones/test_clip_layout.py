@@ -9,8 +9,8 @@ from timm.layers import resample_abs_pos_embed
 
 from clip_files import IMAGE, PATCH, WIDTH, mim_head, openai_state
 from facerep.backbones import CheckpointError, build_vit, load_backbone
-from facerep.backbones.clip_layout import block_indices, clip_state, clip_to_vit, vit_to_clip
-from facerep.backbones.io import detect_format, read_backbone_state
+from facerep.backbones.clip_layout import block_indices, clip_to_vit, vit_to_clip
+from facerep.backbones.io import clip_state, detect_format, read_backbone_state
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ names) for image towers that are not CLIP-shaped; their metadata records the arc
 also keep a masked-image-modelling head under ``visual.`` (``mask_token``, ``lm_transformer.*``,
 ``ln_lm``, ``lm_head``): it is ignored, and depths are counted only from keys that start with
 ``visual.transformer.resblocks.N.`` (image) and ``transformer.resblocks.N.`` (text). CLIP ViTs use
-QuickGELU, LayerNorm epsilon 1e-5 and 64-wide attention heads (:func:`clip_vision_record`).
+QuickGELU, LayerNorm epsilon 1e-5 and 64-wide attention heads (:func:`clip_records`).
 """
 
 from __future__ import annotations
@@ -47,10 +47,8 @@ __all__ = [
     "VISION",
     "VISION_BLOCKS",
     "block_indices",
-    "clip_file_records",
-    "clip_state",
+    "clip_records",
     "clip_to_vit",
-    "clip_vision_record",
     "vit_to_clip",
 ]
 
@@ -89,16 +87,6 @@ _OPTIONAL_BLOCK = ("ls_1.gamma", "ls_2.gamma")
 _TIMM_OUTER = {v: k for k, v in _OUTER.items()}
 _TIMM_BLOCK = {v: k for k, v in _BLOCK.items()}
 _TIMM_BLOCK_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
-
-
-def clip_state(obj: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The OpenAI-layout state dict in ``obj`` (bare, or in ``{"state_dict": sd}``, with or without a
-    DistributedDataParallel ``module.`` prefix), or ``None`` when ``obj`` holds none."""
-    inner = obj.get("state_dict") if isinstance(obj.get("state_dict"), Mapping) else obj
-    state = dict(inner)
-    if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    return state if CLIP_MARKER in state else None
 
 
 def block_indices(keys: Iterable[str], prefix: str) -> list[int]:
@@ -216,7 +204,7 @@ def vit_to_clip(state: Mapping[str, Tensor], proj: Tensor | None = None) -> dict
     return out
 
 
-def clip_vision_record(width: int, source: str) -> dict[str, Any]:
+def _clip_vision_record(width: int, source: str) -> dict[str, Any]:
     """The :class:`~facerep.backbones.vit.ViTArch` fields a CLIP image tower's weights cannot tell:
     pre-norm, QuickGELU, LayerNorm epsilon 1e-5 and ``width // 64`` heads."""
     if width % HEAD_WIDTH:
@@ -224,7 +212,7 @@ def clip_vision_record(width: int, source: str) -> dict[str, Any]:
     return {"pre_norm": True, "act": "quick_gelu", "norm_eps": 1e-5, "num_heads": width // HEAD_WIDTH}
 
 
-def clip_file_records(metadata: Mapping[str, str], source: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def _file_records(metadata: Mapping[str, str], source: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The image tower's arch record (with ``family``) and the text tower's fields from the metadata of a
     file :func:`facerep.models.clip.save_clip` wrote."""
     try:
@@ -234,3 +222,14 @@ def clip_file_records(metadata: Mapping[str, str], source: str) -> tuple[dict[st
     except (KeyError, ValueError, TypeError) as err:
         raise CheckpointError(f"{source}: unreadable {CLIP_FORMAT} metadata: {one_line(err)}") from err
     return vision, text
+
+
+def clip_records(
+    tower: Mapping[str, Tensor], metadata: Mapping[str, str] | None, source: str
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The image tower's arch record and the text tower's recorded fields of a CLIP file: both from the
+    metadata of a file :func:`facerep.models.clip.save_clip` wrote, else CLIP's conventions for the image
+    tower (``tower``: its timm-named weights) and ``None`` for the text (inferred from its weights)."""
+    if metadata and metadata.get("format") == CLIP_FORMAT:
+        return _file_records(metadata, source)
+    return _clip_vision_record(int(tower["patch_embed.proj.weight"].shape[0]), source), None

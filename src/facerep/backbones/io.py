@@ -55,13 +55,7 @@ import torch
 from torch import Tensor, nn
 
 from facerep.backbones.base import FAMILIES, Backbone, LoadOptions, arch_record, short_list
-from facerep.backbones.clip_layout import (
-    CLIP_FORMAT,
-    clip_file_records,
-    clip_state,
-    clip_to_vit,
-    clip_vision_record,
-)
+from facerep.backbones.clip_layout import CLIP_MARKER, clip_records, clip_to_vit
 from facerep.backbones.hf import HF_CONFIG, HF_LAYOUTS, HFLayout, hf_record, hf_to_timm, tower_prefix
 from facerep.backbones.onnx_reader import read_onnx_vit
 from facerep.runtime.atomic import atomic_write_bytes
@@ -75,6 +69,7 @@ __all__ = [
     "CheckpointError",
     "Format",
     "PackagedWeights",
+    "clip_state",
     "detect_format",
     "export_backbone",
     "load_backbone",
@@ -240,13 +235,17 @@ def _hf_extract(layout: HFLayout, obj: Mapping[str, Any], metadata: Any, path: P
     return hf_to_timm(_inner_state(obj), layout, str(path)), hf_record(layout, path, str(path))
 
 
+def clip_state(obj: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The OpenAI-layout CLIP state dict in ``obj`` (bare or wrapped, DDP ``module.`` prefix removed, as
+    every layout here), or ``None`` when ``obj`` holds none."""
+    state = _strip_module(_inner_state(obj))
+    return state if CLIP_MARKER in state else None
+
+
 def _clip_extract(obj: Mapping[str, Any], metadata: Mapping[str, str] | None, path: Path) -> Extracted:
     """The image tower of an OpenAI-layout file; its record from facerep's metadata, else CLIP's."""
-    state = clip_state(obj) or {}
-    tower, _ = clip_to_vit(state, str(path))
-    if metadata and metadata.get("format") == CLIP_FORMAT:
-        return tower, clip_file_records(metadata, str(path))[0]
-    return tower, clip_vision_record(int(tower["patch_embed.proj.weight"].shape[0]), str(path))
+    tower, _ = clip_to_vit(clip_state(obj) or {}, str(path))
+    return tower, clip_records(tower, metadata, str(path))[0]
 
 
 FORMATS.add(BACKBONE_FORMAT, Format(

@@ -31,13 +31,11 @@ from facerep.backbones.clip_layout import (
     CLIP_MARKER,
     OPENAI_EXTRAS,
     VISION,
-    clip_file_records,
-    clip_state,
+    clip_records,
     clip_to_vit,
-    clip_vision_record,
     vit_to_clip,
 )
-from facerep.backbones.io import read_checkpoint_file
+from facerep.backbones.io import clip_state, read_checkpoint_file
 from facerep.backbones.vit import MaskedViT
 from facerep.data.tokenizer import Tokenizer
 from facerep.models.text import TextArch, TextTransformer, infer_text_arch, text_state
@@ -168,15 +166,14 @@ def load_clip(path: str | Path, *, img_size: int | None = None) -> CLIPModel:
     tower, proj = clip_to_vit(state, source)
     if proj is None:
         raise CheckpointError(f"{source}: CLIP image tower lacks the projection visual.proj")
-    if metadata and metadata.get("format") == CLIP_FORMAT:
-        vision, fields = clip_file_records(metadata, source)
+    vision, fields = clip_records(tower, metadata, source)
+    if fields is None:
+        text_arch = infer_text_arch(state, source)
+    else:
         try:
             text_arch = TextArch(**fields)
         except TypeError as err:
             raise CheckpointError(f"{source}: unreadable {CLIP_FORMAT} text record {fields}") from err
-    else:
-        vision = clip_vision_record(int(tower["patch_embed.proj.weight"].shape[0]), source)
-        text_arch = infer_text_arch(state, source)
     if proj.shape[1] != text_arch.embed_dim:
         raise CheckpointError(
             f"{source}: CLIP key visual.proj has shape {list(proj.shape)}; "
