@@ -134,6 +134,7 @@ def test_save_clip_round_trip_is_exact(files, tmp_path):
     assert json.loads(meta["text"])["context_length"] == CONTEXT
     assert json.loads(meta["vision"])["act"] == "quick_gelu"
     again = load_clip(path)
+    assert again.recorded == {"epoch": 3} and model.recorded == {}  # a FaRL release records nothing
     expected, loaded = clip_state_dict(model), clip_state_dict(again)
     assert expected.keys() == loaded.keys() and all(torch.equal(loaded[k], v) for k, v in expected.items())
     assert set(expected) == set(safetensors.torch.load_file(files["safetensors"]))

@@ -21,7 +21,7 @@ resolved ``config.yaml`` in ``output_dir`` (default ``runs/zeroshot/<dataset>``)
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,7 +96,7 @@ class ZeroShotConfig:
             raise ConfigError("mean and std apply with normalize=custom only")
 
 
-def normalization(cfg: ZeroShotConfig, file: Path) -> dict[str, Any]:
+def normalization(cfg: ZeroShotConfig, file: Path, recorded: Mapping[str, Any]) -> dict[str, Any]:
     """``{"mean", "std", "from"}`` the images are normalised with (see ``normalize``)."""
     if cfg.normalize == "custom":
         if cfg.mean is None or cfg.std is None or len(cfg.mean) != 3 or len(cfg.std) != 3:
@@ -104,9 +104,9 @@ def normalization(cfg: ZeroShotConfig, file: Path) -> dict[str, Any]:
         return {"mean": list(cfg.mean), "std": list(cfg.std), "from": "custom"}
     if cfg.normalize == "imagenet":
         return {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "from": "imagenet"}
-    recorded = recorded_normalization(file) if cfg.normalize == "auto" else None
-    if recorded is not None:
-        return {"mean": recorded[0], "std": recorded[1], "from": f"recorded in {file.name}"}
+    values = recorded_normalization(recorded, str(file)) if cfg.normalize == "auto" else None
+    if values is not None:
+        return {"mean": values[0], "std": values[1], "from": f"recorded in {file.name}"}
     return {"mean": list(CLIP_MEAN), "std": list(CLIP_STD), "from": "clip"}
 
 
@@ -120,7 +120,7 @@ def run_zeroshot(cfg: ZeroShotConfig) -> dict:
     model = load_clip(file, img_size=cfg.image_size)
     device = resolve_device(cfg.device)
     model.to(device).eval()
-    norm = normalization(cfg, file)
+    norm = normalization(cfg, file, model.recorded)
     size = int(model.visual.arch.img_size)
     # data and prompts are checked before anything is written
     run = _retrieval(cfg, size, norm) if cfg.dataset == "captions" else _classification(cfg, size, norm)

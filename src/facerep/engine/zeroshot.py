@@ -21,24 +21,20 @@ Retrieval
 
 from __future__ import annotations
 
-import json
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-from safetensors import safe_open
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from facerep.backbones.clip_layout import CLIP_FORMAT
 from facerep.config import ConfigError
 from facerep.data.captions import attribute_prompt
 from facerep.data.downstream import RAFDB_CLASSES
@@ -488,21 +484,19 @@ def evaluate_retrieval(
     }
 
 
-def recorded_normalization(path: str | Path) -> tuple[list[float], list[float]] | None:
-    """``(mean, std)`` recorded in the metadata of a facerep ``clip.safetensors`` (a FaRL run writes its
-    ``data.mean`` / ``data.std``), else ``None`` (released FaRL / OpenAI files record none)."""
-    file = Path(path)
-    if not (file.is_file() and file.suffix == ".safetensors"):
+def recorded_normalization(
+    recorded: Mapping[str, Any], source: str
+) -> tuple[list[float], list[float]] | None:
+    """``(mean, std)`` a facerep ``clip.safetensors`` recorded (a FaRL run writes its ``data.mean`` /
+    ``data.std``; :attr:`facerep.models.clip.CLIPModel.recorded`), else ``None`` (released FaRL / OpenAI
+    files record none)."""
+    if "mean" not in recorded or "std" not in recorded:
         return None
-    with safe_open(str(file), framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    if metadata.get("format") != CLIP_FORMAT or "mean" not in metadata or "std" not in metadata:
-        return None
+    mean, std = recorded["mean"], recorded["std"]
     try:
-        mean, std = json.loads(metadata["mean"]), json.loads(metadata["std"])
         values = [float(v) for v in mean], [float(v) for v in std]
     except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: unreadable mean/std metadata ({one_line(err)})") from err
+        raise CheckpointError(f"{source}: unreadable mean/std metadata ({one_line(err)})") from err
     if len(values[0]) != 3 or len(values[1]) != 3:
-        raise CheckpointError(f"{path}: mean/std metadata need 3 values each, got {mean} and {std}")
+        raise CheckpointError(f"{source}: mean/std metadata need 3 values each, got {mean} and {std}")
     return values

@@ -46,6 +46,7 @@ __all__ = ["CLIP_FILE", "CLIPModel", "clip_file", "clip_state_dict", "load_clip"
 
 CLIP_FILE = "clip.safetensors"  # what image-text runs (FaRL) write beside backbone.safetensors
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
+_RESERVED = ("format", "vision", "text", "embed_dim")  # save_clip's own metadata; the rest is ``extra``
 LOGIT_SCALE_MAX = 100.0  # CLIP clamps the temperature's inverse to at most 100
 
 
@@ -63,6 +64,8 @@ class CLIPModel(nn.Module):
         self.text = TextTransformer(text_arch)
         self.logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT))
         self.tokenizer = Tokenizer(text_arch.context_length)
+        # what the file recorded beside the weights (save_clip's ``extra``: a FaRL run's mean/std)
+        self.recorded: dict[str, Any] = {}
 
     @property
     def text_arch(self) -> TextArch:
@@ -125,7 +128,7 @@ def save_clip(model: CLIPModel, path: str | Path, extra: dict[str, Any] | None =
         "text": json.dumps(asdict(model.text_arch)),
         "embed_dim": str(model.embed_dim),
     }
-    clash = sorted(set(extra or {}) & set(metadata))
+    clash = sorted(set(extra or {}) & set(_RESERVED))
     if clash:
         raise ValueError(f"save_clip: extra may not override reserved keys {clash}")
     metadata |= {str(k): json.dumps(v) for k, v in (extra or {}).items()}
@@ -145,8 +148,17 @@ def clip_file(path: str | Path) -> Path:
     return path / CLIP_FILE if path.is_dir() and (path / CLIP_FILE).is_file() else path
 
 
+def _recorded(metadata: Mapping[str, str], source: str) -> dict[str, Any]:
+    """The ``extra`` entries :func:`save_clip` stored (JSON-decoded)."""
+    try:
+        return {k: json.loads(v) for k, v in metadata.items() if k not in _RESERVED}
+    except ValueError as err:
+        raise CheckpointError(f"{source}: unreadable {CLIP_FORMAT} metadata: {err}") from err
+
+
 def load_clip(path: str | Path, *, img_size: int | None = None) -> CLIPModel:
-    """Read a CLIP model (see the module docstring), in eval mode.
+    """Read a CLIP model (see the module docstring), in eval mode; ``model.recorded`` holds what a facerep
+    file recorded beside the weights (``save_clip``'s ``extra``), else ``{}``.
 
     Args:
         path: a facerep ``clip.safetensors`` (or the run directory holding it), a FaRL release
@@ -186,6 +198,8 @@ def load_clip(path: str | Path, *, img_size: int | None = None) -> CLIPModel:
     record = {k: v for k, v in vision.items() if k != "family"}
     visual = FAMILIES.get("vit").from_state(tower, record, source, LoadOptions(img_size=img_size))
     model = CLIPModel(visual, text_arch)
+    if fields is not None:
+        model.recorded = _recorded(metadata, source)
     text = text_state(state)
     load_strict(model.text, text, source, f"the CLIP text tower {text_arch}")
     ignored = _ignored(state, text)
