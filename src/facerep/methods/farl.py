@@ -20,7 +20,7 @@ layout for :func:`facerep.load_clip` and ``facerep zeroshot``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -106,15 +106,7 @@ class FaRL(PretrainMethod):
     @classmethod
     def from_config(cls, cfg: PretrainConfig) -> FaRL:
         encoder: MaskedViT = build_masked_encoder(cfg)
-        t = cfg.text
-        text_arch = TextArch(
-            context_length=t.context_length,
-            width=t.width,
-            layers=t.layers,
-            heads=t.heads,
-            embed_dim=t.embed_dim,
-        )
-        clip = CLIPModel(encoder, text_arch)
+        clip = CLIPModel(encoder, TextArch(**asdict(cfg.text)))  # text.* are TextArch's fields
         with torch.no_grad():
             clip.logit_scale.fill_(math.log(cfg.farl.init_logit_scale))
         head = target = None
