@@ -69,6 +69,7 @@ __all__ = [
     "CheckpointError",
     "Format",
     "PackagedWeights",
+    "UnsafePickleError",
     "clip_state",
     "detect_format",
     "export_backbone",
@@ -76,6 +77,7 @@ __all__ = [
     "read_backbone_state",
     "read_checkpoint_file",
     "resolve_weights",
+    "unwrap_state",
 ]
 
 BACKBONE_FORMAT = "facerep-backbone"
@@ -110,6 +112,10 @@ class Format:
 
 
 FORMATS: Registry[Format] = Registry("checkpoint format")
+
+
+class UnsafePickleError(CheckpointError):
+    """A ``torch.save`` file that only ``torch.load(weights_only=False)`` reads (it may run code), refused."""
 
 
 @dataclass(frozen=True)
@@ -235,10 +241,15 @@ def _hf_extract(layout: HFLayout, obj: Mapping[str, Any], metadata: Any, path: P
     return hf_to_timm(_inner_state(obj), layout, str(path)), hf_record(layout, path, str(path))
 
 
+def unwrap_state(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The state dict in ``obj``, bare or in ``{"state_dict"|"model": sd}``, without a DDP ``module.``
+    prefix."""
+    return _strip_module(_inner_state(obj))
+
+
 def clip_state(obj: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The OpenAI-layout CLIP state dict in ``obj`` (bare or wrapped, DDP ``module.`` prefix removed, as
-    every layout here), or ``None`` when ``obj`` holds none."""
-    state = _strip_module(_inner_state(obj))
+    """The OpenAI-layout CLIP state dict in ``obj`` (:func:`unwrap_state`), or ``None`` when it holds none."""
+    state = unwrap_state(obj)
     return state if CLIP_MARKER in state else None
 
 
@@ -371,7 +382,7 @@ def _load_file(path: Path, source: str) -> tuple[Any, dict[str, str] | None]:
         return torch.load(path, map_location="cpu", weights_only=True), None
     except Exception as err:
         if "weights only load failed" in str(err).lower():
-            raise CheckpointError(
+            raise UnsafePickleError(
                 f"{source}: this checkpoint can only be read with torch.load(weights_only=False), "
                 "which facerep refuses (it can run arbitrary code); re-save its state dict with plain tensors"
             ) from err

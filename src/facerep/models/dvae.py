@@ -18,13 +18,12 @@ import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from facerep.backbones.io import UnsafePickleError, read_checkpoint_file, unwrap_state
 from facerep.runtime.checkpoint import CheckpointError
 from facerep.runtime.errors import one_line
 
@@ -128,36 +127,23 @@ class DVAEEncoder(nn.Module):
         return self(x01).argmax(dim=1).flatten(1)
 
 
-def _read(path: Path) -> Any:
-    if path.suffix == ".safetensors":
-        try:
-            return safetensors.torch.load_file(str(path), device="cpu")
-        except Exception as err:
-            raise CheckpointError(f"{path}: not a readable safetensors file: {one_line(err, 200)}") from err
+def _state_dict(path: Path) -> dict[str, Tensor]:
+    """The plain state dict in the file, read as :func:`facerep.load_backbone` reads files (wrappers and a
+    DDP ``module.`` prefix removed); a pickled module is refused with how to convert it."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        if "weights only load failed" in str(err).lower():
-            raise CheckpointError(
-                f"{path}: a pickled module (like OpenAI's encoder.pkl) needs torch.load(weights_only=False), "
-                f"which facerep refuses (it can run arbitrary code); convert it once where dall_e is "
-                f"installed: {CONVERT_PICKLE}"
-            ) from err
-        raise CheckpointError(f"{path}: not a readable torch checkpoint: {one_line(err, 200)}") from err
-
-
-def _state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
-    """The plain state dict in ``obj`` (unwrapping ``{"state_dict": ...}`` and a DDP ``module.`` prefix)."""
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()
+        obj, _ = read_checkpoint_file(path)
+    except UnsafePickleError as err:
+        raise CheckpointError(
+            f"{path}: a pickled module (like OpenAI's encoder.pkl) needs torch.load(weights_only=False), "
+            f"which facerep refuses (it can run arbitrary code); convert it once where dall_e is "
+            f"installed: {CONVERT_PICKLE}"
+        ) from err
+    sd = unwrap_state(obj) if isinstance(obj, Mapping) else obj
+    if not isinstance(sd, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in sd.items()
     ):
         raise CheckpointError(f"{path}: not a state dict of tensors (got {type(obj).__name__})")
-    sd = dict(obj)
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = {k.removeprefix("module."): v for k, v in sd.items()}
-    return sd
+    return dict(sd)
 
 
 def _first(keys: list[str], limit: int = 3) -> str:
@@ -172,7 +158,7 @@ def load_dvae(path: str | Path) -> DVAEEncoder:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: dVAE encoder weights file not found")
-    sd = _state_dict(_read(path), path)
+    sd = _state_dict(path)
     n_blk = max((int(m.group(1)) for k in sd if (m := _BLOCK_KEY.match(k))), default=2)
     expected = list(DVAEEncoder(n_hid=4, n_blk_per_group=n_blk, vocab_size=1).state_dict())
     missing = [k for k in expected if k not in sd]
