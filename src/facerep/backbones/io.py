@@ -288,12 +288,12 @@ FORMATS.add("mocov3", Format(
 FORMATS.add("mae", Format(
     "mae", "vit", "MAE pre-training ('model' with the encoder and 'decoder_*')",
     lambda obj, meta: _vit_keys(obj) and _mae_like(obj),
-    lambda obj, meta, path: (_drop(_strip_module(_inner_state(obj)), ("head.", *_MAE_DECODER)), None),
+    lambda obj, meta, path: (_drop(unwrap_state(obj), ("head.", *_MAE_DECODER)), None),
 ))  # fmt: skip
 FORMATS.add("timm", Format(
     "timm", "vit", "a timm ViT state dict",
     lambda obj, meta: _vit_keys(obj),
-    lambda obj, meta, path: (_drop(_strip_module(_inner_state(obj)), ("head.",)), None),
+    lambda obj, meta, path: (_drop(unwrap_state(obj), ("head.",)), None),
 ))  # fmt: skip
 for _layout in HF_LAYOUTS.values():
     FORMATS.add(f"hf-{_layout.name}", Format(
@@ -308,7 +308,7 @@ FORMATS.add("clip", Format(
 FORMATS.add("resnet", Format(
     "resnet", "resnet", "a torchvision or timm ResNet state dict",
     lambda obj, meta: FAMILIES.get("resnet").owns(_plain_keys(obj)),
-    lambda obj, meta, path: (_strip_module(_inner_state(obj)), None),
+    lambda obj, meta, path: (unwrap_state(obj), None),
 ))  # fmt: skip
 
 
