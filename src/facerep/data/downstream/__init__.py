@@ -16,6 +16,7 @@ lapa                   parsing (11)    {split}/images, labels, landmarks        
 celebamask_hq          parsing (19)    CelebA-HQ-img/, CelebAMask-HQ-mask-anno/, lists      train, val, test
 celeba_attr            classif. (40)   img_align_celeba/, list_attr_celeba.txt, partition   train, val, test
 rafdb                  classif. (7)    EmoLabel/list_patition_label.txt, Image/aligned/     train, test
+affectnet              classif. (7/8)  Manually_Annotated_file_lists/, ..._Images/          train, test
 generic                any             images + one CSV / JSON                              any
 synthetic_alignment    alignment (68)  none (rendered)                                      train, val, test
 synthetic_parsing      parsing (11)    none (rendered)                                      train, val, test
@@ -30,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from facerep.data.downstream.affectnet import AFFECTNET_CLASSES, AffectNet
 from facerep.data.downstream.alignment import AFLW19, IBUG300W, WFLW, WFLW_ATTRIBUTES
 from facerep.data.downstream.base import FaceDataset
 from facerep.data.downstream.classification import RAFDB, RAFDB_CLASSES, CelebAAttributes
@@ -47,6 +49,7 @@ from facerep.data.sources import DataError
 from facerep.runtime.registry import Registry
 
 __all__ = [
+    "AFFECTNET_CLASSES",
     "AFLW19",
     "CELEBAMASK_CLASSES",
     "CELEBAMASK_PARTS",
@@ -58,6 +61,7 @@ __all__ = [
     "RAFDB_CLASSES",
     "WFLW",
     "WFLW_ATTRIBUTES",
+    "AffectNet",
     "CelebAAttributes",
     "CelebAMaskHQ",
     "FaceDataset",
@@ -70,7 +74,7 @@ __all__ = [
 ]
 
 DATASETS: Registry[Callable[..., FaceDataset]] = Registry("downstream dataset", DataError)
-for _cls in (AFLW19, WFLW, IBUG300W, LaPa, CelebAMaskHQ, CelebAAttributes, RAFDB, GenericDataset,
+for _cls in (AFLW19, WFLW, IBUG300W, LaPa, CelebAMaskHQ, CelebAAttributes, RAFDB, AffectNet, GenericDataset,
              SyntheticAlignment, SyntheticParsing, SyntheticAttributes):  # fmt: skip
     DATASETS.add(_cls.dataset_name, _cls)
 

@@ -9,6 +9,11 @@ RAF-DB basic (``rafdb``)
     ``EmoLabel/list_patition_label.txt`` (sic): ``train_00001.jpg 5`` / ``test_0001.jpg 1`` with labels
     1..7 = Surprise, Fear, Disgust, Happiness, Sadness, Anger, Neutral (-> 0..6); images
     ``Image/aligned/{stem}_aligned.jpg``; the split is the file-name prefix (train / test).
+
+Every classification set here is a :class:`ClassificationDataset`: its labels are parsed when it is built,
+so :meth:`~ClassificationDataset.labels` gives them all without decoding an image (the class-balanced
+fine-tuning sampler weighs samples by them). Single-label sets (RAF-DB, AffectNet in
+:mod:`facerep.data.downstream.affectnet`) share :class:`SingleLabelDataset`.
 """
 
 from __future__ import annotations
@@ -29,16 +34,41 @@ from facerep.data.downstream.base import (
 )
 from facerep.data.sources import DataError
 
+
+class ClassificationDataset(FaceDataset):
+    """A classification split whose labels are read with its annotations (``self._labels``)."""
+
+    task = "classification"
+
+    def labels(self) -> np.ndarray:
+        """Every sample's label, without decoding images: single-label int64 ``[N]`` (indices into
+        ``class_names``), multi-label uint8 ``[N, A]`` (0/1 in the order of ``attribute_names``)."""
+        if self.multi_label:
+            return np.asarray(self._labels, dtype=np.uint8).reshape(len(self), -1).copy()
+        return np.asarray(self._labels, dtype=np.int64).reshape(len(self)).copy()
+
+
+class SingleLabelDataset(ClassificationDataset):
+    """One class per image: ``self._names`` (paths relative to the root) and ``self._labels`` (indices into
+    ``class_names``); :meth:`_image` reads the image (a subclass may crop it)."""
+
+    def _image(self, index: int) -> np.ndarray:
+        name = self._names[index]
+        return load_image(self.dataset_name, self.root / name, name)
+
+    def _load(self, index: int) -> dict[str, Any]:
+        return {"image": self._image(index), "label": int(self._labels[index])}
+
+
 # ---------------------------------------------------------------------------------------------- CelebA
 
 CELEBA_NUM_ATTRIBUTES = 40
 
 
-class CelebAAttributes(FaceDataset):
+class CelebAAttributes(ClassificationDataset):
     """CelebA 40-attribute multi-label classification on the aligned 178 x 218 images."""
 
     dataset_name = "celeba_attr"
-    task = "classification"
     splits = ("train", "val", "test")
 
     def __init__(self, root: str | Path | None, split: str = "train") -> None:
@@ -109,11 +139,10 @@ class CelebAAttributes(FaceDataset):
 RAFDB_CLASSES: tuple[str, ...] = ("Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral")
 
 
-class RAFDB(FaceDataset):
+class RAFDB(SingleLabelDataset):
     """RAF-DB basic emotion (7 classes) on the aligned 100 x 100 images."""
 
     dataset_name = "rafdb"
-    task = "classification"
     class_names = RAFDB_CLASSES
     splits = ("train", "test")
 
@@ -141,10 +170,3 @@ class RAFDB(FaceDataset):
             labels.append(int(fields[1]) - 1)
         self._names = names
         self._labels = labels
-
-    def _load(self, index: int) -> dict[str, Any]:
-        name = self._names[index]
-        return {
-            "image": load_image(self.dataset_name, self.root / name, name),
-            "label": int(self._labels[index]),
-        }
