@@ -1,5 +1,5 @@
-"""``facerep`` command line: ``pretrain``, ``finetune``, ``evaluate``, ``probe``, ``zeroshot``, ``demo`` and
-``bench``.
+"""``facerep`` command line: ``pretrain``, ``finetune``, ``evaluate``, ``probe``, ``zeroshot``, ``heatmaps``,
+``demo`` and ``bench``.
 
 Each takes ``[-c CONFIG.yaml] [KEY=VALUE ...]`` (``evaluate``, ``probe``, ``demo`` and ``bench data`` only the
 overrides). facerep's own errors (:class:`~facerep.runtime.errors.FacerepError`: bad config, data,
@@ -16,6 +16,7 @@ from typing import Any
 
 from facerep.commands import bench
 from facerep.commands.demo import DemoConfig, run_demo
+from facerep.commands.heatmaps import HeatmapsConfig, run_heatmaps
 from facerep.commands.probe import ProbeConfig, run_probe
 from facerep.commands.zeroshot import ZeroShotConfig, run_zeroshot
 from facerep.config import ConfigError, EvaluateConfig, FinetuneConfig, PretrainConfig, load_config, to_yaml
@@ -50,6 +51,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _probe(args: argparse.Namespace) -> int:
     run_probe(load_config(ProbeConfig, None, args.overrides))
+    return 0
+
+
+def _heatmaps(args: argparse.Namespace) -> int:
+    run_heatmaps(load_config(HeatmapsConfig, None, args.overrides))
     return 0
 
 
@@ -97,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="facerep", description="Facial representation learning.")
     sub = parser.add_subparsers(dest="command", required=True)
     _command(
-        sub, "pretrain", _pretrain, "pre-train a face backbone (MCF, MAE, FaRL)",
+        sub, "pretrain", _pretrain, "pre-train a face backbone (MCF, MAE, FaRL, FRA, BYOL)",
         "Pre-train a backbone. Defaults: MCF, tiny ViT, synthetic faces, CPU-sized. "
         "Rerun with the same output_dir to resume.", config=True,
     )  # fmt: skip
@@ -127,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
         "and ROC-AUC for attributes) beside the trivial baseline of the split, or recall@1/5/10 beside "
         "chance (a hit = identical caption text); writes zeroshot.json to output_dir "
         "(default runs/zeroshot/<dataset>).", config=True,
+    )  # fmt: skip
+    _command(
+        sub, "heatmaps", _heatmaps, "where an FRA run's region queries look: overlays and IoU vs parsing",
+        "facerep heatmaps run=RUN_DIR [images=8 eval_images=200 output_dir=DIR]: the learned region heatmaps "
+        "of a method=fra run on held-out synthetic faces as PNG overlays, and each query's best-matching "
+        "parsing class with its IoU, beside the random-init method and a fixed grid.", config=False,
     )  # fmt: skip
     _command(
         sub, "demo", _demo, "embedded representation benchmark on synthetic faces (MAE vs MCF vs random)",

@@ -131,3 +131,47 @@ def build_pretrain_transform(cfg: DataConfig) -> Callable[[Image.Image], Tensor]
     -> ``Normalize(cfg.mean, cfg.std)``. Non-RGB inputs are converted with :func:`to_rgb` first.
     """
     return PretrainTransform(cfg.image_size, cfg.hflip, list(cfg.mean), list(cfg.std))
+
+
+class BYOLAugment:
+    """One view of BYOL's augmentation (Grill et al., 2020; FRA's ``get_vggface_tranforms``), picklable.
+
+    RGB PIL image -> ``[3, S, S]`` float32: random resized crop (``crop_scale`` of the area, aspect
+    3/4-4/3) -> horizontal flip (``hflip``) -> colour jitter (brightness 0.4, contrast 0.4, saturation
+    0.2, hue 0.1) with probability 0.8 -> grayscale with probability 0.2 -> Gaussian blur (sigma uniform
+    in ``blur_sigma`` pixels, kernel about a tenth of the image) with probability ``blur``
+    -> solarize (threshold 128) with probability ``solarize`` -> [0, 1] -> ``Normalize(mean, std)``.
+    BYOL's two views differ only in ``blur`` (1.0 / 0.1) and ``solarize`` (0.0 / 0.2).
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        mean: list[float],
+        std: list[float],
+        *,
+        crop_scale: tuple[float, float] = (0.2, 1.0),
+        hflip: float = 0.5,
+        blur: float = 1.0,
+        blur_sigma: tuple[float, float] = (0.1, 2.0),
+        solarize: float = 0.0,
+    ) -> None:
+        if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
+            raise FacerepError(f"crop scale must satisfy 0 < low <= high <= 1, got {list(crop_scale)}")
+        kernel = max(3, int(0.1 * image_size) // 2 * 2 + 1)
+        self.pipeline = v2.Compose(
+            [
+                v2.PILToTensor(),
+                v2.RandomResizedCrop(int(image_size), scale=tuple(crop_scale), antialias=True),
+                v2.RandomHorizontalFlip(p=float(hflip)),
+                v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+                v2.RandomGrayscale(p=0.2),
+                v2.RandomApply([v2.GaussianBlur(kernel, sigma=tuple(blur_sigma))], p=float(blur)),
+                v2.RandomSolarize(threshold=128, p=float(solarize)),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(mean=[float(m) for m in mean], std=[float(s) for s in std]),
+            ]
+        )
+
+    def __call__(self, img: Image.Image) -> Tensor:
+        return self.pipeline(to_rgb(img)).as_subclass(Tensor)

@@ -2,7 +2,8 @@
 
 What it guarantees:
 
-* AdamW (no weight decay on norms, biases, tokens), ``lr = blr * effective batch / 256``,
+* AdamW or LARS (``train.optimizer``; no weight decay on norms, biases, tokens),
+  ``lr = blr * effective batch / 256``,
   per-iteration linear warm-up then cosine, gradient accumulation, bf16 autocast on GPU (the shared
   :class:`~facerep.engine.step.StepLoop`);
 * batches carry what the method declared (views, masks), drawn by the data pipeline;
@@ -35,6 +36,7 @@ from facerep.engine.step import NonFiniteLossError, StepLoop, move_to
 from facerep.methods import METHODS, PretrainMethod, build_method
 from facerep.runtime.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from facerep.runtime.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, is_distributed
+from facerep.runtime.optim import build_optimizer
 from facerep.runtime.run_log import MetricsLog, Progress, start_run
 from facerep.runtime.schedules import cosine_schedule
 
@@ -83,10 +85,12 @@ class Trainer:
         torch.manual_seed(cfg.seed + dist_info.rank)
         random.seed(cfg.seed + dist_info.rank)
 
-        optimizer = torch.optim.AdamW(
+        optimizer = build_optimizer(
+            train.optimizer,
             self.method.param_groups(train.weight_decay),
-            lr=self.base_lr,
-            betas=tuple(train.betas),
+            self.base_lr,
+            betas=train.betas,
+            momentum=train.momentum,
             fused=self.device.type == "cuda",
         )
         self.loop = StepLoop(

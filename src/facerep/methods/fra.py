@@ -1,0 +1,130 @@
+"""FRA, Facial Region Awareness (Gao & Patras, CVPR 2024, arXiv 2403.02138; zaczgao/Facial_Region_Awareness).
+
+BYOL (:mod:`facerep.methods.byol`) on a CNN plus consistency of *facial regions*: a region neck
+(:class:`facerep.models.regions.RegionNeck`) turns the last feature map into ``Q`` (8) heatmaps and
+heatmap-pooled region embeddings, on the online and the momentum network alike. Per optimizer step,
+with views 1 and 2 (every term in the reference code's ``FRAB.forward``):
+
+* **global**: BYOL between the views' pooled embeddings, ``L_g = byol(1->2) + byol(2->1)``;
+* **regions**: for each direction, each region's online prediction (an MLP per region) against the same
+  query's momentum embedding of the other view, plus ``decorrelation_weight`` (0.02) times the squared
+  cosine to the *other* queries (:func:`facerep.losses.byol.region_consistency_loss`); ``L_r`` sums the
+  two directions;
+* **cluster**: the deep-clustering term that learns the mask embeddings: every pixel's online scores
+  over the ``Q`` embeddings predict the momentum network's Sinkhorn-balanced, sharpened scores of the
+  SAME view (temperatures 0.1 / 0.04, 3 iterations), plus a mean-entropy term
+  (:func:`facerep.losses.clustering.cluster_assignment_loss`); ``L_c`` averages the two views.
+
+``loss = global_weight * L_g + (1 - global_weight) * L_r + cluster_weight * L_c`` with
+``global_weight = 0.5`` and ``cluster_weight = 0.1`` (the paper's command line).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from facerep.backbones.resnet import ResNet
+from facerep.config import ConfigError, PretrainConfig, check_range
+from facerep.losses.byol import region_consistency_loss
+from facerep.losses.clustering import cluster_assignment_loss
+from facerep.methods.base import build_encoder, register_method
+from facerep.methods.byol import BYOL, BYOLConfig, Embeddings
+from facerep.models.heads import mlp_head
+from facerep.models.regions import RegionNeck, pointwise
+
+
+@dataclass
+class FRAConfig:
+    """``fra.*``: the region branch (FRA's code defaults; its paper command sets ``num_regions=8``,
+    ``teacher_temp=0.04``, ``cluster_weight=0.1``, ``global_weight=0.5``)."""
+
+    num_regions: int = 8  # learned mask queries (heatmaps)
+    global_weight: float = 0.5  # global BYOL term; the region term gets 1 - global_weight
+    decorrelation_weight: float = 0.02
+    cluster_weight: float = 0.1
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04
+    sinkhorn_iterations: int = 3
+    mean_entropy_weight: float = 1.0
+    decoder_layers: int = 2
+    decoder_heads: int = 8
+    decoder_dropout: float = 0.1
+    proto_momentum: float = 0.9  # EMA of the batch mask embeddings, used at inference
+    heatmap_scale: float = 1.0  # softmax temperature of the heatmaps
+
+    def __post_init__(self) -> None:
+        if self.num_regions < 2:
+            raise ConfigError(f"fra.num_regions must be >= 2, got {self.num_regions}")
+        check_range("fra.global_weight", self.global_weight, 0.0, 1.0)
+        check_range("fra.proto_momentum", self.proto_momentum, 0.0, 1.0)
+        if min(self.student_temp, self.teacher_temp, self.heatmap_scale) <= 0:
+            raise ConfigError("fra.student_temp, fra.teacher_temp and fra.heatmap_scale must be > 0")
+
+
+def _pixels(dots: Tensor) -> Tensor:
+    """``[B, Q, h, w]`` scores -> ``[B * h * w, Q]`` rows, one per pixel."""
+    return dots.permute(0, 2, 3, 1).flatten(0, 2)
+
+
+@register_method("fra", sections={"byol": BYOLConfig, "fra": FRAConfig})
+class FRA(BYOL):
+    """BYOL whose head is a :class:`RegionNeck`; adds the region predictor and terms (module docstring)."""
+
+    def __init__(self, encoder: nn.Module, cfg: BYOLConfig, fra: FRAConfig) -> None:
+        neck = RegionNeck(
+            encoder.feature_dim, cfg.hidden_dim, cfg.proj_dim, fra.num_regions,
+            decoder_layers=fra.decoder_layers, decoder_heads=fra.decoder_heads,
+            decoder_dropout=fra.decoder_dropout, proto_momentum=fra.proto_momentum, scale=fra.heatmap_scale,
+        )  # fmt: skip
+        super().__init__(encoder, neck, cfg)
+        self.fra = fra
+        self.region_predictor = mlp_head(cfg.proj_dim, cfg.hidden_dim, cfg.proj_dim, last_bn=False)
+
+    @classmethod
+    def from_config(cls, cfg: PretrainConfig) -> FRA:
+        encoder = build_encoder(cfg)
+        if not isinstance(encoder, ResNet):
+            raise ConfigError(
+                f"method=fra pools regions from a CNN feature map and needs a ResNet backbone "
+                f"(model.arch=resnet*), got {type(encoder).__name__} ({cfg.model.init or cfg.model.arch})"
+            )
+        return cls(encoder, cfg.byol, cfg.fra)
+
+    def represent(self, encoder: nn.Module, head: nn.Module, images: Tensor) -> Embeddings:
+        """``images`` -> global ``[B, D]``, regions ``[B, Q, D]``, dots and heatmaps ``[B, Q, h, w]``."""
+        return head(encoder.forward_features(images))
+
+    @torch.no_grad()
+    def heatmaps(self, images: Tensor) -> Tensor:
+        """The online network's heatmaps ``[B, Q, h, w]`` (softmax over ``Q``), scored against the EMA
+        mask embeddings as at inference; call in eval mode."""
+        return self.head(self.encoder.forward_features(images), use_batch=False)["heatmaps"]
+
+    def loss(self, online: list[Embeddings], target: list[Embeddings]) -> tuple[Tensor, dict[str, Tensor]]:
+        f = self.fra
+        global_term = self.global_loss(online, target)
+        region_term = decorrelation = 0
+        for o, t in zip(online, reversed(target), strict=True):
+            predicted = pointwise(self.region_predictor, o["regions"].transpose(1, 2)).transpose(1, 2)
+            total, _, decor = region_consistency_loss(predicted, t["regions"], f.decorrelation_weight)
+            region_term, decorrelation = region_term + total, decorrelation + decor
+        cluster = sum(
+            cluster_assignment_loss(
+                _pixels(o["dots"]), _pixels(t["dots"]), f.student_temp, f.teacher_temp,
+                f.sinkhorn_iterations, f.mean_entropy_weight,
+            )[0]
+            for o, t in zip(online, target, strict=True)
+        ) / len(online)  # fmt: skip
+        weighted_global = f.global_weight * global_term
+        weighted_region = (1 - f.global_weight) * region_term
+        loss = weighted_global + weighted_region + f.cluster_weight * cluster
+        terms = {
+            "global": weighted_global.detach(),
+            "region": weighted_region.detach(),
+            "decorrelation": decorrelation.detach(),
+            "cluster": cluster.detach(),
+        }
+        return loss, terms
