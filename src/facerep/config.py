@@ -200,6 +200,7 @@ def to_dict(cfg: Any) -> dict:
 
 FINETUNE_SCHEDULES = ("step", "cosine")
 SYNC_BN_MODES = ("auto", "true", "false")
+FINETUNE_SAMPLERS = ("uniform", "balanced")
 
 
 @dataclass
@@ -215,10 +216,14 @@ class FinetuneDataConfig:
     options: dict[str, Any] = field(default_factory=dict)  # dataset-specific kwargs (e.g. size)
     train_options: dict[str, Any] = field(default_factory=dict)  # ... for the train split only (e.g. length)
     test_options: dict[str, Any] = field(default_factory=dict)  # ... for the test split only
+    # training order: uniform (a shuffle of the train split each epoch) | balanced (single-label
+    # classification: len(train) draws with replacement, each sample with probability ~ 1 / its class count)
+    sampler: str = "uniform"
 
     def __post_init__(self) -> None:
         if self.image_size < 1 or (self.backbone_size is not None and self.backbone_size < 1):
             raise ConfigError("data.image_size and data.backbone_size must be >= 1")
+        check_choice("data.sampler", self.sampler, FINETUNE_SAMPLERS)
 
     @property
     def backbone_input(self) -> int:
@@ -295,6 +300,11 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if self.task == "classification" and self.data.backbone_input != self.data.image_size:
             raise ConfigError("data.backbone_size is for the dense tasks (alignment, parsing)")
+        if self.data.sampler == "balanced" and self.task != "classification":
+            raise ConfigError(
+                f"data.sampler=balanced needs one class label per training sample; task={self.task} has none "
+                "(it is for single-label classification)"
+            )
 
 
 @dataclass

@@ -30,15 +30,16 @@ import hashlib
 import math
 import random
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
-from facerep.config import DataConfig
+from facerep.config import ConfigError, DataConfig
 from facerep.data.sources import (
     NO_CAPTION,
     DataError,
@@ -103,6 +104,75 @@ class InfiniteShuffleSampler(Sampler[int]):
             for j in range(pos, self.per_rank):
                 yield base + order[(self.rank + j * self.world_size) % self.n]
             epoch, pos = epoch + 1, 0
+
+
+class BalancedSampler(Sampler[int]):
+    """Class-balanced fine-tuning order for one rank (the ``ImbalancedDatasetSampler`` of FRA's and DAN's
+    reference code, made deterministic and DDP-aware).
+
+    Each epoch draws ``num_samples`` (default ``len(labels)``) indices with replacement, index ``i`` with
+    probability proportional to ``1 / count(labels[i])``: every class present is drawn equally often in
+    expectation, and the samples of a class uniformly. The draw of epoch ``e`` is the same on every rank
+    (a generator seeded with ``mix_seed(seed, e)``), padded by wrapping to ``ceil(n / W) * W`` positions;
+    rank ``r`` of ``W`` takes positions ``r, r + W, ...``, so the ranks' shares are disjoint and together
+    cover the draw, and a run resumed at epoch ``e`` draws exactly what it would have. Call
+    :meth:`set_epoch` before iterating (as for ``DistributedSampler``).
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[int] | np.ndarray,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        num_samples: int | None = None,
+    ) -> None:
+        labels = np.asarray(labels)
+        if labels.ndim != 1 or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"BalancedSampler needs a non-empty 1-D array of class ids, got {labels.shape}")
+        if labels.min() < 0:
+            raise ValueError(f"BalancedSampler: class ids must be >= 0, got {labels.min()}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"BalancedSampler: rank {rank} is not in [0, {world_size})")
+        self.class_counts = np.bincount(labels)
+        self.weights = torch.from_numpy(1.0 / self.class_counts[labels])  # float64 [N]
+        self.num_samples = len(labels) if num_samples is None else int(num_samples)
+        self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
+        self.per_rank = math.ceil(self.num_samples / world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def epoch_draw(self, epoch: int) -> Tensor:
+        """The ``num_samples`` indices (int64) all ranks share in ``epoch``."""
+        gen = torch.Generator().manual_seed(mix_seed(self.seed, epoch))
+        return torch.multinomial(self.weights, self.num_samples, replacement=True, generator=gen)
+
+    def __iter__(self) -> Iterator[int]:
+        draw = self.epoch_draw(self.epoch)
+        positions = torch.arange(self.rank, self.per_rank * self.world_size, self.world_size)
+        return iter(draw[positions % self.num_samples].tolist())
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+
+def class_labels(dataset: Any, name: str) -> np.ndarray:
+    """One class id per sample of a downstream ``dataset`` (its ``labels()``, read without decoding images)
+    for :class:`BalancedSampler`; a one-line :class:`~facerep.config.ConfigError` when it has none."""
+    why = None
+    if getattr(dataset, "task", None) != "classification":
+        why = f"it is a {getattr(dataset, 'task', '?')} dataset"
+    elif getattr(dataset, "multi_label", False):
+        why = f"it is multi-label ({len(dataset.attribute_names)} attributes)"
+    elif not callable(getattr(dataset, "labels", None)):
+        why = "it does not list its labels (labels())"
+    if why is not None:
+        raise ConfigError(
+            f"data.sampler=balanced needs one class label per training sample; dataset={name}: {why}"
+        )
+    return np.asarray(dataset.labels(), dtype=np.int64).reshape(len(dataset))
 
 
 def _tokens(spec: BatchSpec, caption: str | None) -> Tensor | None:

@@ -7,7 +7,9 @@ multi-GPU DDP (FaRL's ``SyncBN``: statistics over 8 x 5 = 40 images); an EMA cop
 for evaluation, evaluation of every subset of the test split after each epoch, and ``results.json``
 reporting both the best and the last epoch (FaRL reports the best on the test set; we say which is
 which). Checkpoints are written atomically after every epoch; rerunning with the same ``output_dir``
-resumes at the next epoch (the schedule is a function of the step, so it resumes exactly). The
+resumes at the next epoch (the schedule is a function of the step, so it resumes exactly).
+``data.sampler=balanced`` (single-label classification) draws every class equally often, with replacement
+(:class:`~facerep.data.loader.BalancedSampler`, seeded per epoch, split across DDP ranks). The
 optimizer step is the shared :class:`~facerep.engine.step.StepLoop` (so fp16 gets a loss scaler here too).
 """
 
@@ -28,6 +30,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from facerep.backbones import arch_record, build_backbone, load_backbone
 from facerep.config import ConfigError, FinetuneConfig, to_dict, to_yaml
 from facerep.data.downstream import build_dataset
+from facerep.data.loader import BalancedSampler, class_labels
 from facerep.engine.evaluate import format_results
 from facerep.engine.step import NonFiniteLossError, StepLoop, move_to
 from facerep.models.ema import ema_update_
@@ -156,6 +159,19 @@ class Finetuner:
 
         train_data: torch.utils.data.Dataset = TaskDataset(self.train_set, self.task, train=True)
         test_data: torch.utils.data.Dataset = TaskDataset(self.test_set, self.task, train=False)
+        self.sampler: BalancedSampler | DistributedSampler | None = None
+        if cfg.data.sampler == "balanced":  # (also the order of cached probe features)
+            self.sampler = BalancedSampler(class_labels(self.train_set, cfg.dataset), seed=cfg.seed,
+                                           rank=dist_info.rank, world_size=dist_info.world_size)  # fmt: skip
+            if dist_info.is_main:
+                names = self.train_set.class_names or ()
+                counts = ", ".join(f"{c} {n}" for c, n in zip(names, self.sampler.class_counts, strict=False))
+                print(f"[facerep] data.sampler=balanced: train classes {counts}; each class drawn equally "
+                      "often (with replacement)", flush=True)  # fmt: skip
+        elif dist_info.world_size > 1:
+            self.sampler = DistributedSampler(
+                train_data, dist_info.world_size, dist_info.rank, shuffle=True, seed=cfg.seed
+            )
         if cfg.train.probe:  # linear probe: features of the frozen backbone computed once
             if cfg.task != "classification":
                 raise ConfigError("train.probe=true is for task=classification")
@@ -163,11 +179,6 @@ class Finetuner:
                 self.model, TaskDataset(self.train_set, self.task, train=False), cfg, self.device
             )
             test_data = cached_features(self.model, test_data, cfg, self.device)
-        self.sampler = (
-            DistributedSampler(train_data, dist_info.world_size, dist_info.rank, shuffle=True, seed=cfg.seed)
-            if dist_info.world_size > 1
-            else None
-        )
         self.train_data = train_data
         self.test_loader = DataLoader(
             test_data,
