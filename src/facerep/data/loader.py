@@ -22,6 +22,9 @@ without decoding them; it is exact when ``num_workers`` and ``batch_size`` are u
 ``start_sample`` is a multiple of ``batch_size`` (always true for a trainer consuming whole batches),
 except that each image in the skipped prefix that only fails at decode time (e.g. truncated) shifts
 the resumed stream by one sample.
+
+Fine-tuning's class-balanced order (``data.sampler=balanced``) is :class:`BalancedSampler` here too, fed by
+:func:`class_labels` (a downstream dataset's ``labels()``, read without decoding images).
 """
 
 from __future__ import annotations
