@@ -20,9 +20,10 @@ state dicts and loads them; :data:`FAMILIES` holds one instance per family.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+import torch
 from torch import Tensor, nn
 
 from facerep.config import ConfigError
@@ -101,6 +102,16 @@ class BackboneFamily:
         """Model names other libraries build this architecture under (``timm_model``, ...)."""
         raise NotImplementedError
 
+    def named_arch(self, arch: str) -> Any:
+        """The arch dataclass the name ``arch`` stands for (built on the meta device: no weights)."""
+        with torch.device("meta"):
+            return self.build(arch).arch
+
+    def describe(self, arch: Any) -> str:
+        """An architecture as messages name it: the family and its :func:`shape_fields`."""
+        shape = ", ".join(f"{name} {value}" for name, value in shape_fields(arch).items())
+        return f"a {self.name} ({shape})"
+
 
 FAMILIES: Registry[BackboneFamily] = Registry("backbone family")
 
@@ -117,6 +128,30 @@ def family_of(arch: str) -> BackboneFamily:
 def build_backbone(arch: str, img_size: int | None = None, **overrides: Any) -> nn.Module:
     """A randomly initialised backbone: ``vit_base_patch16_224``, ``resnet50``, ... (see :data:`FAMILIES`)."""
     return family_of(arch).build(arch, img_size, **overrides)
+
+
+def shape_fields(arch: Any) -> dict[str, Any]:
+    """The fields of an arch dataclass that an arch name fixes: those without a default, except
+    ``img_size`` (ViT: ``embed_dim``, ``depth``, ``num_heads``, ``patch_size``; ResNet: ``layers``,
+    ``bottleneck``). Fields with defaults are variants that a name does not spell (CLIP's pre-norm, layer
+    scale), and the input size does not change the weights (a ViT's position embedding is resampled)."""
+    return {
+        f.name: getattr(arch, f.name)
+        for f in fields(arch)
+        if f.default is MISSING and f.default_factory is MISSING and f.name != "img_size"
+    }
+
+
+def require_arch(model: nn.Module, arch: str, source: str) -> nn.Module:
+    """``model`` (a backbone read from ``source``) if it is the architecture named ``arch``, compared on
+    :func:`shape_fields`; otherwise a one-line :class:`CheckpointError` saying what the file holds
+    (``x.pth: holds resnet18 (layers [2, 2, 2, 2], basic blocks), asked for resnet50``). An unknown
+    name is a :class:`ConfigError`."""
+    asked = family_of(arch)
+    held = FAMILIES.get(model.arch.family)
+    if asked is held and shape_fields(asked.named_arch(arch)) == shape_fields(model.arch):
+        return model
+    raise CheckpointError(f"{source}: holds {held.describe(model.arch)}, asked for {arch}")
 
 
 def backbone_from_record(record: Mapping[str, Any]) -> nn.Module:

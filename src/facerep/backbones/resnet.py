@@ -95,12 +95,17 @@ class ResNet(TimmResNet):
         return set()  # BatchNorm weights and biases are 1-D: excluded from weight decay by shape
 
 
+def resnet_arch(name: str) -> ResNetArch:
+    """The :class:`ResNetArch` of a name in :data:`RESNETS`; a one-line :class:`ConfigError` otherwise."""
+    if name not in RESNETS:
+        raise ConfigError(f"unknown ResNet architecture {name!r}: expected one of {', '.join(RESNETS)}")
+    return ResNetArch(*RESNETS[name])
+
+
 def build_resnet(arch: str | ResNetArch, img_size: int | None = None, drop_path_rate: float = 0.0) -> ResNet:
     """Build a :class:`ResNet` from a name in :data:`RESNETS` or a :class:`ResNetArch`."""
     if isinstance(arch, str):
-        if arch not in RESNETS:
-            raise ConfigError(f"unknown ResNet architecture {arch!r}: expected one of {', '.join(RESNETS)}")
-        arch = ResNetArch(*RESNETS[arch])
+        arch = resnet_arch(arch)
     if img_size is not None:
         arch = replace(arch, img_size=img_size)
     return ResNet(arch, drop_path_rate=drop_path_rate)
@@ -156,6 +161,14 @@ class ResNetFamily(BackboneFamily):
 
     def export_names(self, arch: ResNetArch) -> dict[str, str | None]:
         return {"timm_model": arch.name, "torchvision_model": arch.name}
+
+    def named_arch(self, arch: str) -> ResNetArch:
+        return resnet_arch(arch)
+
+    def describe(self, arch: ResNetArch) -> str:
+        """``resnet18 (layers [2, 2, 2, 2], basic blocks)``; ``a ResNet (...)`` off the standard table."""
+        blocks = "bottleneck" if arch.bottleneck else "basic"
+        return f"{arch.name or 'a ResNet'} (layers {list(arch.layers)}, {blocks} blocks)"
 
 
 FAMILIES.add(ResNetFamily.name, ResNetFamily())
