@@ -288,7 +288,9 @@ class FinetuneConfig:
     task: str = "alignment"  # alignment | parsing | classification
     dataset: str = "synthetic_alignment"
     backbone: str = "random"  # a file for facerep.load_backbone, or random
-    backbone_arch: str = "vit_base_patch16_224"  # for backbone=random: vit_* or resnet{18,34,50,101,152}
+    # vit_* or resnet{18,34,50,101,152}: what backbone=random builds (null: vit_base_patch16_224), or what
+    # a backbone file must hold (null: whatever it holds)
+    backbone_arch: str | None = None
     output_dir: str = "runs/finetune"
     seed: int = 0
     device: str = "auto"

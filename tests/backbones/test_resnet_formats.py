@@ -23,7 +23,10 @@ from torch import Tensor, nn
 
 from facerep.backbones import load_backbone, read_backbone_state
 from facerep.backbones.resnet import ResNet
-from facerep.config import ConfigError
+from facerep.commands.cli import main
+from facerep.config import ConfigError, FinetuneConfig, load_config
+from facerep.engine import finetune as finetune_module
+from facerep.engine.finetune import finetune_backbone
 from facerep.runtime.checkpoint import CheckpointError
 
 State = dict[str, Tensor]
@@ -317,3 +320,30 @@ def test_unknown_layout_and_target_only_files_are_one_line_errors(tmp_path: Path
         load_backbone(moco)
     assert str(info.value).startswith(f"{moco}: a moco checkpoint without its online backbone 'encoder_q.*'")
     assert "'encoder_k.*'" in str(info.value)
+
+
+def test_finetune_checks_backbone_arch_against_the_file(
+    tmp_path: Path,
+    fra_file: tuple[Path, nn.Module],
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = fra_file[0]
+    args = [
+        "task=classification", "dataset=synthetic_attributes", f"backbone={path}", "data.image_size=32",
+        "data.num_workers=0", "data.options.size=32", "data.train_options.length=4",
+        "data.test_options.length=2",
+    ]  # fmt: skip
+    assert main(["finetune", *args, "backbone_arch=resnet50", f"output_dir={tmp_path / 'ft'}"]) == 2
+    assert capsys.readouterr().err == f"facerep: error: {path}: holds {R18}, asked for resnet50\n"
+    for arch in ("backbone_arch=resnet18", "backbone_arch=null"):
+        backbone = finetune_backbone(load_config(FinetuneConfig, None, [*args, arch]))
+        assert isinstance(backbone, ResNet) and backbone.arch.name == "resnet18"
+
+    built: list[str] = []
+    monkeypatch.setattr(
+        finetune_module, "build_backbone", lambda arch, img_size: built.append(arch) or nn.Identity()
+    )
+    for arch, expected in (([], "vit_base_patch16_224"), (["backbone_arch=resnet50"], "resnet50")):
+        finetune_backbone(load_config(FinetuneConfig, None, ["backbone=random", *arch]))
+        assert built.pop() == expected  # backbone=random without backbone_arch: ViT-B/16, as before

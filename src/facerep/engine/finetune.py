@@ -43,17 +43,19 @@ from facerep.runtime.schedules import Schedule
 from facerep.tasks import Task, TaskDataset, build_task, collate_samples
 
 CHECKPOINT_NAME = "finetune.pt"
+RANDOM_ARCH = "vit_base_patch16_224"  # backbone=random without backbone_arch
 
 
 def finetune_backbone(cfg: FinetuneConfig) -> nn.Module:
     """The backbone to fine-tune at its input size (``data.backbone_size``, else ``data.image_size``): a
-    file (a ViT's position embedding resampled) or ``random`` (``backbone_arch``). Every weight is
-    trainable (the sin-cos position embedding too, as in timm)."""
+    file (a ViT's position embedding resampled; with ``backbone_arch`` set, a file holding another
+    architecture is a one-line error) or ``random`` (``backbone_arch``, default :data:`RANDOM_ARCH`).
+    Every weight is trainable (the sin-cos position embedding too, as in timm)."""
     size = cfg.data.backbone_input
     if cfg.backbone == "random":
-        backbone = build_backbone(cfg.backbone_arch, img_size=size)
+        backbone = build_backbone(cfg.backbone_arch or RANDOM_ARCH, img_size=size)
     else:
-        backbone = load_backbone(cfg.backbone, img_size=size)
+        backbone = load_backbone(cfg.backbone, img_size=size, arch=cfg.backbone_arch)
     return backbone.requires_grad_(True).train()
 
 
