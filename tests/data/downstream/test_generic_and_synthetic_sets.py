@@ -26,7 +26,7 @@ def write_image(path: Path, size: tuple[int, int] = (32, 40), seed: int = 0) -> 
 
 def test_registry_and_unknown_name() -> None:
     assert set(DATASETS) == {
-        "aflw19", "wflw", "300w", "lapa", "celebamask_hq", "celeba_attr", "rafdb", "generic",
+        "aflw19", "wflw", "300w", "lapa", "celebamask_hq", "celeba_attr", "rafdb", "affectnet", "generic",
         "synthetic_alignment", "synthetic_parsing", "synthetic_attributes",
     }  # fmt: skip
     with pytest.raises(DataError, match=r"unknown downstream dataset 'nope'; available: aflw19, wflw, 300w"):
