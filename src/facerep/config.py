@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from facerep.runtime.errors import FacerepError, one_line
+from facerep.runtime.optim import OPTIMIZERS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -92,7 +93,9 @@ class TrainConfig:
     min_lr: float = 0.0
     warmup_steps: int = 15  # -1: one epoch (or 5 % of max_steps when epochs are not set)
     weight_decay: float = 0.05
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    optimizer: str = "adamw"  # adamw | lars (BYOL, FRA)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # adamw
+    momentum: float = 0.9  # lars
     clip_grad: float = 0.0  # max grad norm; 0: off
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 | fp32
     compile: bool = False  # torch.compile the model (falls back to eager if compilation fails)
@@ -105,6 +108,7 @@ class TrainConfig:
             raise ConfigError("train.batch_size and train.accum_steps must be >= 1")
         check_choice("train.precision", self.precision, PRECISIONS)
         check_choice("train.progress", self.progress, PROGRESS_MODES)
+        check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
 
 
 @dataclass

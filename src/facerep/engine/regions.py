@@ -26,7 +26,7 @@ from facerep.config import ConfigError, PretrainConfig, load_config
 from facerep.data.downstream.synthetic import SPLIT_SEEDS
 from facerep.data.synthetic import LAPA_CLASSES, SyntheticFace, render_face
 from facerep.data.transforms import build_pretrain_transform
-from facerep.methods import PretrainMethod, build_method
+from facerep.methods import METHODS, PretrainMethod, build_method
 from facerep.runtime.checkpoint import load_checkpoint
 from facerep.viz import palette
 
@@ -38,10 +38,10 @@ def load_run(run_dir: str | Path, trained: bool = True) -> tuple[PretrainMethod,
     if not (run / "config.yaml").is_file() or not (run / "checkpoint.pt").is_file():
         raise ConfigError(f"{run}: not a facerep pretrain run (expected config.yaml and checkpoint.pt)")
     cfg = load_config(PretrainConfig, run / "config.yaml")
+    if not hasattr(METHODS.get(cfg.method), "heatmaps"):
+        raise ConfigError(f"{run}: method={cfg.method} has no region heatmaps (method=fra has)")
     torch.manual_seed(cfg.seed)  # the run's own initial weights
     method = build_method(cfg)
-    if not hasattr(method, "heatmaps"):
-        raise ConfigError(f"{run}: method={cfg.method} has no region heatmaps (method=fra has)")
     if trained:
         method.load_state_dict(load_checkpoint(run / "checkpoint.pt")["model"])
     return method.eval(), cfg

@@ -1,0 +1,185 @@
+"""FRA and BYOL: the declared two-view augmentation, the terms and their weights, gradients and the
+momentum target, the ViT refusal, LARS, and the heatmaps command on a tiny run."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from timm.optim import Lars
+
+from facerep.commands.cli import main
+from facerep.config import ConfigError, PretrainConfig, load_config
+from facerep.data.transforms import BYOLAugment
+from facerep.data.views import draw_sample
+from facerep.engine.trainer import Trainer
+from facerep.losses.byol import byol_loss, region_consistency_loss
+from facerep.losses.clustering import cluster_assignment_loss
+from facerep.methods import build_method
+from facerep.methods.fra import FRA
+from facerep.models.regions import pointwise
+from facerep.runtime.distributed import init_distributed
+
+FRA_TINY = (
+    "model.arch=resnet18", "data.image_size=64", "byol.hidden_dim=32", "byol.proj_dim=16",
+    "fra.num_regions=4", "fra.decoder_heads=2", "train.optimizer=lars", "train.lr=0.2",
+)  # fmt: skip
+
+
+def _cfg(tmp_path, *overrides):
+    return load_config(
+        PretrainConfig, None,
+        ["method=fra", *FRA_TINY, "data.num_workers=0", "data.synthetic_length=64", "train.batch_size=4",
+         "train.max_steps=2", "train.warmup_steps=1", "train.log_every=1", "train.progress=log",
+         f"output_dir={tmp_path / 'run'}", *overrides],
+    )  # fmt: skip
+
+
+def _batch(method, cfg, n=4):
+    face = Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 80, 3), dtype=np.uint8))
+    samples = [draw_sample(method.batch_spec(cfg.data), face, seed) for seed in range(n)]
+    return {"views": [torch.stack([s[0][v] for s in samples]) for v in range(2)]}
+
+
+def test_the_two_views_are_byols_asymmetric_augmentation_and_differ(tmp_path):
+    cfg = _cfg(tmp_path)
+    spec = build_method(cfg).batch_spec(cfg.data)
+    assert len(spec.views) == 2 and spec.masks == 0 and spec.text is None
+    assert all(isinstance(v, BYOLAugment) for v in spec.views)
+    first, second = (list(v.pipeline.transforms) for v in spec.views)
+    assert [t.p for t in first if type(t).__name__ == "RandomApply"] == [0.8, 1.0]  # jitter, blur always
+    assert [t.p for t in second if type(t).__name__ == "RandomApply"] == [0.8, 0.1]
+    assert [t.p for t in first if type(t).__name__ == "RandomSolarize"] == [0.0]
+    assert [t.p for t in second if type(t).__name__ == "RandomSolarize"] == [0.2]
+    face = Image.fromarray(np.random.default_rng(1).integers(0, 255, (80, 80, 3), dtype=np.uint8))
+    views, _ = draw_sample(spec, face, seed=3)
+    assert views[0].shape == views[1].shape == (3, 64, 64) and not torch.allclose(views[0], views[1])
+    again, _ = draw_sample(spec, face, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(views, again, strict=True))  # a pure function of the seed
+
+
+def test_solarize_inverts_bright_pixels_and_bad_crop_scale_is_an_error():
+    white = Image.new("RGB", (32, 32), (250, 250, 250))
+    aug = BYOLAugment(32, [0, 0, 0], [1, 1, 1], crop_scale=(1.0, 1.0), hflip=0, blur=0, solarize=1.0)
+    torch.manual_seed(0)
+    out = aug(white)  # jitter may move it a little (p 0.8); solarized it must be dark
+    assert out.mean() < 0.3
+    with pytest.raises(Exception, match="crop scale"):
+        BYOLAugment(32, [0, 0, 0], [1, 1, 1], crop_scale=(0.5, 0.2))
+
+
+def test_fra_loss_is_the_documented_sum_of_its_terms(tmp_path):
+    cfg = _cfg(tmp_path, "fra.global_weight=0.3", "fra.cluster_weight=0.2")
+    torch.manual_seed(0)
+    method = build_method(cfg)
+    batch = _batch(method, cfg)
+    torch.manual_seed(1)
+    loss, terms = method(batch)
+    assert set(terms) == {"global", "region", "decorrelation", "cluster"}
+    torch.testing.assert_close(loss.detach(), terms["global"] + terms["region"] + 0.2 * terms["cluster"])
+
+    # recompute every term from the same embeddings by hand (same RNG for dropout, same BN batches)
+    torch.manual_seed(0)
+    again = build_method(cfg)
+    torch.manual_seed(1)
+    online = [again.represent(again.encoder, again.head, v) for v in batch["views"]]
+    with torch.no_grad():
+        target = [again.represent(again.target_encoder, again.target_head, v) for v in batch["views"]]
+    g = byol_loss(again.predictor(online[0]["global"]), target[1]["global"]) + byol_loss(
+        again.predictor(online[1]["global"]), target[0]["global"]
+    )
+    r = sum(
+        region_consistency_loss(
+            pointwise(again.region_predictor, o["regions"].transpose(1, 2)).transpose(1, 2),
+            t["regions"],
+            0.02,
+        )[0]
+        for o, t in ((online[0], target[1]), (online[1], target[0]))
+    )
+
+    def pix(d):
+        return d.permute(0, 2, 3, 1).flatten(0, 2)
+
+    c = (
+        sum(
+            cluster_assignment_loss(pix(o["dots"]), pix(t["dots"]))[0]
+            for o, t in zip(online, target, strict=True)
+        )
+        / 2
+    )
+    torch.testing.assert_close(terms["global"], 0.3 * g.detach())
+    torch.testing.assert_close(terms["region"], 0.7 * r.detach())
+    torch.testing.assert_close(terms["cluster"], c.detach())
+
+
+def test_gradients_reach_the_online_side_only_and_the_target_moves_only_at_optimizer_steps(tmp_path):
+    trainer = Trainer(_cfg(tmp_path, "train.accum_steps=2", "byol.momentum=0.9"), init_distributed("cpu"))
+    method = trainer.method
+    assert isinstance(method, FRA) and isinstance(trainer.optimizer, Lars)
+    loss, _ = method(_batch(method, trainer.cfg))
+    loss.backward()
+    assert all(
+        p.grad is None for p in (*method.target_encoder.parameters(), *method.target_head.parameters())
+    )
+    for part in (method.encoder, method.head, method.predictor, method.region_predictor):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
+    assert trainer.optimizer.param_groups[1]["weight_decay"] == 0.0  # norms/biases: no decay, no LARS ratio
+
+    seen = []
+    forward = method.forward
+
+    def spy(batch):
+        seen.append(torch.cat([p.detach().flatten().clone() for p in method.target_head.parameters()]))
+        return forward(batch)
+
+    method.forward = spy
+    trainer.fit()
+    assert len(seen) == 4  # 2 optimizer steps x 2 micro-batches
+    assert (
+        torch.equal(seen[0], seen[1]) and not torch.equal(seen[1], seen[2]) and torch.equal(seen[2], seen[3])
+    )
+
+
+def test_fra_refuses_a_vit_in_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="method=fra .* needs a ResNet backbone"):
+        build_method(_cfg(tmp_path, "model.arch=vit_tiny_patch16_224"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["fra", "byol"])
+def test_loss_falls_on_synthetic_faces(tmp_path, method):
+    out = tmp_path / method
+    args = [
+        "pretrain", f"method={method}", *FRA_TINY, "data.num_workers=0", "train.batch_size=16",
+        "train.max_steps=40", "train.warmup_steps=5", "train.log_every=1", "train.progress=log",
+        "byol.momentum=0.99", f"output_dir={out}",
+    ]  # fmt: skip
+    assert main(args) == 0
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    first, last = np.mean(losses[:8]), np.mean(losses[-8:])
+    assert last < 0.8 * first, (first, last)
+    assert (out / "backbone.json").is_file()
+
+
+@pytest.mark.slow
+def test_heatmaps_command_writes_overlays_and_scores_against_the_parsing_masks(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["pretrain", "method=fra", *FRA_TINY, "data.num_workers=0", "train.batch_size=4",
+                 "train.max_steps=2", "train.progress=log", f"output_dir={run}"]) == 0  # fmt: skip
+    assert main(["heatmaps", f"run={run}", "images=2", "eval_images=6"]) == 0
+    out = Path(run / "heatmaps")
+    assert sorted(p.name for p in out.glob("*.png")) == ["face_000.png", "face_001.png"]
+    with Image.open(out / "face_000.png") as png:
+        assert png.width == (3 + 4) * (64 + 2)  # face, parsing, argmax, 4 queries
+    result = json.loads((out / "heatmaps.json").read_text())
+    for name in ("trained", "random_init", "grid"):
+        assert len(result[name]["per_query"]) == 4 and 0 <= result[name]["mean_best_iou"] <= 1
+    assert "mean best IoU" in capsys.readouterr().out
+    mcf = tmp_path / "mcf"
+    (mcf / "config.yaml").parent.mkdir()
+    (mcf / "config.yaml").write_text("method: mcf\n")
+    (mcf / "checkpoint.pt").write_bytes(b"")
+    assert main(["heatmaps", f"run={mcf}"]) == 2
+    assert "method=mcf has no region heatmaps" in capsys.readouterr().err
