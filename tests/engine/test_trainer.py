@@ -61,7 +61,16 @@ def test_run_writes_config_metrics_tensorboard_checkpoint_and_timm_backbone(tiny
 FARL_TINY = ("text.width=64", "text.layers=1", "text.heads=1", "text.context_length=16", "text.embed_dim=32")
 
 
-@pytest.mark.parametrize("method", [("method=mcf",), ("method=farl", *FARL_TINY)], ids=["mcf", "farl"])
+FRA_TINY = (
+    "method=fra", "model.arch=resnet18", "model.depth=null", "model.embed_dim=null", "model.num_heads=null",
+    "data.image_size=64", "byol.hidden_dim=32", "byol.proj_dim=16", "fra.num_regions=4",
+    "fra.decoder_heads=2", "train.optimizer=lars", "train.lr=0.2",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "method", [("method=mcf",), ("method=farl", *FARL_TINY), FRA_TINY], ids=["mcf", "farl", "fra"]
+)
 def test_resume_equals_uninterrupted_run(tiny_config, monkeypatch, method):
     common = (*method, "train.max_steps=6", "train.ckpt_every=2", "train.accum_steps=2")
     full = Trainer(tiny_config(*common, out="full"), init_distributed("cpu"))
