@@ -176,6 +176,8 @@ def test_heatmaps_command_writes_overlays_and_scores_against_the_parsing_masks(t
     result = json.loads((out / "heatmaps.json").read_text())
     for name in ("trained", "random_init", "grid"):
         assert len(result[name]["per_query"]) == 4 and 0 <= result[name]["mean_best_iou"] <= 1
+    for name in ("trained", "random_init"):
+        assert 0.25 <= result[name]["heatmap_peak"] <= 1 and -1 <= result[name]["embedding_cosine"] <= 1
     assert "mean best IoU" in capsys.readouterr().out
     mcf = tmp_path / "mcf"
     (mcf / "config.yaml").parent.mkdir()

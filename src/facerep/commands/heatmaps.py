@@ -3,7 +3,8 @@
 For a ``facerep pretrain`` run of a region method (``method=fra``) it renders held-out synthetic faces,
 writes ``images`` overlay rows (face, parsing mask, argmax assignment, one jet heatmap per query) and
 scores each query's argmax region against the generator's parsing masks (:mod:`facerep.engine.regions`),
-beside the same method at its random initialisation and a fixed grid of as many cells as queries.
+beside the same method at its random initialisation and a fixed grid of as many cells as queries, and
+says whether the queries separated at all (heatmap peak, mask-embedding cosine).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from facerep.engine.regions import (
     load_run,
     overlay,
     score_regions,
+    spread,
 )
 from facerep.runtime.atomic import atomic_save, atomic_write_json
 
@@ -46,9 +48,10 @@ def run_heatmaps(cfg: HeatmapsConfig) -> dict:
         atomic_save(lambda tmp, row=row: row.save(tmp, format="PNG"), out / f"face_{i:03d}.png")
     scored = faces[: cfg.eval_images]
     random_init, _ = load_run(cfg.run, trained=False)
+    random_maps = face_heatmaps(random_init, scored, run_cfg)
     result = {
-        "trained": score_regions(maps[: cfg.eval_images], scored),
-        "random_init": score_regions(face_heatmaps(random_init, scored, run_cfg), scored),
+        "trained": score_regions(maps[: cfg.eval_images], scored) | spread(method, maps[: cfg.eval_images]),
+        "random_init": score_regions(random_maps, scored) | spread(random_init, random_maps),
         "grid": grid_baseline(maps.shape[1], scored),
         "config": asdict(cfg),
     }
@@ -60,9 +63,18 @@ def run_heatmaps(cfg: HeatmapsConfig) -> dict:
         print(
             f"{t['query']:>6}  {t['class']:>15} {t['iou']:.3f}  {r['class']:>15} {r['iou']:.3f}", flush=True
         )
+    queries = maps.shape[1]
     for name in ("trained", "random_init", "grid"):
         scores = result[name]
-        print(f"[facerep] {name}: mean best IoU {scores['mean_best_iou']:.3f}, "
-              f"{scores['classes_matched']} distinct classes", flush=True)  # fmt: skip
+        line = f"[facerep] {name}: mean best IoU {scores['mean_best_iou']:.3f}"
+        line += f", {scores['classes_matched']} classes"
+        if "heatmap_peak" in scores:
+            line += (f"; heatmap peak {scores['heatmap_peak']:.3f} (uniform {1 / queries:.3f}), "
+                     f"mask embeddings' mean cosine {scores['embedding_cosine']:.3f}")  # fmt: skip
+        print(line, flush=True)
+    if result["trained"]["heatmap_peak"] < 1.5 / queries:
+        print("[facerep] warning: the heatmaps are close to uniform: the region queries have not separated "
+              "(collapsed mask embeddings); the IoU above is that of near-random argmax regions",
+              flush=True)  # fmt: skip
     print(f"[facerep] wrote {cfg.images} overlays and heatmaps.json to {out}", flush=True)
     return result

@@ -117,6 +117,16 @@ def score_regions(heatmaps: Tensor, faces: list[SyntheticFace]) -> dict[str, Any
     return best_matches(region_iou(heatmaps.argmax(1), masks, heatmaps.shape[1], len(LAPA_CLASSES)))
 
 
+def spread(method: Any, heatmaps: Tensor) -> dict[str, float]:
+    """Whether the queries are distinct at all: the mean off-diagonal cosine of the inference mask
+    embeddings (``proto``; 1 = all queries one vector) and the mean over pixels of the largest heatmap
+    value (``1 / Q`` = uniform heatmaps, 1 = every pixel owned by one query)."""
+    proto = F.normalize(method.head.proto.float(), dim=1)
+    q = proto.shape[0]
+    cosine = float(((proto @ proto.T).sum() - q) / (q * (q - 1)))
+    return {"embedding_cosine": cosine, "heatmap_peak": float(heatmaps.max(1).values.mean())}
+
+
 def grid_baseline(num_regions: int, faces: list[SyntheticFace]) -> dict[str, Any]:
     """The same scores for a fixed grid of ``num_regions`` cells: what position alone gives."""
     masks = torch.from_numpy(np.stack([f.mask for f in faces]))
