@@ -16,20 +16,7 @@ from facerep.backbones import Backbone, build_backbone, export_backbone, load_ba
 from facerep.backbones.resnet import ResNet, ResNetArch, build_resnet
 from facerep.config import ConfigError
 from facerep.runtime.checkpoint import CheckpointError
-
-
-def _perturbed(model: nn.Module, seed: int) -> nn.Module:
-    """Random weights and BatchNorm statistics, so that every tensor of the file matters."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(0.05 * torch.randn(p.shape, generator=gen))
-        for name, b in model.named_buffers():
-            if name.endswith("running_mean"):
-                b.copy_(0.1 * torch.randn(b.shape, generator=gen))
-            elif name.endswith("running_var"):
-                b.copy_(0.5 + torch.rand(b.shape, generator=gen))
-    return model.eval()
+from resnet_files import perturbed
 
 
 def _images(size: int = 64) -> torch.Tensor:
@@ -77,7 +64,7 @@ def test_unknown_architectures_are_one_line_errors() -> None:
 def test_plain_torchvision_state_dict_loads_with_the_same_pooled_features(
     tmp_path: Path, name: str, suffix: str
 ) -> None:
-    source = _perturbed(getattr(torchvision.models, name)(), 0)  # with its fc classifier
+    source = perturbed(getattr(torchvision.models, name)(), 0)  # with its fc classifier
     path = tmp_path / f"{name}{suffix}"
     state = {k: v.contiguous() for k, v in source.state_dict().items()}
     if suffix == ".safetensors":
@@ -94,7 +81,7 @@ def test_plain_torchvision_state_dict_loads_with_the_same_pooled_features(
 
 
 def test_timm_state_dict_wrapped_and_ddp_prefixed(tmp_path: Path) -> None:
-    source = _perturbed(timm.create_model("resnet18", num_classes=10), 1)
+    source = perturbed(timm.create_model("resnet18", num_classes=10), 1)
     path = tmp_path / "timm_r18.pth.tar"
     torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}, "epoch": 3}, path)
     loaded = load_backbone(path)
@@ -106,7 +93,7 @@ def test_timm_state_dict_wrapped_and_ddp_prefixed(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
 def test_export_loads_strictly_into_torchvision_and_timm(tmp_path: Path, name: str) -> None:
-    model = _perturbed(build_resnet(name, img_size=96), 2)
+    model = perturbed(build_resnet(name, img_size=96), 2)
     weights = export_backbone(model, tmp_path, extra={"method": "test"})
     record = json.loads((tmp_path / "backbone.json").read_text())
     assert record["family"] == "resnet" and record["timm_model"] == record["torchvision_model"] == name

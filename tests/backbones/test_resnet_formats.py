@@ -28,28 +28,15 @@ from facerep.config import ConfigError, FinetuneConfig, load_config
 from facerep.engine import finetune as finetune_module
 from facerep.engine.finetune import finetune_backbone
 from facerep.runtime.checkpoint import CheckpointError
+from resnet_files import perturbed
 
 State = dict[str, Tensor]
 R18 = "resnet18 (layers [2, 2, 2, 2], basic blocks)"
 
 
-def _perturbed(model: nn.Module, seed: int) -> nn.Module:
-    """Random weights and BatchNorm statistics, so that every tensor of the file matters."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(0.05 * torch.randn(p.shape, generator=gen))
-        for name, b in model.named_buffers():
-            if name.endswith("running_mean"):
-                b.copy_(0.1 * torch.randn(b.shape, generator=gen))
-            elif name.endswith("running_var"):
-                b.copy_(0.5 + torch.rand(b.shape, generator=gen))
-    return model.eval()
-
-
 def _resnet18(seed: int) -> nn.Module:
     """torchvision's ResNet-18 with random weights."""
-    return _perturbed(torchvision.models.resnet18(), seed)
+    return perturbed(torchvision.models.resnet18(), seed)
 
 
 def _state(model: nn.Module, prefix: str) -> State:
@@ -60,7 +47,7 @@ def _mlp(prefix: str, seed: int, sizes: tuple[int, ...] = (512, 32, 16), conv1d:
     """A projector / predictor: Linear (or FRA's 1x1 Conv1d), BatchNorm, ReLU, Linear (``mlp.0``, ``.1``,
     ``.3``)."""
     first, second = (nn.Conv1d(a, b, 1) if conv1d else nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
-    return _state(_perturbed(nn.Sequential(first, nn.BatchNorm1d(sizes[1]), nn.ReLU(), second), seed), prefix)
+    return _state(perturbed(nn.Sequential(first, nn.BatchNorm1d(sizes[1]), nn.ReLU(), second), seed), prefix)
 
 
 def _optimizer_state() -> dict:
@@ -236,7 +223,7 @@ def _networks(fc: Callable[[], nn.Module] | None) -> tuple[nn.Module, nn.Module]
     for seed, trunk in enumerate(_TRUNKS):
         model = copy.deepcopy(trunk)
         if fc is not None:
-            model.fc = _perturbed(fc(), 10 + seed)
+            model.fc = perturbed(fc(), 10 + seed)
         pair.append(model.eval())
     return pair[0], pair[1]
 
