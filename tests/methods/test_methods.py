@@ -31,7 +31,7 @@ def batch_for(method, images: torch.Tensor, seed: int = 0) -> dict:
 
 def test_registry_and_unknown_method():
     assert {"mae", "mcf"} <= set(METHODS)
-    with pytest.raises(ConfigError, match="unknown method 'simclr'; available: farl, mae, mcf"):
+    with pytest.raises(ConfigError, match="unknown method 'simclr'; available: byol, farl, fra, mae, mcf"):
         small("method=simclr")
 
 
