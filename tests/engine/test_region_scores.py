@@ -1,7 +1,5 @@
 """Scoring region heatmaps against parsing masks: IoU by hand, the grid baseline, the collapse read-outs."""
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
@@ -31,9 +29,9 @@ def test_grid_assignment_is_as_square_as_possible():
 
 
 def test_spread_reads_collapse():
-    collapsed = SimpleNamespace(head=SimpleNamespace(proto=torch.ones(4, 3)))
     uniform = torch.full((2, 4, 5, 5), 0.25)
-    assert spread(collapsed, uniform) == pytest.approx({"embedding_cosine": 1.0, "heatmap_peak": 0.25})
-    distinct = SimpleNamespace(head=SimpleNamespace(proto=torch.eye(4)))
+    one_vector = torch.ones(2, 4, 3)
+    assert spread(one_vector, uniform) == pytest.approx({"embedding_cosine": 1.0, "heatmap_peak": 0.25})
     one_hot = torch.nn.functional.one_hot(torch.randint(0, 4, (2, 5, 5)), 4).permute(0, 3, 1, 2).float()
-    assert spread(distinct, one_hot) == pytest.approx({"embedding_cosine": 0.0, "heatmap_peak": 1.0})
+    orthogonal = torch.eye(4).expand(2, 4, 4)
+    assert spread(orthogonal, one_hot) == pytest.approx({"embedding_cosine": 0.0, "heatmap_peak": 1.0})

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from facerep.config import ConfigError
 from facerep.engine.regions import (
-    face_heatmaps,
+    face_regions,
     grid_baseline,
     held_out_faces,
     load_run,
@@ -41,17 +41,18 @@ def run_heatmaps(cfg: HeatmapsConfig) -> dict:
         raise ConfigError(f"images must be >= 0 and eval_images >= 1, got {cfg.images} and {cfg.eval_images}")
     method, run_cfg = load_run(cfg.run)
     faces = held_out_faces(max(cfg.images, cfg.eval_images), run_cfg.data.image_size)
-    maps = face_heatmaps(method, faces, run_cfg)
+    maps, embeddings = face_regions(method, faces, run_cfg)
     out = Path(cfg.output_dir or Path(cfg.run) / "heatmaps")
     for i in range(cfg.images):
         row = overlay(faces[i], maps[i])
         atomic_save(lambda tmp, row=row: row.save(tmp, format="PNG"), out / f"face_{i:03d}.png")
     scored = faces[: cfg.eval_images]
     random_init, _ = load_run(cfg.run, trained=False)
-    random_maps = face_heatmaps(random_init, scored, run_cfg)
+    random_maps, random_embeddings = face_regions(random_init, scored, run_cfg)
+    n = cfg.eval_images
     result = {
-        "trained": score_regions(maps[: cfg.eval_images], scored) | spread(method, maps[: cfg.eval_images]),
-        "random_init": score_regions(random_maps, scored) | spread(random_init, random_maps),
+        "trained": score_regions(maps[:n], scored) | spread(embeddings[:n], maps[:n]),
+        "random_init": score_regions(random_maps, scored) | spread(random_embeddings, random_maps),
         "grid": grid_baseline(maps.shape[1], scored),
         "config": asdict(cfg),
     }
@@ -70,7 +71,7 @@ def run_heatmaps(cfg: HeatmapsConfig) -> dict:
         line += f", {scores['classes_matched']} classes"
         if "heatmap_peak" in scores:
             line += (f"; heatmap peak {scores['heatmap_peak']:.3f} (uniform {1 / queries:.3f}), "
-                     f"mask embeddings' mean cosine {scores['embedding_cosine']:.3f}")  # fmt: skip
+                     f"mask embeddings' mean cosine {scores['embedding_cosine']:.4f}")  # fmt: skip
         print(line, flush=True)
     if result["trained"]["heatmap_peak"] < 1.5 / queries:
         print("[facerep] warning: the heatmaps are close to uniform: the region queries have not separated "

@@ -53,19 +53,21 @@ def held_out_faces(length: int, size: int) -> list[SyntheticFace]:
 
 
 @torch.no_grad()
-def face_heatmaps(
+def face_regions(
     method: Any, faces: list[SyntheticFace], cfg: PretrainConfig, batch_size: int = 64
-) -> Tensor:
-    """Heatmaps ``[N, Q, S, S]`` of ``faces`` (the run's resize + normalisation, no flip), upsampled to
-    the image size."""
+) -> tuple[Tensor, Tensor]:
+    """Heatmaps ``[N, Q, S, S]`` of ``faces`` (the run's resize + normalisation, no flip), upsampled to the
+    image size, and the decoder's mask embeddings ``[N, Q, D]``."""
     transform = build_pretrain_transform(replace(cfg.data, hflip=0.0))
     size = cfg.data.image_size
-    out = []
+    maps, embeddings = [], []
     for start in range(0, len(faces), batch_size):
         images = torch.stack([transform(Image.fromarray(f.image)) for f in faces[start : start + batch_size]])
-        maps = method.heatmaps(images)
-        out.append(F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False))
-    return torch.cat(out)
+        maps.append(
+            F.interpolate(method.heatmaps(images), size=(size, size), mode="bilinear", align_corners=False)
+        )
+        embeddings.append(method.mask_embeddings(images))
+    return torch.cat(maps), torch.cat(embeddings)
 
 
 def grid_assignment(num_cells: int, size: int) -> Tensor:
@@ -117,13 +119,14 @@ def score_regions(heatmaps: Tensor, faces: list[SyntheticFace]) -> dict[str, Any
     return best_matches(region_iou(heatmaps.argmax(1), masks, heatmaps.shape[1], len(LAPA_CLASSES)))
 
 
-def spread(method: Any, heatmaps: Tensor) -> dict[str, float]:
-    """Whether the queries are distinct at all: the mean off-diagonal cosine of the inference mask
-    embeddings (``proto``; 1 = all queries one vector) and the mean over pixels of the largest heatmap
-    value (``1 / Q`` = uniform heatmaps, 1 = every pixel owned by one query)."""
-    proto = F.normalize(method.head.proto.float(), dim=1)
-    q = proto.shape[0]
-    cosine = float(((proto @ proto.T).sum() - q) / (q * (q - 1)))
+def spread(embeddings: Tensor, heatmaps: Tensor) -> dict[str, float]:
+    """Whether the queries are distinct at all: the mean off-diagonal cosine between the ``Q`` mask
+    embeddings ``[N, Q, D]`` averaged over the images (what training scores pixels against; 1 = all queries
+    one vector) and the mean over pixels of the largest heatmap value (``1 / Q`` = uniform heatmaps, 1 =
+    every pixel owned by one query)."""
+    mean = F.normalize(embeddings.float().mean(0), dim=1)
+    q = mean.shape[0]
+    cosine = float(((mean @ mean.T).sum() - q) / (q * (q - 1)))
     return {"embedding_cosine": cosine, "heatmap_peak": float(heatmaps.max(1).values.mean())}
 
 

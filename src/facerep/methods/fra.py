@@ -103,6 +103,12 @@ class FRA(BYOL):
         mask embeddings as at inference; call in eval mode."""
         return self.head(self.encoder.forward_features(images), use_batch=False)["heatmaps"]
 
+    @torch.no_grad()
+    def mask_embeddings(self, images: Tensor) -> Tensor:
+        """The online decoder's mask embeddings ``[B, Q, D]`` of ``images`` (what training averages over the
+        batch and scores the pixels against); call in eval mode."""
+        return self.head.decoder(self.encoder.forward_features(images))
+
     def loss(self, online: list[Embeddings], target: list[Embeddings]) -> tuple[Tensor, dict[str, Tensor]]:
         f = self.fra
         global_term = self.global_loss(online, target)
