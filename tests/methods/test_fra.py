@@ -145,6 +145,8 @@ def test_gradients_reach_the_online_side_only_and_the_target_moves_only_at_optim
 def test_fra_refuses_a_vit_in_one_line(tmp_path):
     with pytest.raises(ConfigError, match="method=fra .* needs a ResNet backbone"):
         build_method(_cfg(tmp_path, "model.arch=vit_tiny_patch16_224"))
+    with pytest.raises(ConfigError, match="fra.query_init"):
+        _cfg(tmp_path, "fra.query_init=random")
 
 
 @pytest.mark.slow

@@ -101,3 +101,22 @@ def test_mask_query_decoder_gives_one_distinct_embedding_per_query():
     assert out.shape == (2, 5, 8)
     assert torch.cdist(out[0], out[0]).add(torch.eye(5)).min() > 1e-3
     assert "query_embed" in decoder.no_weight_decay()
+
+
+def test_zero_queries_are_one_embedding_on_a_uniform_map_and_learned_content_separates_them():
+    """DETR's zero-initialised queries differ only in their attention weights, which cannot matter when every
+    position holds the same feature; Mask2Former's learned query features give each query its own content."""
+    x = torch.randn(2, 16, 1, 1).expand(2, 16, 3, 3)  # the same feature at every position
+    outs = {}
+    for init in ("zeros", "learned"):
+        torch.manual_seed(0)
+        decoder = MaskQueryDecoder(
+            16, 8, num_queries=4, layers=2, heads=2, ffn_dim=8, dropout=0.1, query_init=init
+        )
+        outs[init] = decoder.eval()(x)
+    zeros, learned = outs["zeros"], outs["learned"]
+    torch.testing.assert_close(zeros, zeros[:, :1].expand_as(zeros))
+    assert torch.cdist(learned[0], learned[0]).add(torch.eye(4)).min() > 1e-2
+    assert "query_feat" in MaskQueryDecoder(16, 8, 4, 1, 2, 8, 0.0, "learned").no_weight_decay()
+    with pytest.raises(ValueError, match="query_init"):
+        MaskQueryDecoder(16, 8, 4, 1, 2, 8, 0.0, "random")

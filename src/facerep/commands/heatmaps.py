@@ -24,6 +24,8 @@ from facerep.engine.regions import (
 )
 from facerep.runtime.atomic import atomic_save, atomic_write_json
 
+COLLAPSED = 0.99  # mean cosine between the queries' mask embeddings above which they count as one
+
 
 @dataclass
 class HeatmapsConfig:
@@ -73,9 +75,9 @@ def run_heatmaps(cfg: HeatmapsConfig) -> dict:
             line += (f"; heatmap peak {scores['heatmap_peak']:.3f} (uniform {1 / queries:.3f}), "
                      f"mask embeddings' mean cosine {scores['embedding_cosine']:.4f}")  # fmt: skip
         print(line, flush=True)
-    if result["trained"]["heatmap_peak"] < 1.5 / queries:
-        print("[facerep] warning: the heatmaps are close to uniform: the region queries have not separated "
-              "(collapsed mask embeddings); the IoU above is that of near-random argmax regions",
+    if result["trained"]["embedding_cosine"] > COLLAPSED:
+        print("[facerep] warning: the mask embeddings are one vector: the region queries have not separated "
+              "(collapsed), the heatmaps are near uniform and the IoU above is that of near-random regions",
               flush=True)  # fmt: skip
     print(f"[facerep] wrote {cfg.images} overlays and heatmaps.json to {out}", flush=True)
     return result

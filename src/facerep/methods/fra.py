@@ -27,13 +27,13 @@ import torch
 from torch import Tensor, nn
 
 from facerep.backbones.resnet import ResNet
-from facerep.config import ConfigError, PretrainConfig, check_range
+from facerep.config import ConfigError, PretrainConfig, check_choice, check_range
 from facerep.losses.byol import region_consistency_loss
 from facerep.losses.clustering import cluster_assignment_loss
 from facerep.methods.base import build_encoder, register_method
 from facerep.methods.byol import BYOL, BYOLConfig, Embeddings
 from facerep.models.heads import mlp_head
-from facerep.models.regions import RegionNeck, pointwise
+from facerep.models.regions import QUERY_INITS, RegionNeck, pointwise
 
 
 @dataclass
@@ -52,6 +52,8 @@ class FRAConfig:
     decoder_layers: int = 2
     decoder_heads: int = 8
     decoder_dropout: float = 0.1
+    # zeros: FRA's DETR decoder; learned: Mask2Former's learned query features (see "FRA" in the README)
+    query_init: str = "zeros"
     proto_momentum: float = 0.9  # EMA of the batch mask embeddings, used at inference
     heatmap_scale: float = 1.0  # softmax temperature of the heatmaps
 
@@ -60,6 +62,7 @@ class FRAConfig:
             raise ConfigError(f"fra.num_regions must be >= 2, got {self.num_regions}")
         check_range("fra.global_weight", self.global_weight, 0.0, 1.0)
         check_range("fra.proto_momentum", self.proto_momentum, 0.0, 1.0)
+        check_choice("fra.query_init", self.query_init, QUERY_INITS)
         if min(self.student_temp, self.teacher_temp, self.heatmap_scale) <= 0:
             raise ConfigError("fra.student_temp, fra.teacher_temp and fra.heatmap_scale must be > 0")
 
@@ -77,7 +80,8 @@ class FRA(BYOL):
         neck = RegionNeck(
             encoder.feature_dim, cfg.hidden_dim, cfg.proj_dim, fra.num_regions,
             decoder_layers=fra.decoder_layers, decoder_heads=fra.decoder_heads,
-            decoder_dropout=fra.decoder_dropout, proto_momentum=fra.proto_momentum, scale=fra.heatmap_scale,
+            decoder_dropout=fra.decoder_dropout, query_init=fra.query_init, proto_momentum=fra.proto_momentum,
+            scale=fra.heatmap_scale,
         )  # fmt: skip
         super().__init__(encoder, neck, cfg)
         self.fra = fra

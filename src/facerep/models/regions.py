@@ -70,15 +70,35 @@ class DecoderLayer(nn.Module):
         return self.norms[2](tgt + self.dropout(self.ffn(tgt)))
 
 
+QUERY_INITS = ("zeros", "learned")
+
+
 class MaskQueryDecoder(nn.Module):
-    """``Q`` learned queries read a feature map ``[B, C, h, w]`` -> mask embeddings ``[B, Q, D]``."""
+    """``Q`` learned queries read a feature map ``[B, C, h, w]`` -> mask embeddings ``[B, Q, D]``.
+
+    ``query_init`` is what the decoder's residual stream starts from: ``zeros`` (DETR, FRA's code: the
+    queries differ only through their positional embeddings in the attention weights, so on a feature map
+    whose positions look alike all queries give nearly one embedding) or ``learned`` (Mask2Former's
+    learned query features ``query_feat``: each query also carries its own content).
+    """
 
     def __init__(
-        self, in_dim: int, dim: int, num_queries: int, layers: int, heads: int, ffn_dim: int, dropout: float
+        self,
+        in_dim: int,
+        dim: int,
+        num_queries: int,
+        layers: int,
+        heads: int,
+        ffn_dim: int,
+        dropout: float,
+        query_init: str = "zeros",
     ) -> None:
         super().__init__()
+        if query_init not in QUERY_INITS:
+            raise ValueError(f"query_init must be one of {', '.join(QUERY_INITS)}, got {query_init!r}")
         self.input_proj = nn.Conv2d(in_dim, dim, kernel_size=1) if in_dim != dim else nn.Identity()
         self.query_embed = nn.Parameter(torch.randn(num_queries, dim))
+        self.query_feat = nn.Parameter(torch.randn(num_queries, dim)) if query_init == "learned" else None
         self.layers = nn.ModuleList(DecoderLayer(dim, heads, ffn_dim, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
         self.mask_embed = nn.Sequential(
@@ -87,14 +107,17 @@ class MaskQueryDecoder(nn.Module):
         )  # fmt: skip
 
     def no_weight_decay(self) -> set[str]:
-        return {"query_embed"}
+        return {"query_embed", "query_feat"}
 
     def forward(self, x: Tensor) -> Tensor:
         b, _, h, w = x.shape
         memory = self.input_proj(x).flatten(2).transpose(1, 2)  # [B, L, D]
         pos = sine_position_encoding(h, w, memory.shape[-1], x.device)[None].to(memory.dtype)
         query_pos = self.query_embed[None].to(memory.dtype)
-        tgt = torch.zeros(b, *self.query_embed.shape, device=x.device, dtype=memory.dtype)
+        if self.query_feat is None:
+            tgt = torch.zeros(b, *self.query_embed.shape, device=x.device, dtype=memory.dtype)
+        else:
+            tgt = self.query_feat[None].expand(b, -1, -1).to(memory.dtype)
         for layer in self.layers:
             tgt = layer(tgt, memory, query_pos, pos)
         return self.mask_embed(self.norm(tgt))
@@ -124,6 +147,7 @@ class RegionNeck(nn.Module):
         decoder_heads: int = 8,
         decoder_ffn_dim: int | None = None,
         decoder_dropout: float = 0.1,
+        query_init: str = "zeros",
         proto_momentum: float = 0.9,
         scale: float = 1.0,
     ) -> None:
@@ -132,8 +156,9 @@ class RegionNeck(nn.Module):
         self.project_pixel = mlp_head(in_dim, hidden_dim, dim, last_bn=False)
         self.project_region = mlp_head(in_dim, hidden_dim, dim, last_bn=False)
         self.decoder = MaskQueryDecoder(
-            in_dim, dim, num_queries, decoder_layers, decoder_heads, decoder_ffn_dim or dim, decoder_dropout
-        )
+            in_dim, dim, num_queries, decoder_layers, decoder_heads, decoder_ffn_dim or dim, decoder_dropout,
+            query_init,
+        )  # fmt: skip
         self.proto_momentum = proto_momentum
         self.scale = scale
         self.register_buffer("proto", torch.randn(num_queries, dim))
