@@ -187,3 +187,12 @@ def test_heatmaps_command_writes_overlays_and_scores_against_the_parsing_masks(t
     (mcf / "checkpoint.pt").write_bytes(b"")
     assert main(["heatmaps", f"run={mcf}"]) == 2
     assert "method=mcf has no region heatmaps" in capsys.readouterr().err
+
+
+def test_byol_takes_any_backbone_a_vit_too(tmp_path):
+    cfg = _cfg(
+        tmp_path, "method=byol", "model.arch=vit_tiny_patch16_224", "model.depth=2", "data.image_size=32"
+    )
+    method = build_method(cfg)
+    loss, terms = method(_batch(method, cfg))
+    assert set(terms) == {"byol"} and torch.isfinite(loss) and 0 <= loss.item() <= 8
