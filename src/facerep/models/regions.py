@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from facerep.models.heads import mlp_head
-from facerep.runtime.distributed import all_gather_with_grad, all_reduce_mean
+from facerep.runtime.distributed import all_gather_with_grad
 
 HEATMAP_EPS = 1e-7  # added to the softmax before region pooling (FRA's ``eps``)
 
@@ -174,9 +174,7 @@ class RegionNeck(nn.Module):
             return torch.einsum("qc,bchw->bqhw", F.normalize(self.proto, dim=1), F.normalize(pixels, dim=1))
         mean = all_gather_with_grad(mask_embed.mean(0, keepdim=True)).mean(0)  # [Q, D], global batch
         with torch.no_grad():
-            self.proto.lerp_(
-                all_reduce_mean(mask_embed.detach().mean(0)).to(self.proto), 1 - self.proto_momentum
-            )
+            self.proto.lerp_(mean.detach().to(self.proto), 1 - self.proto_momentum)
         return torch.einsum("qc,bchw->bqhw", F.normalize(mean, dim=1), F.normalize(pixels, dim=1))
 
     def forward(self, x: Tensor, use_batch: bool = True) -> dict[str, Tensor]:

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from facerep.data.downstream.base import line_error, load_image, require_dir, require_file, require_root
+from facerep.data.downstream.base import line_error, require_dir, require_file, require_root
 from facerep.data.downstream.classification import SingleLabelDataset
 from facerep.data.sources import DataError
 from facerep.runtime.distributed import rank
@@ -176,7 +176,7 @@ class AffectNet(SingleLabelDataset):
             raise DataError(
                 f"{self.dataset_name}: missing image: {path} ({self.csv_path.name} line {self._lines[index]})"
             )
-        image = load_image(self.dataset_name, path, rel)
+        image = super()._image(index)
         if self.crop == "image":
             return image
         x, y, w, h = (float(v) for v in self.boxes[index])
