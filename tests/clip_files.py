@@ -1,7 +1,10 @@
 """Tiny random CLIP checkpoints written key by key in the OpenAI layout (and FaRL's MIM head), shared by the
 CLIP-layout tests."""
 
+import pytest
 import torch
+
+from facerep.backbones import CheckpointError
 
 WIDTH, PATCH, IMAGE, EMBED = 128, 8, 32, 64  # 2 heads of 64, a 4x4 grid
 
@@ -63,3 +66,18 @@ def mim_head(seed=1):
         "visual.lm_head.weight": _rand(gen, 8192, WIDTH),
         "visual.lm_head.bias": _rand(gen, 8192),
     }
+
+
+def assert_malformed_refused(load, state, path, message):
+    """``load`` on ``{"state_dict": state}`` saved at ``path`` raises a one-line CheckpointError that starts
+    with the path and matches ``message``."""
+    torch.save({"state_dict": state}, path)
+    with pytest.raises(CheckpointError, match=message) as info:
+        load(path)
+    assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)
+
+
+def save_torchscript(path):
+    """A tiny TorchScript archive at ``path`` (what OpenAI's original CLIP release ships)."""
+    torch.jit.save(torch.jit.trace(torch.nn.Linear(2, 2), torch.zeros(1, 2)), path)
+    return path

@@ -7,7 +7,7 @@ import torch
 from open_clip.model import build_model_from_openai_state_dict
 from timm.layers import resample_abs_pos_embed
 
-from clip_files import IMAGE, PATCH, WIDTH, mim_head, openai_state
+from clip_files import IMAGE, PATCH, WIDTH, assert_malformed_refused, mim_head, openai_state, save_torchscript
 from facerep.backbones import CheckpointError, build_vit, load_backbone
 from facerep.backbones.clip_layout import block_indices, clip_to_vit, vit_to_clip
 from facerep.backbones.io import clip_state, detect_format, read_backbone_state
@@ -123,17 +123,12 @@ MALFORMED = {
 
 @pytest.mark.parametrize(("edit", "message"), MALFORMED.values(), ids=MALFORMED.keys())
 def test_malformed_files_give_one_line_errors_naming_the_file_and_key(state, tmp_path, edit, message):
-    path = tmp_path / "bad.pth"
-    torch.save({"state_dict": edit(dict(state))}, path)
-    with pytest.raises(CheckpointError, match=message) as info:
-        load_backbone(path)
-    assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)
+    assert_malformed_refused(load_backbone, edit(dict(state)), tmp_path / "bad.pth", message)
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated
 def test_a_torchscript_archive_is_refused_with_how_to_resave(tmp_path):
-    path = tmp_path / "ViT-B-16.pt"
-    torch.jit.save(torch.jit.trace(torch.nn.Linear(2, 2), torch.zeros(1, 2)), path)
+    path = save_torchscript(tmp_path / "ViT-B-16.pt")
     with pytest.raises(
         CheckpointError, match=r"TorchScript archive .* re-save it with .*state_dict\(\)"
     ) as info:

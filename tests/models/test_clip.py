@@ -9,7 +9,7 @@ import safetensors.torch
 import torch
 from open_clip.model import build_model_from_openai_state_dict
 
-from clip_files import EMBED, IMAGE, WIDTH, mim_head, openai_state
+from clip_files import EMBED, IMAGE, WIDTH, assert_malformed_refused, mim_head, openai_state, save_torchscript
 from facerep import load_backbone, load_clip
 from facerep.backbones import CheckpointError, build_vit
 from facerep.models.clip import CLIPModel, clip_state_dict, save_clip
@@ -189,17 +189,12 @@ MALFORMED = {
 
 @pytest.mark.parametrize(("edit", "message"), MALFORMED.values(), ids=MALFORMED.keys())
 def test_malformed_files_give_one_line_errors_naming_the_file(state, tmp_path, edit, message):
-    path = tmp_path / "bad.pth"
-    torch.save({"state_dict": edit(dict(state))}, path)
-    with pytest.raises(CheckpointError, match=message) as info:
-        load_clip(path)
-    assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)
+    assert_malformed_refused(load_clip, edit(dict(state)), tmp_path / "bad.pth", message)
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit is deprecated
 def test_the_original_torchscript_release_asks_for_a_state_dict(tmp_path):
-    path = tmp_path / "ViT-B-16.pt"
-    torch.jit.save(torch.jit.trace(torch.nn.Linear(2, 2), torch.zeros(1, 2)), path)
+    path = save_torchscript(tmp_path / "ViT-B-16.pt")
     with pytest.raises(CheckpointError, match=r"TorchScript archive.*state_dict\(\)"):
         load_clip(path)
 
