@@ -1,0 +1,222 @@
+"""The face-crop rule of ``facerep prepare``: which detections become crops, and how each is cut out.
+
+Coordinates are those of :mod:`facerep.data.detect` (and OpenCV, and the downstream warps): the centre of
+pixel ``(i, j)`` is ``(i, j)``, so a ``W x H`` image spans ``[-0.5, W - 0.5] x [-0.5, H - 0.5]`` and a box is
+the pixel-edge extent ``(x1, y1, x2, y2)``. A crop's *transform* is the 2x3 affine ``M`` with
+``crop_xy = M @ (x, y, 1)``: it maps the detection's box and points into the ``S x S`` crop, and
+``cv2.invertAffineTransform(M)`` maps crop positions back to the source image.
+
+The rule (:class:`CropConfig`; the defaults are the ones ``facerep prepare`` uses):
+
+1. Filters, per detection, in this order: ``score < min_score`` -> rejected ``"low_score"``; box side
+   (the longer of width and height, source pixels) ``< min_face`` -> ``"small"``; of the rest, the
+   ``max_faces`` highest-scoring are kept, the others rejected ``"faces_per_image"`` (``0`` keeps all).
+2. Geometry. ``align="box"``: the box's centre becomes the crop's centre and its side times ``expand``
+   the crop's side; ``square`` uses the longer side for both axes (aspect kept, more context on the
+   short axis), otherwise each axis is stretched on its own. ``align="five_point"``: the least-squares
+   similarity (rotation, uniform scale, shift) taking the five points onto FaRL's template
+   (:data:`~facerep.data.downstream.transforms.FIVE_POINT_TEMPLATE`, LaPa's alignment), shrunk about the
+   crop centre by ``align_scale`` (``1``: the template as is, ``> 1``: more context); a detection
+   without points falls back to the box rule (its JSON says ``"align": "box"``).
+3. Pixels: bilinear ``cv2.warpAffine`` into ``size x size``; parts outside the image are filled per
+   ``border`` (black by default, as FaRL). JPEG at ``jpeg_quality``.
+
+Decoding is most of the cost, so a JPEG whose every kept face is shrunk by at least 2x is decoded at
+1/2, 1/4 or 1/8 resolution by libjpeg's DCT scaling (:func:`reduction_for`, ``reduced_decode``); this
+also anti-aliases large faces, which a bilinear warp alone would not.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from facerep.config import ConfigError, check_choice
+from facerep.data.downstream.transforms import FIVE_POINT_TEMPLATE
+from facerep.data.transforms import BadImage, decode_image
+
+ALIGNS = ("box", "five_point")
+BORDERS = {
+    "constant": cv2.BORDER_CONSTANT,
+    "replicate": cv2.BORDER_REPLICATE,
+    "reflect": cv2.BORDER_REFLECT_101,
+}
+REDUCTIONS = (8, 4, 2, 1)  # libjpeg DCT scaling factors, largest first
+_REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+# Face-level rejection reasons, in the order the filters apply.
+FACE_REASONS = ("low_score", "small", "faces_per_image")
+
+
+@dataclass
+class CropConfig:
+    """How detections become crops (the ``crop.*`` keys of ``facerep prepare``); see the module docstring."""
+
+    size: int = 224  # output side, pixels
+    align: str = "box"  # box | five_point
+    expand: float = 1.5  # box rule: crop side / face box side
+    square: bool = True  # box rule: one side for both axes (the box's longer side); false stretches
+    align_scale: float = 1.0  # five_point rule: template shrunk about the crop centre by this (more context)
+    min_face: float = 64.0  # face box's longer side in source pixels below which a face is rejected
+    min_score: float = 0.9  # detector score below which a face is rejected
+    max_faces: int = 3  # faces kept per image, highest score first (0: all)
+    jpeg_quality: int = 95
+    border: str = "constant"  # outside the image: constant (black) | replicate | reflect
+    reduced_decode: bool = True  # decode JPEGs at 1/2, 1/4, 1/8 when every kept face allows it
+
+    def __post_init__(self) -> None:
+        check_choice("crop.align", self.align, ALIGNS)
+        check_choice("crop.border", self.border, tuple(BORDERS))
+        if self.size < 8:
+            raise ConfigError(f"crop.size must be >= 8, got {self.size}")
+        for key in ("expand", "align_scale"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"crop.{key} must be > 0, got {getattr(self, key)}")
+        for key in ("min_face", "max_faces"):
+            if not getattr(self, key) >= 0:
+                raise ConfigError(f"crop.{key} must be >= 0, got {getattr(self, key)}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ConfigError(f"crop.jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
+
+
+class FaceLike(Protocol):
+    """What the rule reads of a detection (:class:`facerep.data.detect.Detection` has it)."""
+
+    box: np.ndarray  # [4] (x1, y1, x2, y2), pixel-edge extent
+    points: np.ndarray | None  # [5, 2] or None
+    score: float
+
+
+def face_side(box: np.ndarray) -> float:
+    """The longer side of an ``(x1, y1, x2, y2)`` box (what ``min_face`` is compared with)."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return max(x2 - x1, y2 - y1)
+
+
+def select_faces(faces: Sequence[FaceLike], cfg: CropConfig) -> tuple[list[int], Counter[str]]:
+    """Indices of the faces to crop (highest score first) and the count of the others per reason."""
+    rejected: Counter[str] = Counter()
+    passed: list[int] = []
+    for i, face in enumerate(faces):
+        if not float(face.score) >= cfg.min_score:  # a NaN score is low too
+            rejected["low_score"] += 1
+        elif not face_side(face.box) >= cfg.min_face:
+            rejected["small"] += 1
+        else:
+            passed.append(i)
+    passed.sort(key=lambda i: -float(faces[i].score))  # stable: detector order among equal scores
+    if cfg.max_faces and len(passed) > cfg.max_faces:
+        rejected["faces_per_image"] += len(passed) - cfg.max_faces
+        passed = passed[: cfg.max_faces]
+    return passed, rejected
+
+
+def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity ``[2, 3]`` (rotation, uniform scale, shift; no reflection) ``src -> dst``
+    (``[K, 2]`` point sets, ``K >= 2``)."""
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    ms, md = src.mean(0), dst.mean(0)
+    p, q = src - ms, dst - md
+    denom = max(float((p**2).sum()), 1e-12)
+    a = float((p[:, 0] * q[:, 0] + p[:, 1] * q[:, 1]).sum()) / denom
+    b = float((p[:, 0] * q[:, 1] - p[:, 1] * q[:, 0]).sum()) / denom
+    t = md - np.array([a * ms[0] - b * ms[1], b * ms[0] + a * ms[1]])
+    return np.array([[a, -b, t[0]], [b, a, t[1]]])
+
+
+def template_points(size: int, align_scale: float = 1.0) -> np.ndarray:
+    """FaRL's five-point template in a ``size x size`` crop (pixel coordinates), shrunk about its centre."""
+    return ((FIVE_POINT_TEMPLATE / float(align_scale) + 1.0) * size - 1.0) / 2.0
+
+
+def crop_transform(face: FaceLike, cfg: CropConfig) -> tuple[np.ndarray, str]:
+    """The ``[2, 3]`` image -> crop affine of one face and the rule used (``"box"`` or ``"five_point"``)."""
+    s = float(cfg.size)
+    points = face.points
+    if cfg.align == "five_point" and points is not None and np.isfinite(points).all():
+        return similarity(points, template_points(cfg.size, cfg.align_scale)), "five_point"
+    x1, y1, x2, y2 = (float(v) for v in face.box)
+    cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
+    w, h = max(x2 - x1, 1e-3), max(y2 - y1, 1e-3)
+    if cfg.square:
+        w = h = max(w, h)
+    sx, sy = s / (w * cfg.expand), s / (h * cfg.expand)
+    c = (s - 1.0) / 2.0  # the crop's centre: the box's centre goes there
+    return np.array([[sx, 0.0, c - sx * cx], [0.0, sy, c - sy * cy]]), "box"
+
+
+def transform_scale(matrix: np.ndarray) -> float:
+    """Crop pixels per source pixel (``sqrt |det|`` of the linear part); ``< 1`` means the face shrinks."""
+    return math.sqrt(abs(float(np.linalg.det(np.asarray(matrix, np.float64)[:, :2]))))
+
+
+def reduction_for(matrices: Sequence[np.ndarray]) -> int:
+    """The largest DCT reduction (8, 4, 2 or 1) that leaves every crop at most 1:1 with its source."""
+    if not matrices:
+        return 1
+    largest = max(transform_scale(m) for m in matrices)
+    return next(r for r in REDUCTIONS if r * largest <= 1.0 or r == 1)
+
+
+def on_reduced(matrix: np.ndarray, reduction: int) -> np.ndarray:
+    """``matrix`` re-expressed for the image decoded at ``1 / reduction``: DCT scaling shrinks pixel edges by
+    ``r``, so a reduced pixel ``x'`` is the full-size position ``r * x' + (r - 1) / 2``."""
+    m = np.array(matrix, dtype=np.float64)
+    out = m.copy()
+    out[:, :2] *= reduction
+    out[:, 2] += m[:, :2] @ np.full(2, (reduction - 1) / 2.0)
+    return out
+
+
+def is_jpeg(data: bytes) -> bool:
+    return data[:3] == b"\xff\xd8\xff"
+
+
+def decode_bgr(data: bytes, name: str, reduction: int = 1) -> tuple[np.ndarray, int]:
+    """Decode ``data`` to ``[H, W, 3]`` uint8 BGR, at ``1 / reduction`` if it is a complete JPEG (else full
+    size); returns the image and the reduction applied.
+
+    OpenCV first (EXIF orientation applied); what it cannot read, or a JPEG without its end marker
+    (a truncated download, which OpenCV would grey-fill), goes to PIL, whose failure is :class:`BadImage`.
+    """
+    if not data:
+        raise BadImage(name, "empty (0 bytes)")
+    buf = np.frombuffer(data, dtype=np.uint8)
+    complete_jpeg = is_jpeg(data) and data.rstrip(b"\0")[-2:] == b"\xff\xd9"
+    if complete_jpeg or not is_jpeg(data):
+        r = reduction if complete_jpeg and reduction in _REDUCED_FLAGS else 1
+        image = cv2.imdecode(buf, _REDUCED_FLAGS[r] if r > 1 else cv2.IMREAD_COLOR)
+        if image is not None and image.ndim == 3 and image.shape[2] == 3:
+            return image, r
+    rgb = np.asarray(decode_image(data, name))
+    return np.ascontiguousarray(rgb[:, :, ::-1]), 1
+
+
+def warp_face(image: np.ndarray, matrix: np.ndarray, cfg: CropConfig) -> np.ndarray:
+    """The ``size x size`` crop of ``image`` under ``matrix`` (bilinear)."""
+    return cv2.warpAffine(
+        image,
+        np.asarray(matrix, np.float64),
+        (cfg.size, cfg.size),
+        flags=cv2.INTER_LINEAR,
+        borderMode=BORDERS[cfg.border],
+    )
+
+
+def encode_jpeg(image_bgr: np.ndarray, quality: int) -> bytes:
+    """``[H, W, 3]`` uint8 BGR -> JPEG bytes."""
+    ok, buf = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError("cv2.imencode failed to encode a JPEG")
+    return buf.tobytes()
+
+
+def apply_transform(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """``[..., 2]`` points mapped by a ``[2, 3]`` affine."""
+    pts = np.asarray(points, dtype=np.float64)
+    return pts @ np.asarray(matrix, np.float64)[:, :2].T + np.asarray(matrix, np.float64)[:, 2]
