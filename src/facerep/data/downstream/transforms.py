@@ -124,6 +124,7 @@ FIVE_POINT_INDICES: dict[int, tuple[Any, ...]] = {
     106: (104, 105, 54, 84, 90),  # LaPa / JD-106 (FaRL's farl/datasets/prepare.py)
     98: (96, 97, 54, 76, 82),  # WFLW
     68: (tuple(range(36, 42)), tuple(range(42, 48)), 30, 48, 54),  # iBUG 68
+    5: (0, 1, 2, 3, 4),  # the five points themselves (a detector's: eye centres, nose tip, mouth corners)
 }
 
 _OUTSIDE_LOGIT = -1e4  # non-background logit for pixels outside the crop (fp16-safe)
@@ -669,7 +670,7 @@ class ParsingTransform(_Base):
             if pts is not None:
                 return _five_point_matrix(pts, s)
             if align == "five_point":
-                raise ConfigError("align='five_point' needs landmarks with 106, 98 or 68 points")
+                raise ConfigError("align='five_point' needs landmarks with 106, 98, 68 or 5 points")
         if align in ("auto", "box"):
             box = sample.get("box")
             if box is None and lms is not None:
