@@ -1,4 +1,4 @@
-"""The crop rule of ``facerep prepare``: filters, geometry, the reduced decode, the warp's pixel convention."""
+"""The crop rule of ``facerep prepare``: filters, geometry, reduced decoding, the warp's pixel convention."""
 
 from __future__ import annotations
 
@@ -148,6 +148,7 @@ def test_decode_handles_formats_and_reports_corrupt_data() -> None:
     Image.fromarray(rgb).save(gif, "GIF")
     assert decode_bgr(gif.getvalue(), "a.gif")[0].shape == (20, 30, 3)
     jpg = encode_jpeg(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), 90)
-    for data, what in [(b"", "empty"), (b"not an image", "not an image"), (jpg[: len(jpg) // 2], "truncated")]:
+    bad = [(b"", "empty"), (b"not an image", "not an image"), (jpg[: len(jpg) // 2], "truncated")]
+    for data, what in bad:
         with pytest.raises(BadImage, match=what):
             decode_bgr(data, "bad.jpg")
