@@ -105,12 +105,14 @@ def run_prepare(cfg: PrepareConfig) -> dict:
         if cfg.crop.min_face > 0 and takes_min_face:
             options.setdefault("min_face", cfg.crop.min_face)  # smaller faces would be rejected: do not look
         build_detector(cfg.detector, **options)  # a bad name or option fails here, once
+    missing = [p for p in detections if not Path(p).is_file()]
+    if missing:
+        raise DataError(f"detections file not found: {missing[0]} (expected LAION-Face sample2detect .pth)")
     _check_resume(cfg, out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / CONFIG_NAME, to_yaml(cfg).encode())
-    units = plan_units(cfg.input, cfg.shard_size, out)
+    units = plan_units(cfg.input, cfg.shard_size, out)  # checks the input before anything is written
     if not units:
         raise DataError(f"input={cfg.input}: nothing to prepare")
+    atomic_write_bytes(out / CONFIG_NAME, to_yaml(cfg).encode())
     job = Job(
         output_dir=str(out),
         crop=cfg.crop,
