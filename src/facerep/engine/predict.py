@@ -1,0 +1,802 @@
+"""Running a fine-tuned model on whole photos: detect the faces, crop each as its task was trained, run the
+model on batches of faces and map its landmarks and masks back to the photo (:class:`Predictor`).
+
+The model comes from a fine-tuning run (its directory or ``finetune.pt``; EMA weights when present) or from
+a ``facerep export`` (``model.onnx``, ``model.torchscript.pt`` or ``model.safetensors`` beside the sidecar
+``<file>.json`` holding :func:`model_spec`). ONNX runs with onnxruntime alone: the crop and the mapping back
+are facerep's geometry (:mod:`facerep.data.downstream.transforms`), never the model classes.
+
+How a detected face (box, five points: image-left eye, image-right eye, nose tip, image-left and
+image-right mouth corner) becomes the model's input -- the same crop the task's eval transform made of the
+training samples:
+
+alignment
+    The transform's box crop (``crop_scale``, ``keep_aspect``) around the box the training data had. Every
+    alignment set here uses a face box close to the landmarks' tight box (synthetic_alignment and generic
+    sets without a box column exactly; 300W/WFLW squares and AFLW-19's boxes approximately), and a
+    detector's box is not that box, so the box is estimated from the five points: the similarity taking
+    FaRL's five-point template onto the detected points carries :data:`MEAN_SHAPE_68` (the mean 68-point
+    synthetic face in template units) into the photo, and the tight box of those 68 points, scaled by
+    ``box_scale`` about its centre, is the box. Without five points the detector box is used.
+parsing
+    ``augment.align`` ``five_point`` (or ``auto`` on sets whose samples carry landmarks: LaPa,
+    synthetic_parsing): the transform's five-point similarity + tanh warp from the detected points;
+    ``box``: the estimated box as above; ``image`` (``auto`` on CelebAMask-HQ and generic sets): a canvas
+    first (see classification), then the transform's whole-image crop of it.
+classification
+    The transform resizes the whole training image, so the face is first warped onto a canvas framed as
+    the dataset frames its faces (:class:`Framing`): synthetic sets -- the five-point similarity onto
+    :data:`SYNTHETIC_FIVE_POINTS` (the mean five points of the rendered faces) at the dataset's render size;
+    other sets -- a square of the detector box's longer side times ``expand`` (AffectNet ``crop=box``:
+    ``1 + margin``, as its reader cuts; otherwise :data:`DEFAULT_EXPAND`, a guess not measured on the
+    real sets; override with ``framing``).
+
+Where the crop would shrink the photo by 2x or more, the photo is first box-filtered down by that integer
+factor (area averaging; a bilinear crop of a much larger face aliases). Every step is an affine map of the
+photo, so predictions go back exactly: landmarks through the transform's ``crop_to_image`` and the inverse
+of the photo -> fed-image map; masks by :func:`~facerep.data.downstream.transforms.logits_to_image` with the
+composed photo -> crop matrix, argmax per face, and one combined label map in which a face with a higher
+detection score wins overlapping pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime
+import torch
+import torch.nn.functional as nnf
+from omegaconf import OmegaConf
+from PIL import Image, ImageDraw
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from facerep.backbones import backbone_from_record
+from facerep.config import ConfigError, FinetuneConfig
+from facerep.data.detect import Detection, build_detector
+from facerep.data.downstream import AFFECTNET_CLASSES, DATASETS, build_dataset
+from facerep.data.downstream.synthetic import DEFAULT_SIZE
+from facerep.data.downstream.transforms import (
+    FIVE_POINT_TEMPLATE,
+    AlignmentTransform,
+    AugmentConfig,
+    ClassificationTransform,
+    ParsingTransform,
+    _box_matrix,
+    _five_point_matrix,
+    _similarity,
+    landmarks_box,
+    landmarks_to_image,
+    logits_to_image,
+)
+from facerep.data.transforms import decode_image
+from facerep.engine.finetune import CHECKPOINT_NAME
+from facerep.runtime.checkpoint import CheckpointError, load_checkpoint
+from facerep.runtime.errors import FacerepError
+from facerep.tasks import build_task
+from facerep.viz import draw_landmarks, draw_parsing, palette
+
+__all__ = [
+    "DEFAULT_EXPAND",
+    "MEAN_SHAPE_68",
+    "SYNTHETIC_FIVE_POINTS",
+    "ExportModel",
+    "Framing",
+    "Predictor",
+    "draw_result",
+    "estimate_box",
+    "load_finetuned",
+    "mean_shape_landmarks",
+    "model_spec",
+    "read_sidecar",
+    "sidecar_path",
+]
+
+SPEC_VERSION = 1
+OUTPUT_NAMES = {"alignment": "landmarks", "parsing": "logits", "classification": "logits"}
+INPUT_NAME = "image"
+DEFAULT_EXPAND = 1.5  # box framing of the real whole-image sets: canvas side = detector box side x this
+NO_FACE = "no face found"
+_MASK_CHUNK = 1 << 23  # logits mapped back per row chunk: at most this many values (rows x W x classes)
+
+# The mean synthetic 68-point face in FaRL's five-point template units ([-1, 1] crop coordinates, the frame of
+# FIVE_POINT_TEMPLATE): each of render_face(1000, i, 128), i < 2000 (synthetic_alignment's train split)
+# moved by the least-squares similarity from its five points (five_points: eye centres 36-41 / 42-47, nose
+# tip 30, mouth corners 48 / 54) onto the template, then averaged; rounded to 3 decimals
+# (tests/engine/test_predict.py recomputes it).
+MEAN_SHAPE_68 = np.array([
+    [-0.565, -0.058], [-0.553, 0.137], [-0.520, 0.279], [-0.467, 0.402], [-0.399, 0.506],
+    [-0.320, 0.593], [-0.231, 0.659], [-0.132, 0.701], [-0.001, 0.716], [0.131, 0.701],
+    [0.231, 0.659], [0.320, 0.593], [0.400, 0.506], [0.469, 0.401], [0.522, 0.278],
+    [0.555, 0.136], [0.567, -0.059], [-0.370, -0.277], [-0.314, -0.282], [-0.257, -0.281],
+    [-0.200, -0.271], [-0.143, -0.255], [0.144, -0.256], [0.201, -0.272], [0.258, -0.281],
+    [0.314, -0.283], [0.371, -0.277], [0.000, -0.122], [-0.000, -0.026], [-0.000, 0.071],
+    [-0.001, 0.167], [-0.111, 0.196], [-0.056, 0.223], [-0.001, 0.235], [0.055, 0.223],
+    [0.110, 0.196], [-0.336, -0.091], [-0.270, -0.128], [-0.204, -0.125], [-0.138, -0.083],
+    [-0.204, -0.056], [-0.270, -0.059], [0.139, -0.083], [0.205, -0.126], [0.271, -0.129],
+    [0.337, -0.092], [0.271, -0.060], [0.205, -0.057], [-0.199, 0.356], [-0.124, 0.317],
+    [-0.050, 0.305], [-0.000, 0.315], [0.049, 0.305], [0.123, 0.317], [0.199, 0.356],
+    [0.123, 0.430], [0.049, 0.448], [-0.000, 0.451], [-0.050, 0.448], [-0.124, 0.430],
+    [-0.171, 0.361], [-0.080, 0.353], [-0.000, 0.352], [0.079, 0.353], [0.171, 0.361],
+    [0.079, 0.389], [-0.000, 0.395], [-0.080, 0.389],
+])  # fmt: skip
+
+# Where the synthetic renderer puts the five points, as (x + 0.5) / size (the geometry does not depend on the
+# render size): the mean over the same 2000 faces as MEAN_SHAPE_68, rounded to 4 decimals.
+SYNTHETIC_FIVE_POINTS = np.array(
+    [[0.3969, 0.4092], [0.5991, 0.4093], [0.4971, 0.5188], [0.4126, 0.5998], [0.5823, 0.6000]]
+)
+
+# The 40 attributes of CelebA in the order of list_attr_celeba.txt's header (celeba_attr reads them from the
+# file; a checkpoint does not store them).
+CELEBA_ATTRIBUTES = (
+    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips",
+    "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows", "Chubby", "Double_Chin",
+    "Eyeglasses", "Goatee", "Gray_Hair", "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open",
+    "Mustache", "Narrow_Eyes", "No_Beard", "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline",
+    "Rosy_Cheeks", "Sideburns", "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat",
+    "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
+)  # fmt: skip
+
+# Parsing sets whose samples carry landmarks, so align=auto aligned them by five points.
+PARSING_WITH_LANDMARKS = ("lapa", "synthetic_parsing")
+FRAMING_KINDS = ("points", "box")
+RULES = ("box", "five_point", "canvas")
+
+
+# ----------------------------------------------------------------------------------------------- geometry
+
+
+def _template_to_photo(points5: np.ndarray) -> np.ndarray:
+    """3x3 similarity taking template units (FIVE_POINT_TEMPLATE's frame) onto the five ``points5`` [5, 2]."""
+    return _similarity(FIVE_POINT_TEMPLATE, np.asarray(points5, dtype=np.float64))
+
+
+def mean_shape_landmarks(points5: np.ndarray) -> np.ndarray:
+    """The trivial landmark estimate: :data:`MEAN_SHAPE_68` put on five points ``[5, 2]`` -> ``[68, 2]``."""
+    return _apply3(_template_to_photo(points5), MEAN_SHAPE_68)
+
+
+def estimate_box(points5: np.ndarray, box_scale: float = 1.0) -> np.ndarray:
+    """The landmarks' tight box (x1, y1, x2, y2) estimated from five points: the tight box of
+    :func:`mean_shape_landmarks`, scaled by ``box_scale`` about its centre -> float32 ``[4]``."""
+    return _scale_box(landmarks_box(mean_shape_landmarks(points5)), box_scale)
+
+
+def _scale_box(box: np.ndarray, scale: float) -> np.ndarray:
+    x1, y1, x2, y2 = (float(v) for v in box)
+    cx, cy, hw, hh = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) / 2 * scale, (y2 - y1) / 2 * scale
+    return np.array([cx - hw, cy - hh, cx + hw, cy + hh], dtype=np.float32)
+
+
+def _apply3(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """3x3 (or 2x3) affine applied to ``[K, 2]`` points."""
+    pts = np.asarray(points, dtype=np.float64)
+    return pts @ matrix[:2, :2].T + matrix[:2, 2]
+
+
+def _full(matrix: np.ndarray | Tensor) -> np.ndarray:
+    out = np.eye(3)
+    out[:2] = np.asarray(matrix, dtype=np.float64).reshape(-1, 3)[:2]
+    return out
+
+
+def _shrink_matrix(k: int) -> np.ndarray:
+    """Photo pixels -> pixels of the photo box-filtered down by ``k``: ``(x + 0.5) / k - 0.5``."""
+    a, b = 1.0 / k, 0.5 / k - 0.5
+    return np.array([[a, 0.0, b], [0.0, a, b], [0.0, 0.0, 1.0]])
+
+
+def _scale_of(matrix: np.ndarray) -> float:
+    """The (mean) zoom of an affine map: output pixels per input pixel."""
+    return float(np.sqrt(abs(np.linalg.det(matrix[:2, :2]))))
+
+
+def _warp(image: Tensor, photo_to_out: np.ndarray, size: tuple[int, int]) -> Tensor:
+    """Float ``[3, H, W]`` -> ``[3, h, w]`` (``size`` = (w, h)) by the affine ``photo_to_out`` (pixel centres;
+    bilinear, outside the photo black)."""
+    w, h = size
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
+                            indexing="ij")  # fmt: skip
+    src = _apply3(np.linalg.inv(photo_to_out), torch.stack([xs, ys], -1).reshape(-1, 2).numpy())
+    ph, pw = image.shape[-2:]
+    grid = np.stack([(2 * src[:, 0] + 1) / pw - 1, (2 * src[:, 1] + 1) / ph - 1], -1).reshape(1, h, w, 2)
+    out = nnf.grid_sample(image[None], torch.from_numpy(grid).to(image.dtype), mode="bilinear",
+                          padding_mode="zeros", align_corners=False)  # fmt: skip
+    return out[0]
+
+
+def _to_uint8(image: Tensor) -> np.ndarray:
+    """Float ``[3, H, W]`` in [0, 1] -> ``[H, W, 3]`` uint8 (what the transforms take)."""
+    return (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+
+
+def _as_float(image: np.ndarray) -> Tensor:
+    return (
+        torch.tensor(np.asarray(image)).permute(2, 0, 1).to(torch.float32) / 255.0
+    )  # a copy: may be read-only
+
+
+# ------------------------------------------------------------------------------------------------- framing
+
+
+@dataclass
+class Framing:
+    """How a whole-image set frames its faces: the canvas a detected face is warped onto before the task's
+    whole-image transform. ``kind`` ``points``: the five-point similarity onto ``points`` ([5, 2] canvas
+    pixels, pixel centres) in a ``size`` = [width, height] canvas; ``box``: a square of the detector box's
+    longer side times ``expand``, centred on the box, resized to ``size``."""
+
+    kind: str = "box"
+    size: list[int] = field(default_factory=lambda: [224, 224])
+    points: list[list[float]] | None = None
+    expand: float = DEFAULT_EXPAND
+
+    def check(self) -> Framing:
+        if self.kind not in FRAMING_KINDS:
+            raise ConfigError(f"framing.kind must be one of {', '.join(FRAMING_KINDS)}, got {self.kind!r}")
+        if len(self.size) != 2 or min(int(v) for v in self.size) < 1:
+            raise ConfigError(f"framing.size must be [width, height] >= 1, got {self.size}")
+        if self.kind == "points" and np.asarray(self.points, dtype=np.float64).shape != (5, 2):
+            raise ConfigError(f"framing.points must be five [x, y] canvas points, got {self.points}")
+        if not self.expand > 0:
+            raise ConfigError(f"framing.expand must be > 0, got {self.expand}")
+        return self
+
+
+def default_framing(dataset: str, options: dict[str, Any], image_size: int) -> Framing:
+    """The framing of ``dataset`` (see the module docstring): synthetic sets by their five points at the
+    render size, AffectNet's box crop with its margin, other sets a box square of ``image_size``."""
+    if dataset.startswith("synthetic_"):
+        size = int(options.get("size", DEFAULT_SIZE))
+        return Framing("points", [size, size], (SYNTHETIC_FIVE_POINTS * size - 0.5).round(3).tolist())
+    if dataset == "affectnet" and options.get("crop", "box") == "box":
+        return Framing("box", [image_size, image_size], None, 1.0 + float(options.get("margin", 0.0)))
+    return Framing("box", [image_size, image_size], None, DEFAULT_EXPAND)
+
+
+def crop_rule(task: str, dataset: str, align: str) -> str:
+    """``box`` (the transform crops the photo around a box), ``five_point`` (the transform aligns the photo
+    by the five points) or ``canvas`` (the face is framed on a canvas the transform takes whole)."""
+    if task == "alignment":
+        return "box"
+    if task == "parsing":
+        if align == "five_point" or (align == "auto" and dataset in PARSING_WITH_LANDMARKS):
+            return "five_point"
+        return "box" if align == "box" else "canvas"
+    return "canvas"
+
+
+# ------------------------------------------------------------------------------------------------ the model
+
+
+@dataclass
+class DatasetInfo:
+    """What :meth:`Task.build_model` reads from a dataset: the output layout and names."""
+
+    num_points: int | None = None
+    class_names: tuple[str, ...] | None = None
+    attribute_names: tuple[str, ...] | None = None
+
+
+def _output_count(task: str, weights: dict[str, Tensor]) -> int | None:
+    key = "head.weight" if task == "classification" else "dense.head.classifier.weight"
+    return int(weights[key].shape[0]) if key in weights else None
+
+
+def _has_layout(task: str, info: DatasetInfo) -> bool:
+    if task == "alignment":
+        return info.num_points is not None
+    if task == "parsing":
+        return info.class_names is not None
+    return info.class_names is not None or info.attribute_names is not None
+
+
+def dataset_info(ft: FinetuneConfig, weights: dict[str, Tensor]) -> DatasetInfo:
+    """The dataset's output layout without reading the dataset where its reader's class says it (synthetic
+    sets, LaPa, CelebAMask-HQ, RAF-DB, AffectNet, CelebA attributes, the alignment sets); else the dataset at
+    ``data.root`` when it can be read (generic sets); else ``class_<i>`` names counted from the head's
+    weights, taken as single-label."""
+    cls = DATASETS.get(ft.dataset)
+    options = {**ft.data.options, **ft.data.test_options}
+    info = DatasetInfo(
+        getattr(cls, "num_points", None),
+        getattr(cls, "class_names", None),
+        getattr(cls, "attribute_names", None),
+    )
+    if ft.dataset == "affectnet":
+        info.class_names = AFFECTNET_CLASSES[: int(options.get("num_classes", 7))]
+    if ft.dataset == "celeba_attr" and _output_count(ft.task, weights) == len(CELEBA_ATTRIBUTES):
+        info.attribute_names = CELEBA_ATTRIBUTES
+    if not _has_layout(ft.task, info) and ft.data.root is not None and Path(ft.data.root).exists():
+        try:
+            data = build_dataset(ft.dataset, ft.data.root, ft.data.test_split, **options)
+            info = DatasetInfo(data.num_points, data.class_names, data.attribute_names)
+        except FacerepError:
+            pass  # fall back to the head's size below
+    if not _has_layout(ft.task, info):
+        count = _output_count(ft.task, weights)
+        if count is None:
+            raise CheckpointError(f"{ft.dataset}: cannot tell the model's outputs (no head weights)")
+        if ft.task == "alignment":
+            info.num_points = count
+        else:
+            info.class_names = tuple(f"class_{i}" for i in range(count))
+    return info
+
+
+def _finetune_config(config: dict[str, Any]) -> FinetuneConfig:
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(FinetuneConfig), config))
+
+
+def model_spec(config: dict[str, Any], arch: dict[str, Any], weights: dict[str, Tensor]) -> dict[str, Any]:
+    """Everything needed to crop faces for, run and read a fine-tuned model, JSON-ready: task, dataset,
+    names, input size and normalisation, the transform settings, the crop rule and framing, the backbone's
+    arch record and the fine-tuning config (so a state dict can be rebuilt)."""
+    ft = _finetune_config(config)
+    task = build_task(ft)
+    info = dataset_info(ft, weights)
+    augment = dataclasses.asdict(task.augment_config())
+    options = {**ft.data.options, **ft.data.test_options}
+    rule = crop_rule(ft.task, ft.dataset, augment["align"])
+    framing = default_framing(ft.dataset, options, ft.data.image_size) if rule == "canvas" else None
+    return {
+        "version": SPEC_VERSION,
+        "task": ft.task,
+        "dataset": ft.dataset,
+        "image_size": ft.data.image_size,
+        "mean": list(augment["mean"]),
+        "std": list(augment["std"]),
+        "augment": augment,
+        "num_points": info.num_points,
+        "class_names": list(info.class_names) if info.class_names is not None else None,
+        "attribute_names": list(info.attribute_names) if info.attribute_names is not None else None,
+        "multilabel": bool(info.attribute_names),
+        "crop": {"rule": rule, "box_scale": 1.0, "framing": dataclasses.asdict(framing) if framing else None},
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAMES[ft.task],
+        "arch": dict(arch),
+        "config": config,
+    }
+
+
+class ExportModel(nn.Module):
+    """A fine-tuned model with one tensor out, as exported: ``[N, 3, S, S]`` -> landmarks ``[N, K, 2]`` in
+    [0, 1] crop coordinates (alignment), class logits ``[N, C, S, S]`` (parsing) or logits ``[N, A]``
+    (classification)."""
+
+    def __init__(self, model: nn.Module, task: str) -> None:
+        super().__init__()
+        self.model = model
+        self.task = task
+
+    def forward(self, image: Tensor) -> Tensor:
+        out = self.model(image)
+        return out["landmarks"] if self.task == "alignment" else out
+
+
+def build_model(spec: dict[str, Any], weights: dict[str, Tensor]) -> ExportModel:
+    """The spec's task model on its backbone with ``weights`` loaded (strict), wrapped, in eval mode."""
+    ft = _finetune_config(spec["config"])
+    info = DatasetInfo(
+        spec["num_points"],
+        tuple(spec["class_names"]) if spec["class_names"] is not None else None,
+        tuple(spec["attribute_names"]) if spec["attribute_names"] is not None else None,
+    )
+    model = build_task(ft).build_model(backbone_from_record(spec["arch"]), info)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"the weights do not fit a {spec['task']} model: {str(err).splitlines()[0]}"
+        ) from err
+    return ExportModel(model, spec["task"]).eval()
+
+
+def sidecar_path(model_file: str | Path) -> Path:
+    """Where ``facerep export`` writes the spec of ``model_file``: ``<file>.json``."""
+    return Path(f"{model_file}.json")
+
+
+def read_sidecar(model_file: str | Path) -> dict[str, Any]:
+    path = sidecar_path(model_file)
+    try:
+        spec = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(
+            f"{path}: cannot read the export's spec (JSON beside the model): {err}"
+        ) from err
+    if not isinstance(spec, dict) or spec.get("version") != SPEC_VERSION or "format" not in spec:
+        raise CheckpointError(f"{path}: not a facerep export spec (version {SPEC_VERSION} with a format)")
+    return spec
+
+
+def load_finetuned(checkpoint: str | Path) -> tuple[ExportModel, dict[str, Any]]:
+    """A fine-tuning run's model (``RUN_DIR`` or ``finetune.pt``; EMA weights when present) and its spec."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    state = load_checkpoint(path)
+    if state.get("kind") != "finetune":
+        raise CheckpointError(f"{path}: not a facerep fine-tuning checkpoint ({CHECKPOINT_NAME})")
+    weights = state["ema"] if state.get("ema") is not None else state["model"]
+    spec = model_spec(state["config"], state["arch"], weights)
+    return build_model(spec, weights), spec
+
+
+class _TorchRunner:
+    """``[N, 3, S, S]`` -> the model's one output as float32 numpy (a module or a TorchScript file)."""
+
+    def __init__(self, module: nn.Module, device: torch.device) -> None:
+        self.module = module.to(device).eval()
+        self.device = device
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor) -> np.ndarray:
+        return self.module(images.to(self.device)).float().cpu().numpy()
+
+
+class _OnnxRunner:
+    def __init__(self, path: Path, spec: dict[str, Any], device: torch.device) -> None:
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), providers=providers)
+        except Exception as err:  # onnxruntime raises its own (non-facerep) errors for unreadable graphs
+            raise CheckpointError(f"{path}: onnxruntime cannot load it: {str(err).splitlines()[0]}") from err
+        self.input, self.output = spec["input_name"], spec["output_name"]
+
+    def __call__(self, images: Tensor) -> np.ndarray:
+        return self.session.run([self.output], {self.input: images.numpy().astype(np.float32)})[0]
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={device}: CUDA is not available here")
+    return torch.device(device)
+
+
+def load_runner(checkpoint: str | Path, device: torch.device) -> tuple[Callable[[Tensor], np.ndarray], dict]:
+    """A callable ``[N, 3, S, S] -> numpy output`` and the spec, for a run dir, ``finetune.pt`` or export."""
+    path = Path(checkpoint)
+    if not path.exists():
+        raise ConfigError(f"checkpoint={checkpoint}: no such file or directory")
+    if path.is_file() and sidecar_path(path).is_file():
+        spec = read_sidecar(path)
+        fmt = spec["format"]
+        if fmt == "onnx":
+            return _OnnxRunner(path, spec, device), spec
+        if fmt == "torchscript":
+            try:
+                module = torch.jit.load(str(path), map_location="cpu")
+            except RuntimeError as err:
+                raise CheckpointError(f"{path}: not a TorchScript file: {str(err).splitlines()[0]}") from err
+            return _TorchRunner(module, device), spec
+        if fmt == "safetensors":
+            return _TorchRunner(build_model(spec, load_file(str(path))), device), spec
+        raise CheckpointError(
+            f"{sidecar_path(path)}: unknown format {fmt!r} (onnx, torchscript, safetensors)"
+        )
+    model, spec = load_finetuned(path)
+    return _TorchRunner(model, device), spec
+
+
+# ------------------------------------------------------------------------------------------------ predictor
+
+
+@dataclass
+class _Face:
+    """One detected face made ready for the model: its transformed input and how to map outputs back."""
+
+    detection: Detection
+    input: Tensor  # [3, S, S]
+    to_fed: np.ndarray  # 3x3: photo pixels -> pixels of the image the transform was given
+    back: Tensor  # alignment: crop_to_image [2, 3]; parsing: warp [2, 3] (fed image -> aligned crop)
+    warp_factor: float
+    crop_box: np.ndarray | None = None  # alignment: the box the crop was made around (photo pixels)
+
+
+class Predictor:
+    """Faces in photos -> a fine-tuned model's predictions in photo coordinates.
+
+    ``checkpoint``: a fine-tuning run directory, its ``finetune.pt``, or a ``facerep export`` file
+    (``.onnx``, TorchScript, ``.safetensors``) with its ``<file>.json`` spec. ``detector``: a name for
+    :func:`~facerep.data.detect.build_detector` (with ``detector_options``) or a callable
+    ``image [H, W, 3] uint8 -> list[Detection]``, built on first use. ``box_scale`` / ``framing`` override
+    the spec's crop (see the module docstring). Results are plain dicts (see :meth:`predict`).
+    """
+
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        *,
+        detector: str | Callable[[np.ndarray], list[Detection]] = "mtcnn",
+        detector_options: dict[str, Any] | None = None,
+        device: str = "cpu",
+        batch_size: int = 16,
+        box_scale: float | None = None,
+        framing: dict[str, Any] | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = _resolve_device(device)
+        self._model, self.spec = load_runner(checkpoint, self.device)
+        self.task = self.spec["task"]
+        self.batch_size = int(batch_size)
+        self._detector_spec, self._detector_options = detector, dict(detector_options or {})
+        self._detector: Callable[[np.ndarray], list[Detection]] | None = (
+            None if isinstance(detector, str) else detector
+        )
+        crop = self.spec["crop"]
+        self.rule = crop["rule"]
+        self.box_scale = float(crop["box_scale"] if box_scale is None else box_scale)
+        if not self.box_scale > 0:
+            raise ConfigError(f"box_scale must be > 0, got {self.box_scale}")
+        base = dict(crop["framing"] or dataclasses.asdict(Framing()))
+        unknown = set(framing or {}) - {f.name for f in dataclasses.fields(Framing)}
+        if unknown:
+            raise ConfigError(
+                f"unknown framing option(s): {', '.join(sorted(unknown))} (kind, size, points, expand)"
+            )
+        self.framing = Framing(**{**base, **(framing or {})}).check()
+        self.size = int(self.spec["image_size"])
+        augment = AugmentConfig(**self.spec["augment"])
+        make = {
+            "alignment": AlignmentTransform,
+            "parsing": ParsingTransform,
+            "classification": ClassificationTransform,
+        }
+        if self.task not in make:
+            raise CheckpointError(
+                f"task {self.task!r} cannot be predicted (alignment, parsing, classification)"
+            )
+        self.transform = make[self.task](self.size, False, augment)
+        self.names: list[str] = self.spec["attribute_names"] or self.spec["class_names"] or []
+
+    # -- detection ---------------------------------------------------------------------------------------
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        """The detector's faces in ``image`` (highest score first)."""
+        if self._detector is None:
+            self._detector = build_detector(self._detector_spec, **self._detector_options)
+        return list(self._detector(image))
+
+    # -- the crop ----------------------------------------------------------------------------------------
+    def _fed(self, photo: Tensor, cache: dict[int, Tensor], scale: float) -> tuple[Tensor, np.ndarray]:
+        """The photo as the transform should get it, box-filtered down by ``k`` where the crop shrinks it
+        ``scale`` (< 1/2) times, and the photo -> fed-image matrix."""
+        k = max(1, int(1.0 / max(scale, 1e-9))) if scale < 0.5 else 1
+        if k == 1:
+            return photo, np.eye(3)
+        if k not in cache:
+            cache[k] = nnf.avg_pool2d(photo[None], k)[0]
+        return cache[k], _shrink_matrix(k)
+
+    def _canvas_matrix(self, det: Detection) -> np.ndarray:
+        """Photo -> canvas (3x3) by the framing: five-point similarity, or the box square (also the fallback
+        for a detection without points)."""
+        fr = self.framing
+        w, h = (int(v) for v in fr.size)
+        if fr.kind == "points" and det.points is not None:
+            return _similarity(
+                np.asarray(det.points, dtype=np.float64), np.asarray(fr.points, dtype=np.float64)
+            )
+        x1, y1, x2, y2 = (float(v) for v in det.box)
+        half = max(x2 - x1, y2 - y1) * fr.expand / 2
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        square = _box_matrix(np.array([cx - half, cy - half, cx + half, cy + half]), max(w, h), True)
+        return np.diag([w / max(w, h), h / max(w, h), 1.0]) @ square
+
+    def _crop_box(self, det: Detection) -> np.ndarray:
+        """The alignment box: estimated from the five points, else the detector's box; x ``box_scale``."""
+        if det.points is not None:
+            return estimate_box(np.asarray(det.points, dtype=np.float64), self.box_scale)
+        return _scale_box(np.asarray(det.box, dtype=np.float64), self.box_scale)
+
+    def prepare(self, image: np.ndarray, detections: Sequence[Detection]) -> list[_Face]:
+        """Each detection of ``image`` [H, W, 3] uint8 cropped as the model's task expects."""
+        photo = _as_float(image)
+        cache: dict[int, Tensor] = {}
+        faces = []
+        cfg, s = self.transform.cfg, self.size
+        for det in detections:
+            rule = "box" if self.rule == "five_point" and det.points is None else self.rule
+            crop_box = None
+            if rule == "canvas":
+                to_fed = self._canvas_matrix(det)  # the canvas is the fed image
+                fed, shrink = self._fed(photo, cache, _scale_of(to_fed))
+                size = (int(self.framing.size[0]), int(self.framing.size[1]))
+                sample: dict[str, Any] = {
+                    "image": _to_uint8(_warp(fed, to_fed @ np.linalg.inv(shrink), size))
+                }
+            else:
+                if rule == "box":
+                    crop_box = self._crop_box(det)
+                    base = _box_matrix(crop_box, s, cfg.keep_aspect)
+                else:
+                    base = _five_point_matrix(np.asarray(det.points, dtype=np.float64), s)
+                fed, to_fed = self._fed(photo, cache, _scale_of(base) / float(cfg.crop_scale))
+                sample = {"image": _to_uint8(fed)}
+                if rule == "box":
+                    sample["box"] = landmarks_box(_apply3(to_fed, _corners(crop_box)))
+                else:
+                    sample["landmarks"] = _apply3(to_fed, det.points).astype(np.float32)
+            if self.task == "alignment":
+                sample["landmarks"] = np.zeros((1, 2), dtype=np.float32)  # only the box is read
+            elif self.task == "parsing":
+                sample["mask"] = np.zeros(sample["image"].shape[:2], dtype=np.uint8)
+            else:
+                sample["label"] = 0
+            out = self.transform(sample)
+            back = out["crop_to_image"] if self.task == "alignment" else out.get("warp", torch.zeros(2, 3))
+            faces.append(_Face(det, out["image"], to_fed, back, float(out.get("warp_factor", 0.0)), crop_box))
+        return faces
+
+    # -- the model and the mapping back -------------------------------------------------------------------
+    def _run(self, faces: list[_Face]) -> list[np.ndarray]:
+        outputs: list[np.ndarray] = []
+        for start in range(0, len(faces), self.batch_size):
+            batch = torch.stack([f.input for f in faces[start : start + self.batch_size]])
+            outputs += list(self._model(batch))
+        return outputs
+
+    def _landmarks(self, face: _Face, pred01: np.ndarray) -> np.ndarray:
+        pred = torch.from_numpy(np.asarray(pred01, dtype=np.float64)[None])
+        on_fed = landmarks_to_image(pred, face.back[None].double(), self.size, face.warp_factor)[0].numpy()
+        return _apply3(np.linalg.inv(face.to_fed), on_fed)
+
+    def _mask(self, face: _Face, logits: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+        """``[C, S, S]`` crop logits -> ``[H, W]`` uint8 photo labels (row chunks bound the memory)."""
+        h, w = hw
+        warp = _full(face.back.numpy()) @ face.to_fed  # photo -> aligned crop
+        x = torch.from_numpy(np.ascontiguousarray(logits))[None].float()
+        rows = max(1, _MASK_CHUNK // max(1, w * logits.shape[0]))
+        mask = np.zeros((h, w), dtype=np.uint8)
+        for y0 in range(0, h, rows):
+            y1 = min(h, y0 + rows)
+            shifted = warp @ np.array([[1.0, 0, 0], [0, 1.0, y0], [0, 0, 1.0]])
+            out = logits_to_image(x, torch.from_numpy(shifted[None, :2]), face.warp_factor, (y1 - y0, w),
+                                  image_size=self.size)  # fmt: skip
+            mask[y0:y1] = out[0].argmax(0).numpy().astype(np.uint8)
+        return mask
+
+    def _read(self, face: _Face, output: np.ndarray, hw: tuple[int, int]) -> dict[str, Any]:
+        det = face.detection
+        result: dict[str, Any] = {
+            "box": [round(float(v), 2) for v in det.box],
+            "points": None
+            if det.points is None
+            else np.round(np.asarray(det.points, dtype=np.float64), 2).tolist(),
+            "score": round(float(det.score), 4),
+        }
+        if self.task == "alignment":
+            result["landmarks"] = np.round(self._landmarks(face, output), 2).tolist()
+            result["crop_box"] = [round(float(v), 2) for v in face.crop_box]
+        elif self.task == "parsing":
+            result["mask"] = self._mask(face, output, hw)
+        else:
+            logits = torch.from_numpy(np.asarray(output, dtype=np.float32))
+            probs = (logits.sigmoid() if self.spec["multilabel"] else logits.softmax(-1)).numpy()
+            result["probabilities"] = {n: round(float(p), 4) for n, p in zip(self.names, probs, strict=True)}
+            if self.spec["multilabel"]:
+                result["labels"] = [n for n, p in zip(self.names, probs, strict=True) if p >= 0.5]
+            else:
+                result["label"] = self.names[int(probs.argmax())]
+        return result
+
+    def _result(self, image: np.ndarray, faces: list[dict[str, Any]]) -> dict[str, Any]:
+        h, w = image.shape[:2]
+        out: dict[str, Any] = {"width": int(w), "height": int(h), "task": self.task, "faces": faces}
+        if self.task == "parsing":
+            combined = np.zeros((h, w), dtype=np.uint8)
+            for face in faces:  # highest score first: earlier faces keep the pixels they claim
+                free = combined == 0
+                combined[free] = face["mask"][free]
+            out["mask"] = combined
+        if not faces:
+            out["message"] = NO_FACE
+        return out
+
+    # -- public entry points ------------------------------------------------------------------------------
+    def predict_stream(
+        self,
+        items: Iterable[tuple[Any, np.ndarray]],
+        detections: Callable[[Any, np.ndarray], list] | None = None,
+    ) -> Iterator[tuple[Any, np.ndarray, dict[str, Any]]]:
+        """``(key, image)`` pairs -> ``(key, image, result)`` in order, faces of several images batched
+        together (at least ``batch_size`` faces per model call where the images have them).
+        ``detections(key, image)`` replaces the detector when given."""
+        pending: list[tuple[Any, np.ndarray, list[_Face]]] = []
+        count = 0
+        for key, image in items:
+            image = _rgb(image)
+            dets = detections(key, image) if detections is not None else self.detect(image)
+            faces = self.prepare(image, dets)
+            pending.append((key, image, faces))
+            count += len(faces)
+            if count >= self.batch_size:
+                yield from self._flush(pending)
+                pending, count = [], 0
+        yield from self._flush(pending)
+
+    def _flush(
+        self, pending: list[tuple[Any, np.ndarray, list[_Face]]]
+    ) -> Iterator[tuple[Any, np.ndarray, dict]]:
+        faces = [f for _, _, fs in pending for f in fs]
+        outputs = iter(self._run(faces))
+        for key, image, fs in pending:
+            read = [self._read(f, next(outputs), image.shape[:2]) for f in fs]
+            yield key, image, self._result(image, read)
+
+    def predict(
+        self,
+        images: Sequence[np.ndarray | str | Path],
+        detections: Sequence[Sequence[Detection]] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Images (arrays [H, W, 3] uint8 RGB or paths) -> one result per image: ``{"width", "height", "task",
+        "faces": [{"box", "points", "score", "landmarks" [K, 2] | "mask" [H, W] uint8 | "probabilities",
+        "label" / "labels"}], "mask" (parsing: all faces), "message" (no face)}``. ``detections`` (one list
+        per image) replaces the detector."""
+        arrays = [
+            np.asarray(decode_image(im, str(im))) if isinstance(im, str | Path) else im for im in images
+        ]
+        if detections is not None and len(detections) != len(arrays):
+            raise ConfigError(f"{len(detections)} detection lists for {len(arrays)} images")
+        given = None if detections is None else (lambda key, _image: list(detections[key]))
+        return [r for _, _, r in self.predict_stream(enumerate(arrays), given)]
+
+    def __call__(self, image: np.ndarray | str | Path, detections: Sequence[Detection] | None = None) -> dict:
+        """One image -> its result (see :meth:`predict`)."""
+        return self.predict([image], None if detections is None else [detections])[0]
+
+
+def _corners(box: np.ndarray) -> np.ndarray:
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return np.array([[x1, y1], [x2, y1], [x1, y2], [x2, y2]])
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+        raise ConfigError(f"expected an RGB image [H, W, 3] uint8, got {arr.dtype} {tuple(arr.shape)}")
+    return arr
+
+
+# ----------------------------------------------------------------------------------------------- overlays
+
+
+def draw_result(image: np.ndarray, result: dict[str, Any], spec: dict[str, Any]) -> Image.Image:
+    """The photo with every face's box and prediction: landmarks (green dots), the coloured combined mask
+    with a legend, or the label(s) with probabilities."""
+    task = result["task"]
+    if task == "parsing":
+        canvas = draw_parsing(image, result["mask"], spec["class_names"])
+    elif task == "alignment" and result["faces"]:
+        canvas = draw_landmarks(image, np.concatenate([np.asarray(f["landmarks"]) for f in result["faces"]]))
+    else:
+        canvas = Image.fromarray(image).convert("RGB")
+    draw = ImageDraw.Draw(canvas)
+    colours = palette(len(result["faces"]) + 2)
+    for i, face in enumerate(result["faces"]):
+        colour = tuple(int(v) for v in colours[i + 1])
+        x1, y1, x2, y2 = face["box"]
+        draw.rectangle([x1, y1, x2, y2], outline=colour, width=max(1, int(min(image.shape[:2]) / 240)))
+        text = f"{i}: {face['score']:.2f}"
+        if "label" in face:
+            text += f" {face['label']} {face['probabilities'][face['label']]:.2f}"
+        elif "labels" in face:
+            text += " " + ", ".join(f"{n} {face['probabilities'][n]:.2f}" for n in face["labels"])
+        draw.text((x1 + 2, max(0.0, y1 - 12)), text, fill=colour)
+    if not result["faces"]:
+        draw.text((4, 4), NO_FACE, fill=(255, 40, 40))
+    return canvas

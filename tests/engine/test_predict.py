@@ -1,0 +1,215 @@
+"""facerep.Predictor: faces cropped as each task was trained and predictions mapped back to the photo.
+
+The mapping is checked with oracle models (they answer the truth in crop coordinates, so whatever comes
+back in photo coordinates must be the truth again) on synthetic scenes with known landmarks and masks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from facerep import Predictor
+from facerep.backbones import export_backbone
+from facerep.backbones.vit import build_vit
+from facerep.config import ConfigError, FinetuneConfig, load_config
+from facerep.data.detect import Detection
+from facerep.data.downstream.transforms import (
+    FIVE_POINT_TEMPLATE,
+    _similarity,
+    five_points,
+    points_to_crop,
+    sampling_grid,
+    warp_mask,
+)
+from facerep.data.scenes import render_scene
+from facerep.data.synthetic import ATTRIBUTES, LAPA_CLASSES, render_face
+from facerep.engine.finetune import finetune
+from facerep.engine.predict import (
+    MEAN_SHAPE_68,
+    SYNTHETIC_FIVE_POINTS,
+    draw_result,
+    estimate_box,
+    mean_shape_landmarks,
+)
+
+DATASETS = {"alignment": "synthetic_alignment", "parsing": "synthetic_parsing",
+            "classification": "synthetic_attributes"}  # fmt: skip
+
+
+def tiny_run(root, backbone, task: str, *extra: str):
+    """A fine-tuning run of a 4-block, 64-wide ViT on 8 synthetic faces (one epoch, two steps)."""
+    cfg = load_config(FinetuneConfig, None, [
+        f"task={task}", f"dataset={DATASETS[task]}", f"backbone={backbone}", f"output_dir={root / task}",
+        "data.image_size=64", "data.num_workers=0", "data.options.size=64", "data.train_options.length=8",
+        "data.test_options.length=2", "head.blocks=[0,1,2,3]", "head.channels=16", "train.epochs=1",
+        "train.batch_size=4", "train.progress=log", *extra,
+    ])  # fmt: skip
+    finetune(cfg)
+    return root / task
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict_runs")
+    backbone = export_backbone(
+        build_vit("vit_tiny_patch16_224", img_size=64, depth=4, embed_dim=64, num_heads=2), root / "backbone"
+    )
+    return {
+        "alignment": tiny_run(root, backbone, "alignment"),
+        # a 128 px tanh-warped crop (FaRL's LaPa recipe) fed to the backbone at 64
+        "parsing": tiny_run(root, backbone, "parsing", "data.image_size=128", "data.backbone_size=64"),
+        "classification": tiny_run(root, backbone, "classification"),
+    }
+
+
+def truth_detections(scene) -> list[Detection]:
+    return [Detection(f.box, f.points, 1.0 - 0.1 * i) for i, f in enumerate(scene.faces)]
+
+
+def nme(pred: np.ndarray, face) -> float:
+    """Mean point error over the outer-eye-corner distance (synthetic_alignment's unit)."""
+    unit = np.linalg.norm(face.landmarks[36] - face.landmarks[45])
+    return float(np.linalg.norm(pred - face.landmarks, axis=1).mean() / unit)
+
+
+def test_constants_are_the_synthetic_generators():
+    shapes, fives = [], []
+    for i in range(2000):
+        landmarks = render_face(1000, i, 32).landmarks.astype(np.float64)
+        pts = five_points(landmarks)
+        m = _similarity(pts, FIVE_POINT_TEMPLATE)
+        shapes.append(landmarks @ m[:2, :2].T + m[:2, 2])
+        fives.append((pts + 0.5) / 32)
+    assert np.abs(np.mean(shapes, 0) - MEAN_SHAPE_68).max() < 1e-3  # rounded to 3 decimals; size-free
+    assert np.abs(np.mean(fives, 0) - SYNTHETIC_FIVE_POINTS).max() < 4e-3  # measured at 128 px
+
+
+def test_the_box_estimated_from_five_points_is_near_the_landmarks_box():
+    ious, errors = [], []
+    for i in range(10):
+        for face in render_scene(3, i).faces:
+            est, box = estimate_box(face.points), face.box
+            inter = np.prod(np.clip(np.minimum(est[2:], box[2:]) - np.maximum(est[:2], box[:2]), 0, None))
+            ious.append(inter / (np.prod(est[2:] - est[:2]) + np.prod(box[2:] - box[:2]) - inter))
+            errors.append(nme(mean_shape_landmarks(face.points), face))
+    assert min(ious) > 0.5 and np.mean(ious) > 0.7  # yawed faces shift their landmarks' box
+    assert np.mean(errors) < 0.1  # the trivial mean-shape baseline on the true five points
+    est = estimate_box(face.points)
+    assert np.allclose(
+        estimate_box(face.points, 2.0), [*(1.5 * est[:2] - 0.5 * est[2:]), *(1.5 * est[2:] - 0.5 * est[:2])]
+    )
+
+
+@pytest.mark.parametrize(
+    "face_size", [(96, 192), (40, 60)]
+)  # crops that shrink the photo (box filter) or not
+def test_oracle_landmarks_come_back_to_the_photo_exactly(runs, face_size):
+    scene = render_scene(7, 1, faces=3, face_size=face_size)
+    dets = truth_detections(scene)
+    predictor = Predictor(runs["alignment"], detector=lambda image: dets, batch_size=2)
+    prepared = predictor.prepare(scene.image, dets)
+    answers = []
+    for face, truth in zip(prepared, scene.faces, strict=True):  # the truth in the crop's [0, 1] frame
+        on_fed = truth.landmarks.astype(np.float64) @ face.to_fed[:2, :2].T + face.to_fed[:2, 2]
+        to_crop = np.linalg.inv(np.vstack([face.back.numpy().astype(np.float64), [0, 0, 1]]))[:2]
+        answers.append(
+            points_to_crop(torch.from_numpy(on_fed), torch.from_numpy(to_crop), predictor.size).numpy()
+        )
+    queue = list(answers)
+    predictor._model = lambda batch: np.stack([queue.pop(0) for _ in range(len(batch))])  # the oracle
+    result = predictor(scene.image)
+    assert result["task"] == "alignment" and (result["width"], result["height"]) == (640, 480)
+    assert len(result["faces"]) == len(scene.faces) >= 2
+    for face, truth in zip(result["faces"], scene.faces, strict=True):
+        landmarks = np.asarray(face["landmarks"])
+        assert landmarks.shape == (68, 2)
+        assert np.abs(landmarks - truth.landmarks).max() < 0.01  # rounding to 1/100 px only
+        assert nme(landmarks, truth) < 1e-3
+        assert face["score"] <= 1.0 and len(face["box"]) == 4 and len(face["points"]) == 5
+
+
+def test_oracle_parsing_masks_come_back_to_the_photo(runs):
+    scene = render_scene(7, 2, faces=3, face_size=(96, 160))
+    dets = truth_detections(scene)
+    predictor = Predictor(runs["parsing"], detector=lambda image: dets)
+    assert predictor.rule == "five_point" and predictor.spec["augment"]["warp"] == "tanh"
+    prepared = predictor.prepare(scene.image, dets)
+    answers = []
+    truth = torch.from_numpy(scene.mask.astype(np.int64))
+    for face in prepared:  # the scene's labels as the model would see them in this face's crop, one-hot
+        photo_to_crop = np.vstack([face.back.numpy().astype(np.float64), [0, 0, 1]]) @ face.to_fed
+        grid = sampling_grid(photo_to_crop, scene.mask.shape, predictor.size, face.warp_factor)
+        crop = warp_mask(truth, grid)
+        answers.append(
+            torch.nn.functional.one_hot(crop, len(LAPA_CLASSES)).permute(2, 0, 1).float().numpy() * 10
+        )
+    queue = list(answers)
+    predictor._model = lambda batch: np.stack([queue.pop(0) for _ in range(len(batch))])
+    result = predictor(scene.image)
+    combined = result["mask"]
+    assert combined.shape == scene.mask.shape and combined.dtype == np.uint8
+    for face, planted in zip(result["faces"], scene.faces, strict=True):
+        assert face["mask"].shape == scene.mask.shape
+        x1, y1, x2, y2 = (round(float(v)) for v in planted.box)
+        region = (slice(max(y1, 0), y2), slice(max(x1, 0), x2))
+        assert (face["mask"][region] == scene.mask[region]).mean() > 0.97
+    faces = scene.mask > 0
+    assert (combined[faces] == scene.mask[faces]).mean() > 0.95
+    assert (combined[~faces] == 0).mean() > 0.99
+
+
+def test_classification_and_parsing_run_on_the_tiny_models(runs):
+    scene = render_scene(5, 0, faces=2)
+    dets = truth_detections(scene)
+    classify = Predictor(runs["classification"], detector=lambda image: dets)
+    assert (
+        classify.rule == "canvas" and classify.framing.kind == "points" and classify.framing.size == [64, 64]
+    )
+    result = classify(scene.image)
+    for face in result["faces"]:
+        probs = face["probabilities"]
+        assert list(probs) == list(ATTRIBUTES) and all(0.0 <= p <= 1.0 for p in probs.values())
+        assert face["labels"] == [n for n, p in probs.items() if p >= 0.5]
+    parse = Predictor(runs["parsing"], detector=lambda image: dets)
+    parsed = parse.predict([scene.image, scene.image])
+    assert len(parsed) == 2 and parsed[0]["mask"].shape == (480, 640)
+    assert np.array_equal(parsed[0]["mask"], parsed[1]["mask"])
+    image = draw_result(scene.image, parsed[0], parse.spec)
+    assert image.size[0] > 640 and image.size[1] == 480  # the legend on the right
+
+
+def test_faces_batch_across_images_with_the_same_answers(runs):
+    scenes = [render_scene(9, i, faces=(1, 3)) for i in range(3)]
+    dets = [truth_detections(s) for s in scenes]
+    one = Predictor(runs["alignment"], batch_size=1)
+    many = Predictor(runs["alignment"], batch_size=16)
+    calls = []
+    model = many._model
+    many._model = lambda batch: calls.append(len(batch)) or model(batch)
+    a = one.predict([s.image for s in scenes], dets)
+    b = many.predict([s.image for s in scenes], dets)
+    assert calls == [sum(len(d) for d in dets)]  # one model call for the faces of all three photos
+    for ra, rb in zip(a, b, strict=True):
+        for fa, fb in zip(ra["faces"], rb["faces"], strict=True):
+            assert np.allclose(fa["landmarks"], fb["landmarks"], atol=0.02)
+
+
+def test_no_face_detections_without_points_and_bad_arguments(runs):
+    image = np.full((60, 80, 3), 127, np.uint8)
+    predictor = Predictor(runs["alignment"], detector=lambda im: [])
+    assert predictor(image) == {"width": 80, "height": 60, "task": "alignment", "faces": [],
+                                "message": "no face found"}  # fmt: skip
+    scene = render_scene(2, 0, faces=1)
+    box_only = [Detection(scene.faces[0].box, None, 0.9)]  # e.g. a Haar cascade: the box is cropped as given
+    face = predictor(scene.image, box_only)["faces"][0]
+    assert face["points"] is None and np.allclose(face["crop_box"], scene.faces[0].box, atol=0.01)
+    with pytest.raises(ConfigError, match="batch_size must be >= 1"):
+        Predictor(runs["alignment"], batch_size=0)
+    with pytest.raises(ConfigError, match="unknown framing option"):
+        Predictor(runs["classification"], framing={"zoom": 2})
+    with pytest.raises(ConfigError, match="no such file"):
+        Predictor(runs["alignment"] / "missing.pt")
+    with pytest.raises(ConfigError, match=r"expected an RGB image \[H, W, 3\] uint8"):
+        predictor(np.zeros((4, 4, 3), np.float32))
