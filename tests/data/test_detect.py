@@ -143,6 +143,23 @@ def test_unknown_names_options_and_images_are_one_line_errors() -> None:
         build_detector("haar")(np.zeros((4, 4), dtype=np.uint8))
 
 
+def test_a_detector_plugs_in_by_name(monkeypatch: pytest.MonkeyPatch, astronaut: np.ndarray) -> None:
+    class Centre:
+        name = "centre"
+
+        def __init__(self, size: float = 10.0) -> None:
+            self.size = size
+
+        def __call__(self, image: np.ndarray) -> list[Detection]:
+            cx, cy = image.shape[1] / 2, image.shape[0] / 2
+            return [Detection([cx - self.size, cy - self.size, cx + self.size, cy + self.size], None, 1.0)]
+
+    monkeypatch.setitem(DETECTORS._entries, "centre", Centre)  # as DETECTORS.add("centre", Centre), undone
+    det = build_detector("centre", size=4)
+    assert isinstance(det, detect.FaceDetector)
+    assert det(astronaut)[0].box.tolist() == [252, 252, 260, 260]
+
+
 def test_detection_json_round_trip() -> None:
     with_points = Detection(
         np.array([1.25, 2.5, 30.1, 40.7]), np.arange(10).reshape(5, 2) / 3, np.float32(0.9)
