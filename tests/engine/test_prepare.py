@@ -285,8 +285,10 @@ def test_a_dead_pool_worker_stops_the_job_with_one_line_and_the_rerun_completes(
     with pytest.raises(FacerepError, match="worker process died.*rerun the same command to resume"):
         _prepare(out, *_with_detections(scenes), "workers=2")
     monkeypatch.delenv(CRASH_ENV)
+    for shard in out.glob("crops-*.tar"):  # whatever the dying pool left under a final name is complete
+        assert shard.read_bytes() == (reference / shard.name).read_bytes()
     summary = _prepare(out, *_with_detections(scenes))  # the rest in this process; shards from both agree
-    assert summary["units_skipped"] >= 1 and summary["units_run"] + summary["units_skipped"] == 4
+    assert summary["units_run"] + summary["units_skipped"] == 4
     _assert_complete_and_equal(out, reference)
 
 
