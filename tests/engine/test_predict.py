@@ -61,6 +61,16 @@ def runs(tmp_path_factory):
         # a 128 px tanh-warped crop (FaRL's LaPa recipe) fed to the backbone at 64
         "parsing": tiny_run(root, backbone, "parsing", "data.image_size=128", "data.backbone_size=64"),
         "classification": tiny_run(root, backbone, "classification"),
+        # CelebAMask-HQ's protocol: the whole (here: canvas-framed) image, no warp
+        "parsing_image": tiny_run(
+            root / "image",
+            backbone,
+            "parsing",
+            "data.image_size=128",
+            "data.backbone_size=64",
+            "augment.align=image",
+            "augment.warp=affine",
+        ),
     }
 
 
@@ -130,13 +140,16 @@ def test_oracle_landmarks_come_back_to_the_photo_exactly(runs, face_size):
         assert face["score"] <= 1.0 and len(face["box"]) == 4 and len(face["points"]) == 5
 
 
-def test_oracle_parsing_masks_come_back_to_the_photo(runs):
+@pytest.mark.parametrize(
+    ("run", "rule", "warp"), [("parsing", "five_point", "tanh"), ("parsing_image", "canvas", "affine")]
+)
+def test_oracle_parsing_masks_come_back_to_the_photo(runs, run, rule, warp):
     scene = render_scene(7, 2, faces=3, face_size=(96, 160))
     dets = truth_detections(scene)
-    predictor = Predictor(runs["parsing"], detector=lambda image: dets)
-    assert predictor.rule == "five_point" and predictor.spec["augment"]["warp"] == "tanh"
+    predictor = Predictor(runs[run], detector=lambda image: dets)
+    assert predictor.rule == rule and predictor.spec["augment"]["warp"] == warp
     prepared = predictor.prepare(scene.image, dets)
-    answers = []
+    answers, agreement = [], []
     truth = torch.from_numpy(scene.mask.astype(np.int64))
     for face in prepared:  # the scene's labels as the model would see them in this face's crop, one-hot
         photo_to_crop = np.vstack([face.back.numpy().astype(np.float64), [0, 0, 1]]) @ face.to_fed
@@ -154,10 +167,10 @@ def test_oracle_parsing_masks_come_back_to_the_photo(runs):
         assert face["mask"].shape == scene.mask.shape
         x1, y1, x2, y2 = (round(float(v)) for v in planted.box)
         region = (slice(max(y1, 0), y2), slice(max(x1, 0), x2))
-        assert (face["mask"][region] == scene.mask[region]).mean() > 0.97
+        agreement.append((face["mask"][region] == scene.mask[region]).mean())
     faces = scene.mask > 0
-    assert (combined[faces] == scene.mask[faces]).mean() > 0.95
-    assert (combined[~faces] == 0).mean() > 0.99
+    agreement += [(combined[faces] == scene.mask[faces]).mean(), (combined[~faces] == 0).mean()]
+    assert min(agreement) > 0.99  # measured 0.996-1.0 (nearest resampling into the crop and back)
 
 
 def test_classification_and_parsing_run_on_the_tiny_models(runs):

@@ -1,0 +1,285 @@
+"""``facerep predict``: a fine-tuned model on photos, folders of photos or videos -> JSON + overlays.
+
+For every image ``<output_dir>/<stem>.json`` (``{"image", "width", "height", "task", "faces": [...]}``, see
+:meth:`facerep.engine.predict.Predictor.predict`; ``"message": "no face found"`` when there is none),
+parsing label maps as PNGs of class ids (``<stem>_face<i>_mask.png`` per face, ``<stem>_mask.png`` for all)
+and ``<stem>_overlay.png``. A folder is searched recursively (images and videos, sorted; outputs mirror its
+sub-folders). A video gives one ``<stem>.json`` with the faces of every ``frame_step``-th frame and, with
+overlays, ``<stem>_overlay.mp4`` of those frames. Files that cannot be read are reported and skipped;
+``summary.json`` counts images, frames, faces and lists the failures. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from facerep.config import ConfigError
+from facerep.data.sources import IMAGE_EXTENSIONS
+from facerep.data.transforms import decode_image
+from facerep.engine.predict import Predictor, draw_result
+from facerep.runtime.atomic import atomic_save, atomic_write_bytes, atomic_write_json
+from facerep.runtime.errors import FacerepError, one_line
+
+_NUMBERS = re.compile(r"\[\s*(-?[\d.eE+-]+(?:,\s*-?[\d.eE+-]+)*)\s*\]")
+VIDEO_EXTENSIONS = frozenset({"mp4", "avi", "mov", "mkv", "webm", "m4v", "mpg", "mpeg"})
+
+
+@dataclass
+class PredictConfig:
+    checkpoint: str | None = None  # RUN_DIR | finetune.pt | an export (model.onnx, ...) with its <file>.json
+    input: str | None = None  # a photo, a folder (searched recursively) or a video
+    output_dir: str = "runs/predict"
+    output: str | None = None  # the same as output_dir (takes precedence when given)
+    detector: str = "mtcnn"  # facerep.data.detect.build_detector name
+    detector_options: dict[str, Any] = field(default_factory=dict)  # e.g. {min_face: 20, max_side: 1280}
+    device: str = "cpu"  # cpu | cuda | auto
+    batch_size: int = 16  # faces per model call (gathered across images and frames)
+    overlays: bool = True  # <stem>_overlay.png (and _overlay.mp4 for videos)
+    frame_step: int = 1  # videos: every frame_step-th frame (0, step, 2 step, ...)
+    max_frames: int | None = None  # videos: stop after this many predicted frames
+    box_scale: float | None = None  # alignment: the estimated face box x this (default: the export's, 1.0)
+    framing: dict[str, Any] = field(default_factory=dict)  # whole-image tasks: kind, size, points, expand
+    progress: bool = True  # tqdm bars (on a terminal)
+
+
+def find_inputs(path: Path) -> list[Path]:
+    """``path`` itself, or every image and video under the folder ``path`` (sorted)."""
+    if not path.exists():
+        raise ConfigError(f"input={path}: no such file or directory")
+    if path.is_file():
+        return [path]
+    suffixes = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower().lstrip(".") in suffixes)
+
+
+def output_bases(inputs: list[Path], root: Path, out: Path) -> dict[Path, Path]:
+    """Each input's output prefix: ``out/<relative folder>/<stem>`` (``<name>`` where two share a stem)."""
+    rel = {p: (p.relative_to(root) if root.is_dir() else Path(p.name)) for p in inputs}
+    stems: dict[Path, int] = {}
+    for r in rel.values():
+        key = r.parent / r.stem
+        stems[key] = stems.get(key, 0) + 1
+    return {p: out / r.parent / (r.stem if stems[r.parent / r.stem] == 1 else r.name) for p, r in rel.items()}
+
+
+def is_video(path: Path) -> bool:
+    return path.suffix.lower().lstrip(".") in VIDEO_EXTENSIONS
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    """Indented JSON with every innermost list of numbers (a box, a point) on one line."""
+    text = json.dumps(doc, indent=2)
+    text = _NUMBERS.sub(lambda m: "[" + re.sub(r",\s*", ", ", m.group(1)) + "]", text)
+    atomic_write_bytes(path, text.encode())
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    image = Image.fromarray(array)
+    atomic_save(lambda tmp: image.save(tmp, format="PNG"), path)
+
+
+def _faces_json(result: dict[str, Any], base: Path, prefix: str, save_masks: bool) -> list[dict[str, Any]]:
+    """The faces of a result with masks written as PNGs (``<prefix>_face<i>_mask.png``) and named."""
+    faces = []
+    for i, face in enumerate(result["faces"]):
+        entry = {k: v for k, v in face.items() if k != "mask"}
+        if "mask" in face and save_masks:
+            name = f"{prefix}_face{i}_mask.png"
+            _save_png(face["mask"], base.parent / name)
+            entry["mask"] = name
+        faces.append(entry)
+    return faces
+
+
+def write_image(
+    predictor: Predictor, source: Path, base: Path, image: np.ndarray, result: dict, overlays: bool
+) -> dict[str, Any]:
+    """``<base>.json`` (+ mask PNGs and the overlay) for one photo; returns the JSON document."""
+    doc: dict[str, Any] = {"image": str(source), **{k: result[k] for k in ("width", "height", "task")}}
+    doc["faces"] = _faces_json(result, base, base.name, save_masks=True)
+    if "mask" in result:
+        doc["mask"] = f"{base.name}_mask.png"
+        doc["classes"] = predictor.spec["class_names"]
+        _save_png(result["mask"], base.parent / doc["mask"])
+    if "message" in result:
+        doc["message"] = result["message"]
+    if overlays:
+        doc["overlay"] = f"{base.name}_overlay.png"
+        overlay = draw_result(image, result, predictor.spec)
+        atomic_save(lambda tmp: overlay.save(tmp, format="PNG"), base.parent / doc["overlay"])
+    write_json(base.parent / f"{base.name}.json", doc)
+    return doc
+
+
+def _even(image: Image.Image) -> np.ndarray:
+    """RGB array padded to even sides (yuv420p video)."""
+    arr = np.asarray(image.convert("RGB"))
+    h, w = arr.shape[:2]
+    return np.pad(arr, ((0, h % 2), (0, w % 2), (0, 0)))
+
+
+class _VideoWriter:
+    """Overlay frames -> an MP4 (H.264 where PyAV has it, else MPEG-4 Part 2)."""
+
+    def __init__(self, path: Path, fps: float) -> None:
+        self.container = av.open(str(path), "w", format="mp4")
+        self.codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+        self.fps = fps
+        self.stream: Any = None
+
+    def write(self, frame: np.ndarray) -> None:
+        if self.stream is None:
+            self.stream = self.container.add_stream(self.codec, rate=max(1, round(self.fps)))
+            self.stream.height, self.stream.width = frame.shape[:2]
+            self.stream.pix_fmt = "yuv420p"
+        for packet in self.stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            self.container.mux(packet)
+
+    def close(self) -> None:
+        if self.stream is not None:
+            for packet in self.stream.encode():
+                self.container.mux(packet)
+        self.container.close()
+
+
+def predict_video(predictor: Predictor, source: Path, base: Path, cfg: PredictConfig, show: bool) -> dict:
+    """``<base>.json`` with the faces of every ``frame_step``-th frame (+ ``<base>_overlay.mp4``); parsing
+    label maps of all faces per frame go to ``<base>_frames/<index>_mask.png``. Raises ``av`` errors for
+    files FFmpeg cannot open."""
+    doc: dict[str, Any] = {
+        "video": str(source),
+        "task": predictor.task,
+        "frame_step": cfg.frame_step,
+        "frames": [],
+    }
+
+    def run(overlay_path: Path | None) -> None:
+        with av.open(str(source)) as container:
+            if not container.streams.video:
+                raise av.error.InvalidDataError(0, f"{source}: no video stream")
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate) if stream.average_rate else 25.0
+            doc.update(width=stream.codec_context.width, height=stream.codec_context.height, fps=fps)
+            writer = _VideoWriter(overlay_path, fps / cfg.frame_step) if overlay_path is not None else None
+
+            def frames() -> Iterator[tuple[int, np.ndarray]]:
+                taken = 0
+                for index, frame in enumerate(container.decode(stream)):
+                    if cfg.max_frames is not None and taken >= cfg.max_frames:
+                        return
+                    if index % cfg.frame_step == 0:
+                        taken += 1
+                        yield index, frame.to_ndarray(format="rgb24")
+
+            total = stream.frames // cfg.frame_step + 1 if stream.frames else None
+            bar = tqdm(total=total, desc=source.name, unit="frame", disable=not show, leave=False)
+            try:
+                for index, image, result in predictor.predict_stream(frames()):
+                    entry: dict[str, Any] = {"index": index, "time": round(index / fps, 4)}
+                    entry["faces"] = _faces_json(result, base, base.name, save_masks=False)
+                    if "mask" in result:
+                        entry["mask"] = f"{base.name}_frames/{index:06d}_mask.png"
+                        _save_png(result["mask"], base.parent / entry["mask"])
+                    doc["frames"].append(entry)
+                    if writer is not None:
+                        writer.write(_even(draw_result(image, result, predictor.spec)))
+                    bar.update(1)
+            finally:
+                bar.close()
+                if writer is not None:
+                    writer.close()
+
+    if cfg.overlays:
+        doc["overlay"] = f"{base.name}_overlay.mp4"
+        atomic_save(run, base.parent / doc["overlay"])
+    else:
+        run(None)
+    if predictor.task == "parsing":
+        doc["classes"] = predictor.spec["class_names"]
+    write_json(base.parent / f"{base.name}.json", doc)
+    return doc
+
+
+def _check(cfg: PredictConfig) -> None:
+    if not cfg.checkpoint:
+        raise ConfigError(
+            "facerep predict needs checkpoint=RUN_DIR|finetune.pt|model.onnx (a fine-tuned model)"
+        )
+    if not cfg.input:
+        raise ConfigError("facerep predict needs input=PHOTO|FOLDER|VIDEO")
+    if cfg.frame_step < 1 or cfg.batch_size < 1 or (cfg.max_frames is not None and cfg.max_frames < 1):
+        raise ConfigError(
+            f"frame_step, batch_size and max_frames must be >= 1, got {cfg.frame_step}, {cfg.batch_size}, "
+            f"{cfg.max_frames}"
+        )
+
+
+def run_predict(cfg: PredictConfig) -> dict:
+    """Run ``facerep predict`` (see the module docstring); returns the summary written to ``summary.json``."""
+    _check(cfg)
+    out = Path(cfg.output or cfg.output_dir)
+    predictor = Predictor(
+        cfg.checkpoint, detector=cfg.detector, detector_options=dict(cfg.detector_options), device=cfg.device,
+        batch_size=cfg.batch_size, box_scale=cfg.box_scale, framing=dict(cfg.framing) or None,
+    )  # fmt: skip
+    root = Path(cfg.input)
+    inputs = find_inputs(root)
+    bases = output_bases(inputs, root, out)
+    show = cfg.progress and sys.stderr.isatty()
+    summary: dict[str, Any] = {
+        "checkpoint": str(cfg.checkpoint), "input": str(root), "output_dir": str(out), "task": predictor.task,
+        "images": 0, "videos": 0, "frames": 0, "faces": 0, "no_face": [], "failures": [],
+    }  # fmt: skip
+
+    def fail(path: Path, error: BaseException | str) -> None:
+        summary["failures"].append({"path": str(path), "error": one_line(error, 300)})
+        print(f"[facerep] skipped {path}: {one_line(error, 300)}", flush=True)
+
+    def readable() -> Iterator[tuple[Path, np.ndarray]]:
+        for path in (p for p in inputs if not is_video(p)):
+            try:
+                image = np.asarray(decode_image(path, str(path)))
+            except (FacerepError, OSError) as err:  # BadImage: empty, truncated, not an image
+                fail(path, err)
+                continue
+            yield path, image
+
+    images = [p for p in inputs if not is_video(p)]
+    for path, image, result in tqdm(
+        predictor.predict_stream(readable()), total=len(images), desc="images", disable=not show
+    ):
+        write_image(predictor, path, bases[path], image, result, cfg.overlays)
+        summary["images"] += 1
+        summary["faces"] += len(result["faces"])
+        if not result["faces"]:
+            summary["no_face"].append(str(path))
+    for path in (p for p in inputs if is_video(p)):
+        try:
+            doc = predict_video(predictor, path, bases[path], cfg, show)
+        except (av.error.FFmpegError, OSError) as err:
+            fail(path, err)
+            continue
+        summary["videos"] += 1
+        summary["frames"] += len(doc["frames"])
+        summary["faces"] += sum(len(f["faces"]) for f in doc["frames"])
+    summary["config"] = asdict(cfg)
+    atomic_write_json(out / "summary.json", summary)
+    print(
+        f"[facerep] predict ({predictor.task}): {summary['images']} images "
+        f"({len(summary['no_face'])} without a face), {summary['videos']} videos ({summary['frames']} "
+        f"frames), {summary['faces']} faces; "
+        f"{len(summary['failures'])} unreadable files skipped; wrote {out}",
+        flush=True,
+    )
+    return summary
