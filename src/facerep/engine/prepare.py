@@ -271,7 +271,7 @@ def init_worker() -> None:
 
 
 def _index(folder: str) -> DetectionIndex:
-    key = ("index", folder)
+    key = ("index", folder, (Path(folder) / "source.json").stat().st_mtime_ns)  # a rebuilt index is new
     if key not in _WORKER_STATE:
         _WORKER_STATE[key] = DetectionIndex(folder)
     return _WORKER_STATE[key]
@@ -328,7 +328,7 @@ class _ShardWriter:
         info.size, info.mode, info.mtime = len(data), 0o644, 0
         self.tar.addfile(info, io.BytesIO(data))
 
-    def _bad(self, name: str, reason: str) -> None:
+    def bad_image(self, name: str, reason: str) -> None:
         """An image that cannot be read or decoded."""
         self.counts["corrupt"] += 1
         if len(self.corrupt) < EXAMPLES:
@@ -363,7 +363,7 @@ class _ShardWriter:
             try:
                 image, _ = decode_bgr(data, name)
             except BadImage as err:
-                self._bad(name, err.reason)
+                self.bad_image(name, err.reason)
                 return
             faces = self.detector(np.ascontiguousarray(image[:, :, ::-1]))
         self.counts["faces"] += len(faces)
@@ -381,7 +381,7 @@ class _ShardWriter:
             try:
                 image, reduction = decode_bgr(data, name, wanted)
             except BadImage as err:
-                self._bad(name, err.reason)
+                self.bad_image(name, err.reason)
                 return
         self.reductions[reduction] += 1
         self.counts["images_with_crops"] += 1
@@ -456,7 +456,7 @@ def _fill(writer: _ShardWriter, unit: Unit) -> None:
             try:
                 data: bytes | None = WebDatasetSource.image_bytes(sample)
             except BadImage as err:
-                writer._bad(name, err.reason)
+                writer.bad_image(name, err.reason)
                 data = None
             writer.image(key, name, data, _read_meta(sample.get("json")), read_caption(sample.get("txt")))
         return
@@ -464,7 +464,7 @@ def _fill(writer: _ShardWriter, unit: Unit) -> None:
         try:
             data = Path(path).read_bytes()
         except OSError as err:
-            writer._bad(path, one_line(err))
+            writer.bad_image(path, one_line(err))
             data = None
         try:
             caption = read_caption(Path(path).with_suffix(".txt").read_bytes())
