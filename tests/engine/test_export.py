@@ -19,6 +19,7 @@ from facerep.data.detect import Detection
 from facerep.data.scenes import render_scene
 from facerep.engine.export import ExportError, FixedAdaptiveAvgPool2d, export_model, onnx_ready
 from facerep.engine.finetune import finetune
+from facerep.runtime.checkpoint import CheckpointError
 
 DATASETS = {"alignment": "synthetic_alignment", "parsing": "synthetic_parsing",
             "classification": "synthetic_attributes"}  # fmt: skip
@@ -105,6 +106,10 @@ def test_an_export_beyond_the_tolerance_is_refused_and_not_written(runs, tmp_pat
     assert main(["export", f"checkpoint={runs['classification']}", "format=tflite"]) == 2
     assert "format must be one of onnx, torchscript, safetensors, got 'tflite'" in capsys.readouterr().err
     (tmp_path / "bad.onnx").write_bytes(b"not a graph")
+    with pytest.raises(
+        CheckpointError, match=r"bad.onnx: an exported model needs its spec bad.onnx.json beside it"
+    ):
+        Predictor(tmp_path / "bad.onnx")
     (tmp_path / "bad.onnx.json").write_text("{}")
     assert main(["predict", f"checkpoint={tmp_path / 'bad.onnx'}", f"input={tmp_path}"]) == 2
     assert "not a facerep export spec" in capsys.readouterr().err

@@ -486,6 +486,8 @@ def load_runner(checkpoint: str | Path, device: torch.device) -> tuple[Callable[
         raise CheckpointError(
             f"{sidecar_path(path)}: unknown format {fmt!r} (onnx, torchscript, safetensors)"
         )
+    if path.suffix in (".onnx", ".safetensors"):
+        raise CheckpointError(f"{path}: an exported model needs its spec {sidecar_path(path).name} beside it")
     model, spec = load_finetuned(path)
     return _TorchRunner(model, device), spec
 
