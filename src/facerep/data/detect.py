@@ -294,8 +294,9 @@ class MTCNNDetector(_ScaledDetector):
     ``max(min_face, 12 * longer_side / max_side)``; ``threshold``: O-Net score kept (final);
     ``stage_thresholds``: P-Net and R-Net scores passed on; ``scale_factor``: pyramid step.
     ``threads``: OpenCV's thread count, process-wide, set when the networks load in the process that
-    detects (None: leave it).  1 by default: these small networks ran slower with two threads than with
-    one even in a single process, and ``prepare`` scales with one process per core (README "Face detector").
+    detects (None: leave it).  1 by default: ``prepare`` scales with one process per core, and these small
+    networks share cores badly (one process: 101 images/s with one thread, 125 with two; README "Face
+    detector").
     """
 
     name = "mtcnn"
