@@ -218,9 +218,8 @@ def _to_uint8(image: Tensor) -> np.ndarray:
 
 
 def _as_float(image: np.ndarray) -> Tensor:
-    return (
-        torch.tensor(np.asarray(image)).permute(2, 0, 1).to(torch.float32) / 255.0
-    )  # a copy: may be read-only
+    """``[H, W, 3]`` uint8 -> float ``[3, H, W]`` in [0, 1] (a copy: decoded images may be read-only)."""
+    return torch.tensor(np.asarray(image)).permute(2, 0, 1).to(torch.float32) / 255.0
 
 
 # ------------------------------------------------------------------------------------------------- framing
@@ -540,6 +539,8 @@ class Predictor:
         )
         crop = self.spec["crop"]
         self.rule = crop["rule"]
+        if self.rule not in RULES:
+            raise CheckpointError(f"{checkpoint}: unknown crop rule {self.rule!r} ({', '.join(RULES)})")
         self.box_scale = float(crop["box_scale"] if box_scale is None else box_scale)
         if not self.box_scale > 0:
             raise ConfigError(f"box_scale must be > 0, got {self.box_scale}")
