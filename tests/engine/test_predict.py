@@ -17,10 +17,10 @@ from facerep.config import ConfigError, FinetuneConfig, load_config
 from facerep.data.detect import Detection
 from facerep.data.downstream.transforms import (
     FIVE_POINT_TEMPLATE,
-    _similarity,
     five_points,
     points_to_crop,
     sampling_grid,
+    similarity,
     warp_mask,
 )
 from facerep.data.scenes import render_scene
@@ -89,7 +89,7 @@ def test_constants_are_the_synthetic_generators():
     for i in range(2000):
         landmarks = render_face(1000, i, 32).landmarks.astype(np.float64)
         pts = five_points(landmarks)
-        m = _similarity(pts, FIVE_POINT_TEMPLATE)
+        m = similarity(pts, FIVE_POINT_TEMPLATE)
         shapes.append(landmarks @ m[:2, :2].T + m[:2, 2])
         fives.append((pts + 0.5) / 32)
     assert np.abs(np.mean(shapes, 0) - MEAN_SHAPE_68).max() < 1e-3  # rounded to 3 decimals; size-free

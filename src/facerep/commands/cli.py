@@ -1,5 +1,5 @@
 """``facerep`` command line: ``pretrain``, ``finetune``, ``evaluate``, ``probe``, ``zeroshot``, ``heatmaps``,
-``demo`` and ``bench``.
+``prepare``, ``predict``, ``export``, ``demo`` and ``bench``.
 
 Each takes ``[-c CONFIG.yaml] [KEY=VALUE ...]`` (``evaluate``, ``probe``, ``demo`` and ``bench data`` only the
 overrides). facerep's own errors (:class:`~facerep.runtime.errors.FacerepError`: bad config, data,
@@ -16,7 +16,10 @@ from typing import Any
 
 from facerep.commands import bench
 from facerep.commands.demo import DemoConfig, run_demo
+from facerep.commands.export import ExportConfig, run_export
 from facerep.commands.heatmaps import HeatmapsConfig, run_heatmaps
+from facerep.commands.predict import PredictConfig, run_predict
+from facerep.commands.prepare import PrepareConfig, run_prepare
 from facerep.commands.probe import ProbeConfig, run_probe
 from facerep.commands.zeroshot import ZeroShotConfig, run_zeroshot
 from facerep.config import ConfigError, EvaluateConfig, FinetuneConfig, PretrainConfig, load_config, to_yaml
@@ -61,6 +64,18 @@ def _heatmaps(args: argparse.Namespace) -> int:
 
 def _zeroshot(args: argparse.Namespace) -> int:
     return _run_config(ZeroShotConfig, run_zeroshot, args)
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    return _run_config(PrepareConfig, run_prepare, args)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    return _run_config(PredictConfig, run_predict, args)
+
+
+def _export(args: argparse.Namespace) -> int:
+    return _run_config(ExportConfig, run_export, args)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -139,6 +154,22 @@ def build_parser() -> argparse.ArgumentParser:
         "facerep heatmaps run=RUN_DIR [images=8 eval_images=200 output_dir=DIR]: the learned region heatmaps "
         "of a method=fra run on held-out synthetic faces as PNG overlays, and each query's best-matching "
         "parsing class with its IoU, beside the random-init method and a fixed grid.", config=False,
+    )  # fmt: skip
+    _command(
+        sub, "prepare", _prepare, "raw images -> face-crop WebDataset shards (detect, crop, re-encode)",
+        "facerep prepare [-c configs/prepare_*.yaml] input=SHARDS|DIR|LIST.txt output_dir=DIR "
+        "[detections=sample2detect_*.pth | detector=mtcnn] [crop.size=224 ...] [engine=pool|ray workers=N]. "
+        "Rerun with the same output_dir to resume (finished shards are skipped).", config=True,
+    )  # fmt: skip
+    _command(
+        sub, "predict", _predict, "run a fine-tuned model on photos, folders or videos: JSON + overlays",
+        "facerep predict checkpoint=RUN_DIR|finetune.pt|model.onnx input=PHOTO|DIR|VIDEO output_dir=DIR "
+        "[device=cpu batch_size=16 overlays=true]", config=True,
+    )  # fmt: skip
+    _command(
+        sub, "export", _export, "export a fine-tuned model (backbone + head): ONNX, TorchScript, safetensors",
+        "facerep export checkpoint=RUN_DIR|finetune.pt format=onnx|torchscript|safetensors [output=PATH]; "
+        "ONNX is checked against PyTorch with onnxruntime (max abs diff printed).", config=True,
     )  # fmt: skip
     _command(
         sub, "demo", _demo, "embedded representation benchmark on synthetic faces (MAE vs MCF vs random)",

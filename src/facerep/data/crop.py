@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 
 from facerep.config import ConfigError, check_choice
-from facerep.data.downstream.transforms import FIVE_POINT_TEMPLATE
+from facerep.data.downstream.transforms import FIVE_POINT_TEMPLATE, similarity
 from facerep.data.transforms import BadImage, decode_image
 
 ALIGNS = ("box", "five_point")
@@ -116,19 +116,6 @@ def select_faces(faces: Sequence[FaceLike], cfg: CropConfig) -> tuple[list[int],
     return passed, rejected
 
 
-def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity ``[2, 3]`` (rotation, uniform scale, shift; no reflection) ``src -> dst``
-    (``[K, 2]`` point sets, ``K >= 2``)."""
-    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
-    ms, md = src.mean(0), dst.mean(0)
-    p, q = src - ms, dst - md
-    denom = max(float((p**2).sum()), 1e-12)
-    a = float((p[:, 0] * q[:, 0] + p[:, 1] * q[:, 1]).sum()) / denom
-    b = float((p[:, 0] * q[:, 1] - p[:, 1] * q[:, 0]).sum()) / denom
-    t = md - np.array([a * ms[0] - b * ms[1], b * ms[0] + a * ms[1]])
-    return np.array([[a, -b, t[0]], [b, a, t[1]]])
-
-
 def template_points(size: int, align_scale: float = 1.0) -> np.ndarray:
     """FaRL's five-point template in a ``size x size`` crop (pixel coordinates), shrunk about its centre."""
     return ((FIVE_POINT_TEMPLATE / float(align_scale) + 1.0) * size - 1.0) / 2.0
@@ -139,7 +126,7 @@ def crop_transform(face: FaceLike, cfg: CropConfig) -> tuple[np.ndarray, str]:
     s = float(cfg.size)
     points = face.points
     if cfg.align == "five_point" and points is not None and np.isfinite(points).all():
-        return similarity(points, template_points(cfg.size, cfg.align_scale)), "five_point"
+        return similarity(points, template_points(cfg.size, cfg.align_scale))[:2], "five_point"
     x1, y1, x2, y2 = (float(v) for v in face.box)
     cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
     w, h = max(x2 - x1, 1e-3), max(y2 - y1, 1e-3)

@@ -68,12 +68,12 @@ from facerep.data.downstream.transforms import (
     AugmentConfig,
     ClassificationTransform,
     ParsingTransform,
-    _box_matrix,
-    _five_point_matrix,
-    _similarity,
+    box_matrix,
+    five_point_matrix,
     landmarks_box,
     landmarks_to_image,
     logits_to_image,
+    similarity,
 )
 from facerep.data.transforms import decode_image
 from facerep.engine.finetune import CHECKPOINT_NAME
@@ -155,7 +155,7 @@ RULES = ("box", "five_point", "canvas")
 
 def _template_to_photo(points5: np.ndarray) -> np.ndarray:
     """3x3 similarity taking template units (FIVE_POINT_TEMPLATE's frame) onto the five ``points5`` [5, 2]."""
-    return _similarity(FIVE_POINT_TEMPLATE, np.asarray(points5, dtype=np.float64))
+    return similarity(FIVE_POINT_TEMPLATE, np.asarray(points5, dtype=np.float64))
 
 
 def mean_shape_landmarks(points5: np.ndarray) -> np.ndarray:
@@ -589,13 +589,13 @@ class Predictor:
         fr = self.framing
         w, h = (int(v) for v in fr.size)
         if fr.kind == "points" and det.points is not None:
-            return _similarity(
+            return similarity(
                 np.asarray(det.points, dtype=np.float64), np.asarray(fr.points, dtype=np.float64)
             )
         x1, y1, x2, y2 = (float(v) for v in det.box)
         half = max(x2 - x1, y2 - y1) * fr.expand / 2
         cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-        square = _box_matrix(np.array([cx - half, cy - half, cx + half, cy + half]), max(w, h), True)
+        square = box_matrix(np.array([cx - half, cy - half, cx + half, cy + half]), max(w, h), True)
         return np.diag([w / max(w, h), h / max(w, h), 1.0]) @ square
 
     def _crop_box(self, det: Detection) -> np.ndarray:
@@ -623,9 +623,9 @@ class Predictor:
             else:
                 if rule == "box":
                     crop_box = self._crop_box(det)
-                    base = _box_matrix(crop_box, s, cfg.keep_aspect)
+                    base = box_matrix(crop_box, s, cfg.keep_aspect)
                 else:
-                    base = _five_point_matrix(np.asarray(det.points, dtype=np.float64), s)
+                    base = five_point_matrix(np.asarray(det.points, dtype=np.float64), s)
                 fed, to_fed = self._fed(photo, cache, _scale_of(base) / float(cfg.crop_scale))
                 sample = {"image": _to_uint8(fed)}
                 if rule == "box":

@@ -20,12 +20,12 @@ from facerep.data.downstream.transforms import (
     ClassificationTransform,
     ParsingTransform,
     _box_blur,
-    _similarity,
     apply_photometric,
     landmarks_box,
     landmarks_to_image,
     logits_to_image,
     points_to_crop,
+    similarity,
     tanh_unwarp,
     tanh_warp,
 )
@@ -151,7 +151,7 @@ def test_similarity_recovers_known_transform():
     src = np.random.default_rng(0).uniform(0, 100, size=(5, 2))
     a, b = 1.7 * np.cos(0.3), 1.7 * np.sin(0.3)
     dst = src @ np.array([[a, -b], [b, a]]).T + np.array([12.0, -5.0])
-    m = _similarity(src, dst)
+    m = similarity(src, dst)
     assert np.allclose(m[:2], [[a, -b, 12.0], [b, a, -5.0]])
 
 

@@ -89,13 +89,16 @@ __all__ = [
     "ClassificationTransform",
     "ParsingTransform",
     "apply_photometric",
+    "box_matrix",
     "build_matrix",
+    "five_point_matrix",
     "five_points",
     "landmarks_box",
     "landmarks_to_image",
     "logits_to_image",
     "points_to_crop",
     "sampling_grid",
+    "similarity",
     "tanh_unwarp",
     "tanh_warp",
     "warp_image",
@@ -413,7 +416,7 @@ def _rotation_scale_about(
     )
 
 
-def _box_matrix(box: np.ndarray, out_size: int, keep_aspect: bool) -> np.ndarray:
+def box_matrix(box: np.ndarray, out_size: int, keep_aspect: bool) -> np.ndarray:
     """Box (x1, y1, x2, y2, pixel-edge extent) -> the ``S x S`` crop (pixel-centre coordinates)."""
     x1, y1, x2, y2 = (float(v) for v in box)
     cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
@@ -437,7 +440,7 @@ def _image_matrix(hw: tuple[int, int], out_size: int) -> np.ndarray:
     return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
 
 
-def _similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Least-squares similarity (rotation, uniform scale, translation; no reflection) ``src -> dst``."""
     ms, md = src.mean(0), dst.mean(0)
     p, q = src - ms, dst - md
@@ -457,9 +460,9 @@ def five_points(landmarks: np.ndarray) -> np.ndarray | None:
     return np.asarray(pts, dtype=np.float64)
 
 
-def _five_point_matrix(pts5: np.ndarray, out_size: int) -> np.ndarray:
+def five_point_matrix(pts5: np.ndarray, out_size: int) -> np.ndarray:
     target = ((FIVE_POINT_TEMPLATE + 1.0) * out_size - 1.0) / 2.0
-    return _similarity(pts5, target)
+    return similarity(pts5, target)
 
 
 def _draw(n: int, sigma: float, normal: bool, gen: torch.Generator | None) -> np.ndarray:
@@ -611,7 +614,7 @@ class AlignmentTransform(_Base):
         lms = np.asarray(sample["landmarks"], dtype=np.float64)
         box = sample.get("box")
         box = landmarks_box(lms) if box is None else np.asarray(box, dtype=np.float32)
-        m = build_matrix(_box_matrix(box, s, cfg.keep_aspect), s, cfg, self.train, g)
+        m = build_matrix(box_matrix(box, s, cfg.keep_aspect), s, cfg, self.train, g)
         wf = _warp_factor(cfg)
         image = _to_float_image(sample["image"])
         crop = warp_image(image, sampling_grid(m, image.shape[-2:], s, wf))
@@ -668,7 +671,7 @@ class ParsingTransform(_Base):
         if align in ("auto", "five_point"):
             pts = None if lms is None else five_points(lms)
             if pts is not None:
-                return _five_point_matrix(pts, s)
+                return five_point_matrix(pts, s)
             if align == "five_point":
                 raise ConfigError("align='five_point' needs landmarks with 106, 98, 68 or 5 points")
         if align in ("auto", "box"):
@@ -676,7 +679,7 @@ class ParsingTransform(_Base):
             if box is None and lms is not None:
                 box = landmarks_box(lms)
             if box is not None:
-                return _box_matrix(np.asarray(box, dtype=np.float64), s, self.cfg.keep_aspect)
+                return box_matrix(np.asarray(box, dtype=np.float64), s, self.cfg.keep_aspect)
             if align == "box":
                 raise ConfigError("align='box' needs a 'box' or 'landmarks' in the sample")
         return _image_matrix(hw, s)
