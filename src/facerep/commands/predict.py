@@ -243,8 +243,9 @@ def run_predict(cfg: PredictConfig) -> dict:
     }  # fmt: skip
 
     def fail(path: Path, error: BaseException | str) -> None:
-        summary["failures"].append({"path": str(path), "error": one_line(error, 300)})
-        print(f"[facerep] skipped {path}: {one_line(error, 300)}", flush=True)
+        message = one_line(error, 300)
+        summary["failures"].append({"path": str(path), "error": message})
+        print(f"[facerep] skipped {message if str(path) in message else f'{path}: {message}'}", flush=True)
 
     def readable() -> Iterator[tuple[Path, np.ndarray]]:
         for path in (p for p in inputs if not is_video(p)):
