@@ -226,3 +226,15 @@ def test_no_face_detections_without_points_and_bad_arguments(runs):
         Predictor(runs["alignment"] / "missing.pt")
     with pytest.raises(ConfigError, match=r"expected an RGB image \[H, W, 3\] uint8"):
         predictor(np.zeros((4, 4, 3), np.float32))
+
+
+def test_the_names_saved_in_the_checkpoint_label_the_outputs(runs, tmp_path):
+    """A run stores what its outputs mean, so a dataset that is gone (a generic set) still names them."""
+    state = torch.load(runs["classification"] / "finetune.pt", weights_only=False)
+    assert state["outputs"]["attribute_names"] == list(ATTRIBUTES)
+    names = [f"trait_{i}" for i in range(len(ATTRIBUTES))]
+    state["outputs"]["attribute_names"] = names
+    torch.save(state, tmp_path / "finetune.pt")
+    scene = render_scene(5, 0, faces=1)
+    result = Predictor(tmp_path / "finetune.pt", detector=lambda image: truth_detections(scene))(scene.image)
+    assert list(result["faces"][0]["probabilities"]) == names

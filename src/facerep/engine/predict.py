@@ -297,11 +297,22 @@ def _has_layout(task: str, info: DatasetInfo) -> bool:
     return info.class_names is not None or info.attribute_names is not None
 
 
-def dataset_info(ft: FinetuneConfig, weights: dict[str, Tensor]) -> DatasetInfo:
-    """The dataset's output layout without reading the dataset where its reader's class says it (synthetic
-    sets, LaPa, CelebAMask-HQ, RAF-DB, AffectNet, CelebA attributes, the alignment sets); else the dataset at
-    ``data.root`` when it can be read (generic sets); else ``class_<i>`` names counted from the head's
-    weights, taken as single-label."""
+def dataset_info(
+    ft: FinetuneConfig, weights: dict[str, Tensor], saved: dict[str, Any] | None = None
+) -> DatasetInfo:
+    """The dataset's output layout: as the checkpoint saved it (``saved``, the ``"outputs"`` entry of
+    runs fine-tuned since it was added); else without reading the dataset where its reader's class says
+    it (synthetic sets, LaPa, CelebAMask-HQ, RAF-DB, AffectNet, CelebA attributes, the alignment sets);
+    else the dataset at ``data.root`` when it can be read (generic sets); else ``class_<i>`` names counted
+    from the head's weights, taken as single-label."""
+    if saved:
+        info = DatasetInfo(
+            saved.get("num_points"),
+            tuple(saved["class_names"]) if saved.get("class_names") else None,
+            tuple(saved["attribute_names"]) if saved.get("attribute_names") else None,
+        )
+        if _has_layout(ft.task, info):
+            return info
     cls = DATASETS.get(ft.dataset)
     options = {**ft.data.options, **ft.data.test_options}
     info = DatasetInfo(
@@ -334,13 +345,18 @@ def _finetune_config(config: dict[str, Any]) -> FinetuneConfig:
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(FinetuneConfig), config))
 
 
-def model_spec(config: dict[str, Any], arch: dict[str, Any], weights: dict[str, Tensor]) -> dict[str, Any]:
+def model_spec(
+    config: dict[str, Any],
+    arch: dict[str, Any],
+    weights: dict[str, Tensor],
+    outputs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Everything needed to crop faces for, run and read a fine-tuned model, JSON-ready: task, dataset,
     names, input size and normalisation, the transform settings, the crop rule and framing, the backbone's
     arch record and the fine-tuning config (so a state dict can be rebuilt)."""
     ft = _finetune_config(config)
     task = build_task(ft)
-    info = dataset_info(ft, weights)
+    info = dataset_info(ft, weights, outputs)
     augment = dataclasses.asdict(task.augment_config())
     options = {**ft.data.options, **ft.data.test_options}
     rule = crop_rule(ft.task, ft.dataset, augment["align"])
@@ -425,7 +441,7 @@ def load_finetuned(checkpoint: str | Path) -> tuple[ExportModel, dict[str, Any]]
     if state.get("kind") != "finetune":
         raise CheckpointError(f"{path}: not a facerep fine-tuning checkpoint ({CHECKPOINT_NAME})")
     weights = state["ema"] if state.get("ema") is not None else state["model"]
-    spec = model_spec(state["config"], state["arch"], weights)
+    spec = model_spec(state["config"], state["arch"], weights, state.get("outputs"))
     return build_model(spec, weights), spec
 
 
