@@ -7,9 +7,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import cv2
@@ -272,6 +274,33 @@ def test_a_killed_run_resumes_without_partial_or_duplicate_shards(scenes, tmp_pa
     assert summary["this_run"]["removed_leftovers"] == partial
     _assert_complete_and_equal(out, reference)
     assert summary["crops"] == json.loads((reference / "summary.json").read_text())["crops"]
+
+
+@pytest.mark.slow
+def test_a_run_killed_by_sigkill_resumes_to_the_uninterrupted_result(tmp_path) -> None:
+    """A real ``kill -9`` (not the hook) as soon as the first shard is done: nothing partial under a final
+    name, and the rerun completes to the uninterrupted run's bytes."""
+    shards = tmp_path / "scenes"
+    write_scene_shards(shards, 60, shard_size=6, seed=SEED)  # ten shards: the detector takes a while
+    args = (f"input={shards}/{{00000..00009}}.tar", "workers=1", "crop.min_face=40")
+    reference = tmp_path / "reference"
+    _prepare(reference, *args)
+    out = tmp_path / "out"
+    code = "import sys; from facerep.commands.cli import main; sys.exit(main(sys.argv[1:]))"
+    cmd = [sys.executable, "-c", code, "prepare", f"output_dir={out}", "progress=false", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("crops-*_stats.json")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    done = sorted(out.glob("crops-*_stats.json"))
+    assert 1 <= len(done) < 10  # killed mid-job
+    for shard in out.glob("crops-*.tar"):  # what carries a final name is complete
+        assert shard.read_bytes() == (reference / shard.name).read_bytes()
+    summary = _prepare(out, *args)
+    assert summary["units_skipped"] == len(done) and summary["units_run"] == 10 - len(done)
+    _assert_complete_and_equal(out, reference)
 
 
 @pytest.mark.slow
