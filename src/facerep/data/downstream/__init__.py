@@ -33,6 +33,7 @@ from typing import Any
 
 from facerep.data.downstream.affectnet import AFFECTNET_CLASSES, AffectNet
 from facerep.data.downstream.alignment import AFLW19, IBUG300W, WFLW, WFLW_ATTRIBUTES
+from facerep.data.downstream.antispoof import OCIM, SyntheticAntispoof
 from facerep.data.downstream.base import FaceDataset
 from facerep.data.downstream.classification import RAFDB, RAFDB_CLASSES, CelebAAttributes
 from facerep.data.downstream.generic import GenericDataset
@@ -57,6 +58,7 @@ __all__ = [
     "FARL_CELEBAMASK_NAMES",
     "IBUG300W",
     "LAPA_ALIGN_POINTS",
+    "OCIM",
     "RAFDB",
     "RAFDB_CLASSES",
     "WFLW",
@@ -68,6 +70,7 @@ __all__ = [
     "GenericDataset",
     "LaPa",
     "SyntheticAlignment",
+    "SyntheticAntispoof",
     "SyntheticAttributes",
     "SyntheticParsing",
     "build_dataset",
@@ -76,6 +79,8 @@ __all__ = [
 DATASETS: Registry[Callable[..., FaceDataset]] = Registry("downstream dataset", DataError)
 for _cls in (AFLW19, WFLW, IBUG300W, LaPa, CelebAMaskHQ, CelebAAttributes, RAFDB, AffectNet, GenericDataset,
              SyntheticAlignment, SyntheticParsing, SyntheticAttributes):  # fmt: skip
+    DATASETS.add(_cls.dataset_name, _cls)
+for _cls in (SyntheticAntispoof, OCIM):  # anti-spoofing (video frames)
     DATASETS.add(_cls.dataset_name, _cls)
 
 
