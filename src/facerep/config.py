@@ -289,7 +289,7 @@ class FinetuneTrainConfig:
 class FinetuneConfig:
     """``facerep finetune`` configuration (FaRL's protocol; recipes in ``configs/finetune_*.yaml``)."""
 
-    task: str = "alignment"  # alignment | parsing | classification
+    task: str = "alignment"  # alignment | parsing | classification | antispoof
     dataset: str = "synthetic_alignment"
     backbone: str = "random"  # a file for facerep.load_backbone, or random
     # vit_* or resnet{18,34,50,101,152}: what backbone=random builds (null: vit_base_patch16_224), or what
@@ -304,7 +304,7 @@ class FinetuneConfig:
     train: FinetuneTrainConfig = field(default_factory=FinetuneTrainConfig)
 
     def __post_init__(self) -> None:
-        if self.task == "classification" and self.data.backbone_input != self.data.image_size:
+        if self.task in ("classification", "antispoof") and self.data.backbone_input != self.data.image_size:
             raise ConfigError("data.backbone_size is for the dense tasks (alignment, parsing)")
         if self.data.sampler == "balanced" and self.task != "classification":
             raise ConfigError(

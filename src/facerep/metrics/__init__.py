@@ -1,5 +1,7 @@
-"""Functional evaluation metrics for face alignment, parsing and classification (FaRL conventions)."""
+"""Functional evaluation metrics for face alignment, parsing, classification (FaRL conventions) and
+anti-spoofing (SSDG / ISO/IEC 30107-3 conventions)."""
 
+from facerep.metrics.antispoof import antispoof_scores
 from facerep.metrics.classification import accuracy, attribute_accuracy, mean_class_accuracy
 from facerep.metrics.landmarks import (
     UNIT_LANDMARKS,
@@ -16,6 +18,7 @@ __all__ = [
     "UNIT_SCHEMES",
     "ConfusionAccumulator",
     "accuracy",
+    "antispoof_scores",
     "attribute_accuracy",
     "ced_auc_fr",
     "confusion_matrix",
