@@ -28,6 +28,7 @@ def test_registry_and_unknown_name() -> None:
     assert set(DATASETS) == {
         "aflw19", "wflw", "300w", "lapa", "celebamask_hq", "celeba_attr", "rafdb", "affectnet", "generic",
         "synthetic_alignment", "synthetic_parsing", "synthetic_attributes",
+        "oulu_npu", "casia_fasd", "replay_attack", "msu_mfsd", "synthetic_antispoof", "ocim",
     }  # fmt: skip
     with pytest.raises(DataError, match=r"unknown downstream dataset 'nope'; available: aflw19, wflw, 300w"):
         build_dataset("nope", None, "train")

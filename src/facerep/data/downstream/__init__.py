@@ -1,4 +1,5 @@
-"""Downstream (transfer) datasets under FaRL's benchmark protocol: alignment, parsing, classification.
+"""Downstream (transfer) datasets under FaRL's benchmark protocol: alignment, parsing, classification, and
+face anti-spoofing (video frames, OCIM cross-domain protocols).
 
 ``build_dataset(name, root, split, **kwargs)`` returns a :class:`FaceDataset` whose items are dicts
 (``"image"`` [H, W, 3] uint8 RGB, ``"name"``, and per task ``"landmarks"`` / ``"box"`` / ``"mask"`` /
@@ -21,6 +22,12 @@ generic                any             images + one CSV / JSON                  
 synthetic_alignment    alignment (68)  none (rendered)                                      train, val, test
 synthetic_parsing      parsing (11)    none (rendered)                                      train, val, test
 synthetic_attributes   classif. (8)    none (rendered)                                      train, val, test
+oulu_npu               antispoof       {Train,Dev,Test}_files/*.avi + .txt, Protocols/      train, dev, test
+casia_fasd             antispoof       {train,test}_release/<subject>/*.avi                 train, dev, test
+replay_attack          antispoof       {train,devel,test}/{real,attack}, face-locations/    train, dev, test
+msu_mfsd               antispoof       scene01/{real,attack}, {train,test}_sub_list.txt     train, dev, test
+ocim                   antispoof       oulu_npu/ casia_fasd/ replay_attack/ msu_mfsd/       train, dev, test
+synthetic_antispoof    antispoof       none (rendered)                                      train, dev, test
 =====================  ==============  ===================================================  ===============
 """
 
@@ -34,6 +41,7 @@ from typing import Any
 from facerep.data.downstream.affectnet import AFFECTNET_CLASSES, AffectNet
 from facerep.data.downstream.alignment import AFLW19, IBUG300W, WFLW, WFLW_ATTRIBUTES
 from facerep.data.downstream.antispoof import OCIM, SyntheticAntispoof
+from facerep.data.downstream.antispoof_readers import CasiaFASD, MsuMFSD, OuluNPU, ReplayAttack
 from facerep.data.downstream.base import FaceDataset
 from facerep.data.downstream.classification import RAFDB, RAFDB_CLASSES, CelebAAttributes
 from facerep.data.downstream.generic import GenericDataset
@@ -64,11 +72,15 @@ __all__ = [
     "WFLW",
     "WFLW_ATTRIBUTES",
     "AffectNet",
+    "CasiaFASD",
     "CelebAAttributes",
     "CelebAMaskHQ",
     "FaceDataset",
     "GenericDataset",
     "LaPa",
+    "MsuMFSD",
+    "OuluNPU",
+    "ReplayAttack",
     "SyntheticAlignment",
     "SyntheticAntispoof",
     "SyntheticAttributes",
@@ -80,7 +92,7 @@ DATASETS: Registry[Callable[..., FaceDataset]] = Registry("downstream dataset", 
 for _cls in (AFLW19, WFLW, IBUG300W, LaPa, CelebAMaskHQ, CelebAAttributes, RAFDB, AffectNet, GenericDataset,
              SyntheticAlignment, SyntheticParsing, SyntheticAttributes):  # fmt: skip
     DATASETS.add(_cls.dataset_name, _cls)
-for _cls in (SyntheticAntispoof, OCIM):  # anti-spoofing (video frames)
+for _cls in (OuluNPU, CasiaFASD, ReplayAttack, MsuMFSD, SyntheticAntispoof, OCIM):  # anti-spoofing
     DATASETS.add(_cls.dataset_name, _cls)
 
 
