@@ -306,10 +306,10 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if self.task in ("classification", "antispoof") and self.data.backbone_input != self.data.image_size:
             raise ConfigError("data.backbone_size is for the dense tasks (alignment, parsing)")
-        if self.data.sampler == "balanced" and self.task != "classification":
+        if self.data.sampler == "balanced" and self.task not in ("classification", "antispoof"):
             raise ConfigError(
                 f"data.sampler=balanced needs one class label per training sample; task={self.task} has none "
-                "(it is for single-label classification)"
+                "(it is for single-label classification and anti-spoofing)"
             )
 
 

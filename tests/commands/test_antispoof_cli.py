@@ -4,9 +4,13 @@ import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
+from facerep import Predictor
 from facerep.commands.cli import main
 from facerep.config import FinetuneConfig, load_config
+from facerep.data.detect import Detection
+from facerep.data.scenes import render_scene
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 ROWS = ("full", "frame")
@@ -43,6 +47,26 @@ def test_finetune_and_evaluate_antispoof_from_the_cli(tmp_path, capsys):
     saved = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert saved["full"]["hter"] == pytest.approx(results["last"]["full"]["hter"])
     assert len(list((tmp_path / "eval" / "overlays").glob("*.png"))) == 2
+
+    # the run on a photo: detected faces get a liveness score, from the checkpoint and from its ONNX export
+    scene = render_scene(4, 0, faces=2)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(scene.image).save(photos / "scene.png")
+    detections = [Detection(f.box, f.points, 1.0) for f in scene.faces]
+    result = Predictor(out, detector=lambda image: detections)(scene.image)
+    assert len(result["faces"]) == 2
+    for face in result["faces"]:
+        probs = face["probabilities"]
+        assert list(probs) == ["spoof", "live"] and face["liveness"] == probs["live"]
+        assert face["label"] == max(probs, key=probs.get)
+    assert main(["export", f"checkpoint={out}", "format=onnx", f"output={tmp_path / 'model.onnx'}"]) == 0
+    exported = Predictor(tmp_path / "model.onnx", detector=lambda image: detections)(scene.image)
+    for a, b in zip(result["faces"], exported["faces"], strict=True):
+        assert a["liveness"] == pytest.approx(b["liveness"], abs=1e-3)
+    assert main(["predict", f"checkpoint={out}", f"input={photos}", f"output_dir={tmp_path / 'pred'}"]) == 0
+    written = json.loads((tmp_path / "pred" / "scene.json").read_text())
+    assert written["task"] == "antispoof" and all("liveness" in f for f in written["faces"])
 
 
 def test_synthetic_recipe_resolves():

@@ -99,3 +99,13 @@ def test_finetune_affectnet_with_the_balanced_sampler_from_the_cli(tmp_path, cap
     assert results["primary_metric"] == "accuracy" and results["last"]["epoch"] == 1
     assert set(results["last"]["full"]) == {"accuracy", "mean_class_accuracy"}
     assert "sampler: balanced" in (out / "config.yaml").read_text()
+
+
+def test_anti_spoofing_sets_give_live_and_spoof_labels_to_the_balanced_sampler():
+    dataset = build_dataset("synthetic_antispoof", None, "train", length=6, frames=2, size=32)
+    labels = class_labels(dataset, "synthetic_antispoof")
+    assert labels.shape == (12,) and labels.tolist() == [int(dataset[i]["label"]) for i in range(12)]
+    assert sorted(set(labels.tolist())) == [0, 1]
+    cfg = load_config(FinetuneConfig, None, ["task=antispoof", "dataset=synthetic_antispoof",
+                                             "data.sampler=balanced"])  # fmt: skip
+    assert cfg.data.sampler == "balanced"

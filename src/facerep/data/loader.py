@@ -165,7 +165,7 @@ def class_labels(dataset: Any, name: str) -> np.ndarray:
     """One class id per sample of a downstream ``dataset`` (its ``labels()``, read without decoding images)
     for :class:`BalancedSampler`; a one-line :class:`~facerep.config.ConfigError` when it has none."""
     why = None
-    if getattr(dataset, "task", None) != "classification":
+    if getattr(dataset, "task", None) not in ("classification", "antispoof"):
         why = f"it is a {getattr(dataset, 'task', '?')} dataset"
     elif getattr(dataset, "multi_label", False):
         why = f"it is multi-label ({len(dataset.attribute_names)} attributes)"

@@ -30,6 +30,9 @@ classification
     other sets -- a square of the detector box's longer side times ``expand`` (AffectNet ``crop=box``:
     ``1 + margin``, as its reader cuts; otherwise :data:`DEFAULT_EXPAND`, a guess not measured on the
     real sets; override with ``framing``).
+antispoof
+    As classification (softmax over ``("spoof", "live")``, plus ``liveness`` = the live probability); the
+    video sets crop a square of the face box times ``crop_expand`` (1.3), so their canvas is that box square.
 
 Where the crop would shrink the photo by 2x or more, the photo is first box-filtered down by that integer
 factor (area averaging; a bilinear crop of a much larger face aliases). Every step is an affine map of the
@@ -99,7 +102,15 @@ __all__ = [
 ]
 
 SPEC_VERSION = 1
-OUTPUT_NAMES = {"alignment": "landmarks", "parsing": "logits", "classification": "logits"}
+OUTPUT_NAMES = {
+    "alignment": "landmarks",
+    "parsing": "logits",
+    "classification": "logits",
+    "antispoof": "logits",
+}
+# anti-spoofing sets whose crop is a square of the face box x crop_expand (VideoFaceDataset)
+VIDEO_FACE_SETS = ("oulu_npu", "casia_fasd", "replay_attack", "msu_mfsd", "ocim")
+VIDEO_CROP_EXPAND = 1.3  # VideoFaceDataset's default crop_expand
 INPUT_NAME = "image"
 DEFAULT_EXPAND = 1.5  # box framing of the real whole-image sets: canvas side = detector box side x this
 NO_FACE = "no face found"
@@ -255,6 +266,10 @@ def default_framing(dataset: str, options: dict[str, Any], image_size: int) -> F
     if dataset.startswith("synthetic_"):
         size = int(options.get("size", DEFAULT_SIZE))
         return Framing("points", [size, size], (SYNTHETIC_FIVE_POINTS * size - 0.5).round(3).tolist())
+    if dataset in VIDEO_FACE_SETS:
+        return Framing(
+            "box", [image_size, image_size], None, float(options.get("crop_expand", VIDEO_CROP_EXPAND))
+        )
     if dataset == "affectnet" and options.get("crop", "box") == "box":
         return Framing("box", [image_size, image_size], None, 1.0 + float(options.get("margin", 0.0)))
     return Framing("box", [image_size, image_size], None, DEFAULT_EXPAND)
@@ -285,7 +300,7 @@ class DatasetInfo:
 
 
 def _output_count(task: str, weights: dict[str, Tensor]) -> int | None:
-    key = "head.weight" if task == "classification" else "dense.head.classifier.weight"
+    key = "head.weight" if task in ("classification", "antispoof") else "dense.head.classifier.weight"
     return int(weights[key].shape[0]) if key in weights else None
 
 
@@ -573,10 +588,11 @@ class Predictor:
             "alignment": AlignmentTransform,
             "parsing": ParsingTransform,
             "classification": ClassificationTransform,
+            "antispoof": ClassificationTransform,
         }
         if self.task not in make:
             raise CheckpointError(
-                f"task {self.task!r} cannot be predicted (alignment, parsing, classification)"
+                f"task {self.task!r} cannot be predicted (alignment, parsing, classification, antispoof)"
             )
         self.transform = make[self.task](self.size, False, augment)
         self.names: list[str] = self.spec["attribute_names"] or self.spec["class_names"] or []
@@ -709,6 +725,8 @@ class Predictor:
                 result["labels"] = [n for n, p in zip(self.names, probs, strict=True) if p >= 0.5]
             else:
                 result["label"] = self.names[int(probs.argmax())]
+            if self.task == "antispoof":  # class 1 = live: its probability is the liveness score
+                result["liveness"] = round(float(probs[1]), 4)
         return result
 
     def _result(self, image: np.ndarray, faces: list[dict[str, Any]]) -> dict[str, Any]:
