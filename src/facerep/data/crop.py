@@ -138,8 +138,9 @@ def crop_transform(face: FaceLike, cfg: CropConfig) -> tuple[np.ndarray, str]:
 
 
 def transform_scale(matrix: np.ndarray) -> float:
-    """Crop pixels per source pixel (``sqrt |det|`` of the linear part); ``< 1`` means the face shrinks."""
-    return math.sqrt(abs(float(np.linalg.det(np.asarray(matrix, np.float64)[:, :2]))))
+    """Output pixels per source pixel of a ``[2, 3]`` or ``[3, 3]`` affine (``sqrt |det|`` of its linear
+    part); ``< 1`` means the face shrinks."""
+    return math.sqrt(abs(float(np.linalg.det(np.asarray(matrix, np.float64)[:2, :2]))))
 
 
 def reduction_for(matrices: Sequence[np.ndarray]) -> int:
@@ -204,6 +205,6 @@ def encode_jpeg(image_bgr: np.ndarray, quality: int) -> bytes:
 
 
 def apply_transform(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """``[..., 2]`` points mapped by a ``[2, 3]`` affine."""
-    pts = np.asarray(points, dtype=np.float64)
-    return pts @ np.asarray(matrix, np.float64)[:, :2].T + np.asarray(matrix, np.float64)[:, 2]
+    """``[..., 2]`` points mapped by a ``[2, 3]`` (or ``[3, 3]``) affine."""
+    m = np.asarray(matrix, np.float64)[:2]
+    return np.asarray(points, dtype=np.float64) @ m[:, :2].T + m[:, 2]

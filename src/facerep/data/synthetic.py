@@ -443,7 +443,8 @@ class _Canvas:
 
 
 @functools.lru_cache(maxsize=8)
-def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+def pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates of a ``size x size`` image, broadcastable: x ``[1, S]``, y ``[S, 1]``."""
     r = np.arange(size, dtype=np.float32)
     return r[None, :], r[:, None]
 
@@ -711,7 +712,7 @@ def _render(p: dict[str, Any], bg: _Draws, size: int) -> SyntheticFace:
     if p["blur"] > 0:
         img = img.filter(ImageFilter.BoxBlur(p["blur"] * size / 128))
     mask = np.asarray(cv.mask)
-    gx, gy = _grid(size)
+    gx, gy = pixel_grid(size)
     radius = max(float(np.ptp(lm[:, 0])), 1.0)
     g = ((gx - fc[0]) * light[0] + (gy - fc[1]) * light[1]) * (p["light_strength"] / radius)
     g = np.clip(g, -0.5, 0.5)

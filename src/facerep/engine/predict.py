@@ -62,6 +62,7 @@ from torch import Tensor, nn
 
 from facerep.backbones import backbone_from_record
 from facerep.config import ConfigError, FinetuneConfig
+from facerep.data.crop import apply_transform, transform_scale
 from facerep.data.detect import Detection, build_detector
 from facerep.data.downstream import AFFECTNET_CLASSES, DATASETS, build_dataset
 from facerep.data.downstream.synthetic import DEFAULT_SIZE
@@ -171,7 +172,7 @@ def _template_to_photo(points5: np.ndarray) -> np.ndarray:
 
 def mean_shape_landmarks(points5: np.ndarray) -> np.ndarray:
     """The trivial landmark estimate: :data:`MEAN_SHAPE_68` put on five points ``[5, 2]`` -> ``[68, 2]``."""
-    return _apply3(_template_to_photo(points5), MEAN_SHAPE_68)
+    return apply_transform(_template_to_photo(points5), MEAN_SHAPE_68)
 
 
 def estimate_box(points5: np.ndarray, box_scale: float = 1.0) -> np.ndarray:
@@ -186,12 +187,6 @@ def _scale_box(box: np.ndarray, scale: float) -> np.ndarray:
     return np.array([cx - hw, cy - hh, cx + hw, cy + hh], dtype=np.float32)
 
 
-def _apply3(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """3x3 (or 2x3) affine applied to ``[K, 2]`` points."""
-    pts = np.asarray(points, dtype=np.float64)
-    return pts @ matrix[:2, :2].T + matrix[:2, 2]
-
-
 def _full(matrix: np.ndarray | Tensor) -> np.ndarray:
     out = np.eye(3)
     out[:2] = np.asarray(matrix, dtype=np.float64).reshape(-1, 3)[:2]
@@ -204,18 +199,13 @@ def _shrink_matrix(k: int) -> np.ndarray:
     return np.array([[a, 0.0, b], [0.0, a, b], [0.0, 0.0, 1.0]])
 
 
-def _scale_of(matrix: np.ndarray) -> float:
-    """The (mean) zoom of an affine map: output pixels per input pixel."""
-    return float(np.sqrt(abs(np.linalg.det(matrix[:2, :2]))))
-
-
 def _warp(image: Tensor, photo_to_out: np.ndarray, size: tuple[int, int]) -> Tensor:
     """Float ``[3, H, W]`` -> ``[3, h, w]`` (``size`` = (w, h)) by the affine ``photo_to_out`` (pixel centres;
     bilinear, outside the photo black)."""
     w, h = size
     ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
                             indexing="ij")  # fmt: skip
-    src = _apply3(np.linalg.inv(photo_to_out), torch.stack([xs, ys], -1).reshape(-1, 2).numpy())
+    src = apply_transform(np.linalg.inv(photo_to_out), torch.stack([xs, ys], -1).reshape(-1, 2).numpy())
     ph, pw = image.shape[-2:]
     grid = np.stack([(2 * src[:, 0] + 1) / pw - 1, (2 * src[:, 1] + 1) / ph - 1], -1).reshape(1, h, w, 2)
     out = nnf.grid_sample(image[None], torch.from_numpy(grid).to(image.dtype), mode="bilinear",
@@ -647,7 +637,7 @@ class Predictor:
             crop_box = None
             if rule == "canvas":
                 to_fed = self._canvas_matrix(det)  # the canvas is the fed image
-                fed, shrink = self._fed(photo, cache, _scale_of(to_fed))
+                fed, shrink = self._fed(photo, cache, transform_scale(to_fed))
                 size = (int(self.framing.size[0]), int(self.framing.size[1]))
                 sample: dict[str, Any] = {
                     "image": _to_uint8(_warp(fed, to_fed @ np.linalg.inv(shrink), size))
@@ -658,12 +648,12 @@ class Predictor:
                     base = box_matrix(crop_box, s, cfg.keep_aspect)
                 else:
                     base = five_point_matrix(np.asarray(det.points, dtype=np.float64), s)
-                fed, to_fed = self._fed(photo, cache, _scale_of(base) / float(cfg.crop_scale))
+                fed, to_fed = self._fed(photo, cache, transform_scale(base) / float(cfg.crop_scale))
                 sample = {"image": _to_uint8(fed)}
                 if rule == "box":
-                    sample["box"] = landmarks_box(_apply3(to_fed, _corners(crop_box)))
+                    sample["box"] = landmarks_box(apply_transform(to_fed, _corners(crop_box)))
                 else:
-                    sample["landmarks"] = _apply3(to_fed, det.points).astype(np.float32)
+                    sample["landmarks"] = apply_transform(to_fed, det.points).astype(np.float32)
             if self.task == "alignment":
                 sample["landmarks"] = np.zeros((1, 2), dtype=np.float32)  # only the box is read
             elif self.task == "parsing":
@@ -686,7 +676,7 @@ class Predictor:
     def _landmarks(self, face: _Face, pred01: np.ndarray) -> np.ndarray:
         pred = torch.from_numpy(np.asarray(pred01, dtype=np.float64)[None])
         on_fed = landmarks_to_image(pred, face.back[None].double(), self.size, face.warp_factor)[0].numpy()
-        return _apply3(np.linalg.inv(face.to_fed), on_fed)
+        return apply_transform(np.linalg.inv(face.to_fed), on_fed)
 
     def _mask(self, face: _Face, logits: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
         """``[C, S, S]`` crop logits -> ``[H, W]`` uint8 photo labels (row chunks bound the memory)."""

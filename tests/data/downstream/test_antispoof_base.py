@@ -14,7 +14,7 @@ from facerep.data.downstream import DATASETS, build_dataset
 from facerep.data.downstream.antispoof import (
     ANTISPOOF_CLASSES,
     OCIM,
-    OCIM_DIRS,
+    OCIM_DATASETS,
     OCIM_PROTOCOLS,
     SyntheticAntispoof,
     VideoFaceDataset,
@@ -135,7 +135,7 @@ def test_synthetic_antispoof() -> None:
 
 def synthetic_reader(shift: int):
     def make(root: Path, split: str, **options) -> SyntheticAntispoof:
-        assert root.name in OCIM_DIRS.values() and options["frames"] == 2
+        assert root.name in OCIM_DATASETS.values() and options["frames"] == 2
         return SyntheticAntispoof(None, split, length=4, frames=2, size=32, domain_shift=shift)
 
     return make

@@ -37,15 +37,14 @@ from facerep.data.crop import CropConfig, crop_transform, warp_face
 from facerep.data.detect import Detection, FaceDetector, build_detector
 from facerep.data.downstream.base import FaceDataset, check_split, require_root
 from facerep.data.sources import DataError
-from facerep.data.synthetic import render_face
+from facerep.data.synthetic import pixel_grid, render_face
 from facerep.data.video import FrameCache, VideoError, frame_count, read_frames, sample_indices
 
 __all__ = [
     "ANTISPOOF_CLASSES",
     "OCIM",
-    "OCIM_DIRS",
+    "OCIM_DATASETS",
     "OCIM_PROTOCOLS",
-    "OCIM_READERS",
     "SyntheticAntispoof",
     "VideoFaceDataset",
     "VideoItem",
@@ -398,17 +397,12 @@ class SyntheticAntispoof(VideoFaceDataset):
         return out
 
 
-def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
-    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
-    return x, y
-
-
 def _print_attack(face: np.ndarray, rng: np.random.Generator, p: dict[str, Any]) -> np.ndarray:
     s = face.shape[0]
     grey = face.mean(axis=2, keepdims=True)
     img = grey + float(rng.uniform(0.35, 0.6)) * (face - grey)  # desaturated ink
     img = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(0.6, 1.0)))
-    x, y = _grid(s)
+    x, y = pixel_grid(s)
     period = float(rng.uniform(2.5, 3.5)) * p["period"]
     theta = float(rng.uniform(0, math.pi / 2))
     u, v = x * math.cos(theta) + y * math.sin(theta), -x * math.sin(theta) + y * math.cos(theta)
@@ -425,7 +419,7 @@ def _print_attack(face: np.ndarray, rng: np.random.Generator, p: dict[str, Any])
 
 def _replay_attack(face: np.ndarray, rng: np.random.Generator, p: dict[str, Any]) -> np.ndarray:
     s = face.shape[0]
-    x, y = _grid(s)
+    x, y = pixel_grid(s)
     period = float(rng.uniform(2.2, 3.2)) * p["period"]
     theta = float(rng.uniform(-0.4, 0.4))
     moire = np.stack(
@@ -462,8 +456,8 @@ _ATTACKS: dict[str, Callable[[np.ndarray, np.random.Generator, dict[str, Any]], 
 # ------------------------------------------------------------------------------------------------ OCIM
 
 OCIM_PROTOCOLS = ("OCI_M", "OMI_C", "OCM_I", "ICM_O", "MI_C", "MI_O")
-OCIM_DIRS = {"O": "oulu_npu", "C": "casia_fasd", "I": "replay_attack", "M": "msu_mfsd"}  # under data.root
-OCIM_READERS = {"O": "oulu_npu", "C": "casia_fasd", "I": "replay_attack", "M": "msu_mfsd"}  # DATASETS names
+# each domain's reader (its DATASETS name), which is also its folder under data.root
+OCIM_DATASETS = {"O": "oulu_npu", "C": "casia_fasd", "I": "replay_attack", "M": "msu_mfsd"}
 
 
 def parse_protocol(protocol: str) -> tuple[str, str]:
@@ -508,12 +502,12 @@ class OCIM(FaceDataset):
         base = require_root(self.dataset_name, root)
         if readers is None:  # the package's registry (it imports this module, so it is loaded by now)
             registry = importlib.import_module("facerep.data.downstream").DATASETS
-            readers = {d: registry.get(OCIM_READERS[d]) for d in "OCIM"}
+            readers = {d: registry.get(OCIM_DATASETS[d]) for d in "OCIM"}
         options = dict(frames=frames, frame_step=frame_step, crop_size=crop_size, crop_expand=crop_expand,
                        cache=cache, detector=detector)  # fmt: skip
         domains = target if split == "test" else sources
         reader_split = "train" if split == "train" else "dev" if split == "dev" else "test"
-        parts = {d: readers[d](base / OCIM_DIRS[d], reader_split, **options) for d in domains}
+        parts = {d: readers[d](base / OCIM_DATASETS[d], reader_split, **options) for d in domains}
         self._setup(split, parts, protocol)
         self.root = base
 
