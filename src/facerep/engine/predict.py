@@ -65,6 +65,7 @@ from facerep.config import ConfigError, FinetuneConfig
 from facerep.data.crop import apply_transform, transform_scale
 from facerep.data.detect import Detection, build_detector
 from facerep.data.downstream import AFFECTNET_CLASSES, DATASETS, build_dataset
+from facerep.data.downstream.antispoof import DEFAULT_CROP_EXPAND
 from facerep.data.downstream.synthetic import DEFAULT_SIZE
 from facerep.data.downstream.transforms import (
     FIVE_POINT_TEMPLATE,
@@ -111,7 +112,6 @@ OUTPUT_NAMES = {
 }
 # anti-spoofing sets whose crop is a square of the face box x crop_expand (VideoFaceDataset)
 VIDEO_FACE_SETS = ("oulu_npu", "casia_fasd", "replay_attack", "msu_mfsd", "ocim")
-VIDEO_CROP_EXPAND = 1.3  # VideoFaceDataset's default crop_expand
 INPUT_NAME = "image"
 DEFAULT_EXPAND = 1.5  # box framing of the real whole-image sets: canvas side = detector box side x this
 NO_FACE = "no face found"
@@ -258,7 +258,7 @@ def default_framing(dataset: str, options: dict[str, Any], image_size: int) -> F
         return Framing("points", [size, size], (SYNTHETIC_FIVE_POINTS * size - 0.5).round(3).tolist())
     if dataset in VIDEO_FACE_SETS:
         return Framing(
-            "box", [image_size, image_size], None, float(options.get("crop_expand", VIDEO_CROP_EXPAND))
+            "box", [image_size, image_size], None, float(options.get("crop_expand", DEFAULT_CROP_EXPAND))
         )
     if dataset == "affectnet" and options.get("crop", "box") == "box":
         return Framing("box", [image_size, image_size], None, 1.0 + float(options.get("margin", 0.0)))

@@ -42,6 +42,7 @@ from facerep.data.video import FrameCache, VideoError, frame_count, read_frames,
 
 __all__ = [
     "ANTISPOOF_CLASSES",
+    "DEFAULT_CROP_EXPAND",
     "OCIM",
     "OCIM_DATASETS",
     "OCIM_PROTOCOLS",
@@ -53,6 +54,9 @@ __all__ = [
 ANTISPOOF_CLASSES = ("spoof", "live")  # label 1 = live, 0 = spoof
 CACHE_DIRNAME = ".facerep_frames"
 _CACHE_VERSION = 1
+
+
+DEFAULT_CROP_EXPAND = 1.3  # face crop side / face box side (square box)
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,7 @@ class VideoFaceDataset(FaceDataset):
         frames: int = 8,
         frame_step: int | None = None,
         crop_size: int = 224,
-        crop_expand: float = 1.3,
+        crop_expand: float = DEFAULT_CROP_EXPAND,
         cache: str | None = None,
         detector: str = "mtcnn",
     ) -> None:
@@ -492,7 +496,7 @@ class OCIM(FaceDataset):
         frames: int = 8,
         frame_step: int | None = None,
         crop_size: int = 224,
-        crop_expand: float = 1.3,
+        crop_expand: float = DEFAULT_CROP_EXPAND,
         cache: str | None = None,
         detector: str = "mtcnn",
         readers: Mapping[str, Callable[..., FaceDataset]] | None = None,
