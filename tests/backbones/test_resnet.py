@@ -127,3 +127,18 @@ def test_a_resnet_that_does_not_fit_is_a_one_line_error(tmp_path: Path) -> None:
     torch.save({k: v for k, v in state.items() if not k.startswith("layer4")}, path)
     with pytest.raises(CheckpointError, match=r"blocks per stage \[2, 2, 2, 0\]"):
         load_backbone(path)
+
+
+def test_blocks_are_not_zero_initialised_as_in_torchvision_and_fras_resnet():
+    """timm zero-initialises each block's last BatchNorm by default; torchvision (``zero_init_residual``
+    off) and FRA's ResNet do not: every BatchNorm starts at weight 1, bias 0, convolutions kaiming-normal."""
+    torch.manual_seed(0)
+    for name, last in (("resnet18", "bn2"), ("resnet50", "bn3")):
+        model = build_resnet(name)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                assert torch.equal(m.weight, torch.ones_like(m.weight)) and not m.bias.any()
+        assert getattr(model.layer4[-1], last).weight.min() == 1.0
+        conv = model.layer3[0].conv1
+        fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+        assert conv.weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.05)

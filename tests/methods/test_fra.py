@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from timm.optim import Lars
 
 from facerep.commands.cli import main
 from facerep.config import ConfigError, PretrainConfig, load_config
@@ -21,6 +20,8 @@ from facerep.methods import build_method
 from facerep.methods.fra import FRA
 from facerep.models.regions import pointwise
 from facerep.runtime.distributed import init_distributed
+from facerep.runtime.optim import LARS
+from lars_reference import fra_excluded_by_name, reference_lars
 
 FRA_TINY = (
     "model.arch=resnet18", "data.image_size=64", "byol.hidden_dim=32", "byol.proj_dim=16",
@@ -117,7 +118,7 @@ def test_fra_loss_is_the_documented_sum_of_its_terms(tmp_path):
 def test_gradients_reach_the_online_side_only_and_the_target_moves_only_at_optimizer_steps(tmp_path):
     trainer = Trainer(_cfg(tmp_path, "train.accum_steps=2", "byol.momentum=0.9"), init_distributed("cpu"))
     method = trainer.method
-    assert isinstance(method, FRA) and isinstance(trainer.optimizer, Lars)
+    assert isinstance(method, FRA) and isinstance(trainer.optimizer, LARS)
     loss, _ = method(_batch(method, trainer.cfg))
     loss.backward()
     assert all(
@@ -125,7 +126,8 @@ def test_gradients_reach_the_online_side_only_and_the_target_moves_only_at_optim
     )
     for part in (method.encoder, method.head, method.predictor, method.region_predictor):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
-    assert trainer.optimizer.param_groups[1]["weight_decay"] == 0.0  # norms/biases: no decay, no LARS ratio
+    excluded = trainer.optimizer.param_groups[1]
+    assert excluded["weight_decay"] == 0.0 and excluded["lars_exclude"]
 
     seen = []
     forward = method.forward
@@ -196,3 +198,58 @@ def test_byol_takes_any_backbone_a_vit_too(tmp_path):
     method = build_method(cfg)
     loss, terms = method(_batch(method, cfg))
     assert set(terms) == {"byol"} and torch.isfinite(loss) and 0 <= loss.item() <= 8
+
+
+def test_one_lars_step_moves_every_parameter_as_fras_optimizer(tmp_path):
+    """FRA's ``collect_params`` + LARS on identical gradients: only names with ``bn`` / ``downsample.1`` /
+    ``bias`` take a plain SGD step without decay; every other tensor (the neck's Sequential BatchNorms, the
+    decoder's LayerNorms, the query embeddings) is decayed and scaled by its trust ratio, and a tensor whose
+    gradient is zero (the first self-attention's weights, whose values are the zero queries) gets eta / wd."""
+    cfg = _cfg(tmp_path, "train.weight_decay=1e-6", "train.lr=0.9", "fra.decoder_dropout=0")
+    trainer = Trainer(cfg, init_distributed("cpu"))
+    method, optimizer = trainer.method, trainer.optimizer
+    loss, _ = method(_batch(method, cfg))
+    loss.backward()
+    params = {n: p for n, p in method.named_parameters() if p.requires_grad}
+    before = {n: p.detach().clone() for n, p in params.items()}
+    grads = {n: p.grad.clone() for n, p in params.items() if p.grad is not None}
+    optimizer.step()
+    for name, grad in grads.items():
+        excluded = fra_excluded_by_name(name)
+        wd = 0.0 if excluded else 1e-6
+        expected = reference_lars(before[name], [grad], [0.9], wd, 0.9, excluded)
+        torch.testing.assert_close(params[name].detach().double(), expected, rtol=1e-5, atol=1e-7, msg=name)
+    for name in ("head.decoder.query_embed", "head.project.1.weight", "head.decoder.norm.weight"):
+        assert not fra_excluded_by_name(name) and not torch.equal(params[name], before[name])
+    zero = "head.decoder.layers.0.self_attn.in_proj_weight"
+    assert not grads[zero].any()
+    ratio = (before[zero] - params[zero]).norm() / (0.9 * 1e-6 * before[zero].norm())
+    assert ratio.item() == pytest.approx(1000, rel=0.01)  # eta / wd, as FRA's formula gives
+
+
+def test_accumulation_warns_once_that_batch_statistics_see_the_micro_batch(tmp_path, capsys):
+    trainer = Trainer(_cfg(tmp_path, "train.global_batch=8"), init_distributed("cpu"))
+    note = trainer.accumulation_note()
+    assert trainer.cfg.train.accum_steps == 2 and "BatchNorm" in note and "Sinkhorn" in note
+    assert "4 images at a time" in note and "not 8" in note
+    trainer.fit()
+    assert capsys.readouterr().out.count("[facerep] warning: method=fra reaches 8 images") == 1
+    assert Trainer(_cfg(tmp_path / "one"), init_distributed("cpu")).accumulation_note() is None
+    mae = load_config(
+        PretrainConfig, None,
+        ["method=mae", "model.arch=vit_tiny_patch16_224", "model.depth=1", "data.image_size=32",
+         "train.accum_steps=2", f"output_dir={tmp_path}"],
+    )  # fmt: skip
+    assert Trainer(mae, init_distributed("cpu")).accumulation_note() is None  # nothing depends on the batch
+
+
+def test_byol_keeps_byols_rule_every_bias_and_batchnorm_out_of_decay_and_trust_ratio(tmp_path):
+    method = build_method(_cfg(tmp_path, "method=byol"))
+    decayed, excluded = method.param_groups(1e-6)
+    names = {id(p): n for n, p in method.named_parameters()}
+    assert excluded["lars_exclude"] and excluded["weight_decay"] == 0.0
+    assert {names[id(p)] for p in excluded["params"]} == {
+        n for n, p in method.named_parameters() if p.requires_grad and p.ndim == 1
+    }  # the backbone's and the heads' BatchNorms (head.1.weight too, unlike FRA's name rule) and biases
+    assert "head.1.weight" in {names[id(p)] for p in excluded["params"]}
+    assert method.sync_batchnorm and all(p.ndim > 1 for p in decayed["params"])

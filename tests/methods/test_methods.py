@@ -165,12 +165,18 @@ def test_mae_loss_covers_exactly_the_masked_patches():
     assert set(terms) == {"pixel"}
 
 
-def test_mae_decay_groups():
-    method = small("method=mae")
+@pytest.mark.parametrize("name", ["mae", "mcf"])
+def test_mae_and_mcf_decay_groups_are_timm_0_3_2s_add_weight_decay(name):
+    """MAE's and MCF's code call timm 0.3.2's ``add_weight_decay(model, wd)`` with no skip list: every tensor
+    of two or more dimensions is decayed (the 3-D ``cls_token`` and ``mask_token`` too), 1-D tensors and
+    ``.bias`` names are not; frozen tensors are left out."""
+    method = small(f"method={name}", "teacher.checkpoint=random")
     decay, no_decay = method.param_groups(0.05)
     names = {id(p): n for n, p in method.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
     undecayed = {names[id(p)] for p in no_decay["params"]}
-    assert "encoder.cls_token" in undecayed and "decoder.mask_token" in undecayed
+    expected = {n for n, p in method.named_parameters() if p.requires_grad and p.ndim > 1}
+    assert decayed == expected and decay["weight_decay"] == 0.05
+    assert "encoder.cls_token" in decayed and "decoder.mask_token" in decayed
     assert "encoder.blocks.0.norm1.weight" in undecayed and "encoder.blocks.0.attn.qkv.bias" in undecayed
-    assert all(p.ndim > 1 for p in decay["params"]) and decay["weight_decay"] == 0.05
-    assert "encoder.pos_embed" not in undecayed | {names[id(p)] for p in decay["params"]}  # frozen
+    assert "encoder.pos_embed" not in undecayed | decayed  # frozen sin-cos

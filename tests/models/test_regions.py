@@ -100,7 +100,6 @@ def test_mask_query_decoder_gives_one_distinct_embedding_per_query():
     out = decoder(torch.randn(2, 16, 3, 3))
     assert out.shape == (2, 5, 8)
     assert torch.cdist(out[0], out[0]).add(torch.eye(5)).min() > 1e-3
-    assert "query_embed" in decoder.no_weight_decay()
 
 
 def test_zero_queries_are_one_embedding_on_a_uniform_map_and_learned_content_separates_them():
@@ -117,6 +116,36 @@ def test_zero_queries_are_one_embedding_on_a_uniform_map_and_learned_content_sep
     zeros, learned = outs["zeros"], outs["learned"]
     torch.testing.assert_close(zeros, zeros[:, :1].expand_as(zeros))
     assert torch.cdist(learned[0], learned[0]).add(torch.eye(4)).min() > 1e-2
-    assert "query_feat" in MaskQueryDecoder(16, 8, 4, 1, 2, 8, 0.0, "learned").no_weight_decay()
     with pytest.raises(ValueError, match="query_init"):
         MaskQueryDecoder(16, 8, 4, 1, 2, 8, 0.0, "random")
+
+
+def _std(t: torch.Tensor) -> float:
+    return t.detach().double().std().item()
+
+
+def test_heads_and_decoder_start_as_fras_code_initialises_them():
+    """FRA's ``MLP1D.init_weights``: kaiming-normal with fan_out (Caffe2's MSRAFill) for every layer of the
+    three neck MLPs; DETR's ``_reset_parameters``: xavier-uniform for every matrix of the decoder layers
+    (torch's default would leave ``out_proj`` at kaiming-uniform, a = sqrt(5)); ``c2_xavier_fill`` for the
+    input projection (kaiming-uniform with a = 1, bias 0); the query embeddings standard normal."""
+    torch.manual_seed(0)
+    dim, width = 128, 256
+    neck = RegionNeck(in_dim=64, hidden_dim=width, dim=dim, num_queries=8, decoder_heads=4)
+    for mlp in (neck.project, neck.project_pixel, neck.project_region):
+        for layer in (mlp[0], mlp[3]):
+            assert _std(layer.weight) == pytest.approx(math.sqrt(2 / layer.out_features), rel=0.05)
+        assert torch.equal(mlp[1].weight, torch.ones(width)) and torch.equal(mlp[1].bias, torch.zeros(width))
+    decoder = neck.decoder
+    for layer in decoder.layers:
+        for attn in (layer.self_attn, layer.cross_attn):
+            bound = math.sqrt(6 / (dim + 3 * dim))  # in_proj_weight [3D, D]
+            assert attn.in_proj_weight.abs().max() <= bound
+            assert _std(attn.in_proj_weight) == pytest.approx(bound / math.sqrt(3), rel=0.05)
+            assert _std(attn.out_proj.weight) == pytest.approx(math.sqrt(1 / dim), rel=0.05)  # xavier, D x D
+        for linear in (layer.ffn[0], layer.ffn[3]):
+            assert _std(linear.weight) == pytest.approx(math.sqrt(2 / (dim + dim)), rel=0.05)
+    proj = decoder.input_proj
+    assert _std(proj.weight) == pytest.approx(1 / math.sqrt(64), rel=0.05)  # kaiming-uniform, a = 1
+    assert proj.weight.abs().max() <= math.sqrt(3 / 64) and torch.equal(proj.bias, torch.zeros(dim))
+    assert _std(decoder.query_embed) == pytest.approx(1.0, rel=0.15)

@@ -8,13 +8,15 @@ them fails the test named after it:
 3. Parsing: crops at 512, the ViT at 448 (28 x 28 tokens), logits back at 512.
 4. The FPN gets raw block outputs (no final norm, not even on the last block).
 5. Heatmap targets at 128 x 128 (FaRL's kernel, sigma 1.25 px) and BCE on logits upsampled to 128.
-6. The UPerNet classifier: Dropout2d(0.1), normal(0.01) weights, zero bias (and mmcv's conv init).
+6. The UPerNet classifier: Dropout2d(0.1) and torch's default Conv2d init (mmseg's normal(0.01) is applied
+   only by init_weights(), which FaRL never calls; head.classifier_std=0.01 applies it); mmcv's conv init.
 7. The AFLW-19 AUC/FR grid np.arange(0, 0.0701, 1e-4).
 8. WFLW boxes: the HRNet lists' square box, whichever annotation layout was read.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,10 +32,11 @@ import facerep.engine.finetune as finetune_module
 from facerep.backbones.vit import MaskedViT, build_vit
 from facerep.config import FinetuneConfig, load_config
 from facerep.data.downstream import WFLW, build_dataset
-from facerep.engine.finetune import Finetuner, finetune_backbone, lr_schedule, sync_batchnorm
+from facerep.engine.finetune import Finetuner, finetune_backbone, lr_schedule, sync_batchnorm_wanted
 from facerep.metrics.landmarks import ced_auc_fr
+from facerep.models.batchnorm import GlobalBatchNorm, sync_batchnorm
 from facerep.models.dense import UPerHead
-from facerep.runtime.distributed import DistInfo, init_distributed
+from facerep.runtime.distributed import init_distributed
 from facerep.tasks import build_task
 from facerep.tasks.alignment import gaussian_heatmaps, soft_argmax
 
@@ -60,27 +63,24 @@ def tiny_tuner(tmp_path: Path, *overrides: str) -> Finetuner:
 # ---------------------------------------------------------------------------------------------- 1
 
 
-def test_sync_batchnorm_in_fpn_adapters_and_upernet_under_multi_gpu_ddp(tmp_path, monkeypatch, capsys):
-    gpu, cpu = torch.device("cuda", 0), torch.device("cpu")
+def test_sync_batchnorm_in_fpn_adapters_and_upernet_under_multi_process_ddp(tmp_path, monkeypatch):
     assert load_config(FinetuneConfig).train.sync_bn == "auto"
     assert all(recipe(name).train.sync_bn == "auto" for name in FARL_RECIPES)
-    assert sync_batchnorm("auto", DistInfo(0, 8, 0, gpu), 5)
-    assert sync_batchnorm("true", DistInfo(0, 8, 0, gpu), 5)
-    assert not sync_batchnorm("false", DistInfo(0, 8, 0, gpu), 5)
-    assert not sync_batchnorm("auto", DistInfo(0, 1, 0, gpu), 5)  # one process: nothing to synchronise
-    # gloo / CPU cannot run SyncBatchNorm: off, and rank 0 says so (once per run: the Finetuner asks once)
-    assert not sync_batchnorm("auto", DistInfo(1, 2, 1, cpu), 4) and capsys.readouterr().out == ""
-    assert not sync_batchnorm("true", DistInfo(0, 2, 0, cpu), 4)
-    assert capsys.readouterr().out.count("SyncBatchNorm needs CUDA") == 1
-    # when it applies, every BatchNorm of the trunk (FPN adapters, UPerNet) and of the EMA copy is synced
-    monkeypatch.setattr(finetune_module, "sync_batchnorm", lambda *args: True)
+    assert sync_batchnorm_wanted("auto", 8) and sync_batchnorm_wanted("true", 2)
+    assert not sync_batchnorm_wanted("false", 8)
+    assert not sync_batchnorm_wanted("auto", 1)  # one process: nothing to synchronise
+    # when it applies, every BatchNorm of the trunk (FPN adapters, UPerNet) and of the EMA copy spans every
+    # process: facerep's GlobalBatchNorm on CPU / gloo, torch's SyncBatchNorm on GPUs
+    monkeypatch.setattr(finetune_module, "sync_batchnorm_wanted", lambda *args: True)
     tuner = tiny_tuner(tmp_path)
     for model in (tuner.model, tuner.ema):
         dense = model.dense
-        assert isinstance(dense.adapters.up4[1], nn.SyncBatchNorm)
-        assert isinstance(dense.head.fuse[1], nn.SyncBatchNorm)
+        assert isinstance(dense.adapters.up4[1], GlobalBatchNorm)
+        assert isinstance(dense.head.fuse[1], GlobalBatchNorm)
         norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        assert norms and all(isinstance(m, nn.SyncBatchNorm) for m in norms)
+        assert norms and all(isinstance(m, GlobalBatchNorm) for m in norms)
+    on_gpu = sync_batchnorm(copy.deepcopy(tuner.model.dense), torch.device("cuda", 0))  # conversion only
+    assert isinstance(on_gpu.head.fuse[1], nn.SyncBatchNorm)
 
 
 # ---------------------------------------------------------------------------------------------- 2
@@ -204,18 +204,32 @@ def test_heatmap_targets_at_128_with_farls_kernel_and_bce_on_logits_upsampled_to
 # ---------------------------------------------------------------------------------------------- 6
 
 
-def test_upernet_classifier_has_dropout2d_0_1_and_normal_0_01_init():
+def test_upernet_classifier_has_dropout2d_0_1_and_torchs_default_init():
     cfg = load_config(FinetuneConfig)
     assert cfg.head.dropout == 0.1 and all(recipe(name).head.dropout == 0.1 for name in FARL_RECIPES)
     vit = build_vit("vit_tiny_patch16_224", img_size=32, depth=4, embed_dim=64, num_heads=2)
     model = build_task(load_config(FinetuneConfig, None, ["head.blocks=[0,1,2,3]", "head.channels=16"]))
     head = model.build_model(vit, SimpleNamespace(num_points=5)).dense.head
     assert isinstance(head.dropout, nn.Dropout2d) and head.dropout.p == 0.1
+    assert (
+        all(recipe(name).head.classifier_std is None for name in FARL_RECIPES) and not cfg.head.classifier_std
+    )
     torch.manual_seed(0)
     head = UPerHead([64] * 4, channels=256, out_channels=64)
+    # FaRL's MMSEG_UPerHead never calls mmseg's init_weights(): conv_seg keeps nn.Conv2d's own init,
+    # kaiming-uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in)) for the weight and the bias alike
     weight, bias = head.classifier.weight, head.classifier.bias
-    assert abs(weight.std().item() - 0.01) < 5e-4 and abs(weight.mean().item()) < 5e-4
-    assert torch.equal(bias, torch.zeros_like(bias))
+    bound = 1 / math.sqrt(256)
+    assert weight.abs().max().item() <= bound
+    assert weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)
+    assert bias.abs().max().item() <= bound and bias.abs().min().item() > 0
+    normal = UPerHead([64] * 4, channels=256, out_channels=64, classifier_std=0.01).classifier  # mmseg's
+    assert abs(normal.weight.std().item() - 0.01) < 5e-4 and abs(normal.weight.mean().item()) < 5e-4
+    assert torch.equal(normal.bias, torch.zeros_like(normal.bias))
+    model = build_task(load_config(FinetuneConfig, None, [
+        "head.blocks=[0,1,2,3]", "head.channels=16", "head.classifier_std=0.01",
+    ])).build_model(vit, SimpleNamespace(num_points=5))  # fmt: skip
+    assert not model.dense.head.classifier.bias.any()
     fuse = head.fuse[0].weight  # mmcv ConvModule: kaiming normal, fan_out, relu; no bias before the BN
     assert head.fuse[0].bias is None
     assert fuse.std().item() == pytest.approx(math.sqrt(2 / (256 * 9)), rel=0.05)

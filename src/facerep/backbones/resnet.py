@@ -58,13 +58,23 @@ class ResNetArch:
 
 
 class ResNet(TimmResNet):
-    """timm ResNet without a classifier (``num_classes=0``): ``forward_features`` gives ``[N, C, h, w]``."""
+    """timm ResNet without a classifier (``num_classes=0``): ``forward_features`` gives ``[N, C, h, w]``.
+
+    Initialised as torchvision's and FRA's ResNets are: kaiming-normal convolutions (fan_out), BatchNorms at
+    weight 1 and bias 0, and the last BatchNorm of each block *not* zero-initialised (timm's default
+    ``zero_init_last=True`` is torchvision's ``zero_init_residual``, off in both)."""
 
     default_levels = (1, 2, 3, 4)
 
     def __init__(self, arch: ResNetArch, drop_path_rate: float = 0.0) -> None:
         block = Bottleneck if arch.bottleneck else BasicBlock
-        super().__init__(block=block, layers=arch.layers, num_classes=0, drop_path_rate=drop_path_rate)
+        super().__init__(
+            block=block,
+            layers=arch.layers,
+            num_classes=0,
+            drop_path_rate=drop_path_rate,
+            zero_init_last=False,
+        )
         self.arch = arch
 
     @property

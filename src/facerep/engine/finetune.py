@@ -2,8 +2,8 @@
 
 AdamW with separate learning rates for backbone and head; FaRL's schedule (``train.schedule=step``:
 constant, x ``gamma`` 0.1 at epoch 200, ``MultiStepLR`` as ``farl/experiments/*/optimizers/
-refine_backbone.yaml``) or per-iteration warm-up + cosine; BatchNorms made SyncBatchNorm under
-multi-GPU DDP (FaRL's ``SyncBN``: statistics over 8 x 5 = 40 images); an EMA copy of the weights used
+refine_backbone.yaml``) or per-iteration warm-up + cosine; BatchNorms over every process under DDP
+(FaRL's ``SyncBN``: statistics over 8 x 5 = 40 images; on CPU too); an EMA copy of the weights used
 for evaluation, evaluation of every subset of the test split after each epoch, and ``results.json``
 reporting both the best and the last epoch (FaRL reports the best on the test set; we say which is
 which). Checkpoints are written atomically after every epoch; rerunning with the same ``output_dir``
@@ -33,6 +33,7 @@ from facerep.data.downstream import build_dataset
 from facerep.data.loader import BalancedSampler, class_labels
 from facerep.engine.evaluate import format_results
 from facerep.engine.step import NonFiniteLossError, StepLoop, move_to
+from facerep.models.batchnorm import sync_batchnorm
 from facerep.models.ema import ema_update_
 from facerep.runtime.atomic import atomic_write_json
 from facerep.runtime.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
@@ -103,18 +104,11 @@ def lr_schedule(cfg: FinetuneConfig, steps_per_epoch: int) -> Schedule:
     )
 
 
-def sync_batchnorm(setting: str, dist_info: DistInfo, batch_size: int) -> bool:
-    """Whether ``train.sync_bn`` (``auto`` / ``true`` / ``false``) makes the BatchNorms SyncBatchNorm: only
-    under multi-process DDP on CUDA (NCCL). torch's SyncBatchNorm cannot run on CPU/gloo: there it stays
-    off and rank 0 says so once."""
-    if setting == "false" or dist_info.world_size == 1:
-        return False
-    if dist_info.device.type == "cuda":
-        return True
-    if dist_info.is_main:
-        print(f"[facerep] train.sync_bn={setting}: SyncBatchNorm needs CUDA (NCCL); on {dist_info.device} "
-              f"(gloo) each process's BatchNorms see its own {batch_size} images", flush=True)  # fmt: skip
-    return False
+def sync_batchnorm_wanted(setting: str, world_size: int) -> bool:
+    """Whether ``train.sync_bn`` (``auto`` / ``true`` / ``false``) makes the BatchNorms span every process:
+    under multi-process DDP unless ``false`` (torch's SyncBatchNorm on GPUs, facerep's
+    :class:`~facerep.models.batchnorm.GlobalBatchNorm` on CPU / gloo)."""
+    return setting != "false" and world_size > 1
 
 
 def summarize(history: list[dict], task: Task) -> dict:
@@ -146,8 +140,8 @@ class Finetuner:
         self.train_set, self.test_set = build_datasets(cfg)
         self.backbone = backbone = finetune_backbone(cfg)
         self.model = self.task.build_model(backbone, self.train_set).to(self.device)
-        if sync_batchnorm(cfg.train.sync_bn, dist_info, cfg.train.batch_size):
-            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        if sync_batchnorm_wanted(cfg.train.sync_bn, dist_info.world_size):
+            self.model = sync_batchnorm(self.model, self.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.train.ema > 0 else None
         wrapped: nn.Module = self.model
         if dist_info.world_size > 1:

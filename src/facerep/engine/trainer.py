@@ -2,11 +2,13 @@
 
 What it guarantees:
 
-* AdamW or LARS (``train.optimizer``; no weight decay on norms, biases, tokens),
+* AdamW or LARS (``train.optimizer``; the method's rule for which parameters get weight decay),
   ``lr = blr * effective batch / 256``,
   per-iteration linear warm-up then cosine, gradient accumulation, bf16 autocast on GPU (the shared
   :class:`~facerep.engine.step.StepLoop`);
 * batches carry what the method declared (views, masks), drawn by the data pipeline;
+* BatchNorm over all processes when the method's reference synchronises it (``sync_batchnorm``), and a
+  warning at start when accumulation gives its batch statistics the micro-batch only;
 * the method's ``on_optimizer_step`` hook (e.g. MCF's momentum update) runs once per optimizer step;
 * atomic checkpoints every ``train.ckpt_every`` steps and at the end; rerunning with the same
   ``output_dir`` resumes, and on CPU the resumed run ends with exactly the uninterrupted run's weights;
@@ -34,6 +36,7 @@ from facerep.config import ConfigError, PretrainConfig, TrainConfig, to_dict, to
 from facerep.data.loader import build_pretrain_loader, dataset_length
 from facerep.engine.step import NonFiniteLossError, StepLoop, move_to
 from facerep.methods import METHODS, PretrainMethod, build_method
+from facerep.models.batchnorm import sync_batchnorm
 from facerep.runtime.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from facerep.runtime.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, is_distributed
 from facerep.runtime.optim import build_optimizer
@@ -76,9 +79,8 @@ class Trainer:
         self.method: PretrainMethod = build_method(cfg).to(self.device)
         model: nn.Module = self.method
         if dist_info.world_size > 1:
-            if self.device.type == "cuda":
-                # projector BatchNorms see the global batch (MoCo v3); torch's SyncBatchNorm is GPU-only
-                self.method = nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
+            if self.method.sync_batchnorm:  # as the method's reference trains (FRA, BYOL); MCF's does not
+                self.method = sync_batchnorm(self.method, self.device)
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             model = DistributedDataParallel(self.method, device_ids=device_ids)
         # other training randomness (e.g. dropout) differs per rank
@@ -128,6 +130,20 @@ class Trainer:
             per_epoch = self.total_steps / train.epochs
             return min(int(per_epoch), self.total_steps - 1)
         return int(0.05 * self.total_steps)
+
+    def accumulation_note(self) -> str | None:
+        """Why accumulation changes this method's training (its batch statistics see the micro-batch
+        only), or ``None`` when it does not accumulate or nothing in it depends on the batch."""
+        train, what = self.cfg.train, self.method.batch_statistics
+        if train.accum_steps == 1 or not what:
+            return None
+        per_pass = train.batch_size * self.dist.world_size
+        where = "BatchNorm over all processes" if self.method.sync_batchnorm else "BatchNorm per process"
+        return (
+            f"method={self.cfg.method} reaches {self.images_per_step} images per optimizer step by "
+            f"accumulating {train.accum_steps} micro-batches: {what} see {per_pass} images at a time "
+            f"({train.batch_size} per process, {where}), not {self.images_per_step}"
+        )
 
     @property
     def checkpoint_path(self) -> Path:
@@ -234,6 +250,8 @@ class Trainer:
                 f"(lr {self.base_lr:.3g}, warm-up {self.warmup_steps}) on {self.device} "
                 f"x{self.dist.world_size}",
             )
+            if note := self.accumulation_note():
+                print(f"[facerep] warning: {note}", flush=True)
         log = MetricsLog(self.output_dir, self.step) if main else None
         progress = Progress(self.total_steps, self.step, train.progress, enabled=main, desc=cfg.method)
         self.method.train()

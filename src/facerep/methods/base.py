@@ -8,7 +8,10 @@ A method is an ``nn.Module`` that composes a backbone, heads and pure losses:
 * :meth:`PretrainMethod.resolve_stages` runs whatever must finish before the method can be built
   (MCF's MAE-trained teacher);
 * :meth:`PretrainMethod.on_optimizer_step` runs once per optimizer step (not per micro-batch);
-* :meth:`PretrainMethod.export` writes what the method has beyond its backbone (FaRL's text tower).
+* :meth:`PretrainMethod.export` writes what the method has beyond its backbone (FaRL's text tower);
+* :meth:`PretrainMethod.decay_exclusion`, ``sync_batchnorm`` and ``batch_statistics`` state the parts of
+  the reference's recipe the trainer applies: which parameters get weight decay, whether BatchNorm spans
+  every process, what depends on the batch.
 
 A new method is one module with a :func:`register_method` class (plus one import line in
 ``facerep/methods/__init__.py``); its config sections come with the registration.
@@ -29,7 +32,7 @@ from facerep.config import ConfigError, DataConfig, ModelConfig, PretrainConfig,
 from facerep.data.transforms import build_pretrain_transform
 from facerep.data.views import BatchSpec
 from facerep.models.ema import ema_update_
-from facerep.runtime.optim import decayed, no_weight_decay_names
+from facerep.runtime.optim import ExclusionRule, split_param_groups, timm_excluded
 from facerep.runtime.registry import Registry
 from facerep.runtime.schedules import Schedule
 
@@ -42,6 +45,11 @@ class PretrainMethod(nn.Module):
 
     name: ClassVar[str]
     encoder: nn.Module
+    # BatchNorm over every process's images under DDP, as the method's reference trains it (FRA's SyncBN)
+    sync_batchnorm: ClassVar[bool] = False
+    # what in the method depends on the batch it sees (BatchNorm, in-batch negatives, batch-level loss
+    # statistics), named in the trainer's warning when accumulation gives it the micro-batch only
+    batch_statistics: ClassVar[str | None] = None
 
     @classmethod
     def from_config(cls, cfg: PretrainConfig) -> PretrainMethod:
@@ -70,17 +78,14 @@ class PretrainMethod(nn.Module):
         path written, or ``None`` when the backbone is all there is (the default)."""
         return None
 
+    def decay_exclusion(self) -> ExclusionRule:
+        """Which parameters get no weight decay (and no LARS trust ratio): timm's rule by default (1-D tensors
+        and ``no_weight_decay()`` names); a method whose reference code differs returns its own rule."""
+        return timm_excluded(self)
+
     def param_groups(self, weight_decay: float) -> list[dict]:
-        """Trainable parameters split into decayed weights and undecayed norms/biases/tokens."""
-        no_decay = no_weight_decay_names(self)
-        groups: tuple[list[nn.Parameter], list[nn.Parameter]] = ([], [])
-        for name, param in self.named_parameters():
-            if param.requires_grad:
-                groups[0 if decayed(name, param, no_decay) else 1].append(param)
-        return [
-            {"params": groups[0], "weight_decay": weight_decay},
-            {"params": groups[1], "weight_decay": 0.0},
-        ]
+        """Trainable parameters split by :meth:`decay_exclusion` into a decayed and an excluded group."""
+        return split_param_groups(self.named_parameters(), weight_decay, self.decay_exclusion())
 
 
 class MomentumMethod(PretrainMethod):

@@ -6,6 +6,11 @@ another augmented view of the same image; both views go both ways (``loss = L(1-
 momentum rising ``byol.momentum -> 1`` on a cosine. The two views come from BYOL's asymmetric
 augmentation (:class:`facerep.data.transforms.BYOLAugment`), drawn by the data pipeline.
 
+As FRA's code trains it: the MLP heads start from FRA's ``MLP1D`` initialisation (kaiming-normal, fan_out),
+every BatchNorm normalises over all processes (FRA's ``--norm SyncBN``, BYOL's cross-replica BatchNorm), and
+biases and BatchNorm parameters get neither weight decay nor LARS's trust ratio (BYOL's rule; every other
+tensor gets both).
+
 Subclasses (FRA) replace the projector by a richer head through :meth:`BYOL.represent` and add terms in
 :meth:`BYOL.loss`.
 """
@@ -71,12 +76,15 @@ def byol_views(data: DataConfig, cfg: BYOLConfig) -> BatchSpec:
 class BYOL(MomentumMethod):
     """Online ``encoder`` + ``head`` + ``predictor``; momentum ``target_encoder`` + ``target_head``."""
 
+    sync_batchnorm = True
+    batch_statistics = "BatchNorm"
+
     def __init__(self, encoder: nn.Module, head: nn.Module, cfg: BYOLConfig) -> None:
         super().__init__(Schedule(cfg.momentum, 1.0))
         self.cfg = cfg
         self.encoder = encoder
         self.head = head
-        self.predictor = mlp_head(cfg.proj_dim, cfg.hidden_dim, cfg.proj_dim, last_bn=False)
+        self.predictor = mlp_head(cfg.proj_dim, cfg.hidden_dim, cfg.proj_dim, last_bn=False, init="kaiming")
         self.target_encoder = self.momentum_copy(encoder)
         self.target_head = self.momentum_copy(head)
 
@@ -84,7 +92,8 @@ class BYOL(MomentumMethod):
     def from_config(cls, cfg: PretrainConfig) -> BYOL:
         encoder = build_encoder(cfg)
         b = cfg.byol
-        return cls(encoder, mlp_head(encoder.feature_dim, b.hidden_dim, b.proj_dim, last_bn=False), b)
+        head = mlp_head(encoder.feature_dim, b.hidden_dim, b.proj_dim, last_bn=False, init="kaiming")
+        return cls(encoder, head, b)
 
     def batch_spec(self, data: DataConfig) -> BatchSpec:
         return byol_views(data, self.cfg)

@@ -17,6 +17,10 @@ with views 1 and 2 (every term in the reference code's ``FRAB.forward``):
 
 ``loss = global_weight * L_g + (1 - global_weight) * L_r + cluster_weight * L_c`` with
 ``global_weight = 0.5`` and ``cluster_weight = 0.1`` (the paper's command line).
+
+The optimizer groups follow FRA's ``collect_params``: only parameters whose name contains ``bn``,
+``downsample.1`` or ``bias`` (the backbone's BatchNorms, every bias) escape weight decay and LARS's trust
+ratio; the neck's BatchNorm and LayerNorm weights and the query embeddings are decayed and adapted.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from facerep.methods.base import build_encoder, register_method
 from facerep.methods.byol import BYOL, BYOLConfig, Embeddings
 from facerep.models.heads import mlp_head
 from facerep.models.regions import QUERY_INITS, RegionNeck, pointwise
+from facerep.runtime.optim import ExclusionRule, fra_excluded
 
 
 @dataclass
@@ -76,6 +81,10 @@ def _pixels(dots: Tensor) -> Tensor:
 class FRA(BYOL):
     """BYOL whose head is a :class:`RegionNeck`; adds the region predictor and terms (module docstring)."""
 
+    batch_statistics = (
+        "BatchNorm, the batch mean of the mask embeddings, Sinkhorn's balancing and the mean-entropy term"
+    )
+
     def __init__(self, encoder: nn.Module, cfg: BYOLConfig, fra: FRAConfig) -> None:
         neck = RegionNeck(
             encoder.feature_dim, cfg.hidden_dim, cfg.proj_dim, fra.num_regions,
@@ -85,7 +94,12 @@ class FRA(BYOL):
         )  # fmt: skip
         super().__init__(encoder, neck, cfg)
         self.fra = fra
-        self.region_predictor = mlp_head(cfg.proj_dim, cfg.hidden_dim, cfg.proj_dim, last_bn=False)
+        self.region_predictor = mlp_head(
+            cfg.proj_dim, cfg.hidden_dim, cfg.proj_dim, last_bn=False, init="kaiming"
+        )
+
+    def decay_exclusion(self) -> ExclusionRule:
+        return fra_excluded
 
     @classmethod
     def from_config(cls, cfg: PretrainConfig) -> FRA:

@@ -1,4 +1,8 @@
-"""MAE (He et al., 2022): reconstruct the pixels of masked patches. facerep's baseline."""
+"""MAE (He et al., 2022): reconstruct the pixels of masked patches. facerep's baseline.
+
+As MAE's code (timm 0.3.2's ``add_weight_decay`` with no skip list), every tensor of two or more dimensions is
+weight-decayed, the encoder's ``cls_token`` and the decoder's ``mask_token`` included.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from facerep.losses.pixel import masked_pixel_loss
 from facerep.methods.base import PretrainMethod, build_masked_encoder, register_method
 from facerep.models.decoder import MAEDecoder
 from facerep.models.patches import patchify
+from facerep.runtime.optim import ExclusionRule, mae_excluded
 
 
 @dataclass
@@ -54,6 +59,9 @@ class MAE(PretrainMethod):
     def from_config(cls, cfg: PretrainConfig) -> MAE:
         encoder = build_masked_encoder(cfg)
         return cls(encoder, build_decoder(cfg, encoder), cfg.mae.mask_ratio, cfg.mae.norm_pix_loss)
+
+    def decay_exclusion(self) -> ExclusionRule:
+        return mae_excluded
 
     def batch_spec(self, data: DataConfig) -> BatchSpec:
         """One view and one patch order per image."""

