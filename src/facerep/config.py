@@ -243,6 +243,9 @@ class HeadConfig:
     blocks: list[int] | None = None  # ViT spelling of levels: block indices (FaRL: [3, 5, 7, 11])
     channels: int = 768  # UPerNet width
     dropout: float = 0.1  # Dropout2d before the UPerNet classifier (mmseg's dropout_ratio, FaRL)
+    # UPerNet classifier init: null = torch's Conv2d default (FaRL never calls mmseg's init_weights);
+    # a value = normal(0, std), bias 0 (mmseg's init_weights: 0.01)
+    classifier_std: float | None = None
     heatmap_size: int = 128  # alignment: side of the heatmap targets; logits are upsampled to it (FaRL)
     heatmap_sigma: float = 1.25  # alignment: Gaussian target width in heatmap pixels (FaRL: radius 5 / 4)
     heatmap_weight: float = 1.0  # alignment: weight of the heatmap BCE next to the coordinate loss
@@ -251,6 +254,8 @@ class HeadConfig:
         check_range("head.dropout", self.dropout, 0.0, 1.0, high_open=True)
         if self.channels < 1 or self.heatmap_size < 1 or self.heatmap_sigma <= 0:
             raise ConfigError("head.channels and head.heatmap_size must be >= 1, head.heatmap_sigma > 0")
+        if self.classifier_std is not None and self.classifier_std <= 0:
+            raise ConfigError(f"head.classifier_std must be > 0 or null, got {self.classifier_std}")
 
 
 @dataclass
@@ -266,7 +271,7 @@ class FinetuneTrainConfig:
     milestones: list[int] = field(default_factory=lambda: [200])  # step: epochs where lr *= gamma
     gamma: float = 0.1  # step: factor at each milestone
     ema: float = 0.999  # EMA of the weights used for evaluation (0: off)
-    sync_bn: str = "auto"  # auto (on for multi-GPU CUDA runs) | true | false: SyncBatchNorm under DDP
+    sync_bn: str = "auto"  # auto | true (BatchNorm over every process under DDP, on any device) | false
     probe: bool = False  # classification: linear probe on cached features of a frozen backbone
     precision: str = "auto"
     eval_every: int = 1

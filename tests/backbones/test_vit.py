@@ -2,7 +2,14 @@ import pytest
 import timm
 import torch
 
-from facerep.backbones.vit import build_vit, num_kept, parse_arch, random_keep_order, sincos_pos_embed_2d
+from facerep.backbones.vit import (
+    CLIP_TOWER,
+    build_vit,
+    num_kept,
+    parse_arch,
+    random_keep_order,
+    sincos_pos_embed_2d,
+)
 from facerep.models.patches import patchify, unpatchify
 
 
@@ -90,3 +97,29 @@ def test_patchify_roundtrip():
     assert p.shape == (2, 16, 192)
     assert torch.equal(p[0, 1], x[0, :, 0:8, 8:16].permute(1, 2, 0).reshape(-1))
     assert torch.equal(unpatchify(p, 8), x)
+
+
+def test_clip_towers_learn_their_position_embedding_with_farls_init():
+    """CLIP_TOWER: FaRL's VisualTransformer init (farl/network/farl/model.py): width**-0.5 * randn class and
+    position embeddings, trunc_normal(0.02) Linear/Conv2d with zero biases, and nn.MultiheadAttention's
+    xavier-uniform in_proj (which FaRL's apply never reaches)."""
+    torch.manual_seed(0)
+    vit = build_vit("vit_base_patch16_224", img_size=64, depth=2, **CLIP_TOWER)
+    assert vit.pos_embed.requires_grad and vit.patch_embed.proj.bias is None
+    for token in (vit.cls_token, vit.pos_embed):
+        assert token.std().item() == pytest.approx(768**-0.5, rel=0.1)
+    block = vit.blocks[0]
+    for layer in (vit.patch_embed.proj, block.attn.proj, block.mlp.fc1, block.mlp.fc2):
+        assert layer.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    qkv = block.attn.qkv
+    bound = (6 / (768 + 3 * 768)) ** 0.5  # xavier-uniform over [3D, D]
+    assert qkv.weight.abs().max().item() <= bound
+    assert qkv.weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.05)
+    assert not any(layer.bias.any() for layer in (qkv, block.attn.proj, block.mlp.fc1, block.mlp.fc2))
+
+
+def test_mae_style_vits_keep_the_fixed_sincos_embedding(vit):
+    assert vit.arch.pos_embed == "sincos" and not vit.pos_embed.requires_grad
+    torch.testing.assert_close(vit.pos_embed[0], sincos_pos_embed_2d(192, 4))
+    with pytest.raises(ValueError, match="unknown ViT position embedding"):
+        build_vit("vit_tiny_patch16_224", pos_embed="rope")

@@ -173,6 +173,23 @@ def test_oracle_parsing_masks_come_back_to_the_photo(runs, run, rule, warp):
     assert min(agreement) > 0.99  # measured 0.996-1.0 (nearest resampling into the crop and back)
 
 
+@pytest.mark.parametrize("run", ["parsing", "parsing_image"])
+def test_parsing_warps_faces_at_image_size_and_feeds_the_backbone_backbone_size(runs, run):
+    """FaRL's parsing framing (augmenters/{lapa,celebm}/test.yaml, FaRLVisualFeatures.forward): each face is
+    warped at data.image_size (FaRL 512; 128 here), the model resizes it to data.backbone_size (448; 64 here)
+    for the ViT and returns logits at image_size, which go back to the photo."""
+    scene = render_scene(7, 2, faces=2, face_size=(96, 160))
+    dets = truth_detections(scene)
+    predictor = Predictor(runs[run], detector=lambda image: dets)
+    faces = predictor.prepare(scene.image, dets)
+    assert predictor.size == 128 and all(tuple(face.input.shape) == (3, 128, 128) for face in faces)
+    seen = []
+    backbone = predictor._model.module.model.dense.backbone
+    backbone.patch_embed.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape[-2:])))
+    outputs = predictor._run(faces)
+    assert seen == [(64, 64)] and all(out.shape == (len(LAPA_CLASSES), 128, 128) for out in outputs)
+
+
 def test_classification_and_parsing_run_on_the_tiny_models(runs):
     scene = render_scene(5, 0, faces=2)
     dets = truth_detections(scene)

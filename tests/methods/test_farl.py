@@ -1,14 +1,20 @@
-"""method=farl: losses, gradients, the dVAE target, export of both towers, the recipes, losses falling."""
+"""method=farl: FaRL's tower and MIM head, the masks, losses, gradients, the dVAE target, the export of both
+towers in FaRL's key layout, the recipes, losses falling."""
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
+from timm.layers import QuickGELU
+from torch import nn
 
-from facerep import load_clip
+from facerep import load_backbone, load_clip
 from facerep.config import ConfigError, PretrainConfig, load_config
+from facerep.data.masking import BlockMasking, RandomMasking
 from facerep.data.views import random_masks
 from facerep.engine.trainer import pretrain
 from facerep.losses.clip import clip_contrastive_loss
@@ -40,13 +46,50 @@ def batch_for(method: FaRL, n: int = 4, seed: int = 0) -> dict:
     }
 
 
-def test_batch_spec_asks_for_one_view_one_mask_and_the_tokenized_caption():
+def test_batch_spec_asks_for_one_view_one_block_mask_and_the_tokenized_caption():
     method = small()
     spec = method.batch_spec(load_config(PretrainConfig, None, SMALL).data)
     assert (len(spec.views), spec.masks, spec.num_patches) == (1, 1, 4)
+    assert spec.draw_mask == BlockMasking(grid=2, count=2, min_block=16, min_aspect=0.3)  # round(0.4 * 4)
     ids = spec.text("a photo of a smiling person")
     assert ids.shape == (12,) and ids.dtype == torch.int64
     assert small("farl.mim_weight=0").batch_spec(load_config(PretrainConfig, None, SMALL).data).masks == 0
+    uniform = small("farl.masking=random").batch_spec(load_config(PretrainConfig, None, SMALL).data)
+    assert uniform.draw_mask == RandomMasking(4, 2)
+
+
+def test_image_tower_and_mim_head_are_built_as_farls_release():
+    """farl/network/farl/model.py: ln_pre and no patch bias, QuickGELU, LayerNorm eps 1e-5, a learned
+    position embedding; the MIM head's blocks alike, its mask token width**-0.5 * randn."""
+    method = small("model.embed_dim=256", "model.num_heads=4")
+    vit, head = method.encoder, method.mim_head
+    assert (vit.arch.pre_norm, vit.arch.act, vit.arch.norm_eps, vit.arch.pos_embed) == (
+        True, "quick_gelu", 1e-5, "learned",
+    )  # fmt: skip
+    assert vit.pos_embed.requires_grad and vit.patch_embed.proj.bias is None
+    for module in (vit, head):
+        assert all(m.eps == 1e-5 for m in module.modules() if isinstance(m, nn.LayerNorm))
+        assert all(isinstance(block.mlp.act, QuickGELU) for block in module.blocks)
+    for token in (vit.cls_token, vit.pos_embed, head.mask_token, method.clip.visual_proj):
+        assert token.std().item() == pytest.approx(256**-0.5, rel=0.15)
+    assert head.head.weight.std().item() == pytest.approx(0.02, rel=0.1) and not head.head.bias.any()
+
+
+def test_forward_masks_the_patches_the_pipeline_drew():
+    method = small()
+    batch = batch_for(method)
+    (masked,) = batch["masks"]
+    assert masked.dtype == torch.bool and (masked.sum(1) <= 2).all()
+    seen = {}
+    replaced = method.encoder.forward_replaced
+
+    def spy(images, replace, token):
+        seen["replace"] = replace
+        return replaced(images, replace, token)
+
+    method.encoder.forward_replaced = spy
+    method(batch)
+    assert torch.equal(seen["replace"], torch.cat([torch.zeros_like(masked), masked]))  # clean, then masked
 
 
 def test_both_terms_train_every_part():
@@ -64,6 +107,7 @@ def test_both_terms_train_every_part():
     loss.backward()
     for name in (
         "clip.visual.blocks.0.attn.qkv.weight",
+        "clip.visual.pos_embed",  # learned, as FaRL's
         "clip.visual_proj",
         "clip.text.token_embedding.weight",
         "clip.text.text_projection",
@@ -118,6 +162,10 @@ def test_config_errors_are_one_line():
         load_config(PretrainConfig, None, ["farl.mim_target=vqgan"])
     with pytest.raises(ConfigError, match="not both 0"):
         load_config(PretrainConfig, None, ["farl.itc_weight=0", "farl.mim_weight=0"])
+    with pytest.raises(ConfigError, match="farl.masking must be one of block, random"):
+        load_config(PretrainConfig, None, ["farl.masking=grid"])
+    with pytest.raises(ConfigError, match="farl.mask_min_aspect"):
+        load_config(PretrainConfig, None, ["farl.mask_min_aspect=2"])
 
 
 def test_recipes_load():
@@ -134,6 +182,67 @@ def test_recipes_load():
     assert paper.farl.mim_target == "dvae" and paper.model.arch == "vit_base_patch16_224"
     tiny = load_config(PretrainConfig, CONFIGS / "farl_cpu_tiny.yaml")
     assert tiny.method == "farl" and tiny.farl.mim_target == "pixels"
+    for recipe in (paper, tiny):  # BEiT's blockwise masking of about 40 %
+        farl = recipe.farl
+        assert (farl.masking, farl.mask_ratio, farl.mask_min_block) == ("block", 0.4, 16)
+        assert farl.mask_min_aspect == 0.3
+
+
+def farl_visual_keys(width: int, layers: int, grid: int, embed: int, mim_layers: int, vocab: int) -> dict:
+    """The state-dict keys and shapes of FaRL's ``VisualTransformer`` with its MIM head
+    (farl/network/farl/model.py; ``config.MIM.ENABLE``, ``MIM.LAYERS``, ``MIM.VOCAB_SIZE``), under
+    ``visual.``, written out from the model code."""
+
+    def blocks(prefix: str, count: int) -> dict:
+        shapes = {
+            "attn.in_proj_weight": (3 * width, width), "attn.in_proj_bias": (3 * width,),
+            "attn.out_proj.weight": (width, width), "attn.out_proj.bias": (width,),
+            "ln_1.weight": (width,), "ln_1.bias": (width,),
+            "mlp.c_fc.weight": (4 * width, width), "mlp.c_fc.bias": (4 * width,),
+            "mlp.c_proj.weight": (width, 4 * width), "mlp.c_proj.bias": (width,),
+            "ln_2.weight": (width,), "ln_2.bias": (width,),
+        }  # fmt: skip
+        return {f"{prefix}.{i}.{k}": v for i in range(count) for k, v in shapes.items()}
+
+    keys = {
+        "conv1.weight": (width, 3, 16, 16),  # no bias
+        "class_embedding": (width,),
+        "positional_embedding": (1 + grid * grid, width),
+        "ln_pre.weight": (width,), "ln_pre.bias": (width,),
+        **blocks("transformer.resblocks", layers),
+        "ln_post.weight": (width,), "ln_post.bias": (width,),
+        "proj": (width, embed),
+        "mask_token": (width,),
+        **blocks("lm_transformer.resblocks", mim_layers),
+        "ln_lm.weight": (width,), "ln_lm.bias": (width,),
+        "lm_head.weight": (vocab, width), "lm_head.bias": (vocab,),
+    }  # fmt: skip
+    return {f"visual.{k}": v for k, v in keys.items()}
+
+
+def test_a_tiny_run_exports_farls_visual_transformer_and_loads_back(tmp_path):
+    out = tmp_path / "farl"
+    pretrain(load_config(PretrainConfig, None, [
+        *SMALL, f"output_dir={out}", "data.num_workers=0", "data.synthetic_length=16", "train.batch_size=4",
+        "train.max_steps=3", "train.lr=1e-3", "train.warmup_steps=1", "train.progress=log",
+    ]))  # fmt: skip
+    with safe_open(out / CLIP_FILE, "pt") as f:
+        names = [k for k in f.keys() if k.startswith("visual.")]  # noqa: SIM118 (safe_open is no dict)
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in names}
+    # 64 wide, 2 blocks, a 2 x 2 grid (32 px, patch 16), 16-d projection, 1 MIM block, 3*16*16 pixel targets
+    assert shapes == farl_visual_keys(64, 2, 2, 16, 1, 768)
+    method = small()
+    method.load_state_dict(torch.load(out / "checkpoint.pt", weights_only=True)["model"])
+    method.eval()
+    images = torch.randn(2, 3, 32, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no ignored keys
+        clip = load_clip(out)  # strict: no missing or unexpected key in either tower
+        towers = [clip.visual, load_backbone(out / CLIP_FILE), load_backbone(out / "backbone.safetensors")]
+    for tower in towers:
+        assert tower.arch == method.encoder.arch and tower.pos_embed.requires_grad
+        torch.testing.assert_close(tower.forward_features(images), method.encoder.forward_features(images))
+    torch.testing.assert_close(clip.encode_image(images), method.clip.encode_image(images))
 
 
 @pytest.mark.slow

@@ -20,9 +20,10 @@ OpenAI (after ``visual.``)                     timm
 facerep's own CLIP files may also hold ``conv1.bias`` and ``ls_1/ls_2.gamma`` (open_clip's layer-scale
 names) for image towers that are not CLIP-shaped; their metadata records the architecture. FaRL files
 also keep a masked-image-modelling head under ``visual.`` (``mask_token``, ``lm_transformer.*``,
-``ln_lm``, ``lm_head``): it is ignored, and depths are counted only from keys that start with
-``visual.transformer.resblocks.N.`` (image) and ``transformer.resblocks.N.`` (text). CLIP ViTs use
-QuickGELU, LayerNorm epsilon 1e-5 and 64-wide attention heads (:func:`clip_records`).
+``ln_lm``, ``lm_head``; facerep's FaRL runs write theirs there too, :func:`mim_to_clip`): readers ignore
+it, and depths are counted only from keys that start with ``visual.transformer.resblocks.N.`` (image) and
+``transformer.resblocks.N.`` (text). CLIP ViTs use QuickGELU, LayerNorm epsilon 1e-5, a learned position
+embedding and 64-wide attention heads (:func:`clip_records`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from typing import Any
 
 from torch import Tensor
 
+from facerep.backbones.vit import CLIP_TOWER
 from facerep.runtime.checkpoint import CheckpointError
 from facerep.runtime.errors import one_line
 
@@ -49,6 +51,7 @@ __all__ = [
     "block_indices",
     "clip_records",
     "clip_to_vit",
+    "mim_to_clip",
     "vit_to_clip",
 ]
 
@@ -87,6 +90,8 @@ _OPTIONAL_BLOCK = ("ls_1.gamma", "ls_2.gamma")
 _TIMM_OUTER = {v: k for k, v in _OUTER.items()}
 _TIMM_BLOCK = {v: k for k, v in _BLOCK.items()}
 _TIMM_BLOCK_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
+# facerep's MIM head (facerep.models.mim.MIMHead) -> FaRL's names after "visual." (blocks: as the tower's)
+_MIM_OUTER = {"mask_token": "mask_token"} | _params({"norm": "ln_lm", "head": "lm_head"})
 
 
 def block_indices(keys: Iterable[str], prefix: str) -> list[int]:
@@ -183,19 +188,29 @@ def clip_to_vit(state: Mapping[str, Any], source: str) -> tuple[dict[str, Tensor
     return out, proj
 
 
-def vit_to_clip(state: Mapping[str, Tensor], proj: Tensor | None = None) -> dict[str, Tensor]:
-    """A facerep (timm-named) ViT state dict, and the image projection ``[D, E]``, in the OpenAI layout
-    (``visual.*`` keys). Keys without an OpenAI name are a ``ValueError`` (a programming error)."""
+def _timm_to_openai(
+    state: Mapping[str, Tensor], outer: Mapping[str, str], blocks: str, what: str
+) -> dict[str, Tensor]:
+    """timm-named tensors -> ``visual.``-prefixed OpenAI names: ``outer`` maps whole keys, ``blocks.N.*`` go
+    to ``f"{blocks}N.*"`` with the block names renamed. Keys without an OpenAI name are a ``ValueError``
+    (a programming error) naming ``what`` was converted."""
     out: dict[str, Tensor] = {}
     for key, value in state.items():
         match = _TIMM_BLOCK_RE.match(key)
-        if key in _TIMM_OUTER:
-            name = _TIMM_OUTER[key]
+        if key in outer:
+            name = outer[key]
         elif match and match[2] in _TIMM_BLOCK:
-            name = f"transformer.resblocks.{match[1]}.{_TIMM_BLOCK[match[2]]}"
+            name = f"{blocks}{match[1]}.{_TIMM_BLOCK[match[2]]}"
         else:
-            raise ValueError(f"vit_to_clip: ViT key {key!r} has no OpenAI CLIP name")
+            raise ValueError(f"{what}: key {key!r} has no OpenAI CLIP name")
         out[f"{VISION}{name}"] = value
+    return out
+
+
+def vit_to_clip(state: Mapping[str, Tensor], proj: Tensor | None = None) -> dict[str, Tensor]:
+    """A facerep (timm-named) ViT state dict, and the image projection ``[D, E]``, in the OpenAI layout
+    (``visual.*`` keys). Keys without an OpenAI name are a ``ValueError`` (a programming error)."""
+    out = _timm_to_openai(state, _TIMM_OUTER, "transformer.resblocks.", "vit_to_clip")
     dim = out[f"{VISION}conv1.weight"].shape[0]
     out[f"{VISION}class_embedding"] = out[f"{VISION}class_embedding"].reshape(dim)
     out[f"{VISION}positional_embedding"] = out[f"{VISION}positional_embedding"].reshape(-1, dim)
@@ -204,12 +219,20 @@ def vit_to_clip(state: Mapping[str, Tensor], proj: Tensor | None = None) -> dict
     return out
 
 
+def mim_to_clip(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A :class:`facerep.models.mim.MIMHead` state dict (``mask_token`` ``[D]``, ``blocks.N.*``, ``norm``,
+    ``head``) under FaRL's names: ``visual.mask_token``, ``visual.lm_transformer.resblocks.N.*`` (CLIP block
+    names), ``visual.ln_lm``, ``visual.lm_head``, as FaRL's ``VisualTransformer`` holds its MIM head."""
+    return _timm_to_openai(state, _MIM_OUTER, "lm_transformer.resblocks.", "mim_to_clip")
+
+
 def _clip_vision_record(width: int, source: str) -> dict[str, Any]:
     """The :class:`~facerep.backbones.vit.ViTArch` fields a CLIP image tower's weights cannot tell:
-    pre-norm, QuickGELU, LayerNorm epsilon 1e-5 and ``width // 64`` heads."""
+    :data:`~facerep.backbones.vit.CLIP_TOWER` (pre-norm, QuickGELU, LayerNorm epsilon 1e-5, a learned,
+    trainable position embedding) and ``width // 64`` heads."""
     if width % HEAD_WIDTH:
         raise CheckpointError(f"{source}: CLIP image width {width} is not a multiple of {HEAD_WIDTH}")
-    return {"pre_norm": True, "act": "quick_gelu", "norm_eps": 1e-5, "num_heads": width // HEAD_WIDTH}
+    return {**CLIP_TOWER, "num_heads": width // HEAD_WIDTH}
 
 
 def _file_records(metadata: Mapping[str, str], source: str) -> tuple[dict[str, Any], dict[str, Any]]:

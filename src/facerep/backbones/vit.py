@@ -3,7 +3,8 @@
 The encoder *is* a timm model, so its ``state_dict`` uses timm key names and anything facerep trains
 loads into ``timm.create_model(..., num_classes=0)`` with strict key matching. What facerep adds:
 
-* a fixed (non-trainable) 2-D sin-cos position embedding, as in MAE / MoCo v3 / MCF;
+* a fixed (non-trainable) 2-D sin-cos position embedding, as in MAE / MoCo v3 / MCF, or (``ViTArch.pos_embed =
+  "learned"``) a trainable one with FaRL's initialisation, for CLIP-layout towers (:data:`CLIP_TOWER`);
 * :meth:`MaskedViT.forward_masked`, which keeps a subset of patch tokens per sample, in the order the
   data pipeline drew (or a random one);
 * :meth:`MaskedViT.forward_block_tokens`, the token outputs of chosen blocks (teacher features);
@@ -24,9 +25,9 @@ from typing import Any, ClassVar
 
 import timm
 import torch
-from timm.layers import LayerNorm, QuickGELU, resample_abs_pos_embed
+from timm.layers import LayerNorm, QuickGELU, resample_abs_pos_embed, trunc_normal_
 from timm.models import checkpoint_seq
-from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer import Attention, VisionTransformer
 from torch import Tensor, nn
 
 from facerep.backbones.base import FAMILIES, BackboneFamily, LoadOptions, load_strict
@@ -57,6 +58,10 @@ _TIMM_VARIANTS: dict[tuple[bool, bool, str, float], str] = {
     (False, True, "gelu", 1e-5): "_clip",
     (False, True, "quick_gelu", 1e-5): "_clip_quickgelu",
 }
+POS_EMBEDS = ("sincos", "learned")
+# the ViTArch fields of an OpenAI-CLIP / FaRL image tower (farl/network/farl/model.py VisualTransformer):
+# ln_pre without a patch bias, QuickGELU, LayerNorm epsilon 1e-5, a learned position embedding
+CLIP_TOWER: dict[str, Any] = {"pre_norm": True, "act": "quick_gelu", "norm_eps": 1e-5, "pos_embed": "learned"}
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,8 @@ class ViTArch:
     pre_norm: bool = False  # LayerNorm before the blocks, patch projection without bias (CLIP ln_pre)
     act: str = "gelu"  # MLP activation: gelu | quick_gelu (OpenAI CLIP)
     norm_eps: float = 1e-6  # LayerNorm epsilon
+    # sincos: fixed 2-D sin-cos, MAE's initialisation (MAE, MCF) | learned: trainable, FaRL's (CLIP towers)
+    pos_embed: str = "sincos"
 
     @property
     def grid_size(self) -> int:
@@ -112,6 +119,10 @@ def check_arch(arch: ViTArch) -> ViTArch:
     is out of range)."""
     if arch.act not in ACTIVATIONS:
         raise ConfigError(f"unknown ViT activation {arch.act!r}: expected {' or '.join(ACTIVATIONS)}")
+    if arch.pos_embed not in POS_EMBEDS:
+        raise ConfigError(
+            f"unknown ViT position embedding {arch.pos_embed!r}: expected {' or '.join(POS_EMBEDS)}"
+        )
     if arch.img_size % arch.patch_size:
         raise ConfigError(f"image size {arch.img_size} is not divisible by patch size {arch.patch_size}")
     if arch.embed_dim % arch.num_heads:
@@ -156,6 +167,23 @@ def num_kept(num_patches: int, mask_ratio: float) -> int:
     return max(1, int(num_patches * (1.0 - mask_ratio)))
 
 
+@torch.no_grad()
+def farl_init_(module: nn.Module) -> None:
+    """FaRL's initialisation of the transformer layers in ``module`` (``farl/network/farl/model.py``
+    ``_init_weights``): truncated normal (std 0.02) for every Linear and Conv2d, zero biases. The fused
+    ``qkv`` of each timm ``Attention`` gets xavier-uniform over its ``[3D, D]`` weight instead: FaRL's
+    blocks hold ``nn.MultiheadAttention``, whose bare ``in_proj_weight`` its ``apply`` never reaches, so it
+    keeps that module's own initialisation (xavier-uniform, zero bias)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    for m in module.modules():
+        if isinstance(m, Attention):
+            nn.init.xavier_uniform_(m.qkv.weight)
+
+
 class MaskedViT(VisionTransformer):
     """timm ``VisionTransformer`` (CLS token, final norm, no head) with masking support.
 
@@ -182,8 +210,11 @@ class MaskedViT(VisionTransformer):
             norm_layer=partial(LayerNorm, eps=arch.norm_eps),
         )
         self.arch = arch
-        self.pos_embed.requires_grad_(False)
-        self.reset_mae_parameters()
+        if arch.pos_embed == "learned":
+            self.reset_farl_parameters()
+        else:
+            self.pos_embed.requires_grad_(False)
+            self.reset_mae_parameters()
 
     @torch.no_grad()
     def reset_mae_parameters(self) -> None:
@@ -197,6 +228,14 @@ class MaskedViT(VisionTransformer):
                 nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+
+    @torch.no_grad()
+    def reset_farl_parameters(self) -> None:
+        """FaRL's ``VisualTransformer`` initialisation: :func:`farl_init_` on the layers, and ``width**-0.5``
+        times a standard normal for the class and position embeddings."""
+        farl_init_(self)
+        for token in (self.cls_token, self.pos_embed):
+            token.normal_(std=self.embed_dim**-0.5)
 
     @property
     def num_patches(self) -> int:
@@ -294,7 +333,7 @@ class MaskedViT(VisionTransformer):
         return [outputs[i] for i in indices]
 
 
-def build_vit(arch: str | ViTArch, img_size: int | None = None, **overrides: float) -> MaskedViT:
+def build_vit(arch: str | ViTArch, img_size: int | None = None, **overrides: Any) -> MaskedViT:
     """Build a :class:`MaskedViT` from a timm-style name or a :class:`ViTArch` (fields overridable)."""
     spec = parse_arch(arch, img_size) if isinstance(arch, str) else arch
     drop_path = float(overrides.pop("drop_path_rate", 0.0))
@@ -312,8 +351,9 @@ def infer_arch(
     """Infer the :class:`ViTArch` of a timm-named ViT state dict.
 
     Heads come from ``num_heads``, else the ViT table; layer scale and pre-norm from the keys
-    (``blocks.0.ls1.gamma``, ``norm_pre.weight``); the activation, LayerNorm epsilon and layer-scale init
-    value, which weights cannot tell, from ``record`` (the :class:`ViTArch` defaults otherwise).
+    (``blocks.0.ls1.gamma``, ``norm_pre.weight``); the activation, LayerNorm epsilon, layer-scale init
+    value and position-embedding kind, which weights cannot tell, from ``record`` (the :class:`ViTArch`
+    defaults otherwise).
     """
     missing = [k for k in _REQUIRED if k not in state]
     if missing:
@@ -350,10 +390,12 @@ def infer_arch(
     given = record or {}
     layer_scale = float(given.get("layer_scale") or 1.0) if "blocks.0.ls1.gamma" in state else None
     act, eps = str(given.get("act", "gelu")), float(given.get("norm_eps", 1e-6))
+    pos_embed = str(given.get("pos_embed", "sincos"))
     try:
         heads = num_heads if num_heads is not None else heads_for_dim(dim)
         shape = (dim, len(blocks), heads, patch, grid * patch, mlp_ratio)
-        return check_arch(ViTArch(*shape, layer_scale=layer_scale, pre_norm=pre_norm, act=act, norm_eps=eps))
+        fields = {"layer_scale": layer_scale, "pre_norm": pre_norm, "act": act, "norm_eps": eps}
+        return check_arch(ViTArch(*shape, **fields, pos_embed=pos_embed))
     except ConfigError as err:
         raise CheckpointError(f"{source}: {one_line(err)}") from err
 

@@ -9,7 +9,8 @@ batches them as ``{"views": [[B, 3, S, S], ...], "masks": [[B, L], ...], "skippe
 
 A mask is a random permutation of the ``L`` patch indices (int64); a method keeps the first
 ``int(L * (1 - mask_ratio))`` patches, so the masking ratio stays the method's (DINOv2 and MAE draw
-masks in the data pipeline the same way).
+masks in the data pipeline the same way). A method that masks otherwise sets ``draw_mask``, a drawer of one
+``[L]`` mask (FaRL: BEiT's blockwise boolean masks, :mod:`facerep.data.masking`), drawn the same way.
 
 A method that learns from image-text pairs (FaRL) also sets ``text``: a tokenizer of one caption to
 ``[T]`` int64 ids (e.g. :meth:`facerep.data.tokenizer.Tokenizer.encode`). Its
@@ -29,20 +30,22 @@ from torch import Tensor
 
 ViewTransform = Callable[[Image.Image], Tensor]
 TextTransform = Callable[[str], Tensor]  # one caption -> [T] int64 token ids
+MaskDrawer = Callable[[torch.Generator | None], Tensor]  # one [L] mask, from the generator or torch's RNG
 
 
 @dataclass(frozen=True)
 class BatchSpec:
     """The views, masks and caption tokens a method needs per image (see the module docstring).
 
-    ``text`` must be picklable (a class instance or ``functools.partial``, not a lambda) so that it can
-    travel to DataLoader workers.
+    ``text`` and ``draw_mask`` must be picklable (a class instance or ``functools.partial``, not a lambda)
+    so that they can travel to DataLoader workers.
     """
 
     views: tuple[ViewTransform, ...]
     masks: int = 0
     num_patches: int = 0
     text: TextTransform | None = None
+    draw_mask: MaskDrawer | None = None  # None: a random permutation of the num_patches indices
 
     def __post_init__(self) -> None:
         if not self.views:
@@ -59,16 +62,19 @@ def draw_sample(spec: BatchSpec, image: Image.Image, seed: int) -> tuple[list[Te
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         views = [transform(image) for transform in spec.views]
-        masks = [torch.rand(spec.num_patches).argsort() for _ in range(spec.masks)]
+        draw = spec.draw_mask or (lambda _: torch.rand(spec.num_patches).argsort())
+        masks = [draw(None) for _ in range(spec.masks)]
     return views, masks
 
 
 def random_masks(spec: BatchSpec, batch_size: int, generator: torch.Generator | None = None) -> list[Tensor]:
-    """``spec.masks`` random patch orders ``[B, L]`` for a batch made outside the loader (bench, tests)."""
-    return [
-        torch.rand(batch_size, spec.num_patches, generator=generator).argsort(dim=1)
-        for _ in range(spec.masks)
-    ]
+    """``spec.masks`` masks ``[B, L]`` for a batch made outside the loader (bench, tests)."""
+    if spec.draw_mask is None:
+        return [
+            torch.rand(batch_size, spec.num_patches, generator=generator).argsort(dim=1)
+            for _ in range(spec.masks)
+        ]
+    return [torch.stack([spec.draw_mask(generator) for _ in range(batch_size)]) for _ in range(spec.masks)]
 
 
 def stack_views(samples: Sequence[tuple[list[Tensor], list[Tensor]]]) -> tuple[list[Tensor], list[Tensor]]:

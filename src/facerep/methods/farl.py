@@ -1,9 +1,13 @@
 """FaRL, Facial Representation Learning (Zheng et al., CVPR 2022, arXiv 2112.03109): image-text contrast plus
 masked image modelling, in one CLIP-style model whose image tower is facerep's ViT.
 
-Per batch of image-caption pairs, the image tower runs once on the clean images and once on the same images
-with a random ``farl.mask_ratio`` of their patch embeddings replaced by a mask token (one concatenated
-pass, as FaRL's code does):
+The image tower is built as FaRL's released ``VisualTransformer`` (``farl/network/farl/model.py``): ``ln_pre``
+without a patch bias, QuickGELU, LayerNorm epsilon 1e-5, a learned position embedding and FaRL's
+initialisation, so its exported ``visual.*`` keys are the ones FaRL's ``load_farl`` and facer expect. Per
+batch of image-caption pairs, the image tower runs once on the clean images and once on the same images with
+about ``farl.mask_ratio`` of their patch embeddings replaced by a mask token, in BEiT's blocks drawn by the
+data pipeline (:mod:`facerep.data.masking`; ``farl.masking=random``: uniform patches), in one concatenated
+pass as FaRL's code does:
 
 * **image-text contrast** (``farl.itc_weight``): ``ln_post(CLS) @ proj`` of the clean pass against the text
   tower's EOT feature, CLIP's symmetric InfoNCE over the global batch with a learned, clamped logit scale
@@ -14,7 +18,8 @@ pass, as FaRL's code does):
 
 Captions come with the data (:mod:`facerep.data.captions`, sidecar ``.txt`` files, webdataset ``txt``). The
 exported ``backbone.safetensors`` is the image tower; ``clip.safetensors`` holds both towers in OpenAI-CLIP
-layout for :func:`facerep.load_clip` and ``facerep zeroshot``.
+layout for :func:`facerep.load_clip` and ``facerep zeroshot``, plus the MIM head under FaRL's ``visual.``
+names (``mask_token``, ``lm_transformer``, ``ln_lm``, ``lm_head``), as FaRL's released files do.
 """
 
 from __future__ import annotations
@@ -28,12 +33,14 @@ import torch
 from torch import Tensor, nn
 
 from facerep.backbones import MaskedViT
-from facerep.backbones.vit import num_kept
+from facerep.backbones.clip_layout import mim_to_clip
+from facerep.backbones.vit import CLIP_TOWER, build_vit
 from facerep.config import ConfigError, DataConfig, PretrainConfig, check_choice, check_range
+from facerep.data.masking import MASKINGS, BlockMasking, RandomMasking, masked_count
 from facerep.data.transforms import build_pretrain_transform
-from facerep.data.views import BatchSpec
+from facerep.data.views import BatchSpec, MaskDrawer
 from facerep.losses.clip import clip_contrastive_loss
-from facerep.methods.base import PretrainMethod, build_masked_encoder, register_method
+from facerep.methods.base import PretrainMethod, arch_overrides, build_masked_encoder, register_method
 from facerep.models.clip import CLIP_FILE, LOGIT_SCALE_MAX, CLIPModel, save_clip
 from facerep.models.dvae import load_dvae
 from facerep.models.mim import DVAETarget, MIMHead, PixelTarget
@@ -59,7 +66,10 @@ class FaRLConfig:
 
     itc_weight: float = 1.0
     mim_weight: float = 1.0
-    mask_ratio: float = 0.4  # fraction of patches replaced by the mask token
+    mask_ratio: float = 0.4  # round(mask_ratio * L) patches replaced by the mask token (BEiT: at most that)
+    masking: str = "block"  # block (BEiT's blockwise masks, FaRL's) | random (uniform patches)
+    mask_min_block: int = 16  # block: smallest block area in patches (BEiT; capped at (G-1)^2 on small grids)
+    mask_min_aspect: float = 0.3  # block: block aspect ratios in [0.3, 1/0.3] (BEiT)
     mim_target: str = "pixels"  # pixels | dvae (the paper's; needs farl.dvae_weights)
     dvae_weights: str | None = None  # DALL-E dVAE encoder state dict (see facerep.models.dvae)
     mim_depth: int = 1  # blocks of the MIM transformer on top of the image tower
@@ -69,7 +79,13 @@ class FaRLConfig:
 
     def __post_init__(self) -> None:
         check_choice("farl.mim_target", self.mim_target, MIM_TARGETS)
+        check_choice("farl.masking", self.masking, MASKINGS)
         check_range("farl.mask_ratio", self.mask_ratio, 0.0, 1.0, high_open=True)
+        if self.mask_min_block < 1 or not 0 < self.mask_min_aspect <= 1:
+            raise ConfigError(
+                f"farl.mask_min_block must be >= 1 and farl.mask_min_aspect in (0, 1], "
+                f"got {self.mask_min_block} and {self.mask_min_aspect}"
+            )
         if self.itc_weight < 0 or self.mim_weight < 0 or self.itc_weight + self.mim_weight == 0:
             raise ConfigError(
                 f"farl.itc_weight and farl.mim_weight must be >= 0 and not both 0, "
@@ -105,7 +121,7 @@ class FaRL(PretrainMethod):
 
     @classmethod
     def from_config(cls, cfg: PretrainConfig) -> FaRL:
-        encoder: MaskedViT = build_masked_encoder(cfg)
+        encoder = build_tower(cfg)
         clip = CLIPModel(encoder, TextArch(**asdict(cfg.text)))  # text.* are TextArch's fields
         with torch.no_grad():
             clip.logit_scale.fill_(math.log(cfg.farl.init_logit_scale))
@@ -116,17 +132,17 @@ class FaRL(PretrainMethod):
         return cls(clip, head, target, cfg.farl, list(cfg.data.mean), list(cfg.data.std))
 
     def batch_spec(self, data: DataConfig) -> BatchSpec:
-        """One view, one patch order (when MIM is on) and the tokenized caption per image."""
-        masks = 1 if self.mim_head is not None else 0
+        """One view, one boolean patch mask (when MIM is on) and the tokenized caption per image."""
         return BatchSpec(
             (build_pretrain_transform(data),),
-            masks=masks,
+            masks=1 if self.mim_head is not None else 0,
             num_patches=self.encoder.num_patches,
             text=self.clip.tokenizer.encode,
+            draw_mask=build_masking(self.cfg, self.encoder.arch.grid_size),
         )
 
     def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
-        """``views[0]`` ``[N, 3, H, W]``, ``masks[0]`` ``[N, L]`` (patch orders), ``texts`` ``[N, T]``."""
+        """``views[0]`` ``[N, 3, H, W]``, ``masks[0]`` ``[N, L]`` bool (True masked), ``texts`` ``[N, T]``."""
         (images,) = batch["views"]
         n = images.shape[0]
         itc_on = self.cfg.itc_weight > 0
@@ -135,9 +151,7 @@ class FaRL(PretrainMethod):
         if self.mim_head is None:
             cls = self.encoder.forward_features(images)[:, :1]
         else:
-            (order,) = batch["masks"]
-            masked = torch.ones_like(order, dtype=torch.bool)
-            masked.scatter_(1, order[:, : num_kept(order.shape[1], self.cfg.mask_ratio)], False)
+            (masked,) = batch["masks"]
             # the clean images ride along in the same pass when the contrast needs them
             replace = torch.cat([torch.zeros_like(masked), masked]) if itc_on else masked
             tokens = self.encoder.forward_replaced(
@@ -164,8 +178,29 @@ class FaRL(PretrainMethod):
         return {}
 
     def export(self, output_dir: Path) -> Path:
-        """Write both towers to ``output_dir/clip.safetensors`` (with the normalisation the run used)."""
-        return save_clip(self.clip, output_dir / CLIP_FILE, extra={"mean": self.mean, "std": self.std})
+        """Write both towers and the MIM head to ``output_dir/clip.safetensors`` (with the normalisation the
+        run used)."""
+        mim = None if self.mim_head is None else mim_to_clip(self.mim_head.state_dict())
+        extra = {"mean": self.mean, "std": self.std}
+        return save_clip(self.clip, output_dir / CLIP_FILE, extra=extra, mim_head=mim)
+
+
+def build_tower(cfg: PretrainConfig) -> MaskedViT:
+    """FaRL's image tower: ``model.arch`` in the layout of FaRL's ``VisualTransformer`` (:data:`CLIP_TOWER`,
+    FaRL's initialisation), or ``model.init``'s tower as stored."""
+    if cfg.model.init or not cfg.model.arch.startswith("vit_"):
+        return build_masked_encoder(cfg)  # a file's tower; a non-ViT arch gets its one-line error there
+    encoder = build_vit(cfg.model.arch, cfg.data.image_size, **CLIP_TOWER, **arch_overrides(cfg.model))
+    encoder.set_grad_checkpointing(cfg.model.grad_checkpointing)
+    return encoder
+
+
+def build_masking(farl: FaRLConfig, grid: int) -> MaskDrawer:
+    """The drawer of ``farl.masking`` masks on a ``grid x grid`` patch grid."""
+    count = masked_count(grid * grid, farl.mask_ratio)
+    if farl.masking == "random":
+        return RandomMasking(grid * grid, count)
+    return BlockMasking(grid, count, farl.mask_min_block, farl.mask_min_aspect)
 
 
 def build_mim_target(cfg: PretrainConfig, encoder: MaskedViT) -> nn.Module:

@@ -29,6 +29,7 @@ from facerep.backbones.base import FAMILIES, LoadOptions, arch_record, load_stri
 from facerep.backbones.clip_layout import (
     CLIP_FORMAT,
     CLIP_MARKER,
+    MIM_PREFIXES,
     OPENAI_EXTRAS,
     VISION,
     clip_records,
@@ -118,10 +119,20 @@ def clip_state_dict(model: CLIPModel) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
 
 
-def save_clip(model: CLIPModel, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+def save_clip(
+    model: CLIPModel,
+    path: str | Path,
+    extra: dict[str, Any] | None = None,
+    mim_head: Mapping[str, Tensor] | None = None,
+) -> Path:
     """Write ``path`` (safetensors, OpenAI layout) atomically, with the metadata :func:`load_clip` needs;
-    each ``extra`` value is stored JSON-encoded under its key. Returns the path."""
+    each ``extra`` value is stored JSON-encoded under its key. ``mim_head``: FaRL's masked-image-modelling
+    head under its ``visual.`` names (:func:`~facerep.backbones.clip_layout.mim_to_clip`), written beside the
+    towers as FaRL's releases hold it (readers ignore it). Returns the path."""
     model = _unwrap(model)
+    stray = [k for k in mim_head or {} if not k.startswith(tuple(VISION + p for p in MIM_PREFIXES))]
+    if stray:
+        raise ValueError(f"save_clip: mim_head keys must be FaRL's visual.* MIM names, got {stray[:3]}")
     metadata = {
         "format": CLIP_FORMAT,
         "vision": json.dumps(arch_record(model.visual.arch)),
@@ -132,7 +143,8 @@ def save_clip(model: CLIPModel, path: str | Path, extra: dict[str, Any] | None =
     if clash:
         raise ValueError(f"save_clip: extra may not override reserved keys {clash}")
     metadata |= {str(k): json.dumps(v) for k, v in (extra or {}).items()}
-    data = safetensors.torch.save(clip_state_dict(model), metadata=metadata)
+    mim = {k: v.detach().to("cpu").contiguous() for k, v in (mim_head or {}).items()}
+    data = safetensors.torch.save(clip_state_dict(model) | mim, metadata=metadata)
     return atomic_write_bytes(path, data)
 
 

@@ -8,9 +8,12 @@ FPN) fuses the four into one map at the resolution of the finest.
 As FaRL (``farl/network/transformers.py`` ``_make_fpns`` / ``FaRLVisualFeatures.forward``,
 ``farl/network/mmseg.py`` = mmseg 0.18 ``UPerHead``): images of another size are resized (bilinear) to the
 backbone's input size first (parsing: 512 -> 448); every conv-BN-ReLU is mmcv's ``ConvModule`` (conv
-without bias, Kaiming-normal fan-out init, BN weight 1 / bias 0); the classifier is ``Dropout2d(0.1)`` then
-a 1x1 conv initialised normal(0, 0.01), bias 0 (mmseg ``BaseDecodeHead.conv_seg``). Its BatchNorms are
-plain here; the fine-tuning engine makes them SyncBatchNorm under multi-GPU DDP, as FaRL's ``SyncBN``.
+without bias, Kaiming-normal fan-out init at construction, BN weight 1 / bias 0); the classifier is
+``Dropout2d(0.1)`` then a 1x1 conv (mmseg ``BaseDecodeHead.conv_seg``) with torch's default ``Conv2d``
+initialisation: mmseg 0.18 declares normal(0, 0.01) for it in ``init_cfg``, but that is applied only by
+``init_weights()``, which FaRL's ``MMSEG_UPerHead`` wrapper and its networks never call
+(``classifier_std=0.01`` applies it). Its BatchNorms are plain here; the fine-tuning engine makes them span
+every process under DDP, as FaRL's ``SyncBN``.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ class UPerHead(nn.Module):
 
     Input: 4 maps, finest first, ``[N, in_dims[i], H_i, W_i]``; output ``[N, out_channels, H_0, W_0]``.
     ``dropout``: ``Dropout2d`` rate before the 1x1 classifier (mmseg's ``dropout_ratio``; FaRL 0.1).
+    ``classifier_std``: ``None`` keeps torch's default init of the classifier (FaRL's); a value initialises
+    it normal(0, std), bias 0 (mmseg's ``init_weights()``: 0.01).
     """
 
     def __init__(
@@ -64,6 +69,7 @@ class UPerHead(nn.Module):
         out_channels: int,
         pool_scales: tuple[int, ...] = (1, 2, 3, 6),
         dropout: float = 0.1,
+        classifier_std: float | None = None,
     ) -> None:
         super().__init__()
         *fine, top = in_dims
@@ -76,8 +82,9 @@ class UPerHead(nn.Module):
         self.fuse = conv_bn_relu(len(in_dims) * channels, channels)
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(channels, out_channels, 1)
-        nn.init.normal_(self.classifier.weight, std=0.01)
-        nn.init.zeros_(self.classifier.bias)
+        if classifier_std is not None:
+            nn.init.normal_(self.classifier.weight, std=classifier_std)
+            nn.init.zeros_(self.classifier.bias)
 
     @staticmethod
     def _resize(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -100,7 +107,8 @@ class DenseHead(nn.Module):
 
     ``levels`` are the backbone's pyramid levels (ViT block indices, ResNet stages); exactly four.
     ``input_size`` ``B``: the side images are resized to (bilinear) before the backbone, as FaRL's
-    ``FaRLVisualFeatures.forward`` (``None``: as they come, ``B = S``). ``dropout``: see :class:`UPerHead`.
+    ``FaRLVisualFeatures.forward`` (``None``: as they come, ``B = S``). ``dropout``, ``classifier_std``: see
+    :class:`UPerHead`.
     """
 
     def __init__(
@@ -111,6 +119,7 @@ class DenseHead(nn.Module):
         out_channels: int,
         input_size: int | None = None,
         dropout: float = 0.1,
+        classifier_std: float | None = None,
     ) -> None:
         super().__init__()
         if len(levels) != PYRAMID_LEVELS:
@@ -123,7 +132,7 @@ class DenseHead(nn.Module):
             raise ConfigError(f"same-stride pyramid levels {self.levels} must share one width, got {dims}")
         self.input_size = input_size
         self.adapters = FPNAdapters(dims[0]) if one_grid else nn.Identity()
-        self.head = UPerHead(dims, channels, out_channels, dropout=dropout)
+        self.head = UPerHead(dims, channels, out_channels, dropout=dropout, classifier_std=classifier_std)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         size = self.input_size

@@ -1,9 +1,11 @@
 """FaRL's masked-image-modelling head and its pluggable targets.
 
 FaRL (like BEiT) swaps the embeddings of masked patches for a learned ``mask_token``, runs the image tower
-on the full-length sequence, then a small transformer ("lm_transformer"), a LayerNorm and a linear head
-predict a target for every masked patch. The paper's target is the patch's token from DALL-E's dVAE
-(vocabulary 8192, cross-entropy); those weights cannot be downloaded here, so the target is pluggable:
+on the full-length sequence, then a small transformer ("lm_transformer": CLIP's pre-norm blocks with
+QuickGELU and LayerNorm epsilon 1e-5), a LayerNorm ("ln_lm") and a linear head ("lm_head") predict a target
+for every masked patch (:func:`facerep.backbones.clip_layout.mim_to_clip` gives the weights FaRL's names).
+The paper's target is the patch's token from DALL-E's dVAE (vocabulary 8192, cross-entropy); those weights
+cannot be downloaded here, so the target is pluggable:
 
 * ``pixels`` (default, runs anywhere): the patch's pixels, mean squared error (SimMIM / MAE style, optionally
   per-patch normalised as MAE's ``norm_pix_loss``);
@@ -18,10 +20,11 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from timm.layers import LayerNorm, trunc_normal_
+from timm.layers import LayerNorm, QuickGELU
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
+from facerep.backbones.vit import CLIP_TOWER, farl_init_
 from facerep.losses.pixel import masked_pixel_loss
 from facerep.models.dvae import DVAEEncoder
 from facerep.models.patches import patchify
@@ -29,22 +32,23 @@ from facerep.models.patches import patchify
 
 class MIMHead(nn.Module):
     """``mask_token`` ``[D]`` plus ``depth`` transformer blocks, LayerNorm and Linear: ``[N, 1 + L, D]`` raw
-    image-tower tokens of a masked image -> ``[N, L, P]`` predictions (CLS dropped after the blocks)."""
+    image-tower tokens of a masked image -> ``[N, L, P]`` predictions (CLS dropped after the blocks).
+
+    As FaRL's release (``farl/network/farl/model.py``: ``lm_transformer``, ``ln_lm``, ``lm_head``): the
+    blocks are CLIP's (pre-norm, QuickGELU, LayerNorm epsilon 1e-5), the layers get FaRL's initialisation
+    (:func:`~facerep.backbones.vit.farl_init_`) and the mask token ``width**-0.5`` times a standard normal.
+    """
 
     def __init__(self, dim: int, num_heads: int, depth: int, out_dim: int) -> None:
         super().__init__()
-        norm = partial(LayerNorm, eps=1e-6)
-        self.mask_token = nn.Parameter(torch.zeros(dim))
-        self.blocks = nn.Sequential(
-            *[Block(dim, num_heads, qkv_bias=True, norm_layer=norm) for _ in range(depth)]
-        )
+        norm = partial(LayerNorm, eps=CLIP_TOWER["norm_eps"])
+        self.mask_token = nn.Parameter(torch.randn(dim) * dim**-0.5)
+        self.blocks = nn.Sequential(*[
+            Block(dim, num_heads, qkv_bias=True, norm_layer=norm, act_layer=QuickGELU) for _ in range(depth)
+        ])  # fmt: skip
         self.norm = norm(dim)
         self.head = nn.Linear(dim, out_dim)
-        trunc_normal_(self.mask_token, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
+        farl_init_(self)
 
     def no_weight_decay(self) -> set[str]:
         return {"mask_token"}

@@ -72,7 +72,7 @@ def alignment_loss(
 class AlignmentModel(nn.Module):
     """Backbone + UPerNet -> K heatmaps at 1/4 of the backbone's input -> soft-argmax landmarks.
 
-    ``dense``: keyword arguments of :class:`DenseHead` (``input_size``, ``dropout``).
+    ``dense``: keyword arguments of :class:`DenseHead` (``input_size``, ``dropout``, ``classifier_std``).
     """
 
     def __init__(

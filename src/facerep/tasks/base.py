@@ -43,8 +43,13 @@ class Task:
 
     def dense_options(self) -> dict[str, Any]:
         """:class:`~facerep.models.dense.DenseHead` options from the config: the backbone's input size
-        (``data.backbone_size``, resized from ``data.image_size``) and the classifier dropout."""
-        return {"input_size": self.cfg.data.backbone_input, "dropout": self.cfg.head.dropout}
+        (``data.backbone_size``, resized from ``data.image_size``), the classifier's dropout and init."""
+        head = self.cfg.head
+        return {
+            "input_size": self.cfg.data.backbone_input,
+            "dropout": head.dropout,
+            "classifier_std": head.classifier_std,
+        }
 
     def augment_config(self) -> Any:
         """FaRL's augmentation preset for this task with the config's ``augment.*`` overrides applied."""
