@@ -79,6 +79,7 @@ from torchvision.transforms.v2 import functional as F
 
 from facerep.config import IMAGENET_MEAN, IMAGENET_STD, ConfigError
 from facerep.data.downstream.base import landmarks_box
+from facerep.data.downstream.fra_expression import fra_chain, run_seeded, to_pil
 from facerep.data.sources import DataError
 
 __all__ = [
@@ -110,6 +111,7 @@ ALIGNS = ("auto", "five_point", "box", "image")
 OCCLUSION_FILLS = ("zero", "color", "noise")
 NOISE_KINDS = ("fusion", "gaussian")
 BLUR_KINDS = ("box", "gaussian")
+CLASSIFY_CHAINS = ("flip", "fra")
 
 # Five-point template (eye centres, nose tip, mouth corners; image-left first) in [-1, 1] crop units:
 # blueprint's ``_standard_face_pts``: (196, 226), (316, 226), (256, 286), (220, 360.4), (292, 360.4)
@@ -172,6 +174,7 @@ class AugmentConfig:
     blur_kind: str = "box"  # box | gaussian
     # -- classification
     hflip_prob: float = 0.5
+    classify: str = "flip"  # flip (resize + flip) | fra (FRA's main_fer.py chain; see fra_expression)
     # -- output normalisation
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
@@ -228,6 +231,7 @@ def _check_cfg(cfg: Any) -> None:
         "occlusion_fill": OCCLUSION_FILLS,
         "noise_kind": NOISE_KINDS,
         "blur_kind": BLUR_KINDS,
+        "classify": CLASSIFY_CHAINS,
     }
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
@@ -711,8 +715,10 @@ class ParsingTransform(_Base):
 
 
 class ClassificationTransform(_Base):
-    """Classification sample -> ``{"image": [3, S, S], "label"}``: resize to ``S x S`` (bilinear,
-    antialiased), horizontal flip with ``cfg.hflip_prob`` in train mode, normalise.  ``"label"`` is an
+    """Classification sample -> ``{"image": [3, S, S], "label"}`` by ``cfg.classify``: ``"flip"`` -- resize
+    to ``S x S`` (bilinear, antialiased, on the float image), horizontal flip with ``cfg.hflip_prob`` in train
+    mode, normalise; ``"fra"`` -- FRA's expression chain (:mod:`facerep.data.downstream.fra_expression`:
+    PIL resize, flip, colour jitter, translation, rotation, normalise, random erasing).  ``"label"`` is an
     int64 scalar (single-label) or int64 ``[A]`` (multi-label 0/1)."""
 
     def __init__(
@@ -723,15 +729,20 @@ class ClassificationTransform(_Base):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(image_size, train, _resolve_cfg(cfg, AugmentConfig()), generator)
+        self.chain = fra_chain(self.image_size, self.train, self.cfg) if self.cfg.classify == "fra" else None
+
+    def _image(self, image: np.ndarray, generator: torch.Generator | None) -> Tensor:
+        if self.chain is not None:
+            return run_seeded(self.chain, to_pil(image), generator)
+        s = self.image_size
+        x = F.resize(_to_float_image(image), [s, s], antialias=True).clamp(0.0, 1.0)
+        if self.train and _rand(generator) < self.cfg.hflip_prob:
+            x = F.horizontal_flip(x)
+        return _normalize(x, self.cfg)
 
     def __call__(self, sample: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Any]:
-        g = self._gen(generator)
-        s = self.image_size
-        x = F.resize(_to_float_image(sample["image"]), [s, s], antialias=True).clamp(0.0, 1.0)
-        if self.train and _rand(g) < self.cfg.hflip_prob:
-            x = F.horizontal_flip(x)
         out = {
-            "image": _normalize(x, self.cfg),
+            "image": self._image(sample["image"], self._gen(generator)),
             "label": torch.as_tensor(np.asarray(sample["label"]).astype(np.int64)),
         }
         if "name" in sample:
