@@ -5,12 +5,12 @@ import os
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from facerep.losses.byol import byol_loss, region_consistency_loss
 from facerep.losses.clustering import cluster_assignment_loss, sinkhorn
+from gloo import gloo_group
 
 
 def test_byol_loss_by_hand():
@@ -81,8 +81,7 @@ def _rows(world, n):
 
 
 def _worker(rank, world, init_file, out_dir):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
+    with gloo_group(rank, world, init_file):
         n = 6
         s_all, t_all = _rows(world, n)
         student = s_all[rank * n : (rank + 1) * n].clone().requires_grad_(True)
@@ -93,8 +92,6 @@ def _worker(rank, world, init_file, out_dir):
             {"balanced": balanced, "ce": ce.detach(), "gap": gap.detach()},
             os.path.join(out_dir, f"{rank}.pt"),
         )
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.slow

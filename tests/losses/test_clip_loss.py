@@ -5,10 +5,10 @@ import os
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from facerep.losses.clip import clip_contrastive_loss
+from gloo import gloo_group
 
 
 def _nll(row: list[float], positive: int) -> float:
@@ -44,8 +44,7 @@ def _pairs(world: int, n: int, e: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _worker(rank: int, world: int, init_file: str, out_dir: str, local_loss: bool) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
+    with gloo_group(rank, world, init_file):
         n = 3
         img_all, txt_all = _pairs(world, n, 5)
         img = img_all[rank * n : (rank + 1) * n].clone().requires_grad_(True)
@@ -54,8 +53,6 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str, local_loss: boo
         loss.backward()
         out = {"loss": loss.detach(), "img_grad": img.grad, "txt_grad": txt.grad}
         torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.slow

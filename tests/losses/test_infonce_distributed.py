@@ -4,11 +4,11 @@ import os
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from facerep.losses.infonce import infonce_loss
+from gloo import gloo_group
 
 
 def _all_queries_keys(world: int, n: int, c: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -17,8 +17,7 @@ def _all_queries_keys(world: int, n: int, c: int) -> tuple[torch.Tensor, torch.T
 
 
 def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
+    with gloo_group(rank, world, init_file):
         n, c = 4, 8
         q_all, k_all = _all_queries_keys(world, n, c)
         q = q_all[rank * n : (rank + 1) * n].clone().requires_grad_(True)
@@ -26,8 +25,6 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         loss = infonce_loss(q, k, temperature=0.2)
         loss.backward()
         torch.save({"loss": loss.detach(), "grad": q.grad}, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.slow

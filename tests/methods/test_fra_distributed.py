@@ -13,6 +13,7 @@ from torch import nn
 from facerep.config import PretrainConfig, load_config
 from facerep.methods import build_method
 from facerep.models.batchnorm import GlobalBatchNorm, sync_batchnorm
+from gloo import gloo_group
 
 N = 3  # images per process
 WATCHED = (
@@ -43,8 +44,7 @@ def _norm_inputs(world):
 
 
 def _worker(rank, world, init_file, out_dir):
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
+    with gloo_group(rank, world, init_file):
         part = slice(rank * N, (rank + 1) * N)
         x_all, w_all = _norm_inputs(world)
         norm = GlobalBatchNorm(5)
@@ -70,8 +70,6 @@ def _worker(rank, world, init_file, out_dir):
             {"norm": norm_result, "loss": loss.detach(), "terms": terms, "grads": grads},
             os.path.join(out_dir, f"{rank}.pt"),
         )
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.slow

@@ -4,10 +4,10 @@ import os
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from facerep.runtime.distributed import all_gather_nograd, all_gather_with_grad
+from gloo import gloo_group
 
 N, C = 3, 4
 
@@ -19,8 +19,7 @@ def _inputs(rank: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
+    with gloo_group(rank, world, init_file):
         x, weights = _inputs(rank)
         x.requires_grad_(True)
         gathered = all_gather_with_grad(x)
@@ -30,8 +29,6 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             {"gathered": gathered.detach(), "grad": x.grad, "plain": plain, "plain_grad_fn": plain.grad_fn},
             os.path.join(out_dir, f"rank{rank}.pt"),
         )
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.slow
