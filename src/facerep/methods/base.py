@@ -124,22 +124,24 @@ def arch_overrides(model: ModelConfig) -> dict:
     return {k: v for k, v in fields.items() if v is not None} | {"drop_path_rate": model.drop_path_rate}
 
 
-def build_encoder(cfg: PretrainConfig) -> nn.Module:
-    """The trainable backbone: ``cfg.model.arch`` at ``cfg.data.image_size``, or initialised from
-    ``cfg.model.init`` (any file ``facerep.load_backbone`` reads; a ViT's position embedding is resampled)."""
+def build_encoder(cfg: PretrainConfig, layout: Mapping[str, Any] | None = None) -> nn.Module:
+    """The trainable backbone: ``cfg.model.arch`` at ``cfg.data.image_size`` (with the architecture fields
+    ``layout`` a method fixes, e.g. FaRL's CLIP tower), or initialised from ``cfg.model.init`` (any file
+    ``facerep.load_backbone`` reads, as stored; a ViT's position embedding is resampled)."""
     if cfg.model.init:
         encoder = load_backbone(
             cfg.model.init, img_size=cfg.data.image_size, drop_path_rate=cfg.model.drop_path_rate
         ).train()
     else:
-        encoder = build_backbone(cfg.model.arch, img_size=cfg.data.image_size, **arch_overrides(cfg.model))
+        fields = {**(layout or {}), **arch_overrides(cfg.model)}
+        encoder = build_backbone(cfg.model.arch, img_size=cfg.data.image_size, **fields)
     encoder.set_grad_checkpointing(cfg.model.grad_checkpointing)
     return encoder
 
 
-def build_masked_encoder(cfg: PretrainConfig) -> MaskedViT:
+def build_masked_encoder(cfg: PretrainConfig, layout: Mapping[str, Any] | None = None) -> MaskedViT:
     """:func:`build_encoder` for methods that mask patches: a one-line error unless it is a ViT."""
-    encoder = build_encoder(cfg)
+    encoder = build_encoder(cfg, layout)
     if not isinstance(encoder, MaskedViT):
         raise ConfigError(
             f"method={cfg.method} masks image patches and needs a ViT backbone (model.arch=vit_*), "

@@ -34,13 +34,13 @@ from torch import Tensor, nn
 
 from facerep.backbones import MaskedViT
 from facerep.backbones.clip_layout import mim_to_clip
-from facerep.backbones.vit import CLIP_TOWER, build_vit
+from facerep.backbones.vit import CLIP_TOWER
 from facerep.config import ConfigError, DataConfig, PretrainConfig, check_choice, check_range
 from facerep.data.masking import MASKINGS, BlockMasking, RandomMasking, masked_count
 from facerep.data.transforms import build_pretrain_transform
 from facerep.data.views import BatchSpec, MaskDrawer
 from facerep.losses.clip import clip_contrastive_loss
-from facerep.methods.base import PretrainMethod, arch_overrides, build_masked_encoder, register_method
+from facerep.methods.base import PretrainMethod, build_masked_encoder, register_method
 from facerep.models.clip import CLIP_FILE, LOGIT_SCALE_MAX, CLIPModel, save_clip
 from facerep.models.dvae import load_dvae
 from facerep.models.mim import DVAETarget, MIMHead, PixelTarget
@@ -187,12 +187,9 @@ class FaRL(PretrainMethod):
 
 def build_tower(cfg: PretrainConfig) -> MaskedViT:
     """FaRL's image tower: ``model.arch`` in the layout of FaRL's ``VisualTransformer`` (:data:`CLIP_TOWER`,
-    FaRL's initialisation), or ``model.init``'s tower as stored."""
-    if cfg.model.init or not cfg.model.arch.startswith("vit_"):
-        return build_masked_encoder(cfg)  # a file's tower; a non-ViT arch gets its one-line error there
-    encoder = build_vit(cfg.model.arch, cfg.data.image_size, **CLIP_TOWER, **arch_overrides(cfg.model))
-    encoder.set_grad_checkpointing(cfg.model.grad_checkpointing)
-    return encoder
+    FaRL's initialisation), or ``model.init``'s tower as stored; a non-ViT arch gets the masked methods'
+    one-line error."""
+    return build_masked_encoder(cfg, CLIP_TOWER if cfg.model.arch.startswith("vit_") else None)
 
 
 def build_masking(farl: FaRLConfig, grid: int) -> MaskDrawer:
