@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: venv
-	$(BIN)/facerep pretrain $(ARGS)
+	$(BIN)/facerep pretrain -c configs/mcf_cpu_tiny.yaml $(ARGS)
 
 benchmark: venv
 	$(BIN)/facerep demo output_dir=runs/demo $(ARGS)

@@ -88,13 +88,15 @@ class TrainConfig:
     global_batch: int = 0  # if > 0: accum_steps = global_batch / (batch_size * processes)
     max_steps: int = 150  # optimizer steps; 0: derive from epochs
     epochs: float = 0.0  # passes over the dataset (when max_steps == 0)
-    blr: float = 1e-2  # lr = blr * effective batch / 256
+    # optimizer, blr, weight_decay, betas: null takes the method's published recipe (its ``recipe``: MAE and
+    # MCF AdamW blr 1.5e-4, BYOL LARS 0.2, FRA LARS 0.45, ...; the README's "Recipes" table)
+    blr: float | None = None  # lr = blr * effective batch / 256
     lr: float | None = None  # absolute lr (overrides blr)
     min_lr: float = 0.0
     warmup_steps: int = 15  # -1: one epoch (or 5 % of max_steps when epochs are not set)
-    weight_decay: float = 0.05
-    optimizer: str = "adamw"  # adamw | lars (BYOL, FRA)
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # adamw
+    weight_decay: float | None = None
+    optimizer: str | None = None  # adamw | lars (BYOL, FRA)
+    betas: list[float] | None = None  # adamw
     momentum: float = 0.9  # lars
     clip_grad: float = 0.0  # max grad norm; 0: off
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 | fp32
@@ -108,7 +110,8 @@ class TrainConfig:
             raise ConfigError("train.batch_size and train.accum_steps must be >= 1")
         check_choice("train.precision", self.precision, PRECISIONS)
         check_choice("train.progress", self.progress, PROGRESS_MODES)
-        check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
+        if self.optimizer is not None:
+            check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
 
 
 @dataclass

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from facerep.losses.feature_distill import feature_distill_loss
+from facerep.losses.feature_distill import feature_distill_loss, token_regression_loss
 
 
 def test_hand_computed_token_and_feature_axes():
@@ -37,3 +37,19 @@ def test_argument_checks():
         feature_distill_loss([x], [])
     with pytest.raises(ValueError, match="shapes differ"):
         feature_distill_loss([x], [torch.randn(1, 3, 3)])
+
+
+def test_token_regression_hand_computed_and_averaged_over_blocks():
+    t = torch.tensor([[[1.0, 3.0], [2.0, 2.0]]])  # layer-normalised per token: [-1, 1] and [0, 0]
+    p = torch.tensor([[[0.0, 1.0], [1.0, 0.0]]], requires_grad=True)
+    one = ((0 + 1) ** 2 + 0 + 1 + 0) / 4  # (p - [-1, 1]) = [1, 0]; (p - [0, 0]) = [1, 0]
+    assert token_regression_loss([p], [t]).item() == pytest.approx(one, rel=1e-5)
+    two = token_regression_loss([p, torch.zeros(1, 2, 2)], [t, t])  # zeros against [-1, 1], [0, 0]: 0.5
+    assert two.item() == pytest.approx((one + 0.5) / 2, rel=1e-5)
+    t.requires_grad_(True)
+    token_regression_loss([p], [t]).backward()
+    assert p.grad is not None and t.grad is None
+    with pytest.raises(ValueError, match="same non-zero number"):
+        token_regression_loss([p], [])
+    with pytest.raises(ValueError, match="token shapes differ"):
+        token_regression_loss([p], [torch.randn(1, 3, 2)])

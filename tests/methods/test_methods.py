@@ -91,6 +91,34 @@ def test_mcf_gradients_reach_online_parts_only():
     assert not method.teacher.backbone.training
 
 
+def test_mcf_distillation_regresses_the_teachers_tokens_of_the_whole_image(tmp_path):
+    """mcf.distill_weight adds the student's own block tokens -> linear head -> teacher tokens (layer-normed,
+    the teacher's larger grid pooled to the student's), on the unmasked image; the loss is the sum."""
+    teacher = build_vit("vit_tiny_patch16_224", img_size=64, depth=3, embed_dim=48, num_heads=2)
+    path = export_backbone(teacher, tmp_path)
+    method = small("method=mcf", f"teacher.checkpoint={path}", "mcf.distill_weight=2.5").eval()
+    regressor = method.regressor  # teacher blocks [0, 1, 2] at the same relative depth of 2 student blocks
+    assert regressor.blocks == [0, 0, 1] and [h.out_features for h in regressor.heads] == [48, 48, 48]
+    images = torch.randn(2, 3, 32, 32)
+    batch = batch_for(method, images)
+    loss, terms = method(batch)
+    with torch.no_grad():
+        target = method.teacher.features(images)  # 64 px: 4 x 4 patches + CLS
+        student = method.encoder.forward_block_tokens(images, [0, 0, 1])  # 32 px: 2 x 2 + CLS
+        expected = 0.0
+        for head, s, t in zip(regressor.heads, student, target, strict=True):
+            grid = t[:, 1:].reshape(2, 4, 4, 48).permute(0, 3, 1, 2)
+            pooled = F.avg_pool2d(grid, 2).flatten(2).transpose(1, 2)
+            wanted = F.layer_norm(torch.cat([t[:, :1], pooled], 1), (48,))
+            expected += F.mse_loss(head(s), wanted) / 3
+    torch.testing.assert_close(terms["distill"], expected)
+    torch.testing.assert_close(loss, method.feature_weight * terms["feature"] + terms["contrastive"]
+                               + 2.5 * terms["distill"])  # fmt: skip
+    assert small("method=mcf").regressor is None  # off by default: the reference's loss
+    with pytest.raises(ConfigError, match="distill_weight"):
+        load_config(PretrainConfig, None, ["mcf.distill_weight=-1"])
+
+
 def test_mcf_uses_the_batch_masks_and_each_view_its_own():
     method = small("method=mcf").eval()
     images = torch.randn(4, 3, 32, 32)
@@ -146,7 +174,7 @@ def test_teacher_file_at_another_resolution_sees_resized_images(tmp_path):
 
 
 def test_mae_loss_covers_exactly_the_masked_patches():
-    method = small("method=mae").eval()
+    method = small("method=mae", "mae.norm_pix_loss=false").eval()
     images = torch.randn(3, 3, 32, 32)
     batch = batch_for(method, images)
     (ids,) = batch["masks"]

@@ -36,6 +36,7 @@ from facerep.config import ConfigError, PretrainConfig, TrainConfig, to_dict, to
 from facerep.data.loader import build_pretrain_loader, dataset_length
 from facerep.engine.step import NonFiniteLossError, StepLoop, move_to
 from facerep.methods import METHODS, PretrainMethod, build_method
+from facerep.methods.base import with_recipe
 from facerep.models.batchnorm import sync_batchnorm
 from facerep.runtime.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from facerep.runtime.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, is_distributed
@@ -64,6 +65,7 @@ class Trainer:
     """Runs ``cfg.method`` for ``total_steps`` optimizer steps, resuming from ``output_dir`` if possible."""
 
     def __init__(self, cfg: PretrainConfig, dist_info: DistInfo) -> None:
+        cfg = with_recipe(cfg)
         cfg = replace(cfg, train=resolve_accumulation(cfg.train, dist_info.world_size))
         self.cfg = cfg
         self.dist = dist_info

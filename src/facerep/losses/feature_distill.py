@@ -1,4 +1,5 @@
-"""MCF's feature loss: match a frozen teacher's block features of the reconstruction and of the input."""
+"""Feature losses against a frozen teacher: MCF's perceptual term (teacher features of the reconstruction vs
+of the input) and direct token regression (the student's own tokens vs the teacher's)."""
 
 from __future__ import annotations
 
@@ -34,3 +35,27 @@ def feature_distill_loss(
             raise ValueError(f"feature shapes differ: {list(s.shape)} vs {list(t.shape)}")
         total = total + F.mse_loss(F.normalize(s.float(), dim=dim), F.normalize(t.detach().float(), dim=dim))
     return total
+
+
+def token_regression_loss(predicted: Sequence[torch.Tensor], target: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Mean over blocks of the MSE between predicted tokens and the teacher's, layer-normalised.
+
+    The direct feature-distillation term (Wei et al.'s FD, BEiT v2's and MaskDistill's targets): each target
+    token is standardised over its channels (a layer norm without affine), so every block and every teacher
+    scale weighs the same and a constant prediction scores 1.
+
+    Args:
+        predicted: per block ``[N, T, D]``: the student's tokens through its regression head (with gradient).
+        target: per block ``[N, T, D]``: the teacher's tokens (detached here).
+    Returns:
+        scalar ``mean_b mean((p_b - layer_norm(t_b))^2)``.
+    """
+    if len(predicted) != len(target) or not predicted:
+        raise ValueError(f"need the same non-zero number of blocks, got {len(predicted)} and {len(target)}")
+    total = predicted[0].new_zeros((), dtype=torch.float32)
+    for p, t in zip(predicted, target, strict=True):
+        if p.shape != t.shape:
+            raise ValueError(f"token shapes differ: {list(p.shape)} vs {list(t.shape)}")
+        t = t.detach().float()
+        total = total + F.mse_loss(p.float(), F.layer_norm(t, t.shape[-1:]))
+    return total / len(predicted)

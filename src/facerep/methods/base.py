@@ -11,7 +11,8 @@ A method is an ``nn.Module`` that composes a backbone, heads and pure losses:
 * :meth:`PretrainMethod.export` writes what the method has beyond its backbone (FaRL's text tower);
 * :meth:`PretrainMethod.decay_exclusion`, ``sync_batchnorm`` and ``batch_statistics`` state the parts of
   the reference's recipe the trainer applies: which parameters get weight decay, whether BatchNorm spans
-  every process, what depends on the batch.
+  every process, what depends on the batch; ``recipe`` is its published optimizer setting, what the
+  ``train.*`` keys left unset take (:func:`with_recipe`).
 
 A new method is one module with a :func:`register_method` class (plus one import line in
 ``facerep/methods/__init__.py``); its config sections come with the registration.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -40,11 +42,23 @@ from facerep.runtime.schedules import Schedule
 RunStage = Callable[[str, PretrainConfig], Path]
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """A method's published optimizer setting: ``lr = blr * batch / 256``; what ``train.optimizer``,
+    ``train.blr``, ``train.weight_decay`` and ``train.betas`` become when a run leaves them unset."""
+
+    optimizer: str = "adamw"
+    blr: float = 1.5e-4  # MAE's
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+
+
 class PretrainMethod(nn.Module):
     """A pre-training method (see the module docstring); ``encoder`` is the backbone that is exported."""
 
     name: ClassVar[str]
     encoder: nn.Module
+    recipe: ClassVar[Recipe] = Recipe()
     # BatchNorm over every process's images under DDP, as the method's reference trains it (FRA's SyncBN)
     sync_batchnorm: ClassVar[bool] = False
     # what in the method depends on the batch it sees (BatchNorm, in-batch negatives, batch-level loss
@@ -86,6 +100,18 @@ class PretrainMethod(nn.Module):
     def param_groups(self, weight_decay: float) -> list[dict]:
         """Trainable parameters split by :meth:`decay_exclusion` into a decayed and an excluded group."""
         return split_param_groups(self.named_parameters(), weight_decay, self.decay_exclusion())
+
+
+def with_recipe(cfg: PretrainConfig) -> PretrainConfig:
+    """``cfg`` with every unset (``None``) optimizer key of ``train`` taken from its method's ``recipe``."""
+    recipe, train = METHODS.get(cfg.method).recipe, cfg.train
+    return replace(cfg, train=replace(
+        train,
+        optimizer=train.optimizer if train.optimizer is not None else recipe.optimizer,
+        blr=train.blr if train.blr is not None else recipe.blr,
+        weight_decay=train.weight_decay if train.weight_decay is not None else recipe.weight_decay,
+        betas=list(train.betas) if train.betas is not None else list(recipe.betas),
+    ))  # fmt: skip
 
 
 class MomentumMethod(PretrainMethod):

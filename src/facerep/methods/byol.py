@@ -27,7 +27,7 @@ from facerep.config import DataConfig, PretrainConfig, check_range
 from facerep.data.transforms import BYOLAugment
 from facerep.data.views import BatchSpec
 from facerep.losses.byol import byol_loss
-from facerep.methods.base import MomentumMethod, build_encoder, register_method
+from facerep.methods.base import MomentumMethod, Recipe, build_encoder, register_method
 from facerep.models.heads import mlp_head
 from facerep.runtime.schedules import Schedule
 
@@ -78,6 +78,7 @@ class BYOL(MomentumMethod):
 
     sync_batchnorm = True
     batch_statistics = "BatchNorm"
+    recipe = Recipe("lars", blr=0.2, weight_decay=1.5e-6)  # BYOL's: lr 0.2 x batch / 256
 
     def __init__(self, encoder: nn.Module, head: nn.Module, cfg: BYOLConfig) -> None:
         super().__init__(Schedule(cfg.momentum, 1.0))

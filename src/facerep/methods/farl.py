@@ -40,7 +40,7 @@ from facerep.data.masking import MASKINGS, BlockMasking, RandomMasking, masked_c
 from facerep.data.transforms import build_pretrain_transform
 from facerep.data.views import BatchSpec, MaskDrawer
 from facerep.losses.clip import clip_contrastive_loss
-from facerep.methods.base import PretrainMethod, build_masked_encoder, register_method
+from facerep.methods.base import PretrainMethod, Recipe, build_masked_encoder, register_method
 from facerep.models.clip import CLIP_FILE, LOGIT_SCALE_MAX, CLIPModel, save_clip
 from facerep.models.dvae import load_dvae
 from facerep.models.mim import DVAETarget, MIMHead, PixelTarget
@@ -103,6 +103,10 @@ class FaRLConfig:
 @register_method("farl", sections={"farl": FaRLConfig, "text": TextConfig})
 class FaRL(PretrainMethod):
     """CLIP model + MIM head + MIM target (see the module docstring)."""
+
+    # CLIP ViT-B/16's lr 5e-4 and betas, at batch 64 (blr 2e-3): FaRL's pre-norm tower is lr-sensitive
+    # (README)
+    recipe = Recipe("adamw", blr=2e-3, weight_decay=0.05, betas=(0.9, 0.98))
 
     def __init__(
         self,

@@ -34,7 +34,7 @@ from facerep.backbones.resnet import ResNet
 from facerep.config import ConfigError, PretrainConfig, check_choice, check_range
 from facerep.losses.byol import region_consistency_loss
 from facerep.losses.clustering import cluster_assignment_loss
-from facerep.methods.base import build_encoder, register_method
+from facerep.methods.base import Recipe, build_encoder, register_method
 from facerep.methods.byol import BYOL, BYOLConfig, Embeddings
 from facerep.models.heads import mlp_head
 from facerep.models.regions import QUERY_INITS, RegionNeck, pointwise
@@ -84,6 +84,7 @@ class FRA(BYOL):
     batch_statistics = (
         "BatchNorm, the batch mean of the mask embeddings, Sinkhorn's balancing and the mean-entropy term"
     )
+    recipe = Recipe("lars", blr=0.45, weight_decay=1e-6)  # FRA's: lr 0.9 at batch 512
 
     def __init__(self, encoder: nn.Module, cfg: BYOLConfig, fra: FRAConfig) -> None:
         neck = RegionNeck(

@@ -16,7 +16,7 @@ from facerep.config import DataConfig, PretrainConfig, check_range
 from facerep.data.transforms import build_pretrain_transform
 from facerep.data.views import BatchSpec
 from facerep.losses.pixel import masked_pixel_loss
-from facerep.methods.base import PretrainMethod, build_masked_encoder, register_method
+from facerep.methods.base import PretrainMethod, Recipe, build_masked_encoder, register_method
 from facerep.models.decoder import MAEDecoder
 from facerep.models.patches import patchify
 from facerep.runtime.optim import ExclusionRule, mae_excluded
@@ -27,7 +27,7 @@ class MAEConfig:
     """``mae.*``: MAE's masking and loss."""
 
     mask_ratio: float = 0.75
-    norm_pix_loss: bool = False
+    norm_pix_loss: bool = True  # MAE's recipe: per-patch normalised pixel targets
 
     def __post_init__(self) -> None:
         check_range("mae.mask_ratio", self.mask_ratio, 0.0, 1.0, high_open=True)
@@ -45,6 +45,8 @@ class DecoderConfig:
 @register_method("mae", sections={"mae": MAEConfig, "decoder": DecoderConfig})
 class MAE(PretrainMethod):
     """Masked encoder + MAE decoder + masked pixel MSE."""
+
+    recipe = Recipe("adamw", blr=1.5e-4, weight_decay=0.05, betas=(0.9, 0.95))  # MAE's pre-training recipe
 
     def __init__(
         self, encoder: MaskedViT, decoder: MAEDecoder, mask_ratio: float, norm_pix_loss: bool

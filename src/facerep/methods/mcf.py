@@ -36,10 +36,11 @@ from facerep.backbones import MaskedViT, build_vit, load_backbone
 from facerep.config import ConfigError, DataConfig, ModelConfig, PretrainConfig, check_choice, check_range
 from facerep.data.transforms import build_pretrain_transform
 from facerep.data.views import BatchSpec
-from facerep.losses.feature_distill import NORM_AXES, feature_distill_loss
+from facerep.losses.feature_distill import NORM_AXES, feature_distill_loss, token_regression_loss
 from facerep.losses.infonce import infonce_loss
 from facerep.methods.base import (
     MomentumMethod,
+    Recipe,
     RunStage,
     arch_overrides,
     build_masked_encoder,
@@ -98,6 +99,12 @@ class MCFConfig:
     momentum: float = 0.99
     momentum_schedule: str = "constant"  # constant | cosine (momentum -> momentum_end)
     momentum_end: float = 1.0
+    # weight of a direct feature-distillation term (not in the paper or the reference code, 0: off): the
+    # online encoder also reads the whole, unmasked image and one linear head per block regresses the
+    # teacher's layer-normalised tokens of that image (FD / MaskDistill targets; the teacher's grid pooled to
+    # the student's). The reference's feature term reaches the encoder only through the decoder's pixels,
+    # which hands the student almost none of a strong teacher's representation (README, "MCF").
+    distill_weight: float = 0.0
 
     def __post_init__(self) -> None:
         check_range("mcf.mask_ratio", self.mask_ratio, 0.0, 1.0, high_open=True)
@@ -105,6 +112,8 @@ class MCFConfig:
         check_range("mcf.momentum_end", self.momentum_end, 0.0, 1.0)
         check_choice("mcf.momentum_schedule", self.momentum_schedule, SCHEDULE_KINDS)
         check_choice("mcf.balance", self.balance, BALANCE_RULES)
+        if self.distill_weight < 0:
+            raise ConfigError(f"mcf.distill_weight must be >= 0, got {self.distill_weight}")
         if self.temperature <= 1e-8:
             raise ConfigError(f"mcf.temperature must be > 1e-8, got {self.temperature}")
 
@@ -161,11 +170,41 @@ class FrozenTeacher(nn.Module):
         grid = self.img_size // self.backbone.arch.patch_size
         return grid * grid + self.backbone.num_prefix_tokens
 
-    def loss(self, reconstruction: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        """Feature loss between the teacher's view of the reconstruction and of the input."""
-        with torch.no_grad():
-            target = self.features(images)
+    def loss(self, reconstruction: torch.Tensor, target: list[torch.Tensor]) -> torch.Tensor:
+        """Feature loss between the teacher's view of the reconstruction and ``target``, its view of the input
+        (:meth:`features` under ``no_grad``)."""
         return feature_distill_loss(self.features(reconstruction), target, self.norm_axis)
+
+
+class TokenRegressor(nn.Module):
+    """MCF's optional direct distillation: the student's block tokens, one linear head per block, regress
+    the teacher's tokens of the same image (:func:`token_regression_loss`).
+
+    The teacher's ``k``-th of ``K`` blocks is matched by the student's block at the same relative depth,
+    ``round((k + 1) * depth / K) - 1`` (a shallow student may use one block twice); the teacher's patch grid
+    is average-pooled to the student's, its CLS token matched to the student's.
+    """
+
+    def __init__(self, student: MaskedViT, teacher: FrozenTeacher) -> None:
+        super().__init__()
+        depth, count = len(student.blocks), len(teacher.blocks)
+        self.blocks = [max(0, round((k + 1) * depth / count) - 1) for k in range(count)]
+        self.heads = nn.ModuleList(
+            nn.Linear(student.embed_dim, teacher.backbone.embed_dim) for _ in self.blocks
+        )
+
+    def forward(self, student: MaskedViT, images: torch.Tensor, target: list[torch.Tensor]) -> torch.Tensor:
+        """``images [N, 3, H, W]``, ``target`` per teacher block ``[N, 1 + Lt, Dt]`` -> scalar loss."""
+        tokens = student.forward_block_tokens(images, self.blocks)
+        grid = images.shape[-1] // student.arch.patch_size
+        predicted, wanted = [], []
+        for head, s, t in zip(self.heads, tokens, target, strict=True):
+            side = round((t.shape[1] - 1) ** 0.5)
+            patches = t[:, 1:].transpose(1, 2).reshape(t.shape[0], t.shape[2], side, side)
+            pooled = F.adaptive_avg_pool2d(patches, grid).flatten(2).transpose(1, 2)
+            wanted.append(torch.cat([t[:, :1], pooled], dim=1))
+            predicted.append(head(s))
+        return token_regression_loss(predicted, wanted)
 
 
 @register_method("mcf", sections={"mcf": MCFConfig, "teacher": TeacherConfig, "decoder": DecoderConfig})
@@ -173,6 +212,7 @@ class MCF(MomentumMethod):
     """Masked encoder + MAE decoder + frozen teacher feature loss + momentum contrast."""
 
     batch_statistics = "the projector's and predictor's BatchNorm and InfoNCE's negatives"
+    recipe = Recipe("adamw", blr=1.5e-4, weight_decay=0.05, betas=(0.9, 0.95))  # MCF's README: MAE's
 
     def __init__(
         self, encoder: MaskedViT, decoder: MAEDecoder, teacher: FrozenTeacher, cfg: MCFConfig
@@ -189,6 +229,7 @@ class MCF(MomentumMethod):
         self.target_encoder = self.momentum_copy(encoder)
         self.target_projector = self.momentum_copy(self.projector)
         self.feature_weight = balanced_feature_weight(cfg, teacher)
+        self.regressor = TokenRegressor(encoder, teacher) if cfg.distill_weight > 0 else None
 
     @classmethod
     def from_config(cls, cfg: PretrainConfig) -> MCF:
@@ -240,14 +281,21 @@ class MCF(MomentumMethod):
         latent, ids_restore, query = self._query(images, online_ids)
 
         reconstruction = unpatchify(self.decoder(latent, ids_restore), self.encoder.arch.patch_size)
-        feature = self.teacher.loss(reconstruction, images)
+        with torch.no_grad():
+            target = self.teacher.features(images)
+        feature = self.teacher.loss(reconstruction, target)
 
         contrast = infonce_loss(query, self._key(images, target_ids), self.cfg.temperature)
         if self.cfg.symmetric:
             query_2 = self._query(images, target_ids)[2]
             contrast = contrast + infonce_loss(query_2, self._key(images, online_ids), self.cfg.temperature)
         loss = self.feature_weight * feature + self.cfg.contrastive_weight * contrast
-        return loss, {"feature": feature.detach(), "contrastive": contrast.detach()}
+        parts = {"feature": feature.detach(), "contrastive": contrast.detach()}
+        if self.regressor is not None:
+            distill = self.regressor(self.encoder, images, target)
+            loss = loss + self.cfg.distill_weight * distill
+            parts["distill"] = distill.detach()
+        return loss, parts
 
 
 def balanced_feature_weight(cfg: MCFConfig, teacher: FrozenTeacher) -> float:
