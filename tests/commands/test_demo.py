@@ -73,6 +73,8 @@ def test_demo_end_to_end_equal_budgets_seeds_table_plots_and_resume(tmp_path):
     # ... and, before it, the teacher itself read out on what it sees (the student's faces at its size)
     assert list(extended)[:4] == list(summary)
     assert list(extended)[4:] == ["backbone (the teacher itself)", "mcf (backbone teacher)"]
+    assert extended["backbone (the teacher itself)"]["alignment"]["n"] == 1  # a fixed network: evaluated once
+    assert extended["mcf (backbone teacher)"]["alignment"]["n"] == 2
     assert {k: extended[k] for k in summary} == summary
     assert "blocks:\n  - 1\n  - 3" in (tmp_path / "seed1" / "mcf_backbone" / "config.yaml").read_text()
 

@@ -7,6 +7,7 @@ import torch
 from facerep.backbones import build_backbone
 from facerep.data.synthetic import ATTRIBUTES, LAPA_CLASSES
 from facerep.engine.frozen import (
+    RIDGE_GRID,
     FaceSet,
     Features,
     ReadoutConfig,
@@ -43,6 +44,24 @@ def test_ridge_matches_the_primal_solution_and_brute_force_leave_one_out():
     lambdas = [0.01, 1.0, 100.0]
     best = min(lambdas, key=brute_loo)
     assert ridge_loo(x, y, x_test, lambdas=lambdas)[1] == best
+
+
+def test_ridge_grid_is_scale_free_and_goes_on_past_the_edge_it_lands_on():
+    gen = torch.Generator().manual_seed(1)
+    x, x_test = torch.randn(60, 6, generator=gen), torch.randn(4, 6, generator=gen)
+    centred = x.double() - x.double().mean(0)
+    scale = torch.linalg.eigvalsh(centred @ centred.T).clamp_min(0).mean().item()
+    # noise-free targets: the less shrinkage the better, below the base grid's smallest strength
+    exact = x @ torch.randn(6, 2, generator=gen)
+    assert ridge_loo(x, exact, x_test)[1] < scale * min(RIDGE_GRID)
+    # targets unrelated to the inputs: the more shrinkage the better, above the base grid's largest
+    noise = torch.randn(60, 2, generator=gen)
+    assert ridge_loo(x, noise, x_test)[1] > scale * max(RIDGE_GRID)
+    # the same relative choice for inputs 1000x larger
+    mixed = exact + 0.5 * noise
+    assert ridge_loo(1000 * x, mixed, x_test)[1] == pytest.approx(
+        1e6 * ridge_loo(x, mixed, x_test)[1], rel=1e-6
+    )
 
 
 def _faces(masks: torch.Tensor, attributes: torch.Tensor | None = None, landmarks: torch.Tensor | None = None

@@ -37,7 +37,10 @@ from facerep.metrics.classification import attribute_accuracy
 from facerep.metrics.landmarks import nme, unit_distance
 from facerep.metrics.parsing import confusion_matrix, parsing_scores
 
-RIDGE_LAMBDAS = tuple(float(x) for x in np.logspace(-1, 6, 22))
+# ridge strengths relative to the train Gram matrix's mean eigenvalue (scale-free across feature widths);
+# ridge_loo extends the grid past whichever edge the leave-one-out minimum lands on
+RIDGE_GRID = tuple(float(x) for x in np.logspace(-6, 2, 17))
+RIDGE_EXTEND = 8  # grid points added past an edge, at most, per side (half a decade each)
 
 
 @dataclass(frozen=True)
@@ -116,9 +119,13 @@ def _standardise(train: Tensor, test: Tensor, dims: tuple[int, ...]) -> tuple[Te
     return (train - mean) / std, (test - mean) / std
 
 
-def ridge_loo(x_train: Tensor, y_train: Tensor, x_test: Tensor, lambdas: Sequence[float] = RIDGE_LAMBDAS
+def ridge_loo(x_train: Tensor, y_train: Tensor, x_test: Tensor, lambdas: Sequence[float] | None = None
               ) -> tuple[Tensor, float]:  # fmt: skip
     """Ridge regression with an intercept, its strength chosen by exact leave-one-out error on train.
+
+    ``lambdas`` default: :data:`RIDGE_GRID` times the mean eigenvalue of the centred train Gram matrix, and
+    while the best strength is the grid's smallest or largest, the grid goes on past that edge (up to
+    :data:`RIDGE_EXTEND` half-decades), so the choice is never clipped by the grid.
 
     Args:
         x_train: ``[N, P]`` inputs (any P: the dual form costs ``O(N^2 P + N^3)``); y_train ``[N, T]``;
@@ -139,7 +146,18 @@ def ridge_loo(x_train: Tensor, y_train: Tensor, x_test: Tensor, lambdas: Sequenc
         leverage = (eigvec**2 * shrink[None]).sum(1)
         return ((yc - fitted) / (1.0 - leverage)[:, None].clamp_min(1e-9)).pow(2).mean().item()
 
-    lam = min(lambdas, key=loo_error)
+    if lambdas is not None:
+        lam = min(lambdas, key=loo_error)
+    else:
+        scale = max(eigval.mean().item(), 1e-12)
+        grid = [scale * r for r in RIDGE_GRID]
+        lam = min(grid, key=loo_error)
+        for edge, step in ((grid[0], 10**-0.5), (grid[-1], 10**0.5)):
+            if lam == edge:
+                for k in range(1, RIDGE_EXTEND + 1):
+                    if loo_error(edge * step**k) >= loo_error(lam):
+                        break
+                    lam = edge * step**k
     alpha = eigvec @ (uy / (eigval + lam)[:, None])
     pred = ((x_test - x_mean).double() @ xc.T) @ alpha + y_mean.double()
     return pred.float(), lam
