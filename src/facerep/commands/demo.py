@@ -29,7 +29,6 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from facerep.backbones import load_backbone
@@ -37,6 +36,7 @@ from facerep.config import PretrainConfig, load_config
 from facerep.engine.frozen import FaceSet, ReadoutConfig, evaluate_frozen, render_split, trivial_baselines
 from facerep.engine.trainer import pretrain
 from facerep.methods.base import build_encoder
+from facerep.methods.mcf import resize_square
 from facerep.runtime.atomic import atomic_write_bytes, atomic_write_json
 
 matplotlib.use("Agg")  # files only, no display
@@ -114,15 +114,11 @@ class ResizedInput(nn.Module):
         self.backbone, self.size, self.mode = backbone, size, mode
         self.default_levels = backbone.default_levels
 
-    def _resize(self, x: torch.Tensor) -> torch.Tensor:
-        corners = None if self.mode == "nearest" else False
-        return F.interpolate(x, size=(self.size, self.size), mode=self.mode, align_corners=corners)
-
     def forward_pyramid(self, x: torch.Tensor, levels: list[int]) -> list[torch.Tensor]:
-        return self.backbone.forward_pyramid(self._resize(x), levels)
+        return self.backbone.forward_pyramid(resize_square(x, self.size, self.mode), levels)
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone.pooled(self._resize(x))
+        return self.backbone.pooled(resize_square(x, self.size, self.mode))
 
 
 def _backbones(cfg: DemoConfig, seed: int, out: Path):

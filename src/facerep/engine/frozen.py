@@ -151,13 +151,16 @@ def ridge_loo(x_train: Tensor, y_train: Tensor, x_test: Tensor, lambdas: Sequenc
     else:
         scale = max(eigval.mean().item(), 1e-12)
         grid = [scale * r for r in RIDGE_GRID]
-        lam = min(grid, key=loo_error)
+        errors = {g: loo_error(g) for g in grid}
+        lam = min(errors, key=errors.__getitem__)
         for edge, step in ((grid[0], 10**-0.5), (grid[-1], 10**0.5)):
             if lam == edge:
                 for k in range(1, RIDGE_EXTEND + 1):
-                    if loo_error(edge * step**k) >= loo_error(lam):
+                    candidate = edge * step**k
+                    error = loo_error(candidate)
+                    if error >= errors[lam]:
                         break
-                    lam = edge * step**k
+                    errors[candidate], lam = error, candidate
     alpha = eigvec @ (uy / (eigval + lam)[:, None])
     pred = ((x_test - x_mean).double() @ xc.T) @ alpha + y_mean.double()
     return pred.float(), lam

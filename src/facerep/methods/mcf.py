@@ -133,6 +133,15 @@ def default_teacher_blocks(depth: int, count: int = 4) -> list[int]:
     return sorted({max(0, round((i + 1) * depth / count) - 1) for i in range(count)})
 
 
+def resize_square(images: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    """``[N, C, H, W]`` -> ``[N, C, size, size]`` by ``mode`` (``nearest``: the reference's
+    ``F.interpolate(x, size=224)``); unchanged when already that size."""
+    if images.shape[-2:] == (size, size):
+        return images
+    corners = None if mode == "nearest" else False
+    return F.interpolate(images, size=(size, size), mode=mode, align_corners=corners)
+
+
 class FrozenTeacher(nn.Module):
     """A pre-trained ViT that is never trained: eval mode, no parameter gradients.
 
@@ -155,11 +164,7 @@ class FrozenTeacher(nn.Module):
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """``[N, 3, H, W]`` -> per block ``[N, 1 + L, D]`` (images resized to the teacher's size first, by
         ``resize_mode``)."""
-        if images.shape[-1] != self.img_size or images.shape[-2] != self.img_size:
-            corners = None if self.resize_mode == "nearest" else False
-            images = F.interpolate(
-                images, size=(self.img_size, self.img_size), mode=self.resize_mode, align_corners=corners
-            )
+        images = resize_square(images, self.img_size, self.resize_mode)
         return self.backbone.forward_block_tokens(images, self.blocks)
 
     @property
