@@ -6,6 +6,7 @@ from facerep.backbones import build_backbone, export_backbone
 from facerep.commands.cli import main
 from facerep.commands.demo import DemoConfig, comparison_table, run_demo, summarise
 from facerep.engine.frozen import ReadoutConfig
+from facerep.engine.lowlabel import LowLabelConfig
 
 TINY_PRETRAIN = [
     "model.depth=4", "model.embed_dim=64", "model.num_heads=2", "decoder.embed_dim=32", "decoder.depth=1",
@@ -42,12 +43,26 @@ def test_demo_end_to_end_equal_budgets_seeds_table_plots_and_resume(tmp_path):
         output_dir=str(tmp_path), seeds=[0, 1], image_size=32, stage_steps=2, steps=3, batch_size=4,
         train_length=24, test_length=8, pretrain_overrides=TINY_PRETRAIN,
         readout=ReadoutConfig(levels=[0, 1, 2, 3], max_iter=20),
+        lowlabel=LowLabelConfig(sizes=[8, 16], steps=2, batch_size=4, lrs=[1e-4, 1e-3], levels=[0, 1],
+                                probe=ReadoutConfig(max_iter=10)),
     )  # fmt: skip
-    summary = run_demo(cfg)
+    both = run_demo(cfg)
+    summary = both["frozen"]
     assert list(summary) == ["random", "mae-stage", "mae", "mcf"]
+    # the fine-tuning column: every row but the skipped stage, at both sizes, per seed
+    assert set(both["lowlabel"]) == {"8", "16"} and list(both["lowlabel"]["8"]) == ["random", "mae", "mcf"]
+    result = json.loads((tmp_path / "comparison.json").read_text())
+    assert len(result["per_seed"]["mcf"]["alignment"]) == 2
+    assert len(result["lowlabel"]["16"]["per_seed"]["random"]["parsing"]) == 2
+    cached = json.loads((tmp_path / "evaluations.json").read_text())["lowlabel"]
+    first, second = cached["mae/seed0/n8"], cached["mae/seed1/n8"]
+    assert set(first["runs"]) == {"0.0001", "0.001"}  # the grid on the first seed's validation faces ...
+    assert second["chosen"] == first["chosen"] and len(second["runs"]) == len(set(first["chosen"].values()))
+    assert "Fine-tuned end to end on 16 labelled faces" in (tmp_path / "comparison.md").read_text()
+    assert (tmp_path / "comparison_lowlabel_n8.png").stat().st_size > 5000
     assert all(s[t]["n"] == 2 for s in summary.values() for t in ("alignment", "parsing", "attributes"))
     table = (tmp_path / "comparison.md").read_text()
-    assert table.startswith("| backbone |") and "| trivial baseline |" in table and "| mcf |" in table
+    assert table.startswith("Frozen features:\n\n| backbone |") and "| trivial baseline |" in table and "| mcf |" in table
     assert "2 seeds; every pre-trained row: 2 + 3 steps" in table
     for name in ("comparison.png", "curves.png"):
         assert (tmp_path / name).stat().st_size > 5000
@@ -65,11 +80,11 @@ def test_demo_end_to_end_equal_budgets_seeds_table_plots_and_resume(tmp_path):
     cached = json.loads((tmp_path / "evaluations.json").read_text())
     assert len(cached["runs"]) == 8
     (tmp_path / "comparison.md").unlink()
-    assert run_demo(cfg) == summary and (tmp_path / "comparison.md").exists()
+    assert run_demo(cfg) == both and (tmp_path / "comparison.md").exists()
     # another teacher adds one row per seed and keeps the other evaluations
     cfg.teachers = ["stage", str(tmp_path / "seed0" / "mae_stage" / "backbone.safetensors")]
     cfg.external_teacher_overrides = ["teacher.blocks=[1,3]"]
-    extended = run_demo(cfg)
+    extended = run_demo(cfg)["frozen"]
     # ... and, before it, the teacher itself read out on what it sees (the student's faces at its size)
     assert list(extended)[:4] == list(summary)
     assert list(extended)[4:] == ["backbone (the teacher itself)", "mcf (backbone teacher)"]

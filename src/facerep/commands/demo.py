@@ -34,6 +34,7 @@ from torch import nn
 from facerep.backbones import load_backbone
 from facerep.config import PretrainConfig, load_config
 from facerep.engine.frozen import FaceSet, ReadoutConfig, evaluate_frozen, render_split, trivial_baselines
+from facerep.engine.lowlabel import LowLabelConfig, labelled_split, lowlabel_finetune
 from facerep.engine.trainer import pretrain
 from facerep.methods.base import build_encoder
 from facerep.methods.mcf import resize_square
@@ -78,6 +79,9 @@ class DemoConfig:
     train_length: int = 1000  # faces the read-outs are fitted on
     test_length: int = 500  # faces they are scored on
     readout: ReadoutConfig = field(default_factory=ReadoutConfig)
+    # the low-label fine-tuning column (engine/lowlabel.py): every row but these, at every lowlabel.sizes
+    lowlabel: LowLabelConfig = field(default_factory=LowLabelConfig)
+    lowlabel_skip: list[str] = field(default_factory=lambda: ["mae-stage"])  # the start of mae and mcf
     pretrain_overrides: list[str] = field(default_factory=list)  # extra KEY=VALUE for every pre-training
 
 
@@ -260,26 +264,38 @@ def learning_curves_plot(out: Path, seeds: list[int], runs: dict[str, str], path
     plt.close(fig)
 
 
-def run_demo(cfg: DemoConfig) -> dict:
-    """Run the whole benchmark; writes ``comparison.{md,json,png}`` and ``curves.png`` in ``output_dir``.
+def per_seed(results: dict[str, dict[str, list[dict]]]) -> dict[str, dict[str, list[float]]]:
+    """Row -> read-out -> the metric's value for each seed (in seed order), as ``comparison.json`` keeps them."""
+    return {row: {task: [r[METRICS[task][0]] for r in values] for task, values in per_task.items()}
+            for row, per_task in results.items()}  # fmt: skip
 
-    Every finished pre-training and evaluation is kept (``evaluations.json``, the run directories), so an
-    interrupted benchmark continues where it stopped when run again with the same config.
+
+def run_demo(cfg: DemoConfig) -> dict:
+    """Run the whole benchmark; writes ``comparison.{md,json,png}``, ``comparison_lowlabel_n*.png`` and
+    ``curves.png`` in ``output_dir``.
+
+    Every finished pre-training, evaluation and fine-tune is kept (``evaluations.json``, the run
+    directories), so an interrupted benchmark continues where it stopped when run again with the same config.
     """
     start = time.perf_counter()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     cache_path = out / "evaluations.json"
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
-    # evaluations stay valid when only the list of teachers grows (rows are keyed by name and seed)
-    fingerprint = {k: v for k, v in asdict(cfg).items() if k not in ("teachers", "output_dir")}
+    # evaluations stay valid when only the list of teachers grows (rows are keyed by name and seed) and
+    # frozen ones when only the fine-tuning column changes
+    fingerprint = {k: v for k, v in asdict(cfg).items()
+                   if k not in ("teachers", "output_dir", "lowlabel", "lowlabel_skip")}  # fmt: skip
     if cache.get("config") != fingerprint:
         cache = {"config": fingerprint, "runs": {}}
+    if cache.get("lowlabel_config") != asdict(cfg.lowlabel):
+        cache.update(lowlabel_config=asdict(cfg.lowlabel), lowlabel={})
     print(f"[facerep] rendering {cfg.train_length} + {cfg.test_length} synthetic faces", flush=True)
     train_set: FaceSet = render_split("train", cfg.train_length, cfg.image_size)
     test_set: FaceSet = render_split("test", cfg.test_length, cfg.image_size)
     baselines = trivial_baselines(train_set, test_set)
     results: dict[str, dict[str, list[dict]]] = {}
+    tuned: dict[int, dict[str, dict[str, list[dict]]]] = {n: {} for n in cfg.lowlabel.sizes}
     runs: dict[str, str] = {}
     unseeded = {_teacher_row(t) for t in cfg.teachers if t != "stage"}
     for seed in cfg.seeds:
@@ -289,6 +305,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             if row in unseeded and row in results:
                 continue  # the same network and faces for every seed: one evaluation
             key = row if row in unseeded else f"{row}/seed{seed}"
+            backbone = None
             if key not in cache["runs"]:
                 backbone = make_backbone()
                 tick = time.perf_counter()
@@ -300,6 +317,25 @@ def run_demo(cfg: DemoConfig) -> dict:
                 atomic_write_json(cache_path, cache)
             for task in METRICS:
                 results.setdefault(row, {}).setdefault(task, []).append(cache["runs"][key][task])
+            if row in cfg.lowlabel_skip:
+                continue
+            for n in cfg.lowlabel.sizes:
+                tuned_key = f"{key}/n{n}"
+                if tuned_key not in cache["lowlabel"]:
+                    backbone = backbone if backbone is not None else make_backbone()
+                    # the learning rates are searched on the first seed's validation split, then kept
+                    first = cache["lowlabel"].get(f"{row}/seed{cfg.seeds[0]}/n{n}")
+                    tick = time.perf_counter()
+                    done = lowlabel_finetune(backbone, train_set, test_set, n, cfg.lowlabel, seed,
+                                             first["chosen"] if first else None)  # fmt: skip
+                    cache["lowlabel"][tuned_key] = done
+                    scores = ", ".join(f"{t} {done[t][k]:.4f} (lr {done[t]['lr']:g})"
+                                       for t, (k, *_) in METRICS.items())  # fmt: skip
+                    seconds = time.perf_counter() - tick
+                    print(f"[facerep] {tuned_key} fine-tuned in {seconds:.0f} s: {scores}", flush=True)
+                    atomic_write_json(cache_path, cache)
+                for task in METRICS:
+                    tuned[n].setdefault(row, {}).setdefault(task, []).append(cache["lowlabel"][tuned_key][task])
     summary = summarise(results, baselines)
     not_converged = sorted(f"{key} {task}" for key, r in cache["runs"].items()
                            for task in ("parsing", "attributes") if not r[task]["converged"])  # fmt: skip
@@ -309,16 +345,32 @@ def run_demo(cfg: DemoConfig) -> dict:
         f"{cfg.batch_size} (mae-stage: {cfg.stage_steps}); {cfg.train_length} train / {cfg.test_length} test "
         f"faces at {cfg.image_size} px"
     )
-    atomic_write_bytes(out / "comparison.md", (table + "\n" + budget + "\n").encode())
+    low = cfg.lowlabel
+    lowlabel: dict[str, dict] = {}
+    tables = []
+    for n, per_row in tuned.items():
+        fit = labelled_split(train_set, n, low.val_fraction, cfg.seeds[0])[0]
+        base = trivial_baselines(fit, test_set)
+        lowlabel[str(n)] = {"baselines": base, "summary": summarise(per_row, base), "per_seed": per_seed(per_row)}
+        tables.append(f"Fine-tuned end to end on {n} labelled faces ({len(fit)} fit + {n - len(fit)} validation "
+                      f"choosing the learning rate of {low.lrs} per task on the first seed; {low.steps} steps of "
+                      f"batch {low.batch_size}; baselines from the fit faces):\n\n"
+                      + comparison_table(lowlabel[str(n)]["summary"], base))  # fmt: skip
+        comparison_plot(lowlabel[str(n)]["summary"], base, out / f"comparison_lowlabel_n{n}.png",
+                        f"facerep demo: fine-tuned on {n} labelled faces, synthetic")  # fmt: skip
+    report = "Frozen features:\n\n" + table + "\n" + "\n".join(tables) + "\n" + budget + "\n"
+    atomic_write_bytes(out / "comparison.md", report.encode())
     elapsed = time.perf_counter() - start
-    atomic_write_json(out / "comparison.json", {"baselines": baselines, "summary": summary, "budget": budget,
-                                          "not_converged": not_converged, "seconds": elapsed})  # fmt: skip
+    atomic_write_json(out / "comparison.json", {
+        "baselines": baselines, "summary": summary, "per_seed": per_seed(results), "lowlabel": lowlabel,
+        "budget": budget, "not_converged": not_converged, "seconds": elapsed,
+    })  # fmt: skip
     comparison_plot(summary, baselines, out / "comparison.png", "facerep demo: frozen features, synthetic")
     learning_curves_plot(out, cfg.seeds, runs, out / "curves.png", cfg.stage_steps)
-    print("\n[facerep] frozen-feature read-outs on synthetic faces (✗: not better than the trivial baseline; "
-          "not a benchmark result):\n" + table + budget, flush=True)  # fmt: skip
+    print("\n[facerep] read-outs on synthetic faces (✗: not better than the trivial baseline; not a benchmark "
+          "result)\n" + report, flush=True)  # fmt: skip
     if not_converged:
         print(f"[facerep] warning: read-outs that did not converge: {', '.join(not_converged)}", flush=True)
-    print(f"[facerep] wrote {out / 'comparison.md'}, comparison.png and curves.png in {elapsed / 60:.1f} min",
+    print(f"[facerep] wrote {out / 'comparison.md'}, comparison*.png and curves.png in {elapsed / 60:.1f} min",
           flush=True)  # fmt: skip
-    return summary
+    return {"frozen": summary, "lowlabel": {n: v["summary"] for n, v in lowlabel.items()}}

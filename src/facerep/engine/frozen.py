@@ -65,6 +65,10 @@ class FaceSet:
     def size(self) -> int:
         return self.images.shape[-1]
 
+    def subset(self, index: Tensor) -> FaceSet:
+        """The faces at ``index`` (a 1-D index tensor), all labels with them."""
+        return FaceSet(self.images[index], self.landmarks[index], self.masks[index], self.attributes[index])
+
 
 def render_split(split: str, length: int, size: int, progress: bool | None = None) -> FaceSet:
     """The first ``length`` faces of the synthetic downstream ``split``, rendered and cropped at ``size``
@@ -93,6 +97,14 @@ class Features:
     pooled: Tensor
 
 
+def pyramid_tokens(backbone: nn.Module, x: Tensor, levels: Sequence[int]) -> Tensor:
+    """``images [N, 3, S, S]`` -> ``[N, C, G, G]``: the ``levels`` of ``backbone.forward_pyramid`` average-pooled
+    to the coarsest grid ``G`` and concatenated on channels (``C``: the levels' channels summed)."""
+    maps = backbone.forward_pyramid(x, list(levels))
+    grid = min(m.shape[-1] for m in maps)
+    return torch.cat([F.adaptive_avg_pool2d(m.float(), grid) for m in maps], dim=1)
+
+
 @torch.no_grad()
 def extract_features(
     backbone: nn.Module, faces: FaceSet, levels: Sequence[int] | None = None, batch_size: int = 100
@@ -104,9 +116,7 @@ def extract_features(
     tokens, pooled = [], []
     for start in range(0, len(faces), batch_size):
         x = faces.images[start : start + batch_size]
-        maps = backbone.forward_pyramid(x, levels)
-        grid = min(m.shape[-1] for m in maps)
-        tokens.append(torch.cat([F.adaptive_avg_pool2d(m.float(), grid) for m in maps], dim=1))
+        tokens.append(pyramid_tokens(backbone, x, levels))
         pooled.append(backbone.pooled(x).float())
     backbone.train(was_training)
     return Features(torch.cat(tokens), torch.cat(pooled))
@@ -119,8 +129,8 @@ def _standardise(train: Tensor, test: Tensor, dims: tuple[int, ...]) -> tuple[Te
     return (train - mean) / std, (test - mean) / std
 
 
-def ridge_loo(x_train: Tensor, y_train: Tensor, x_test: Tensor, lambdas: Sequence[float] | None = None
-              ) -> tuple[Tensor, float]:  # fmt: skip
+def ridge_fit(x_train: Tensor, y_train: Tensor, lambdas: Sequence[float] | None = None
+              ) -> tuple[Tensor, Tensor, float]:  # fmt: skip
     """Ridge regression with an intercept, its strength chosen by exact leave-one-out error on train.
 
     ``lambdas`` default: :data:`RIDGE_GRID` times the mean eigenvalue of the centred train Gram matrix, and
@@ -128,10 +138,9 @@ def ridge_loo(x_train: Tensor, y_train: Tensor, x_test: Tensor, lambdas: Sequenc
     :data:`RIDGE_EXTEND` half-decades), so the choice is never clipped by the grid.
 
     Args:
-        x_train: ``[N, P]`` inputs (any P: the dual form costs ``O(N^2 P + N^3)``); y_train ``[N, T]``;
-        x_test: ``[M, P]``.
+        x_train: ``[N, P]`` inputs (any P: the dual form costs ``O(N^2 P + N^3)``); y_train ``[N, T]``.
     Returns:
-        ``([M, T] test predictions, the chosen lambda)``.
+        ``(weight [P, T], bias [T], the chosen lambda)``: predictions are ``x @ weight + bias`` (float64).
     """
     x_mean, y_mean = x_train.mean(0, keepdim=True), y_train.mean(0, keepdim=True)
     xc, yc = (x_train - x_mean).double(), (y_train - y_mean).double()
@@ -161,9 +170,16 @@ def ridge_loo(x_train: Tensor, y_train: Tensor, x_test: Tensor, lambdas: Sequenc
                     if error >= errors[lam]:
                         break
                     errors[candidate], lam = error, candidate
-    alpha = eigvec @ (uy / (eigval + lam)[:, None])
-    pred = ((x_test - x_mean).double() @ xc.T) @ alpha + y_mean.double()
-    return pred.float(), lam
+    weight = xc.T @ (eigvec @ (uy / (eigval + lam)[:, None]))  # primal weights of the dual solution
+    bias = y_mean.double()[0] - x_mean.double()[0] @ weight
+    return weight, bias, lam
+
+
+def ridge_loo(x_train: Tensor, y_train: Tensor, x_test: Tensor, lambdas: Sequence[float] | None = None
+              ) -> tuple[Tensor, float]:  # fmt: skip
+    """:func:`ridge_fit` on train applied to ``x_test [M, P]``: ``([M, T] predictions, the chosen lambda)``."""
+    weight, bias, lam = ridge_fit(x_train, y_train, lambdas)
+    return (x_test.double() @ weight + bias).float(), lam
 
 
 def converged(curve: Sequence[float], tolerance: float = 1e-3) -> bool:
@@ -232,7 +248,7 @@ def landmarks_readout(train: Features, test: Features, train_set: FaceSet, test_
     return {"nme": landmark_nme(pred.numpy(), test_set), "ridge_lambda": lam}
 
 
-def _soft_targets(masks: Tensor, cells: int) -> Tensor:
+def soft_targets(masks: Tensor, cells: int) -> Tensor:
     """``[N, S, S]`` class indices -> ``[N, K, cells, cells]`` class fractions of each cell (area average)."""
     onehot = F.one_hot(masks, len(LAPA_CLASSES)).permute(0, 3, 1, 2).float()
     return F.adaptive_avg_pool2d(onehot, cells)
@@ -266,7 +282,7 @@ def parsing_readout(
     size, grid = train_set.size, train.tokens.shape[-1]
     sub, classes = cfg.parsing_cells, len(LAPA_CLASSES)
     x_train, x_test = _whiten(train.tokens, test.tokens, cfg.parsing_components)
-    target = _soft_targets(train_set.masks, grid * sub)
+    target = soft_targets(train_set.masks, grid * sub)
     weight = torch.zeros(classes * sub * sub, x_train.shape[1], requires_grad=True)
     bias = torch.zeros(1, classes * sub * sub, grid, grid, requires_grad=True)
 
