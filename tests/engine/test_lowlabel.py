@@ -34,8 +34,8 @@ def tiny_vit() -> torch.nn.Module:
 
 def tiny_cfg(**kw) -> LowLabelConfig:
     probe = ReadoutConfig(max_iter=20)
-    return LowLabelConfig(**{"sizes": [12], "steps": 3, "batch_size": 4, "lrs": [1e-4, 1e-3], "levels": [0, 1],
-                             "probe": probe, **kw})  # fmt: skip
+    return LowLabelConfig(**{"sizes": [12], "steps": 3, "batch_size": 4, "lrs": [1e-4, 1e-3],
+                             "levels": [0, 1], "probe": probe, **kw})  # fmt: skip
 
 
 def test_labelled_split_is_a_seeded_disjoint_draw_from_train(faces):
@@ -106,16 +106,20 @@ def test_equal_budgets_and_the_learning_rate_chosen_on_validation_only(faces):
     # the choice reads the validation scores only: other test faces change no choice and no validation score
     flipped = FaceSet(test.images.flip(-1), test.landmarks, test.masks, 1 - test.attributes)
     other = lowlabel_finetune(backbone, train, flipped, 12, cfg, seed=0)
-    assert other["chosen"] == small["chosen"] == choose_lrs(
-        {float(lr): run["validation"] for lr, run in small["runs"].items()}
+    assert (
+        other["chosen"]
+        == small["chosen"]
+        == choose_lrs({float(lr): run["validation"] for lr, run in small["runs"].items()})
     )
-    assert [r["validation"] for r in other["runs"].values()] == [r["validation"] for r in small["runs"].values()]
+    validation = [r["validation"] for r in small["runs"].values()]
+    assert [r["validation"] for r in other["runs"].values()] == validation
     for task, key in (("alignment", "nme"), ("parsing", "mean_f1"), ("attributes", "accuracy")):
         lr = small["chosen"][task]
         assert small[task] == {key: small["runs"][str(lr)]["test"][task][key], "lr": lr}
     assert set(small["probe"]) == {"alignment", "parsing", "attributes"}
     # a rate chosen elsewhere (the first seed) runs alone
-    kept = lowlabel_finetune(backbone, train, test, 12, cfg, seed=1, chosen={t: 1e-3 for t in small["chosen"]})
+    fixed = {task: 1e-3 for task in small["chosen"]}
+    kept = lowlabel_finetune(backbone, train, test, 12, cfg, seed=1, chosen=fixed)
     assert set(kept["runs"]) == {"0.001"} and kept["chosen"]["parsing"] == 1e-3
 
 

@@ -265,7 +265,7 @@ def learning_curves_plot(out: Path, seeds: list[int], runs: dict[str, str], path
 
 
 def per_seed(results: dict[str, dict[str, list[dict]]]) -> dict[str, dict[str, list[float]]]:
-    """Row -> read-out -> the metric's value for each seed (in seed order), as ``comparison.json`` keeps them."""
+    """Row -> read-out -> the metric's value for each seed (in seed order): ``comparison.json``'s record."""
     return {row: {task: [r[METRICS[task][0]] for r in values] for task, values in per_task.items()}
             for row, per_task in results.items()}  # fmt: skip
 
@@ -335,7 +335,8 @@ def run_demo(cfg: DemoConfig) -> dict:
                     print(f"[facerep] {tuned_key} fine-tuned in {seconds:.0f} s: {scores}", flush=True)
                     atomic_write_json(cache_path, cache)
                 for task in METRICS:
-                    tuned[n].setdefault(row, {}).setdefault(task, []).append(cache["lowlabel"][tuned_key][task])
+                    per_row = tuned[n].setdefault(row, {})
+                    per_row.setdefault(task, []).append(cache["lowlabel"][tuned_key][task])
     summary = summarise(results, baselines)
     not_converged = sorted(f"{key} {task}" for key, r in cache["runs"].items()
                            for task in ("parsing", "attributes") if not r[task]["converged"])  # fmt: skip
@@ -351,10 +352,11 @@ def run_demo(cfg: DemoConfig) -> dict:
     for n, per_row in tuned.items():
         fit = labelled_split(train_set, n, low.val_fraction, cfg.seeds[0])[0]
         base = trivial_baselines(fit, test_set)
-        lowlabel[str(n)] = {"baselines": base, "summary": summarise(per_row, base), "per_seed": per_seed(per_row)}
-        tables.append(f"Fine-tuned end to end on {n} labelled faces ({len(fit)} fit + {n - len(fit)} validation "
-                      f"choosing the learning rate of {low.lrs} per task on the first seed; {low.steps} steps of "
-                      f"batch {low.batch_size}; baselines from the fit faces):\n\n"
+        lowlabel[str(n)] = {"baselines": base, "summary": summarise(per_row, base),
+                            "per_seed": per_seed(per_row)}  # fmt: skip
+        tables.append(f"Fine-tuned end to end on {n} labelled faces ({len(fit)} fit + {n - len(fit)} "
+                      f"validation choosing the learning rate of {low.lrs} per task on the first seed; "
+                      f"{low.steps} steps of batch {low.batch_size}; baselines from the fit faces):\n\n"
                       + comparison_table(lowlabel[str(n)]["summary"], base))  # fmt: skip
         comparison_plot(lowlabel[str(n)]["summary"], base, out / f"comparison_lowlabel_n{n}.png",
                         f"facerep demo: fine-tuned on {n} labelled faces, synthetic")  # fmt: skip
@@ -367,10 +369,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     })  # fmt: skip
     comparison_plot(summary, baselines, out / "comparison.png", "facerep demo: frozen features, synthetic")
     learning_curves_plot(out, cfg.seeds, runs, out / "curves.png", cfg.stage_steps)
-    print("\n[facerep] read-outs on synthetic faces (✗: not better than the trivial baseline; not a benchmark "
-          "result)\n" + report, flush=True)  # fmt: skip
+    print("\n[facerep] read-outs on synthetic faces (✗: not better than the trivial baseline; not a "
+          "benchmark result)\n" + report, flush=True)  # fmt: skip
     if not_converged:
         print(f"[facerep] warning: read-outs that did not converge: {', '.join(not_converged)}", flush=True)
-    print(f"[facerep] wrote {out / 'comparison.md'}, comparison*.png and curves.png in {elapsed / 60:.1f} min",
-          flush=True)  # fmt: skip
+    print(f"[facerep] wrote {out / 'comparison.md'}, comparison*.png and curves.png in "
+          f"{elapsed / 60:.1f} min", flush=True)  # fmt: skip
     return {"frozen": summary, "lowlabel": {n: v["summary"] for n, v in lowlabel.items()}}

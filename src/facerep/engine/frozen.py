@@ -98,8 +98,8 @@ class Features:
 
 
 def pyramid_tokens(backbone: nn.Module, x: Tensor, levels: Sequence[int]) -> Tensor:
-    """``images [N, 3, S, S]`` -> ``[N, C, G, G]``: the ``levels`` of ``backbone.forward_pyramid`` average-pooled
-    to the coarsest grid ``G`` and concatenated on channels (``C``: the levels' channels summed)."""
+    """``images [N, 3, S, S]`` -> ``[N, C, G, G]``: the ``levels`` of ``backbone.forward_pyramid``
+    average-pooled to the coarsest grid ``G`` and concatenated on channels (``C``: their channels summed)."""
     maps = backbone.forward_pyramid(x, list(levels))
     grid = min(m.shape[-1] for m in maps)
     return torch.cat([F.adaptive_avg_pool2d(m.float(), grid) for m in maps], dim=1)
@@ -177,7 +177,7 @@ def ridge_fit(x_train: Tensor, y_train: Tensor, lambdas: Sequence[float] | None 
 
 def ridge_loo(x_train: Tensor, y_train: Tensor, x_test: Tensor, lambdas: Sequence[float] | None = None
               ) -> tuple[Tensor, float]:  # fmt: skip
-    """:func:`ridge_fit` on train applied to ``x_test [M, P]``: ``([M, T] predictions, the chosen lambda)``."""
+    """:func:`ridge_fit` on train, applied to ``x_test [M, P]``: ``([M, T] predictions, chosen lambda)``."""
     weight, bias, lam = ridge_fit(x_train, y_train, lambdas)
     return (x_test.double() @ weight + bias).float(), lam
 

@@ -153,7 +153,7 @@ def training_targets(faces: FaceSet, out_size: int) -> Targets:
 
 
 def multitask_loss(out: dict[str, Tensor], batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-    """Sum of the three terms (MSE on standardised coordinates, soft cross-entropy, BCE); returns the terms."""
+    """Sum of the three terms (MSE on standardised coordinates, soft cross-entropy, BCE), and the terms."""
     terms = {
         "alignment": F.mse_loss(out["landmarks"], batch["landmarks"]),
         "parsing": -(batch["parsing"] * F.log_softmax(out["parsing"], dim=1)).sum(1).mean(),
@@ -230,7 +230,7 @@ def finetune_heads(
     steps at learning rate ``lr``; returns the model, its targets and the loss after every step."""
     torch.manual_seed(seed)
     model, targets = probed(backbone, fit, cfg)
-    wide = model.landmarks.weight  # fan-in C * G * G: its rate is scaled by 1 / G^2 (see the module docstring)
+    wide = model.landmarks.weight  # fan-in C * G * G: its rate is scaled by 1 / G^2 (the module docstring)
     named = [(name, p) for name, p in model.named_parameters() if p is not wide]
     groups = split_param_groups(named, cfg.weight_decay, timm_excluded(model))
     grid = model.parsing_bias.shape[-1]
@@ -246,7 +246,8 @@ def finetune_heads(
             for start in range(0, len(fit) - min(cfg.batch_size, len(fit)) + 1, cfg.batch_size):
                 index = order[start : start + cfg.batch_size]
                 yield {"images": fit.images[index], "landmarks": targets.landmarks[index],
-                       "parsing": targets.parsing[index], "attributes": targets.attributes[index]}  # fmt: skip
+                       "parsing": targets.parsing[index],
+                       "attributes": targets.attributes[index]}  # fmt: skip
 
     def compute(net: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         return multitask_loss(net(batch["images"]), batch)
