@@ -1,12 +1,13 @@
 # facerep: `make demo` runs MCF pre-training on the embedded default, `make test` runs lint + tests,
-# `make benchmark` runs the embedded representation benchmark (facerep demo, frozen read-outs).
+# `make benchmark` runs the embedded representation benchmark (facerep demo: frozen read-outs and low-label
+# fine-tuning), `make curve` the benchmark's frozen read-outs at several pre-training budgets.
 # Both create .venv on first use.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
 
-.PHONY: venv demo benchmark test lint format clean
+.PHONY: venv demo benchmark curve test lint format clean
 
 venv: $(VENV)/.installed
 
@@ -21,6 +22,10 @@ demo: venv
 
 benchmark: venv
 	$(BIN)/facerep demo output_dir=runs/demo $(ARGS)
+
+# 250 / 1,000 / 4,000 pre-training steps in all (the 100-step MAE stage + each method's own), one seed
+curve: venv
+	$(BIN)/facerep demo output_dir=runs/curve 'curve=[150,900,3900]' 'seeds=[0]' 'lowlabel.sizes=[]' $(ARGS)
 
 test: venv
 	$(BIN)/ruff check src tests

@@ -4,7 +4,7 @@ import pytest
 
 from facerep.backbones import build_backbone, export_backbone
 from facerep.commands.cli import main
-from facerep.commands.demo import DemoConfig, comparison_table, run_demo, summarise
+from facerep.commands.demo import DemoConfig, comparison_table, run_curve, run_demo, summarise
 from facerep.engine.frozen import ReadoutConfig
 from facerep.engine.lowlabel import LowLabelConfig
 
@@ -88,11 +88,36 @@ def test_demo_end_to_end_equal_budgets_seeds_table_plots_and_resume(tmp_path):
     extended = run_demo(cfg)["frozen"]
     # ... and, before it, the teacher itself read out on what it sees (the student's faces at its size)
     assert list(extended)[:4] == list(summary)
-    assert list(extended)[4:] == ["backbone (the teacher itself)", "mcf (backbone teacher)"]
-    assert extended["backbone (the teacher itself)"]["alignment"]["n"] == 1  # a fixed network: evaluated once
+    # and its architecture at random (the calibration pair)
+    pair = ["backbone (the teacher itself)", "backbone (random twin)"]
+    assert list(extended)[4:] == [*pair, "mcf (backbone teacher)"]
+    assert all(extended[row]["alignment"]["n"] == 1 for row in pair)  # one network each: evaluated once
+    assert extended[pair[0]]["alignment"] != extended[pair[1]]["alignment"]  # the twin has other weights
     assert extended["mcf (backbone teacher)"]["alignment"]["n"] == 2
     assert {k: extended[k] for k in summary} == summary
     assert "blocks:\n  - 1\n  - 3" in (tmp_path / "seed1" / "mcf_backbone" / "config.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_budget_curve_is_the_benchmark_at_each_budget_with_equal_steps_per_row(tmp_path):
+    cfg = DemoConfig(
+        output_dir=str(tmp_path), seeds=[0, 1], image_size=32, stage_steps=2, batch_size=4, curve=[3, 1],
+        train_length=16, test_length=8, pretrain_overrides=TINY_PRETRAIN,
+        readout=ReadoutConfig(levels=[0, 1, 2, 3], max_iter=10), lowlabel=LowLabelConfig(sizes=[], steps=1),
+    )  # fmt: skip
+    points = run_curve(cfg)
+    assert list(points) == [1, 3]
+    for steps in (1, 3):
+        for seed in (0, 1):
+            for run in ("mae", "mcf"):  # every trained row gets the point's steps after the same 2-step stage
+                log = (tmp_path / f"steps{steps}" / f"seed{seed}" / run / "metrics.jsonl").read_text()
+                assert json.loads(log.splitlines()[-1])["step"] == steps
+    saved = json.loads((tmp_path / "curve.json").read_text())
+    assert saved["stage_steps"] == 2 and set(saved["points"]) == {"1", "3"}
+    assert saved["points"]["3"]["frozen"]["mcf"]["alignment"]["n"] == 2
+    # the random row is the same network at every point
+    assert points[1]["frozen"]["random"] == points[3]["frozen"]["random"]
+    assert (tmp_path / "curve.png").stat().st_size > 5000
 
 
 def test_probe_command_scores_a_backbone_file_beside_the_baselines(tmp_path, capsys):

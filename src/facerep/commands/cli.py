@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from facerep.commands import bench
-from facerep.commands.demo import DemoConfig, run_demo
+from facerep.commands.demo import DemoConfig, run_curve, run_demo
 from facerep.commands.export import ExportConfig, run_export
 from facerep.commands.heatmaps import HeatmapsConfig, run_heatmaps
 from facerep.commands.predict import PredictConfig, run_predict
@@ -79,7 +79,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    run_demo(load_config(DemoConfig, None, args.overrides))
+    cfg = load_config(DemoConfig, None, args.overrides)
+    (run_curve if cfg.curve else run_demo)(cfg)
     return 0
 
 

