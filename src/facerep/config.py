@@ -79,6 +79,9 @@ class ModelConfig:
     drop_path_rate: float = 0.0
     grad_checkpointing: bool = False  # recompute block activations in backward (ViT-L/H memory)
     init: str | None = None  # optional backbone checkpoint to start the encoder from
+    # or a wider ViT (any file or name facerep.load_backbone reads) whose weights model.arch starts as a
+    # selection of (facerep.backbones.select: evenly spaced channels, the first heads and blocks)
+    select_from: str | None = None
 
 
 @dataclass

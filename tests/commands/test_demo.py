@@ -5,6 +5,7 @@ import pytest
 from facerep.backbones import build_backbone, export_backbone
 from facerep.commands.cli import main
 from facerep.commands.demo import DemoConfig, comparison_table, run_curve, run_demo, summarise
+from facerep.config import ConfigError, load_config
 from facerep.engine.frozen import ReadoutConfig
 from facerep.engine.lowlabel import LowLabelConfig
 
@@ -95,7 +96,12 @@ def test_demo_end_to_end_equal_budgets_seeds_table_plots_and_resume(tmp_path):
     assert extended[pair[0]]["alignment"] != extended[pair[1]]["alignment"]  # the twin has other weights
     assert extended["mcf (backbone teacher)"]["alignment"]["n"] == 2
     assert {k: extended[k] for k in summary} == summary
-    assert "blocks:\n  - 1\n  - 3" in (tmp_path / "seed1" / "mcf_backbone" / "config.yaml").read_text()
+    external = (tmp_path / "seed1" / "mcf_backbone" / "config.yaml").read_text()
+    assert "blocks:\n  - 1\n  - 3" in external
+    # that student starts as a weight selection of its teacher (external_student=select), not from the stage
+    assert f"select_from: {cfg.teachers[1]}" in external and "init: null" in external
+    with pytest.raises(ConfigError, match="external_student"):
+        load_config(DemoConfig, None, ["external_student=teacher"])
 
 
 @pytest.mark.slow

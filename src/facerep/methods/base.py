@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from facerep.backbones import MaskedViT, build_backbone, load_backbone
+from facerep.backbones.select import select_weights_
 from facerep.config import ConfigError, DataConfig, ModelConfig, PretrainConfig, register_section
 from facerep.data.transforms import build_pretrain_transform
 from facerep.data.views import BatchSpec
@@ -154,6 +155,8 @@ def build_encoder(cfg: PretrainConfig, layout: Mapping[str, Any] | None = None) 
     """The trainable backbone: ``cfg.model.arch`` at ``cfg.data.image_size`` (with the architecture fields
     ``layout`` a method fixes, e.g. FaRL's CLIP tower), or initialised from ``cfg.model.init`` (any file
     ``facerep.load_backbone`` reads, as stored; a ViT's position embedding is resampled)."""
+    if cfg.model.init and cfg.model.select_from:
+        raise ConfigError("model.init and model.select_from both start the encoder: set one of them")
     if cfg.model.init:
         encoder = load_backbone(
             cfg.model.init, img_size=cfg.data.image_size, drop_path_rate=cfg.model.drop_path_rate
@@ -161,6 +164,14 @@ def build_encoder(cfg: PretrainConfig, layout: Mapping[str, Any] | None = None) 
     else:
         fields = {**(layout or {}), **arch_overrides(cfg.model)}
         encoder = build_backbone(cfg.model.arch, img_size=cfg.data.image_size, **fields)
+        if cfg.model.select_from:
+            source = load_backbone(cfg.model.select_from)
+            if not isinstance(encoder, MaskedViT) or not isinstance(source, MaskedViT):
+                raise ConfigError(
+                    f"model.select_from={cfg.model.select_from}: weight selection needs a ViT source and "
+                    f"model.arch=vit_* (got {type(source).__name__} -> {cfg.model.arch})"
+                )
+            select_weights_(encoder, source)
     encoder.set_grad_checkpointing(cfg.model.grad_checkpointing)
     return encoder
 

@@ -185,31 +185,54 @@ class TokenRegressor(nn.Module):
     """MCF's optional direct distillation: the student's block tokens, one linear head per block, regress
     the teacher's tokens of the same image (:func:`token_regression_loss`).
 
-    The teacher's ``k``-th of ``K`` blocks is matched by the student's block at the same relative depth,
-    ``round((k + 1) * depth / K) - 1`` (a shallow student may use one block twice); the teacher's patch grid
-    is average-pooled to the student's, its CLS token matched to the student's.
+    Teacher block ``b`` (of ``Dt``) is matched by the student's block at the same relative depth,
+    ``round((b + 1) * Ds / Dt) - 1`` (the same index when the depths are equal; a shallow student may use one
+    block twice); the teacher's patch grid is average-pooled to the student's, its CLS token matched to the
+    student's. The heads start as the ridge solution on the first training batch (linear probing before
+    distilling): measured, random heads send their random gradients into the student for the first tens of
+    steps and undo a student initialised from its teacher (README, "MCF").
     """
+
+    ridge = 0.1  # the heads' first fit: ridge strength relative to the mean diagonal of the Gram matrix
 
     def __init__(self, student: MaskedViT, teacher: FrozenTeacher) -> None:
         super().__init__()
-        depth, count = len(student.blocks), len(teacher.blocks)
-        self.blocks = [max(0, round((k + 1) * depth / count) - 1) for k in range(count)]
+        ratio = len(student.blocks) / len(teacher.backbone.blocks)
+        self.blocks = [max(0, round((b + 1) * ratio) - 1) for b in teacher.blocks]
         self.heads = nn.ModuleList(
             nn.Linear(student.embed_dim, teacher.backbone.embed_dim) for _ in self.blocks
         )
+        self.register_buffer("fitted", torch.tensor(False))  # saved, so a resumed run does not refit
 
     def forward(self, student: MaskedViT, images: torch.Tensor, target: list[torch.Tensor]) -> torch.Tensor:
         """``images [N, 3, H, W]``, ``target`` per teacher block ``[N, 1 + Lt, Dt]`` -> scalar loss."""
         tokens = student.forward_block_tokens(images, self.blocks)
         grid = images.shape[-1] // student.arch.patch_size
-        predicted, wanted = [], []
-        for head, s, t in zip(self.heads, tokens, target, strict=True):
+        wanted = []
+        for t in target:
             side = round((t.shape[1] - 1) ** 0.5)
             patches = t[:, 1:].transpose(1, 2).reshape(t.shape[0], t.shape[2], side, side)
             pooled = F.adaptive_avg_pool2d(patches, grid).flatten(2).transpose(1, 2)
             wanted.append(torch.cat([t[:, :1], pooled], dim=1))
-            predicted.append(head(s))
+        if self.training and not bool(self.fitted):
+            self.fit(tokens, wanted)
+        predicted = [head(s) for head, s in zip(self.heads, tokens, strict=True)]
         return token_regression_loss(predicted, wanted)
+
+    @torch.no_grad()
+    def fit(self, tokens: list[torch.Tensor], wanted: list[torch.Tensor]) -> None:
+        """Set each head to the ridge regression of the layer-normalised ``wanted`` ``[N, T, Dt]`` on
+        ``tokens`` ``[N, T, Ds]`` (all tokens of the batch as samples)."""
+        for head, s, t in zip(self.heads, tokens, wanted, strict=True):
+            x = s.detach().flatten(0, 1).float()
+            x = torch.cat([x, x.new_ones(len(x), 1)], dim=1)
+            y = F.layer_norm(t.detach().float(), t.shape[-1:]).flatten(0, 1)
+            gram = x.T @ x
+            gram.diagonal().add_(self.ridge * gram.diagonal().mean())
+            solution = torch.linalg.solve(gram, x.T @ y)
+            head.weight.copy_(solution[:-1].T)
+            head.bias.copy_(solution[-1])
+        self.fitted.fill_(True)
 
 
 @register_method("mcf", sections={"mcf": MCFConfig, "teacher": TeacherConfig, "decoder": DecoderConfig})
