@@ -38,7 +38,7 @@ def _check(source: MaskedViT, target: MaskedViT) -> None:
     if t.embed_dim > s.embed_dim or t.depth > s.depth:
         problems.append(f"a target wider or deeper than its source ({t.embed_dim} x {t.depth} from "
                         f"{s.embed_dim} x {s.depth})")  # fmt: skip
-    if t.embed_dim // t.num_heads != s.embed_dim // s.num_heads or t.num_heads > s.num_heads:
+    if t.embed_dim // t.num_heads != s.embed_dim // s.num_heads:
         problems.append(f"head width {t.embed_dim // t.num_heads} from {s.embed_dim // s.num_heads}")
     if int(t.mlp_ratio * t.embed_dim) > int(s.mlp_ratio * s.embed_dim):
         problems.append("an MLP wider than the source's")

@@ -203,6 +203,7 @@ class TokenRegressor(nn.Module):
             nn.Linear(student.embed_dim, teacher.backbone.embed_dim) for _ in self.blocks
         )
         self.register_buffer("fitted", torch.tensor(False))  # saved, so a resumed run does not refit
+        self._checked = False  # the buffer read once (a device sync), not at every step
 
     def forward(self, student: MaskedViT, images: torch.Tensor, target: list[torch.Tensor]) -> torch.Tensor:
         """``images [N, 3, H, W]``, ``target`` per teacher block ``[N, 1 + Lt, Dt]`` -> scalar loss."""
@@ -214,8 +215,10 @@ class TokenRegressor(nn.Module):
             patches = t[:, 1:].transpose(1, 2).reshape(t.shape[0], t.shape[2], side, side)
             pooled = F.adaptive_avg_pool2d(patches, grid).flatten(2).transpose(1, 2)
             wanted.append(torch.cat([t[:, :1], pooled], dim=1))
-        if self.training and not bool(self.fitted):
-            self.fit(tokens, wanted)
+        if self.training and not self._checked:
+            if not bool(self.fitted):
+                self.fit(tokens, wanted)
+            self._checked = True
         predicted = [head(s) for head, s in zip(self.heads, tokens, strict=True)]
         return token_regression_loss(predicted, wanted)
 
