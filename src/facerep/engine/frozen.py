@@ -98,11 +98,22 @@ class Features:
 
 
 def pyramid_tokens(backbone: nn.Module, x: Tensor, levels: Sequence[int]) -> Tensor:
-    """``images [N, 3, S, S]`` -> ``[N, C, G, G]``: the ``levels`` of ``backbone.forward_pyramid``
-    average-pooled to the coarsest grid ``G`` and concatenated on channels (``C``: their channels summed)."""
+    """``images [N, 3, S, S]`` -> ``[N, C, G, G]``: the ``levels`` of ``backbone.forward_pyramid`` resampled
+    to one grid and concatenated on channels (``C``: their channels summed).
+
+    ``G`` is the coarsest level's grid, but at least ``S // 16`` (a ViT/16's): finer maps are average-pooled
+    to it, coarser ones (a ResNet's stride-32 stage) upsampled bilinearly, so a CNN is read out on the
+    token grid a ViT of the same input gets and not on its 3 x 3 last stage at 96 px."""
     maps = backbone.forward_pyramid(x, list(levels))
-    grid = min(m.shape[-1] for m in maps)
-    return torch.cat([F.adaptive_avg_pool2d(m.float(), grid) for m in maps], dim=1)
+    grid = max(min(m.shape[-1] for m in maps), x.shape[-1] // 16)
+
+    def resample(m: Tensor) -> Tensor:
+        m = m.float()
+        if m.shape[-1] >= grid:
+            return F.adaptive_avg_pool2d(m, grid)
+        return F.interpolate(m, size=(grid, grid), mode="bilinear", align_corners=False)
+
+    return torch.cat([resample(m) for m in maps], dim=1)
 
 
 @torch.no_grad()
