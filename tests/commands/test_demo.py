@@ -38,6 +38,32 @@ def test_table_flags_rows_that_do_not_beat_the_baseline():
     )
 
 
+def test_rows_are_marked_against_their_random_init_by_two_standard_deviations():
+    baselines = {"alignment": {"nme": 0.20}, "parsing": {"mean_f1": 0.1}, "attributes": {"accuracy": 0.5}}
+
+    def row(nme: list[float], f1: list[float], acc: list[float]) -> dict:
+        return {"alignment": [{"nme": v} for v in nme], "parsing": [{"mean_f1": v} for v in f1],
+                "attributes": [{"accuracy": v} for v in acc]}  # fmt: skip
+
+    results = {
+        "rand": row([0.10, 0.12], [0.40, 0.40], [0.80, 0.80]),  # nme std 0.01414, f1 and acc std 0
+        # nme gain 0.11 - 0.05 = 0.06 > 2 x 0.0141; f1 -0.10 and acc +0.01 within 2 x their own stds
+        "trained": row([0.05, 0.05], [0.20, 0.40], [0.80, 0.82]),
+    }
+    summary = summarise(results, baselines, {"rand": None, "trained": "rand"})
+    assert "vs_random" not in summary["rand"]["alignment"]
+    vs = {task: summary["trained"][task]["vs_random"] for task in ("alignment", "parsing", "attributes")}
+    assert vs["alignment"]["gain"] == pytest.approx(0.06) and vs["alignment"]["sign"] == 1
+    assert vs["alignment"]["spread"] == pytest.approx(0.014142, abs=1e-6) and vs["alignment"]["row"] == "rand"
+    assert vs["parsing"]["gain"] == pytest.approx(-0.10) and vs["parsing"]["sign"] == 0  # 0.10 < 2 x 0.1414
+    assert vs["attributes"]["gain"] == pytest.approx(0.01) and vs["attributes"]["sign"] == 0
+    table = comparison_table(summary, baselines)
+    assert "| trained | 5.00 ± 0.00 ▲ | 30.00 ± 14.14 | 81.00 ± 1.41 |" in table
+    results["trained"] = row([0.05, 0.05], [0.30, 0.30], [0.60, 0.62])  # f1 -0.10 (spread 0), acc -0.19
+    marked = comparison_table(summarise(results, baselines, {"trained": "rand"}), baselines)
+    assert "| trained | 5.00 ± 0.00 ▲ | 30.00 ± 0.00 ▼ | 61.00 ± 1.41 ▼ |" in marked
+
+
 @pytest.mark.slow
 def test_demo_end_to_end_equal_budgets_seeds_table_plots_and_resume(tmp_path):
     cfg = DemoConfig(

@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib
 import numpy as np
@@ -146,15 +148,24 @@ def _pretrain(cfg: DemoConfig, seed: int, method: str, steps: int, out: Path, ex
     return pretrain(_pretrain_config(cfg, seed, method, steps, out, extra, recipe))
 
 
+class Row(NamedTuple):
+    """One row of the benchmark for one seed."""
+
+    name: str
+    make: Callable[[], nn.Module]  # builds (and pre-trains, the first time) the backbone
+    run_dir: Path | None = None  # its pre-training run
+    reference: str | None = None  # the row of its architecture at random init, which it should beat
+
+
 def _arch_key(backbone: nn.Module) -> str:
     """What identifies a backbone's architecture (its arch record), as one string."""
     return json.dumps(arch_record(backbone.arch), sort_keys=True)
 
 
-def _scratch_rows(cfg: DemoConfig, seed: int, out: Path, tables: set[str]):
+def _scratch_rows(cfg: DemoConfig, seed: int, out: Path, reference: dict[str, str]) -> Iterator[Row]:
     """Yield the ``scratch`` rows for one seed: each method pre-trained from random init for
     ``stage_steps + steps``, preceded by its architecture at random init (``random (<methods> arch)``) unless
-    an earlier row (``tables``: their :func:`_arch_key`) already is that architecture."""
+    an earlier row already is that architecture (``reference``: :func:`_arch_key` -> random row, updated)."""
     steps = cfg.stage_steps + cfg.steps
 
     def untrained(method: str) -> nn.Module:  # the encoder the method's pre-training starts from
@@ -163,17 +174,18 @@ def _scratch_rows(cfg: DemoConfig, seed: int, out: Path, tables: set[str]):
 
     keys = {method: _arch_key(untrained(method)) for method in cfg.scratch}
     for method, recipe in cfg.scratch.items():
-        if keys[method] not in tables:
-            tables.add(keys[method])
+        if keys[method] not in reference:
             sharing = "/".join(m for m, k in keys.items() if k == keys[method])
-            yield f"random ({sharing} arch)", lambda method=method: untrained(method), None
+            yield Row(f"random ({sharing} arch)", lambda method=method: untrained(method))
+            reference[keys[method]] = f"random ({sharing} arch)"
         run = out / method
-        yield (
+        yield Row(
             method,
             lambda method=method, run=run, recipe=recipe: load_backbone(
                 _pretrain(cfg, seed, method, steps, run, [], recipe)
             ),
             run,
+            reference.get(keys[method]),
         )
 
 
@@ -207,16 +219,16 @@ class ResizedInput(nn.Module):
         return self.backbone.pooled(resize_square(x, self.size, self.mode))
 
 
-def _backbones(cfg: DemoConfig, seed: int, out: Path):
-    """Yield ``(row, backbone factory, pre-training run dir or None)`` for one seed, pre-training lazily
-    (an external teacher's own row, :func:`_teacher_row`, is the same network for every seed)."""
+def _backbones(cfg: DemoConfig, seed: int, out: Path) -> Iterator[Row]:
+    """Yield the :class:`Row` s of one seed, pre-training lazily (an external teacher's own row,
+    :func:`_teacher_row`, is the same network for every seed)."""
 
     def random_init() -> torch.nn.Module:  # the encoder every pre-training starts from, untrained
         torch.manual_seed(seed)
         return build_encoder(_pretrain_config(cfg, seed, "mae", cfg.stage_steps, out / "random", []))
 
-    yield "random", random_init, None
-    tables = {_arch_key(random_init())}
+    yield Row("random", random_init)
+    reference = {_arch_key(random_init()): "random"}
     stage_dir = out / "mae_stage"
     stage: list[Path] = []
 
@@ -225,14 +237,15 @@ def _backbones(cfg: DemoConfig, seed: int, out: Path):
             stage.append(_pretrain(cfg, seed, "mae", cfg.stage_steps, stage_dir, []))
         return stage[0]
 
-    yield "mae-stage", lambda: load_backbone(stage_path()), stage_dir
+    yield Row("mae-stage", lambda: load_backbone(stage_path()), stage_dir, "random")
     mae_dir = out / "mae"
-    yield (
+    yield Row(
         "mae",
         lambda: load_backbone(
             _pretrain(cfg, seed, "mae", cfg.steps, mae_dir, [f"model.init={stage_path()}"])
         ),
         mae_dir,
+        "random",
     )
     for teacher in cfg.teachers:
         if teacher != "stage":  # the teacher itself, on the images it sees during MCF
@@ -250,8 +263,8 @@ def _backbones(cfg: DemoConfig, seed: int, out: Path):
                 random = backbone_from_record(arch_record(real.arch))
                 return ResizedInput(random, size or real.arch.img_size, mode)
 
-            yield _teacher_row(teacher), seen, None
-            yield _twin_row(teacher), twin, None
+            yield Row(_teacher_row(teacher), seen, None, _twin_row(teacher))
+            yield Row(_twin_row(teacher), twin)
         mcf_dir = out / ("mcf" if teacher == "stage" else f"mcf_{Path(teacher).stem}")
 
         def mcf(teacher: str = teacher, mcf_dir: Path = mcf_dir) -> torch.nn.Module:
@@ -266,12 +279,16 @@ def _backbones(cfg: DemoConfig, seed: int, out: Path):
                 extra = [start, f"teacher.checkpoint={teacher}", *cfg.external_teacher_overrides]
             return load_backbone(_pretrain(cfg, seed, "mcf", cfg.steps, mcf_dir, extra))
 
-        yield _row_name(teacher), mcf, mcf_dir
-    yield from _scratch_rows(cfg, seed, out, tables)
+        yield Row(_row_name(teacher), mcf, mcf_dir, "random")  # the student is the benchmark's arch
+    yield from _scratch_rows(cfg, seed, out, reference)
 
 
-def summarise(results: dict[str, dict[str, list[dict]]], baselines: dict) -> dict[str, dict[str, dict]]:
-    """Per row and read-out: mean, std over seeds and whether the mean beats the trivial baseline."""
+def summarise(results: dict[str, dict[str, list[dict]]], baselines: dict,
+              references: dict[str, str | None] | None = None) -> dict[str, dict[str, dict]]:  # fmt: skip
+    """Per row and read-out: mean, std over seeds and whether the mean beats the trivial baseline; for a row
+    with a reference (``references``: row -> its architecture's random-init row), ``vs_random``: the gain over
+    it (in the better direction), the spread (the larger of the two stds) and ``sign``: +1 / -1 when the gain
+    is above / below +- 2 spreads, else 0."""
     summary: dict[str, dict[str, dict]] = {}
     for row, per_task in results.items():
         summary[row] = {}
@@ -283,12 +300,21 @@ def summarise(results: dict[str, dict[str, list[dict]]], baselines: dict) -> dic
                 "mean": mean, "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0, "n": len(values),
                 "beats_baseline": bool(mean < base if lower else mean > base),
             }  # fmt: skip
+    for row, ref in (references or {}).items():
+        if ref is None or row not in summary or ref not in summary:
+            continue
+        for task, (*_, lower) in METRICS.items():
+            mine, theirs = summary[row][task], summary[ref][task]
+            gain = (theirs["mean"] - mine["mean"]) if lower else (mine["mean"] - theirs["mean"])
+            spread = max(mine["std"], theirs["std"])
+            sign = 1 if gain > 2 * spread else -1 if gain < -2 * spread else 0
+            mine["vs_random"] = {"row": ref, "gain": gain, "spread": spread, "sign": sign}
     return summary
 
 
 def comparison_table(summary: dict[str, dict[str, dict]], baselines: dict, labels: dict | None = None) -> str:
     """Markdown table: baselines first, then every row as mean +- std over seeds; ✗ = not better than the
-    trivial baseline."""
+    trivial baseline; ▲ / ▼ = better / worse than its random-init row by more than 2 stds (``vs_random``)."""
     labels = labels or {task: label for task, (_, label, _, _) in METRICS.items()}
     header = "| backbone | " + " | ".join(labels[task] for task in METRICS) + " |\n"
     header += "|---" * (len(METRICS) + 1) + "|\n"
@@ -301,6 +327,7 @@ def comparison_table(summary: dict[str, dict[str, dict]], baselines: dict, label
         for task, (_, _, scale, _) in METRICS.items():
             s = per_task[task]
             flag = "" if s["beats_baseline"] else " ✗"
+            flag += {1: " ▲", -1: " ▼", 0: ""}[s.get("vs_random", {}).get("sign", 0)]
             spread = f" ± {s['std'] * scale:.2f}" if s["n"] > 1 else ""  # n = 1: a row with no seed
             cells.append(f"{s['mean'] * scale:.2f}{spread}{flag}")
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
@@ -405,9 +432,11 @@ def run_demo(cfg: DemoConfig) -> dict:
     results: dict[str, dict[str, list[dict]]] = {}
     tuned: dict[int, dict[str, dict[str, list[dict]]]] = {n: {} for n in cfg.lowlabel.sizes}
     runs: dict[str, str] = {}
+    references: dict[str, str | None] = {}
     unseeded = {row(t) for t in cfg.teachers if t != "stage" for row in (_teacher_row, _twin_row)}
     for seed in cfg.seeds:
-        for row, make_backbone, run_dir in _backbones(cfg, seed, out / f"seed{seed}"):
+        for row, make_backbone, run_dir, reference in _backbones(cfg, seed, out / f"seed{seed}"):
+            references[row] = reference
             if run_dir is not None and row.startswith("mcf"):
                 runs[row] = run_dir.name
             if row in unseeded and row in results:
@@ -445,7 +474,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                 for task in METRICS:
                     per_row = tuned[n].setdefault(row, {})
                     per_row.setdefault(task, []).append(cache["lowlabel"][tuned_key][task])
-    summary = summarise(results, baselines)
+    summary = summarise(results, baselines, references)
     not_converged = sorted(f"{key} {task}" for key, r in cache["runs"].items()
                            for task in ("parsing", "attributes") if not r[task]["converged"])  # fmt: skip
     table = comparison_table(summary, baselines)
@@ -460,7 +489,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     for n, per_row in tuned.items():
         fit = labelled_split(train_set, n, low.val_fraction, cfg.seeds[0])[0]
         base = trivial_baselines(fit, test_set)
-        lowlabel[str(n)] = {"baselines": base, "summary": summarise(per_row, base),
+        lowlabel[str(n)] = {"baselines": base, "summary": summarise(per_row, base, references),
                             "per_seed": per_seed(per_row)}  # fmt: skip
         tables.append(f"Fine-tuned end to end on {n} labelled faces ({len(fit)} fit + {n - len(fit)} "
                       f"validation choosing the learning rate of {low.lrs} per task on the first seed; "
@@ -469,7 +498,11 @@ def run_demo(cfg: DemoConfig) -> dict:
         comparison_plot(lowlabel[str(n)]["summary"], base, out / f"comparison_lowlabel_n{n}.png",
                         f"facerep demo: fine-tuned on {n} labelled faces, synthetic",
                         TUNED_LABELS)  # fmt: skip
-    report = "Frozen features:\n\n" + table + "\n" + "\n".join(tables) + "\n" + budget + "\n"
+    legend = (
+        "✗: not better than the trivial baseline; ▲ / ▼: better / worse than the row's architecture at "
+        "random init (comparison.json: vs_random) by more than twice the larger of the two stds"
+    )
+    report = "Frozen features:\n\n" + table + "\n" + "\n".join(tables) + "\n" + budget + "\n" + legend + "\n"
     atomic_write_bytes(out / "comparison.md", report.encode())
     elapsed = time.perf_counter() - start
     atomic_write_json(out / "comparison.json", {
