@@ -337,8 +337,8 @@ def comparison_table(summary: dict[str, dict[str, dict]], baselines: dict, label
 def comparison_plot(summary: dict[str, dict[str, dict]], baselines: dict, path: Path, title: str,
                     labels: dict | None = None) -> None:  # fmt: skip
     """One panel per read-out: mean +- std over seeds, the trivial baseline as a dashed line."""
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.8))
     names = list(summary)
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(max(4.2, 0.5 * len(names) + 1.0) * len(METRICS), 4.6))
     for ax, (task, (key, label, scale, lower)) in zip(axes, METRICS.items(), strict=True):
         label = (labels or {}).get(task, label)
         means = [summary[n][task]["mean"] * scale for n in names]
@@ -346,7 +346,7 @@ def comparison_plot(summary: dict[str, dict[str, dict]], baselines: dict, path: 
         colours = ["tab:blue" if summary[n][task]["beats_baseline"] else "tab:gray" for n in names]
         ax.bar(range(len(names)), means, yerr=stds, capsize=4, color=colours)
         ax.axhline(baselines[task][key] * scale, color="tab:red", linestyle="--", label=BASELINE_NAMES[task])
-        ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
+        ax.set_xticks(range(len(names)), names, rotation=40, ha="right", rotation_mode="anchor", fontsize=8)
         ax.set_title(f"{label}, {'lower' if lower else 'higher'} is better", fontsize=9)
         low = min(min(means), baselines[task][key] * scale)
         high = max(max(m + s for m, s in zip(means, stds, strict=True)), baselines[task][key] * scale)
