@@ -4,7 +4,7 @@ import pytest
 
 from facerep.backbones import build_backbone, export_backbone
 from facerep.commands.cli import main
-from facerep.commands.demo import DemoConfig, comparison_table, run_curve, run_demo, summarise
+from facerep.commands.demo import DemoConfig, comparison_table, ranking_check, run_curve, run_demo, summarise
 from facerep.config import ConfigError, load_config
 from facerep.engine.frozen import ReadoutConfig
 from facerep.engine.lowlabel import LowLabelConfig
@@ -64,6 +64,29 @@ def test_rows_are_marked_against_their_random_init_by_two_standard_deviations():
     assert "| trained | 5.00 ± 0.00 ▲ | 30.00 ± 0.00 ▼ | 61.00 ± 1.41 ▼ |" in marked
 
 
+def test_ranking_check_compares_rank_order_and_each_rows_side_of_its_random_init(tmp_path):
+    def summary(means: dict[str, float], gains: dict[str, float]) -> dict:
+        tasks = ("alignment", "parsing", "attributes")
+        return {row: {task: {"mean": m, **({"vs_random": {"gain": gains[row]}} if row in gains else {})}
+                      for task in tasks} for row, m in means.items()}  # fmt: skip
+
+    ours = summary({"random": 1.0, "a": 2.0, "b": 3.0, "only here": 9.0}, {"a": 0.5, "b": -0.1})
+    theirs = summary({"random": 1.0, "a": 3.0, "b": 2.0}, {"a": 0.2, "b": 0.3})
+    check = ranking_check(ours, theirs)["parsing"]
+    # ranks 1 2 3 against 1 3 2: 1 - 6 * (0 + 1 + 1) / (3 * (9 - 1)) = 0.5; b beats random in one run only
+    assert check == {"rows": 3, "spearman": pytest.approx(0.5), "side_flips": ["b"]}
+    same = ranking_check(ours, ours)["alignment"]
+    assert same["spearman"] == pytest.approx(1.0) and same["side_flips"] == [] and same["rows"] == 4
+    # a missing or foreign file is one line, before any work
+    for path, message in ((tmp_path / "none.json", "not a readable comparison.json"),
+                          (tmp_path / "comparison.json", "no 'summary' table")):  # fmt: skip
+        if path.name == "comparison.json":
+            path.write_text('{"rows": []}')
+        with pytest.raises(ConfigError, match=message):
+            run_demo(DemoConfig(output_dir=str(tmp_path / "out"), compare_to=str(path)))
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_demo_end_to_end_equal_budgets_seeds_table_plots_and_resume(tmp_path):
     cfg = DemoConfig(
@@ -110,6 +133,15 @@ def test_demo_end_to_end_equal_budgets_seeds_table_plots_and_resume(tmp_path):
     assert len(cached["runs"]) == 8
     (tmp_path / "comparison.md").unlink()
     assert run_demo(cfg) == both and (tmp_path / "comparison.md").exists()
+    # another run's table (here: this one's) ranks alike: same order, every row on the same side
+    cfg.compare_to = str(tmp_path / "comparison.json")
+    run_demo(cfg)
+    ranking = json.loads((tmp_path / "comparison.json").read_text())["ranking"]
+    assert set(ranking) == {"frozen", "n8", "n16"}
+    assert ranking["frozen"]["alignment"]["spearman"] == pytest.approx(1.0)  # (tied means: None, "n/a")
+    assert not any(c["side_flips"] for c in ranking["frozen"].values())
+    assert "every row on the same side of its random init" in (tmp_path / "comparison.md").read_text()
+    cfg.compare_to = None
     # another teacher adds one row per seed and keeps the other evaluations
     cfg.teachers = ["stage", str(tmp_path / "seed0" / "mae_stage" / "backbone.safetensors")]
     cfg.external_teacher_overrides = ["teacher.blocks=[1,3]"]

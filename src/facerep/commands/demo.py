@@ -38,6 +38,7 @@ from typing import NamedTuple
 import matplotlib
 import numpy as np
 import torch
+from scipy.stats import spearmanr
 from torch import nn
 
 from facerep.backbones import arch_record, backbone_from_record, load_backbone
@@ -49,6 +50,7 @@ from facerep.methods import METHODS, build_method
 from facerep.methods.base import build_encoder
 from facerep.methods.mcf import resize_square
 from facerep.runtime.atomic import atomic_write_bytes, atomic_write_json
+from facerep.runtime.errors import one_line
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
@@ -121,6 +123,8 @@ class DemoConfig:
     # the budget curve: the whole benchmark once per entry as ``steps`` (in output_dir/steps<N>), and
     # curve.{png,json} over them (empty: one benchmark at ``steps``)
     curve: list[int] = field(default_factory=list)
+    # another run's comparison.json (e.g. other seeds): the rankings of both are compared (ranking_check)
+    compare_to: str | None = None
 
     def __post_init__(self) -> None:
         check_choice("external_student", self.external_student, ("select", "stage"))
@@ -391,6 +395,43 @@ def learning_curves_plot(out: Path, seeds: list[int], runs: dict[str, str], path
     plt.close(fig)
 
 
+def ranking_check(summary: dict[str, dict[str, dict]], other: dict[str, dict[str, dict]]) -> dict[str, dict]:
+    """Whether two summaries (e.g. of other seeds) rank the rows alike, per read-out, over the rows both hold:
+    Spearman's rank correlation of the means (``None`` for fewer than 3 rows or tied means), and the rows on
+    the other side of their random init in one of them (the sign of ``vs_random``'s gain differs)."""
+    check = {}
+    for task in METRICS:
+        rows = [row for row in summary if row in other]
+        ours, theirs = ([s[row][task]["mean"] for row in rows] for s in (summary, other))
+        varied = len(rows) > 2 and np.ptp(ours) > 0 and np.ptp(theirs) > 0  # else no rank correlation: None
+        rho = float(spearmanr(ours, theirs).statistic) if varied else None
+        sides = [{row: s[row][task]["vs_random"]["gain"] > 0 for row in rows if "vs_random" in s[row][task]}
+                 for s in (summary, other)]  # fmt: skip
+        flips = [row for row in sides[0] if row in sides[1] and sides[0][row] != sides[1][row]]
+        check[task] = {"rows": len(rows), "spearman": rho, "side_flips": flips}
+    return check
+
+
+def _read_comparison(path: str) -> dict:
+    """Another run's ``comparison.json`` (one-line errors for a missing or foreign file)."""
+    try:
+        other = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"compare_to={path}: not a readable comparison.json ({one_line(err)})") from err
+    if not isinstance(other, dict) or not isinstance(other.get("summary"), dict):
+        raise ConfigError(f"compare_to={path}: no 'summary' table (expected a facerep demo comparison.json)")
+    return other
+
+
+def _ranking_lines(name: str, check: dict[str, dict]) -> list[str]:
+    return [f"{name} {task}: Spearman "
+            + ("n/a (tied means)" if c["spearman"] is None else f"{c['spearman']:.2f}")
+            + f" over {c['rows']} rows; "
+            + (f"on the other side of random init: {', '.join(c['side_flips'])}" if c["side_flips"]
+               else "every row on the same side of its random init")
+            for task, c in check.items()]  # fmt: skip
+
+
 def per_seed(results: dict[str, dict[str, list[dict]]]) -> dict[str, dict[str, list[float]]]:
     """Row -> read-out -> the metric's value for each seed (in seed order): ``comparison.json``'s record."""
     return {row: {task: [r[METRICS[task][0]] for r in values] for task, values in per_task.items()}
@@ -405,13 +446,14 @@ def run_demo(cfg: DemoConfig) -> dict:
     directories), so an interrupted benchmark continues where it stopped when run again with the same config.
     """
     start = time.perf_counter()
+    other = _read_comparison(cfg.compare_to) if cfg.compare_to else None  # before any long work
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     cache_path = out / "evaluations.json"
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     # evaluations stay valid when only the list of teachers grows (rows are keyed by name and seed) and
     # frozen ones when only the fine-tuning column changes
-    rows = ("teachers", "scratch", "output_dir", "lowlabel", "lowlabel_skip")
+    rows = ("teachers", "scratch", "output_dir", "lowlabel", "lowlabel_skip", "compare_to")
     fingerprint = {k: v for k, v in asdict(cfg).items() if k not in rows}
     if cache.get("config") != fingerprint:
         cache = {"config": fingerprint, "runs": {}}
@@ -503,11 +545,19 @@ def run_demo(cfg: DemoConfig) -> dict:
         "random init (comparison.json: vs_random) by more than twice the larger of the two stds"
     )
     report = "Frozen features:\n\n" + table + "\n" + "\n".join(tables) + "\n" + budget + "\n" + legend + "\n"
+    ranking: dict[str, dict] = {}
+    if other is not None:  # the same rows on other seeds: do they rank alike?
+        ranking["frozen"] = ranking_check(summary, other["summary"])
+        for n, column in lowlabel.items():
+            if n in other.get("lowlabel", {}):
+                ranking[f"n{n}"] = ranking_check(column["summary"], other["lowlabel"][n]["summary"])
+        lines = [line for name, check in ranking.items() for line in _ranking_lines(name, check)]
+        report += f"\nAgainst {cfg.compare_to}:\n" + "\n".join(f"- {line}" for line in lines) + "\n"
     atomic_write_bytes(out / "comparison.md", report.encode())
     elapsed = time.perf_counter() - start
     atomic_write_json(out / "comparison.json", {
         "baselines": baselines, "summary": summary, "per_seed": per_seed(results), "lowlabel": lowlabel,
-        "budget": budget, "not_converged": not_converged, "seconds": elapsed,
+        "budget": budget, "not_converged": not_converged, "seconds": elapsed, "ranking": ranking,
     })  # fmt: skip
     comparison_plot(summary, baselines, out / "comparison.png", "facerep demo: frozen features, synthetic")
     learning_curves_plot(out, cfg.seeds, runs, out / "curves.png", cfg.stage_steps)
