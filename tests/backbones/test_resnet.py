@@ -47,6 +47,11 @@ def test_protocol_pyramid_and_pooled(name: str) -> None:
         32,
     ]
     torch.testing.assert_close(pooled, maps[-1].mean(dim=(2, 3)))
+    with torch.no_grad():
+        both, vector = model.pyramid_pooled(x, [0, 2])  # one pass
+    torch.testing.assert_close(vector, pooled)
+    for got, want in zip(both, model.forward_pyramid(x, [0, 2]), strict=True):
+        torch.testing.assert_close(got, want)
     with pytest.raises(ConfigError, match=r"0 \(stem\) and 1-4"):
         model.pyramid_channels([1, 5])
 

@@ -75,6 +75,14 @@ def test_block_tokens_are_prenorm_outputs(vit):
         vit.forward_block_tokens(x, [5])
 
 
+def test_pyramid_and_pooled_from_one_pass_match_the_two_calls(vit):
+    x = torch.randn(2, 3, 64, 64)
+    maps, pooled = vit.pyramid_pooled(x, [0])
+    torch.testing.assert_close(maps[0], vit.forward_pyramid(x, [0])[0])
+    assert maps[0].shape == (2, 192, 4, 4)
+    torch.testing.assert_close(pooled, vit.pooled(x))
+
+
 def test_state_dict_loads_into_timm_strictly(vit):
     model = timm.create_model("vit_tiny_patch16_224", img_size=64, depth=2, num_classes=0)
     model.load_state_dict(vit.state_dict(), strict=True)

@@ -15,6 +15,7 @@ from facerep.engine.frozen import (
     attributes_readout,
     evaluate_frozen,
     extract_features,
+    fit_parsing_decoder,
     parsing_readout,
     render_split,
     ridge_loo,
@@ -112,6 +113,28 @@ def test_parsing_decoder_reads_informative_tokens_and_falls_back_to_the_prior_on
     const = torch.ones_like(tokens) + 1e-3 * torch.randn(tokens.shape, generator=gen)
     blind = parsing_readout(*split(const), train, test, cfg)
     assert blind["mean_f1"] < 0.6
+
+
+def test_parsing_decoder_fit_minimises_the_pixel_shuffled_soft_cross_entropy(monkeypatch):
+    """The fit's unshuffled loss is the loss of the returned decoder's shuffled logits, at any weights."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 6, 3, 3, generator=gen)
+    target = torch.softmax(torch.randn(5, 4, 6, 6, generator=gen), dim=1)  # 4 classes, 2 x 2 cells a token
+    seen = []
+
+    def one_step(params, loss_fn, max_iter):  # perturb the start, record its loss, keep the weights
+        with torch.no_grad():
+            for p in params:
+                p.normal_(generator=gen)
+        seen.append(float(loss_fn().detach()))
+        return seen
+
+    monkeypatch.setattr("facerep.engine.frozen.lbfgs_fit", one_step)
+    weight, bias, _ = fit_parsing_decoder(x, target, 0.01, 1)
+    logits = F.pixel_shuffle(torch.einsum("ncij,oc->noij", x, weight) + bias, 2)
+    expected = -(target * F.log_softmax(logits, dim=1)).sum(1).mean() + 0.01 * weight.pow(2).sum()
+    assert weight.shape == (16, 6) and bias.shape == (1, 16, 3, 3)
+    assert seen[0] == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_attribute_probe_reads_a_linear_code():

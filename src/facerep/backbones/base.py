@@ -9,6 +9,7 @@ A backbone is an ``nn.Module`` (ViT or CNN) that offers, in timm's spirit:
   ``pyramid_strides(levels)`` say their widths and strides before any image is seen, and
   ``default_levels`` which levels to use when the config names none;
 * ``pooled(x)``: one vector per image ``[N, feature_dim]`` (CLS token, or global average pool);
+* ``pyramid_pooled(x, levels)``: both of the above from one forward pass (frozen read-outs need both);
 * ``arch``: a frozen dataclass with a ``family`` class attribute that rebuilds the network; its
   :func:`arch_record` is written beside every export;
 * ``no_weight_decay()``: parameter names (relative to the backbone) that get no weight decay.
@@ -51,6 +52,8 @@ class Backbone(Protocol):
     def pyramid_strides(self, levels: Sequence[int]) -> list[int]: ...
 
     def pooled(self, x: Tensor) -> Tensor: ...
+
+    def pyramid_pooled(self, x: Tensor, levels: Sequence[int]) -> tuple[list[Tensor], Tensor]: ...
 
     def no_weight_decay(self) -> set[str]: ...
 

@@ -95,6 +95,11 @@ class ResNet(TimmResNet):
         """Stage outputs ``[N, C_i, H / s_i, W / s_i]`` for the stages ``levels``."""
         return self.forward_intermediates(x, indices=self._check_levels(levels), intermediates_only=True)
 
+    def pyramid_pooled(self, x: Tensor, levels: Sequence[int]) -> tuple[list[Tensor], Tensor]:
+        """``(forward_pyramid(x, levels), pooled(x))`` from one pass through the stages."""
+        final, maps = self.forward_intermediates(x, indices=self._check_levels(levels))
+        return maps, self.forward_head(final, pre_logits=True)
+
     def pyramid_channels(self, levels: Sequence[int]) -> list[int]:
         return [self.feature_info[i]["num_chs"] for i in self._check_levels(levels)]
 

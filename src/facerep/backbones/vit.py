@@ -253,12 +253,17 @@ class MaskedViT(VisionTransformer):
         """Raw block outputs ``[N, D, G, G]`` (CLS dropped, no final norm, the last block's included) for
         the block indices ``levels``, as FaRL feeds its FPN (``farl/network/transformers.py``
         ``FaRLVisualFeatures.forward`` never applies ``ln_post``)."""
+        return self._token_maps(self.forward_block_tokens(x, list(levels)), x)
+
+    def pyramid_pooled(self, x: Tensor, levels: Sequence[int]) -> tuple[list[Tensor], Tensor]:
+        """``(forward_pyramid(x, levels), pooled(x))`` from one pass through the blocks."""
+        *tokens, last = self.forward_block_tokens(x, [*levels, len(self.blocks) - 1])
+        return self._token_maps(tokens, x), self.norm(last)[:, 0]
+
+    def _token_maps(self, tokens: list[Tensor], x: Tensor) -> list[Tensor]:
+        """Block outputs ``[N, 1 + L, D]`` of images ``x`` -> patch-grid maps ``[N, D, G, G]``."""
         grid_h, grid_w = x.shape[-2] // self.arch.patch_size, x.shape[-1] // self.arch.patch_size
-        maps = []
-        for tokens in self.forward_block_tokens(x, list(levels)):
-            n, _, d = tokens.shape
-            maps.append(tokens[:, 1:].transpose(1, 2).reshape(n, d, grid_h, grid_w))
-        return maps
+        return [t[:, 1:].transpose(1, 2).reshape(t.shape[0], t.shape[2], grid_h, grid_w) for t in tokens]
 
     def pyramid_channels(self, levels: Sequence[int]) -> list[int]:
         return [self.embed_dim] * len(levels)

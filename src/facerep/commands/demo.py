@@ -222,6 +222,9 @@ class ResizedInput(nn.Module):
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone.pooled(resize_square(x, self.size, self.mode))
 
+    def pyramid_pooled(self, x: torch.Tensor, levels: list[int]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        return self.backbone.pyramid_pooled(resize_square(x, self.size, self.mode), levels)
+
 
 def _backbones(cfg: DemoConfig, seed: int, out: Path) -> Iterator[Row]:
     """Yield the :class:`Row` s of one seed, pre-training lazily (an external teacher's own row,

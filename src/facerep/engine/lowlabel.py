@@ -37,6 +37,7 @@ from facerep.engine.frozen import (
     FaceSet,
     ReadoutConfig,
     attributes_accuracy,
+    fit_parsing_decoder,
     landmark_nme,
     lbfgs_fit,
     parsing_f1,
@@ -177,16 +178,14 @@ def probe_init_(model: ReadoutHeads, fit: FaceSet, targets: Targets, cfg: Readou
         model.landmarks.weight.copy_(weight.T)
         model.landmarks.bias.copy_(bias)
 
-    def parsing_loss() -> Tensor:
-        logits = F.pixel_shuffle(model.parsing(x) + model.parsing_bias, model.cells)
-        ce = -(targets.parsing * F.log_softmax(logits, dim=1)).sum(1).mean()
-        return ce + cfg.parsing_weight_decay * model.parsing.weight.pow(2).sum()
-
     def attributes_loss() -> Tensor:
         bce = F.binary_cross_entropy_with_logits(model.attributes(x.mean((2, 3))), targets.attributes)
         return bce + cfg.probe_weight_decay * model.attributes.weight.pow(2).sum()
 
-    lbfgs_fit([model.parsing.weight, model.parsing_bias], parsing_loss, cfg.max_iter)
+    weight, bias, _ = fit_parsing_decoder(x, targets.parsing, cfg.parsing_weight_decay, cfg.max_iter)
+    with torch.no_grad():
+        model.parsing.weight.copy_(weight.view_as(model.parsing.weight))
+        model.parsing_bias.copy_(bias)
     lbfgs_fit(list(model.attributes.parameters()), attributes_loss, cfg.max_iter)
     model.train()
 
