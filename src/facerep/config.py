@@ -11,7 +11,7 @@ config is saved as ``output_dir/config.yaml`` beside every run.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any
@@ -206,6 +206,36 @@ def to_yaml(cfg: Any) -> str:
 def to_dict(cfg: Any) -> dict:
     """Plain-dict form of a config dataclass (stored in checkpoints)."""
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_same_run(saved: Mapping[str, Any] | None, current: Any, path: Path, free: Collection[str]) -> None:
+    """Refuse to resume the checkpoint ``path`` under a config other than the one it was written with.
+
+    ``saved``: the checkpoint's ``config`` (older checkpoints have none: nothing to check); ``current``: the
+    run's config dataclass; ``free``: dotted keys that may change on resume (where and how a run is shown or
+    run, not what it computes: ``output_dir``, ``device``, logging). Keys only one side knows (a field added
+    since) are skipped. A difference is a one-line ConfigError naming the first differing key and both
+    values: resuming would silently mix two recipes (a changed ``train.max_steps`` changes the schedule).
+    """
+    if not isinstance(saved, Mapping):
+        return
+    old, new = _flat(saved), _flat(to_dict(current))
+    for key in sorted(old.keys() & new.keys()):
+        if key not in free and old[key] != new[key]:
+            raise ConfigError(
+                f"{path}: written by a run with {key}={old[key]!r}, this one has {key}={new[key]!r}; resume "
+                "it with its own config, or start fresh in another output_dir"
+            )
 
 
 FINETUNE_SCHEDULES = ("step", "cosine")

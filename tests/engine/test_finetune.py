@@ -92,6 +92,8 @@ def test_resume_continues_after_the_last_epoch_and_evaluate_cli(tmp_path, tiny_b
     finetune(small(tmp_path, tiny_backbone, "alignment", "train.epochs=1"))
     ckpt = tmp_path / "alignment" / "finetune.pt"
     after_one = load_checkpoint(ckpt)
+    with pytest.raises(ConfigError, match=r"finetune.pt: written by a run with train.lr_head=0.01, this one"):
+        finetune(small(tmp_path, tiny_backbone, "alignment", "train.epochs=2", "train.lr_head=0.5"))
     steps, original = [], Finetuner._step
 
     def counting(self, batch, step):

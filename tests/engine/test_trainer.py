@@ -7,8 +7,9 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
+from facerep.config import ConfigError
 from facerep.engine.trainer import NonFiniteLossError, Trainer, pretrain
-from facerep.runtime.checkpoint import load_checkpoint
+from facerep.runtime.checkpoint import load_checkpoint, save_checkpoint
 from facerep.runtime.distributed import init_distributed
 
 
@@ -191,3 +192,21 @@ def test_default_teacher_is_pre_trained_by_an_mae_stage_first(tiny_config, tmp_p
     assert "pre-training the MCF teacher with MAE (2 steps)" in capsys.readouterr().out
     pretrain(cfg)  # a rerun resumes both finished runs: nothing is trained again
     assert [json.loads(x)["step"] for x in (stage / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_a_run_resumes_only_under_its_own_config(tiny_config, tmp_path):
+    """A changed recipe (or step budget) in a run directory is one line naming the key; reporting keys may
+    change; a checkpoint without a stored config (older facerep) resumes unchecked."""
+    pretrain(tiny_config("method=mae", "train.max_steps=2"))
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    for change, key in (("train.lr=0.5", "train.lr"), ("train.max_steps=3", "train.max_steps")):
+        with pytest.raises(ConfigError, match=rf"checkpoint.pt: written by a run with {key}=") as err:
+            pretrain(tiny_config("method=mae", "train.max_steps=2", change))
+        assert "\n" not in str(err.value) and "another output_dir" in str(err.value)
+    assert load_checkpoint(ckpt)["step"] == 2  # the refused runs touched nothing
+    pretrain(tiny_config("method=mae", "train.max_steps=2", "train.log_every=7", "train.progress=log"))
+    state = load_checkpoint(ckpt)
+    del state["config"]
+    save_checkpoint(state, ckpt)
+    pretrain(tiny_config("method=mae", "train.max_steps=3", "train.lr=0.5"))
+    assert load_checkpoint(ckpt)["step"] == 3

@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from facerep.backbones import arch_record, build_backbone, load_backbone
-from facerep.config import ConfigError, FinetuneConfig, to_dict, to_yaml
+from facerep.config import ConfigError, FinetuneConfig, check_same_run, to_dict, to_yaml
 from facerep.data.downstream import build_dataset
 from facerep.data.loader import BalancedSampler, class_labels
 from facerep.engine.evaluate import format_results
@@ -45,6 +45,11 @@ from facerep.tasks import Task, TaskDataset, build_task, collate_samples
 
 CHECKPOINT_NAME = "finetune.pt"
 RANDOM_ARCH = "vit_base_patch16_224"  # backbone=random without backbone_arch
+# config keys a resumed fine-tune may change (check_same_run): where it writes, what runs it, how it reports,
+# and train.epochs: a finished run continues with more epochs (the unfinished ones only)
+RESUME_FREE = frozenset({
+    "output_dir", "device", "data.num_workers", "train.progress", "train.eval_every", "train.epochs",
+})  # fmt: skip
 
 
 def finetune_backbone(cfg: FinetuneConfig) -> nn.Module:
@@ -236,6 +241,7 @@ class Finetuner:
         if not self.checkpoint_path.exists():
             return False
         state = load_checkpoint(self.checkpoint_path)
+        check_same_run(state.get("config"), self.cfg, self.checkpoint_path, RESUME_FREE)
         self.model.load_state_dict(state["model"])
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])

@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from facerep.backbones import arch_record, export_backbone
-from facerep.config import ConfigError, PretrainConfig, TrainConfig, to_dict, to_yaml
+from facerep.config import ConfigError, PretrainConfig, TrainConfig, check_same_run, to_dict, to_yaml
 from facerep.data.loader import build_pretrain_loader, dataset_length
 from facerep.engine.step import NonFiniteLossError, StepLoop, move_to
 from facerep.methods import METHODS, PretrainMethod, build_method
@@ -46,6 +46,11 @@ from facerep.runtime.schedules import cosine_schedule
 
 CHECKPOINT_NAME = "checkpoint.pt"
 MAX_SKIPPED_NAMES = 5
+# config keys a resumed run may change: where it writes, what runs it, how it reports (check_same_run)
+RESUME_FREE = frozenset({
+    "output_dir", "device", "data.num_workers", "train.log_every", "train.ckpt_every", "train.progress",
+    "train.compile",
+})  # fmt: skip
 
 
 def resolve_accumulation(train: TrainConfig, world_size: int) -> TrainConfig:
@@ -190,6 +195,7 @@ class Trainer:
                 f"{self.checkpoint_path}: written by method={state.get('method')}, not {self.cfg.method}; "
                 "use another output_dir"
             )
+        check_same_run(state.get("config"), self.cfg, self.checkpoint_path, RESUME_FREE)
         self.method.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.loop.scaler.load_state_dict(state["scaler"])
