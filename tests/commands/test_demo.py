@@ -93,8 +93,8 @@ def test_demo_end_to_end_equal_budgets_seeds_table_plots_and_resume(tmp_path):
         output_dir=str(tmp_path), seeds=[0, 1], image_size=32, stage_steps=2, steps=3, batch_size=4,
         train_length=24, test_length=8, pretrain_overrides=TINY_PRETRAIN,
         readout=ReadoutConfig(levels=[0, 1, 2, 3], max_iter=20),
-        lowlabel=LowLabelConfig(sizes=[8, 16], steps=2, batch_size=4, lrs=[1e-4, 1e-3], levels=[0, 1],
-                                probe=ReadoutConfig(max_iter=10)),
+        lowlabel=LowLabelConfig(sizes=[8, 16], steps=2, batch_size=4, lrs=[1e-4, 1e-3], extend=0,
+                                levels=[0, 1], probe=ReadoutConfig(max_iter=10)),
         scratch={},  # the from-scratch rows: test_scratch_rows_...
     )  # fmt: skip
     both = run_demo(cfg)
@@ -161,6 +161,12 @@ def test_demo_end_to_end_equal_budgets_seeds_table_plots_and_resume(tmp_path):
     assert f"select_from: {cfg.teachers[1]}" in external and "init: null" in external
     with pytest.raises(ConfigError, match="external_student"):
         load_config(DemoConfig, None, ["external_student=teacher"])
+    # the teacher's rows were made with its overrides: another set cannot reuse them
+    cfg.external_teacher_overrides = ["teacher.blocks=[0,3]"]
+    with pytest.raises(
+        ConfigError, match=r"row 'backbone \(the teacher itself\)' was made with \['teacher.blocks"
+    ):
+        run_demo(cfg)
 
 
 @pytest.mark.slow
@@ -216,7 +222,7 @@ def test_scratch_rows_train_from_random_init_for_the_whole_budget_beside_their_o
     assert both["frozen"]["random (farl arch)"] != both["frozen"]["random"]
     # a kept row's recipe cannot change under its finished runs; a row may be dropped
     cfg.scratch = {"byol": [*resnet, "byol.momentum=0.9"]}
-    with pytest.raises(ConfigError, match="row 'byol' was pre-trained with scratch.byol="):
+    with pytest.raises(ConfigError, match=r"row 'byol' was made with \[.*\], not \["):
         run_demo(cfg)
     cfg.scratch = {"farl": scratch["farl"]}
     assert list(run_demo(cfg)["frozen"])[4:] == rows[:2]

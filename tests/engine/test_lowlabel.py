@@ -2,6 +2,7 @@
 choice of the learning rate."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from facerep.engine.frozen import FaceSet, ReadoutConfig, pyramid_tokens, render
 from facerep.engine.lowlabel import (
     LowLabelConfig,
     choose_lrs,
+    half_decade,
     labelled_split,
     lowlabel_finetune,
     multitask_loss,
@@ -34,7 +36,7 @@ def tiny_vit() -> torch.nn.Module:
 
 def tiny_cfg(**kw) -> LowLabelConfig:
     probe = ReadoutConfig(max_iter=20)
-    return LowLabelConfig(**{"sizes": [12], "steps": 3, "batch_size": 4, "lrs": [1e-4, 1e-3],
+    return LowLabelConfig(**{"sizes": [12], "steps": 3, "batch_size": 4, "lrs": [1e-4, 1e-3], "extend": 0,
                              "levels": [0, 1], "probe": probe, **kw})  # fmt: skip
 
 
@@ -121,6 +123,37 @@ def test_equal_budgets_and_the_learning_rate_chosen_on_validation_only(faces):
     fixed = {task: 1e-3 for task in small["chosen"]}
     kept = lowlabel_finetune(backbone, train, test, 12, cfg, seed=1, chosen=fixed)
     assert set(kept["runs"]) == {"0.001"} and kept["chosen"]["parsing"] == 1e-3
+
+
+def test_the_rate_grid_goes_on_past_an_edge_a_task_chooses(faces, monkeypatch):
+    """Validation prefers 1e-3 for the landmarks, 1e-4 for parsing (inside the grid) and the lowest rate for
+    the attributes: the grid grows half a decade at a time past each edge a task sits on, ``extend`` times
+    at most, and stops on a side once that side's choice is inside."""
+
+    def tuned(model, fit, targets, cfg, lr, seed):
+        model.rate = lr
+        return [0.0] * cfg.steps
+
+    def scored(model, faces, targets, batch_size=100):
+        distance = abs(math.log10(getattr(model, "rate", 1.0)) + 3)  # from 1e-3
+        return {
+            "alignment": {"nme": distance},
+            "parsing": {"mean_f1": -abs(math.log10(model.rate) + 4) if hasattr(model, "rate") else 0.0},
+            "attributes": {"accuracy": -getattr(model, "rate", 0.0)},
+        }
+
+    monkeypatch.setattr("facerep.engine.lowlabel.finetune_heads", tuned)
+    monkeypatch.setattr("facerep.engine.lowlabel.score", scored)
+    train, test = faces
+    cfg = tiny_cfg(lrs=[3e-5, 1e-4, 3e-4], extend=3)
+    result = lowlabel_finetune(tiny_vit(), train, test, 12, cfg, seed=0)
+    assert [float(r) for r in result["runs"]] == [1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3]
+    assert result["chosen"] == {"alignment": 1e-3, "parsing": 1e-4, "attributes": 1e-6}
+    once = lowlabel_finetune(tiny_vit(), train, test, 12, replace(cfg, extend=1), seed=0)
+    assert [float(r) for r in once["runs"]] == [1e-5, 3e-5, 1e-4, 3e-4, 1e-3]
+    inside = lowlabel_finetune(tiny_vit(), train, test, 12, replace(cfg, lrs=[1e-6, 1e-4, 1e-2]), seed=0)
+    assert [float(r) for r in inside["runs"]] == [3e-8, 1e-7, 3e-7, 1e-6, 1e-4, 1e-2]  # the low edge only
+    assert half_decade(3e-4 * 10**0.5) == 1e-3 and half_decade(3e-5 / 10**0.5) == 1e-5
 
 
 def test_choose_lrs_per_task_direction_and_ties():

@@ -28,6 +28,7 @@ under one tiny budget on synthetic data; they are not benchmark results.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -159,6 +160,21 @@ class Row(NamedTuple):
     make: Callable[[], nn.Module]  # builds (and pre-trains, the first time) the backbone
     run_dir: Path | None = None  # its pre-training run
     reference: str | None = None  # the row of its architecture at random init, which it should beat
+    # what the row is made with beyond the benchmark's shared keys (its recipe's overrides): a finished row
+    # is never reused under another
+    recipe: tuple[str, ...] = ()
+
+
+def _once(build: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+    """``build`` run on the first call only; every call returns a fresh copy of its module."""
+    built: list[nn.Module] = []
+
+    def make() -> nn.Module:
+        if not built:
+            built.append(build())
+        return copy.deepcopy(built[0])
+
+    return make
 
 
 def _arch_key(backbone: nn.Module) -> str:
@@ -176,11 +192,12 @@ def _scratch_rows(cfg: DemoConfig, seed: int, out: Path, reference: dict[str, st
         torch.manual_seed(seed)
         return build_method(_pretrain_config(cfg, seed, method, steps, out, [], cfg.scratch[method])).encoder
 
-    keys = {method: _arch_key(untrained(method)) for method in cfg.scratch}
+    start = {method: _once(lambda method=method: untrained(method)) for method in cfg.scratch}
+    keys = {method: _arch_key(make()) for method, make in start.items()}
     for method, recipe in cfg.scratch.items():
         if keys[method] not in reference:
             sharing = "/".join(m for m, k in keys.items() if k == keys[method])
-            yield Row(f"random ({sharing} arch)", lambda method=method: untrained(method))
+            yield Row(f"random ({sharing} arch)", start[method], recipe=tuple(recipe))
             reference[keys[method]] = f"random ({sharing} arch)"
         run = out / method
         yield Row(
@@ -190,6 +207,7 @@ def _scratch_rows(cfg: DemoConfig, seed: int, out: Path, reference: dict[str, st
             ),
             run,
             reference.get(keys[method]),
+            tuple(recipe),
         )
 
 
@@ -230,10 +248,11 @@ def _backbones(cfg: DemoConfig, seed: int, out: Path) -> Iterator[Row]:
     """Yield the :class:`Row` s of one seed, pre-training lazily (an external teacher's own row,
     :func:`_teacher_row`, is the same network for every seed)."""
 
-    def random_init() -> torch.nn.Module:  # the encoder every pre-training starts from, untrained
+    def untrained() -> torch.nn.Module:  # the encoder every pre-training starts from
         torch.manual_seed(seed)
         return build_encoder(_pretrain_config(cfg, seed, "mae", cfg.stage_steps, out / "random", []))
 
+    random_init = _once(untrained)
     yield Row("random", random_init)
     reference = {_arch_key(random_init()): "random"}
     stage_dir = out / "mae_stage"
@@ -254,6 +273,8 @@ def _backbones(cfg: DemoConfig, seed: int, out: Path) -> Iterator[Row]:
         mae_dir,
         "random",
     )
+    external = tuple(cfg.external_teacher_overrides)  # the external teachers' rows are made with these
+    student = (*external, f"external_student={cfg.external_student}")
     for teacher in cfg.teachers:
         if teacher != "stage":  # the teacher itself, on the images it sees during MCF
             tcfg = _pretrain_config(cfg, seed, "mcf", cfg.steps, out, cfg.external_teacher_overrides).teacher
@@ -270,8 +291,8 @@ def _backbones(cfg: DemoConfig, seed: int, out: Path) -> Iterator[Row]:
                 random = backbone_from_record(arch_record(real.arch))
                 return ResizedInput(random, size or real.arch.img_size, mode)
 
-            yield Row(_teacher_row(teacher), seen, None, _twin_row(teacher))
-            yield Row(_twin_row(teacher), twin)
+            yield Row(_teacher_row(teacher), seen, None, _twin_row(teacher), external)
+            yield Row(_twin_row(teacher), twin, recipe=external)
         mcf_dir = out / ("mcf" if teacher == "stage" else f"mcf_{Path(teacher).stem}")
 
         def mcf(teacher: str = teacher, mcf_dir: Path = mcf_dir) -> torch.nn.Module:
@@ -286,7 +307,8 @@ def _backbones(cfg: DemoConfig, seed: int, out: Path) -> Iterator[Row]:
                 extra = [start, f"teacher.checkpoint={teacher}", *cfg.external_teacher_overrides]
             return load_backbone(_pretrain(cfg, seed, "mcf", cfg.steps, mcf_dir, extra))
 
-        yield Row(_row_name(teacher), mcf, mcf_dir, "random")  # the student is the benchmark's arch
+        # the student is the benchmark's arch
+        yield Row(_row_name(teacher), mcf, mcf_dir, "random", () if teacher == "stage" else student)
     yield from _scratch_rows(cfg, seed, out, reference)
 
 
@@ -454,20 +476,22 @@ def run_demo(cfg: DemoConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     cache_path = out / "evaluations.json"
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
-    # evaluations stay valid when only the list of teachers grows (rows are keyed by name and seed) and
-    # frozen ones when only the fine-tuning column changes
-    rows = ("teachers", "scratch", "output_dir", "lowlabel", "lowlabel_skip", "compare_to")
+    # evaluations stay valid when only the list of rows changes (rows are keyed by name and seed; each row's
+    # own recipe is checked below) and frozen ones when only the fine-tuning column changes
+    rows = ("teachers", "scratch", "external_teacher_overrides", "external_student", "output_dir", "lowlabel",
+            "lowlabel_skip", "compare_to")  # fmt: skip
     fingerprint = {k: v for k, v in asdict(cfg).items() if k not in rows}
     if cache.get("config") != fingerprint:
         cache = {"config": fingerprint, "runs": {}}
-    # a scratch row may be added or dropped, but a kept row's recipe must be the one its runs were made with
-    for method, recipe in cache.setdefault("scratch", {}).items():
-        if method in cfg.scratch and cfg.scratch[method] != recipe:
+    # a row may be added or dropped, but a kept row's recipe must be the one its runs were made with
+    recipes = cache.setdefault("recipes", {})
+    for row in _backbones(cfg, cfg.seeds[0], out / f"seed{cfg.seeds[0]}"):
+        if recipes.get(row.name, list(row.recipe)) != list(row.recipe):
             raise ConfigError(
-                f"{out}: row {method!r} was pre-trained with scratch.{method}={recipe}, not "
-                f"{cfg.scratch[method]}; use another output_dir"
+                f"{out}: row {row.name!r} was made with {recipes[row.name]}, not {list(row.recipe)}; use "
+                "another output_dir"
             )
-    cache["scratch"].update(cfg.scratch)
+        recipes[row.name] = list(row.recipe)
     if cache.get("lowlabel_config") != asdict(cfg.lowlabel):
         cache.update(lowlabel_config=asdict(cfg.lowlabel), lowlabel={})
     print(f"[facerep] rendering {cfg.train_length} + {cfg.test_length} synthetic faces", flush=True)
@@ -480,7 +504,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     references: dict[str, str | None] = {}
     unseeded = {row(t) for t in cfg.teachers if t != "stage" for row in (_teacher_row, _twin_row)}
     for seed in cfg.seeds:
-        for row, make_backbone, run_dir, reference in _backbones(cfg, seed, out / f"seed{seed}"):
+        for row, make_backbone, run_dir, reference, _ in _backbones(cfg, seed, out / f"seed{seed}"):
             references[row] = reference
             if run_dir is not None and row.startswith("mcf"):
                 runs[row] = run_dir.name

@@ -24,6 +24,7 @@ the frozen read-outs' three linear heads on top (:class:`ReadoutHeads`), on ``n`
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -66,6 +67,9 @@ class LowLabelConfig:
     steps: int = 60  # AdamW steps per fine-tune, whatever the size (equal budgets)
     batch_size: int = 32
     lrs: list[float] = field(default_factory=lambda: [3e-5, 1e-4, 3e-4])  # the grid each task chooses from
+    # rates added past an edge, at most, per side: while a task's choice is the lowest or highest rate run,
+    # one more rate half a decade past it (1e-3 after 3e-4) runs, so no choice is clipped by the grid
+    extend: int = 2
     weight_decay: float = 0.05
     warmup_fraction: float = 0.1  # of the steps: linear warm-up, then cosine to zero
     parsing_cells: int = 4  # each token predicts the classes of cells x cells sub-cells (as the frozen one)
@@ -79,6 +83,8 @@ class LowLabelConfig:
             raise ValueError(f"lowlabel.val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.steps < 1 or self.batch_size < 1 or not self.lrs or min(self.lrs) <= 0:
             raise ValueError("lowlabel.steps and lowlabel.batch_size must be >= 1 and lowlabel.lrs positive")
+        if self.extend < 0:
+            raise ValueError(f"lowlabel.extend must be >= 0, got {self.extend}")
 
 
 def labelled_split(train_set: FaceSet, n: int, val_fraction: float, seed: int) -> tuple[FaceSet, FaceSet]:
@@ -259,6 +265,13 @@ def finetune_heads(
     return curve
 
 
+def half_decade(rate: float) -> float:
+    """``rate`` snapped to the nearest (in log scale) of 1 or 3 times a power of ten (a usual grid)."""
+    power = 10.0 ** math.floor(math.log10(rate))
+    mantissa = rate / power
+    return float(f"{(1 if mantissa < 3**0.5 else 3 if mantissa < 30**0.5 else 10) * power:.1g}")
+
+
 def choose_lrs(validation: dict[float, dict[str, dict]]) -> dict[str, float]:
     """Per task, the learning rate whose fine-tune scored best on the validation split (``validation``:
     lr -> :func:`score` output); ties go to the smaller rate."""
@@ -281,8 +294,10 @@ def lowlabel_finetune(
     """Fine-tune copies of ``backbone`` on ``n`` labelled faces (drawn by ``seed``) and score them.
 
     Without ``chosen``, one fine-tune per rate of ``cfg.lrs`` and each task takes the rate its validation
-    score prefers (:func:`choose_lrs`); with ``chosen`` (task -> rate, e.g. chosen on another seed's
-    validation split), only those rates run. ``backbone`` itself is left untouched.
+    score prefers (:func:`choose_lrs`); while a task's choice is the lowest or highest rate run, one more rate
+    half a decade past that edge runs (:func:`half_decade`; ``cfg.extend`` at most per side) and the tasks
+    choose again. With ``chosen`` (task -> rate, e.g. chosen on another seed's validation split),
+    only those rates run. ``backbone`` itself is left untouched.
 
     Returns ``{task: {metric: test value, "lr": rate}, "chosen": {task: rate}, "probe": test scores of the
     heads' start (no fine-tuning), "runs": {rate: {"validation": scores, "test": scores, "curve": losses}},
@@ -292,13 +307,27 @@ def lowlabel_finetune(
     start, targets = probed(copy.deepcopy(backbone), fit, cfg)  # one probe, the start of every rate
     probe = score(start, test_set, targets)  # for reference: the start's test scores
     runs: dict[float, dict] = {}
-    for lr in sorted(set(chosen.values())) if chosen else cfg.lrs:
+
+    def run(lr: float) -> None:
         model = copy.deepcopy(start)
         curve = finetune_heads(model, fit, targets, cfg, lr, seed)
         runs[lr] = {"validation": score(model, validation, targets), "test": score(model, test_set, targets),
                     "curve": curve}  # fmt: skip
-    chosen = chosen or choose_lrs({lr: r["validation"] for lr, r in runs.items()})
+
+    for lr in sorted(set(chosen.values())) if chosen else cfg.lrs:
+        run(lr)
+    if not chosen:
+        chosen = choose_lrs({lr: r["validation"] for lr, r in runs.items()})
+        for _ in range(cfg.extend if len(runs) > 1 else 0):  # one rate is a fixed rate, not a grid
+            low, high = min(runs), max(runs)
+            past = [half_decade(r) for r, edge in ((low / 10**0.5, low), (high * 10**0.5, high))
+                    if edge in chosen.values()]  # fmt: skip
+            if not past:
+                break
+            for lr in past:
+                run(lr)
+            chosen = choose_lrs({lr: r["validation"] for lr, r in runs.items()})
     result: dict = {task: {**runs[lr]["test"][task], "lr": lr} for task, lr in chosen.items()}
-    result.update(chosen=chosen, probe=probe, runs={str(lr): r for lr, r in runs.items()}, fit=len(fit),
-                  validation=len(validation))  # fmt: skip
+    result.update(chosen=chosen, probe=probe, runs={str(lr): r for lr, r in sorted(runs.items())},
+                  fit=len(fit), validation=len(validation))  # fmt: skip
     return result
