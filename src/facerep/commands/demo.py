@@ -90,7 +90,7 @@ def default_teachers() -> list[str]:
 
 @dataclass
 class DemoConfig:
-    """Budget of the benchmark; the defaults fit 2 CPU cores in about 20 minutes."""
+    """Budget of the benchmark (the defaults: about 3 hours on 2 CPU cores, README "Where the time goes")."""
 
     output_dir: str = "runs/demo"
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
