@@ -111,35 +111,46 @@ def test_equal_budgets_and_the_learning_rate_chosen_on_validation_only(faces):
     assert (
         other["chosen"]
         == small["chosen"]
-        == choose_lrs({float(lr): run["validation"] for lr, run in small["runs"].items()})
+        == choose_lrs(
+            {
+                0.0: small["probe_validation"],
+                **{float(lr): run["validation"] for lr, run in small["runs"].items()},
+            }
+        )
     )
     validation = [r["validation"] for r in small["runs"].values()]
     assert [r["validation"] for r in other["runs"].values()] == validation
     for task, key in (("alignment", "nme"), ("parsing", "mean_f1"), ("attributes", "accuracy")):
         lr = small["chosen"][task]
-        assert small[task] == {key: small["runs"][str(lr)]["test"][task][key], "lr": lr}
-    assert set(small["probe"]) == {"alignment", "parsing", "attributes"}
-    # a rate chosen elsewhere (the first seed) runs alone
-    fixed = {task: 1e-3 for task in small["chosen"]}
+        test_scores = small["runs"][str(lr)]["test"] if lr else small["probe"]  # rate 0: the probe start
+        assert small[task] == {key: test_scores[task][key], "lr": lr}
+    assert set(small["probe"]) == set(small["probe_validation"]) == {"alignment", "parsing", "attributes"}
+    # rates chosen elsewhere (the first seed) run alone; rate 0 is the probe start, nothing to run
+    fixed = {"alignment": 1e-3, "parsing": 1e-3, "attributes": 0.0}
     kept = lowlabel_finetune(backbone, train, test, 12, cfg, seed=1, chosen=fixed)
-    assert set(kept["runs"]) == {"0.001"} and kept["chosen"]["parsing"] == 1e-3
+    assert set(kept["runs"]) == {"0.001"} and kept["chosen"] == fixed
+    assert kept["attributes"] == {"accuracy": kept["probe"]["attributes"]["accuracy"], "lr": 0.0}
 
 
 def test_the_rate_grid_goes_on_past_an_edge_a_task_chooses(faces, monkeypatch):
     """Validation prefers 1e-3 for the landmarks, 1e-4 for parsing (inside the grid) and the lowest rate for
-    the attributes: the grid grows half a decade at a time past each edge a task sits on, ``extend`` times
-    at most, and stops on a side once that side's choice is inside."""
+    the attributes, each over the probe start (rate 0): the grid grows half a decade at a time past each
+    edge a task sits on, ``extend`` times at most, and stops on a side once that side's choice is inside.
+    Where the start beats every fine-tune of a task, the task takes rate 0 and the grid stays put below."""
+    start_attributes = {"value": -1.0}  # the start's attribute score: below every fine-tune's
 
     def tuned(model, fit, targets, cfg, lr, seed):
         model.rate = lr
         return [0.0] * cfg.steps
 
     def scored(model, faces, targets, batch_size=100):
-        distance = abs(math.log10(getattr(model, "rate", 1.0)) + 3)  # from 1e-3
+        if not hasattr(model, "rate"):  # the probe start
+            return {"alignment": {"nme": 10.0}, "parsing": {"mean_f1": -10.0},
+                    "attributes": {"accuracy": start_attributes["value"]}}  # fmt: skip
         return {
-            "alignment": {"nme": distance},
-            "parsing": {"mean_f1": -abs(math.log10(model.rate) + 4) if hasattr(model, "rate") else 0.0},
-            "attributes": {"accuracy": -getattr(model, "rate", 0.0)},
+            "alignment": {"nme": abs(math.log10(model.rate) + 3)},  # distance from 1e-3
+            "parsing": {"mean_f1": -abs(math.log10(model.rate) + 4)},
+            "attributes": {"accuracy": -model.rate},
         }
 
     monkeypatch.setattr("facerep.engine.lowlabel.finetune_heads", tuned)
@@ -153,6 +164,11 @@ def test_the_rate_grid_goes_on_past_an_edge_a_task_chooses(faces, monkeypatch):
     assert [float(r) for r in once["runs"]] == [1e-5, 3e-5, 1e-4, 3e-4, 1e-3]
     inside = lowlabel_finetune(tiny_vit(), train, test, 12, replace(cfg, lrs=[1e-6, 1e-4, 1e-2]), seed=0)
     assert [float(r) for r in inside["runs"]] == [3e-8, 1e-7, 3e-7, 1e-6, 1e-4, 1e-2]  # the low edge only
+    start_attributes["value"] = 0.0  # the start beats every fine-tune on the attributes
+    kept = lowlabel_finetune(tiny_vit(), train, test, 12, cfg, seed=0)
+    assert [float(r) for r in kept["runs"]] == [3e-5, 1e-4, 3e-4, 1e-3, 3e-3]  # the high edge only
+    assert kept["chosen"] == {"alignment": 1e-3, "parsing": 1e-4, "attributes": 0.0}
+    assert kept["attributes"] == {"accuracy": 0.0, "lr": 0.0}
     assert half_decade(3e-4 * 10**0.5) == 1e-3 and half_decade(3e-5 / 10**0.5) == 1e-5
 
 

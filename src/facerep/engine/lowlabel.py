@@ -18,7 +18,8 @@ the frozen read-outs' three linear heads on top (:class:`ReadoutHeads`), on ``n`
   landmark head, which reads all ``G x G`` tokens at once, learns at ``1 / G^2`` of the rate (Adam's step
   moves an output by about the rate times the fan-in); the learning rate of each task is chosen from
   ``lrs`` by that task's validation score only (:func:`choose_lrs`), and the test score reported is that
-  fine-tune's.
+  fine-tune's. Rate 0, the probe start itself, is a candidate too: a fine-tune that does not beat its start
+  on validation is not taken, and the grid does not go on below a rate that lost to the start.
 """
 
 from __future__ import annotations
@@ -295,18 +296,19 @@ def lowlabel_finetune(
     """Fine-tune copies of ``backbone`` on ``n`` labelled faces (drawn by ``seed``) and score them.
 
     Without ``chosen``, one fine-tune per rate of ``cfg.lrs`` and each task takes the rate its validation
-    score prefers (:func:`choose_lrs`); while a task's choice is the lowest or highest rate run, one more rate
-    half a decade past that edge runs (:func:`half_decade`; ``cfg.extend`` at most per side) and the tasks
-    choose again. With ``chosen`` (task -> rate, e.g. chosen on another seed's validation split),
-    only those rates run. ``backbone`` itself is left untouched.
+    score prefers (:func:`choose_lrs`), rate 0 (the probe start itself, not fine-tuned) included: a fine-tune
+    that does not beat its start on validation is not taken. While a task's choice is the lowest or highest
+    rate run, one more rate half a decade past that edge runs (:func:`half_decade`; ``cfg.extend`` at most
+    per side) and the tasks choose again. With ``chosen`` (task -> rate, e.g. chosen on another seed's
+    validation split), only those rates run. ``backbone`` itself is left untouched.
 
     Returns ``{task: {metric: test value, "lr": rate}, "chosen": {task: rate}, "probe": test scores of the
-    heads' start (no fine-tuning), "runs": {rate: {"validation": scores, "test": scores, "curve": losses}},
-    "fit": faces, "validation": faces}`` (JSON-ready).
+    heads' start (rate 0), "probe_validation": its validation scores, "runs": {rate: {"validation": scores,
+    "test": scores, "curve": losses}}, "fit": faces, "validation": faces}`` (JSON-ready).
     """
     fit, validation = labelled_split(train_set, n, cfg.val_fraction, seed)
     start, targets = probed(copy.deepcopy(backbone), fit, cfg)  # one probe, the start of every rate
-    probe = score(start, test_set, targets)  # for reference: the start's test scores
+    probe, probe_validation = score(start, test_set, targets), score(start, validation, targets)
     runs: dict[float, dict] = {}
 
     def run(lr: float) -> None:
@@ -315,10 +317,13 @@ def lowlabel_finetune(
         runs[lr] = {"validation": score(model, validation, targets), "test": score(model, test_set, targets),
                     "curve": curve}  # fmt: skip
 
-    for lr in sorted(set(chosen.values())) if chosen else cfg.lrs:
+    def choose() -> dict[str, float]:
+        return choose_lrs({0.0: probe_validation, **{lr: r["validation"] for lr, r in runs.items()}})
+
+    for lr in sorted(set(chosen.values()) - {0.0}) if chosen else cfg.lrs:
         run(lr)
     if not chosen:
-        chosen = choose_lrs({lr: r["validation"] for lr, r in runs.items()})
+        chosen = choose()
         for _ in range(cfg.extend if len(runs) > 1 else 0):  # one rate is a fixed rate, not a grid
             low, high = min(runs), max(runs)
             past = [half_decade(r) for r, edge in ((low / 10**0.5, low), (high * 10**0.5, high))
@@ -327,8 +332,10 @@ def lowlabel_finetune(
                 break
             for lr in past:
                 run(lr)
-            chosen = choose_lrs({lr: r["validation"] for lr, r in runs.items()})
-    result: dict = {task: {**runs[lr]["test"][task], "lr": lr} for task, lr in chosen.items()}
-    result.update(chosen=chosen, probe=probe, runs={str(lr): r for lr, r in sorted(runs.items())},
-                  fit=len(fit), validation=len(validation))  # fmt: skip
+            chosen = choose()
+    tests = {0.0: probe, **{lr: r["test"] for lr, r in runs.items()}}
+    result: dict = {task: {**tests[lr][task], "lr": lr} for task, lr in chosen.items()}
+    result.update(chosen=chosen, probe=probe, probe_validation=probe_validation,
+                  runs={str(lr): r for lr, r in sorted(runs.items())}, fit=len(fit),
+                  validation=len(validation))  # fmt: skip
     return result
