@@ -578,7 +578,8 @@ def run_demo(cfg: DemoConfig) -> dict:
         lowlabel[str(n)] = {"baselines": base, "summary": summarise(per_row, base, references),
                             "per_seed": per_seed(per_row)}  # fmt: skip
         tables.append(f"Fine-tuned end to end on {n} labelled faces ({len(fit)} fit + {n - len(fit)} "
-                      f"validation choosing the learning rate of {low.lrs} per task on the first seed; "
+                      f"validation choosing each task's learning rate on the first seed from {low.lrs}, "
+                      f"up to {low.extend} more past an edge it chooses, and 0, the probe start; "
                       f"{low.steps} steps of batch {low.batch_size}; baselines from the fit faces):\n\n"
                       + comparison_table(lowlabel[str(n)]["summary"], base, TUNED_LABELS))  # fmt: skip
         comparison_plot(lowlabel[str(n)]["summary"], base, out / f"comparison_lowlabel_n{n}.png",
