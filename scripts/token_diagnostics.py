@@ -1,19 +1,21 @@
 """Why a pre-trained ViT row reads out no better than random init: what its tokens keep, measured per block.
 
-For every ViT/16 row of a finished ``facerep demo`` run (one seed; the rows' own run directories, nothing is
+For every ViT row of a finished ``facerep demo`` run (one seed; the rows' own run directories, nothing is
 trained), on the benchmark's synthetic faces at its image size, for each read-out block (``default_levels``):
 
-* ``patch R2``: a ridge map from one token ``[D]`` to the pixels of its own 16 x 16 patch ``[768]``, fitted on
-  the train faces' tokens, R^2 on the test faces' (mean over pixels): how much of a linear copy of its
-  patch a token keeps, which the landmark and parsing read-outs use directly;
+* ``patch R2``: a ridge map (:func:`facerep.metrics.tokens.ridge_r2`) from one token ``[D]`` to the pixels of
+  its own patch (``[768]`` for 16 x 16), fitted on the train faces' tokens, R^2 on the test faces' (mean
+  over pixels): how much of a linear copy of its patch a token keeps, which the landmark and parsing
+  read-outs use directly;
 * ``neighbour R2``: the same from a token to the pixels of the patch on its right (context it has read);
 * ``position R2``: the same from a token to its patch's (row, column): where it sits;
-* ``effective rank``: ``exp`` of the entropy of the normalised singular-value spectrum of the test tokens
-  (centred): how many directions the tokens spread over (of ``D``); ``standardised``: the same after each
-  channel is z-scored, as the read-outs see them.
+* ``effective rank`` (:func:`facerep.metrics.tokens.effective_rank`): ``exp`` of the entropy of the
+  normalised singular-value spectrum of the test tokens (centred): how many directions the tokens spread
+  over (of ``D``); ``standardised``: the same after each channel is z-scored, as the read-outs see them.
 
 An external teacher's rows (read out on the input resized to the teacher's size) are measured on the
-resized faces, against the teacher's own patches.
+resized faces, against the teacher's own patches. A first row, ``pixels``, takes each 16 x 16 patch's own
+pixels as its token: what a perfect copy of the patch reads of its neighbour and position.
 
 Run: ``python scripts/token_diagnostics.py runs/demo2 --seed 0`` (about a minute per row on 2 cores).
 """
@@ -25,60 +27,24 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from facerep.commands.demo import DemoConfig, ResizedInput, _backbones
 from facerep.engine.frozen import render_split
 from facerep.methods.mcf import resize_square
+from facerep.metrics.tokens import effective_rank, grid_positions, image_patches, ridge_r2, token_rows
 
 SKIPPED = ("random (byol", "byol", "fra")  # the ResNet rows: no patch tokens
-
-
-def ridge_r2(x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor, lam: float = 1e-3) -> float:
-    """R^2 on the test rows (mean over the outputs) of ridge from standardised ``x`` to ``y`` (``lam``
-    relative to the Gram matrix's mean eigenvalue)."""
-    mean, std = x_train.mean(0), x_train.std(0).clamp_min(1e-6)
-    a, b = (x_train - mean) / std, (x_test - mean) / std
-    y_mean = y_train.mean(0)
-    gram = a.T @ a
-    reg = lam * gram.diagonal().mean()
-    weight = torch.linalg.solve(
-        gram + reg * torch.eye(gram.shape[0], dtype=gram.dtype), a.T @ (y_train - y_mean)
-    )
-    residual = ((b @ weight + y_mean - y_test) ** 2).sum(0)
-    total = ((y_test - y_test.mean(0)) ** 2).sum(0).clamp_min(1e-12)
-    return float((1 - residual / total).mean())
-
-
-def effective_rank(tokens: Tensor) -> float:
-    """``exp(entropy(s^2 / sum s^2))`` of the centred ``tokens [M, D]``'s singular values."""
-    s = torch.linalg.svdvals(tokens - tokens.mean(0))
-    p = s**2 / (s**2).sum()
-    return float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()))
-
-
-def patches(images: Tensor, patch: int) -> Tensor:
-    """``[N, 3, S, S]`` -> ``[N * G * G, 3 * patch * patch]`` in the tokens' row-major order."""
-    return F.unfold(images, patch, stride=patch).transpose(1, 2).flatten(0, 1)
-
-
-def positions(n: int, grid: int) -> Tensor:
-    """Each token's (row, column): ``[n * grid * grid, 2]``, row-major as :func:`patches`."""
-    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
-    return torch.stack([rows.flatten(), cols.flatten()], 1).float().repeat(n, 1)
-
-
-def as_rows(maps: Tensor) -> Tensor:
-    """``[N, D, G, G]`` -> ``[N * G * G, D]``, row-major as :func:`patches`."""
-    return maps.flatten(2).transpose(1, 2).flatten(0, 1)
 
 
 def measure(x_train: Tensor, x_test: Tensor, train_images: Tensor, test_images: Tensor, patch: int) -> dict:
     """The module docstring's numbers for tokens ``x [N * G * G, D]`` of the images ``[N, 3, S, S]``."""
     grid = train_images.shape[-1] // patch
-    y_train, y_test = patches(train_images, patch).double(), patches(test_images, patch).double()
-    p_train, p_test = positions(len(train_images), grid).double(), positions(len(test_images), grid).double()
+    y_train, y_test = image_patches(train_images, patch).double(), image_patches(test_images, patch).double()
+    p_train, p_test = (
+        grid_positions(len(train_images), grid).double(),
+        grid_positions(len(test_images), grid).double(),
+    )
     right_train, right_test = (
         p_train[:, 1] < grid - 1,
         p_test[:, 1] < grid - 1,
@@ -110,7 +76,7 @@ def diagnose(backbone: torch.nn.Module, train_images: Tensor, test_images: Tenso
 
     def tokens(images: Tensor) -> list[Tensor]:
         maps = [backbone.forward_pyramid(images[i : i + 100], levels) for i in range(0, len(images), 100)]
-        return [as_rows(torch.cat([m[k] for m in maps]).double()) for k in range(len(levels))]
+        return [token_rows(torch.cat([m[k] for m in maps]).double()) for k in range(len(levels))]
 
     patch = backbone.arch.patch_size
     return {
@@ -141,7 +107,7 @@ def main() -> None:
     train = render_split("train", cfg.train_length, cfg.image_size).images
     test = render_split("test", cfg.test_length, cfg.image_size).images
     # the reference: the patch's own pixels as its token (what a perfect copy reads of its neighbour)
-    pixels = [patches(images, 16).double() for images in (train, test)]
+    pixels = [image_patches(images, 16).double() for images in (train, test)]
     results = {"pixels (the patch itself)": {"16 px": measure(*pixels, train, test, 16)}}
     report("pixels (the patch itself)", results["pixels (the patch itself)"])
     for row in _backbones(cfg, args.seed, Path(args.output_dir) / f"seed{args.seed}"):
