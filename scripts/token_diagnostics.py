@@ -34,17 +34,12 @@ from facerep.engine.frozen import render_split
 from facerep.methods.mcf import resize_square
 from facerep.metrics.tokens import effective_rank, grid_positions, image_patches, ridge_r2, token_rows
 
-SKIPPED = ("random (byol", "byol", "fra")  # the ResNet rows: no patch tokens
-
 
 def measure(x_train: Tensor, x_test: Tensor, train_images: Tensor, test_images: Tensor, patch: int) -> dict:
     """The module docstring's numbers for tokens ``x [N * G * G, D]`` of the images ``[N, 3, S, S]``."""
     grid = train_images.shape[-1] // patch
     y_train, y_test = image_patches(train_images, patch).double(), image_patches(test_images, patch).double()
-    p_train, p_test = (
-        grid_positions(len(train_images), grid).double(),
-        grid_positions(len(test_images), grid).double(),
-    )
+    p_train, p_test = (grid_positions(len(images), grid).double() for images in (train_images, test_images))
     right_train, right_test = (
         p_train[:, 1] < grid - 1,
         p_test[:, 1] < grid - 1,
@@ -111,9 +106,12 @@ def main() -> None:
     results = {"pixels (the patch itself)": {"16 px": measure(*pixels, train, test, 16)}}
     report("pixels (the patch itself)", results["pixels (the patch itself)"])
     for row in _backbones(cfg, args.seed, Path(args.output_dir) / f"seed{args.seed}"):
-        if (args.rows and row.name not in args.rows) or row.name.startswith(SKIPPED):
+        if args.rows and row.name not in args.rows:
             continue
-        results[row.name] = diagnose(row.make(), train, test)
+        backbone = row.make()
+        if (backbone.backbone if isinstance(backbone, ResizedInput) else backbone).arch.family != "vit":
+            continue  # no patch tokens (the ResNet rows)
+        results[row.name] = diagnose(backbone, train, test)
         report(row.name, results[row.name])
     if args.json:
         with open(args.json, "w") as f:

@@ -20,7 +20,8 @@ def ridge_r2(
     """Test R^2 (mean over the outputs) of ridge regression from ``x [M, D]`` (z-scored with the train rows'
     statistics) to ``y [M, K]``; the ridge strength is ``strength`` times the Gram matrix's mean eigenvalue,
     so it does not depend on the features' scale. 1: ``y`` is a linear function of ``x``; 0: no better than
-    the train mean."""
+    the train mean. Primal, at one strength: the frozen read-outs' leave-one-out ``ridge_fit`` is dual (an
+    ``M x M`` Gram matrix), too large for tens of thousands of tokens."""
     if x_train.shape[0] != y_train.shape[0] or x_test.shape[0] != y_test.shape[0]:
         raise ValueError(
             f"rows differ: x {x_train.shape} / {x_test.shape}, y {y_train.shape} / {y_test.shape}"
