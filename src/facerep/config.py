@@ -77,6 +77,8 @@ class ModelConfig:
     embed_dim: int | None = None
     num_heads: int | None = None
     drop_path_rate: float = 0.0
+    # ResNets only: 16 or 8 dilates layer4 (and layer3) instead of striding them, for a finer last map
+    output_stride: int | None = None
     grad_checkpointing: bool = False  # recompute block activations in backward (ViT-L/H memory)
     init: str | None = None  # optional backbone checkpoint to start the encoder from
     # or a wider ViT (any file or name facerep.load_backbone reads) whose weights model.arch starts as a

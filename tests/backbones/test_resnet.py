@@ -13,7 +13,7 @@ import torchvision
 from torch import nn
 
 from facerep.backbones import Backbone, build_backbone, export_backbone, load_backbone, read_backbone_state
-from facerep.backbones.resnet import ResNet, ResNetArch, build_resnet
+from facerep.backbones.resnet import ResNet, ResNetArch, ResNetFamily, build_resnet
 from facerep.config import ConfigError
 from facerep.runtime.checkpoint import CheckpointError
 from resnet_files import perturbed
@@ -147,3 +147,34 @@ def test_blocks_are_not_zero_initialised_as_in_torchvision_and_fras_resnet():
         conv = model.layer3[0].conv1
         fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
         assert conv.weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.05)
+
+
+def test_output_stride_dilates_as_torchvision_and_survives_export(tmp_path: Path) -> None:
+    """``output_stride=16`` is torchvision's ``replace_stride_with_dilation=[False, False, True]`` on the
+    same weights (a 6 x 6 last map at 96 px instead of 3 x 3; torchvision dilates bottleneck ResNets only),
+    and an export rebuilds it dilated."""
+    model = perturbed(build_backbone("resnet50", img_size=96, output_stride=16), 2).eval()
+    assert model.arch.output_stride == 16 and model.pyramid_strides([1, 2, 3, 4]) == [4, 8, 16, 16]
+    x = _images(96)
+    tv = torchvision.models.resnet50(replace_stride_with_dilation=[False, False, True])
+    tv.fc = nn.Identity()
+    tv.load_state_dict(model.state_dict(), strict=True)
+    with torch.no_grad():
+        features = model.forward_features(x)
+        assert tuple(features.shape) == (2, 2048, 6, 6)
+        torch.testing.assert_close(tv.eval()(x), model.pooled(x), atol=1e-5, rtol=1e-5)
+    export_backbone(model, tmp_path, extra={"method": "test"})
+    back = load_backbone(tmp_path).eval()
+    assert back.arch == model.arch
+    assert (
+        ResNetFamily().describe(back.arch)
+        == "resnet50 (layers [3, 4, 6, 3], bottleneck blocks, output stride 16)"
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(back.forward_features(x), features)
+    small = build_backbone("resnet18", output_stride=8)
+    assert small.pyramid_strides([1, 2, 3, 4]) == [4, 8, 8, 8]
+    with pytest.raises(ConfigError, match="output_stride is 8, 16 or 32, got 4"):
+        build_backbone("resnet18", output_stride=4)
+    with pytest.raises(ConfigError, match=r"a ViT has no architecture field \['output_stride'\]"):
+        build_backbone("vit_tiny_patch16_224", output_stride=16)

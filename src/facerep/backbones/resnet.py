@@ -37,7 +37,8 @@ class ResNetArch:
     """Everything needed to rebuild a ResNet; saved beside exported weights.
 
     ``img_size`` is the input size the weights were trained or exported at (informational: the
-    network accepts any size).
+    network accepts any size). ``output_stride`` 16 or 8 dilates the last one or two stages instead of
+    striding them (DeepLab's trick, timm's ``output_stride``): the same weights, a finer last feature map.
     """
 
     family: ClassVar[str] = "resnet"
@@ -45,11 +46,14 @@ class ResNetArch:
     layers: tuple[int, int, int, int]
     bottleneck: bool
     img_size: int = 224
+    output_stride: int = 32
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(int(n) for n in self.layers))
         if len(self.layers) != 4 or min(self.layers) < 1:
             raise ConfigError(f"a ResNet needs 4 stages of >= 1 block each, got layers={self.layers}")
+        if self.output_stride not in (8, 16, 32):
+            raise ConfigError(f"a ResNet's output_stride is 8, 16 or 32, got {self.output_stride}")
 
     @property
     def name(self) -> str | None:
@@ -72,6 +76,7 @@ class ResNet(TimmResNet):
             block=block,
             layers=arch.layers,
             num_classes=0,
+            output_stride=arch.output_stride,
             drop_path_rate=drop_path_rate,
             zero_init_last=False,
         )
@@ -117,12 +122,19 @@ def resnet_arch(name: str) -> ResNetArch:
     return ResNetArch(*RESNETS[name])
 
 
-def build_resnet(arch: str | ResNetArch, img_size: int | None = None, drop_path_rate: float = 0.0) -> ResNet:
+def build_resnet(
+    arch: str | ResNetArch,
+    img_size: int | None = None,
+    drop_path_rate: float = 0.0,
+    output_stride: int | None = None,
+) -> ResNet:
     """Build a :class:`ResNet` from a name in :data:`RESNETS` or a :class:`ResNetArch`."""
     if isinstance(arch, str):
         arch = resnet_arch(arch)
     if img_size is not None:
         arch = replace(arch, img_size=img_size)
+    if output_stride is not None:
+        arch = replace(arch, output_stride=int(output_stride))
     return ResNet(arch, drop_path_rate=drop_path_rate)
 
 
@@ -151,7 +163,7 @@ class ResNetFamily(BackboneFamily):
         return arch.startswith("resnet")
 
     def build(self, arch: str, img_size: int | None = None, **overrides: Any) -> ResNet:
-        unknown = sorted(set(overrides) - {"drop_path_rate"})
+        unknown = sorted(set(overrides) - {"drop_path_rate", "output_stride"})
         if unknown:
             raise ConfigError(f"{arch}: the ResNet table has no overrides {unknown}")
         return build_resnet(arch, img_size, **overrides)
@@ -166,11 +178,12 @@ class ResNetFamily(BackboneFamily):
         self, state: dict[str, Tensor], record: Mapping[str, Any] | None, source: str, options: LoadOptions
     ) -> ResNet:
         """Drop a classifier (``fc.*``), infer the architecture and load strictly (``options.num_heads``
-        does not apply; ``options.img_size`` is recorded)."""
+        does not apply; ``options.img_size`` is recorded; a record's ``output_stride`` is kept)."""
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
         arch = infer_resnet_arch(state, source)
         size = options.img_size or (record or {}).get("img_size")
-        model = build_resnet(arch, img_size=size, drop_path_rate=options.drop_path_rate)
+        stride = (record or {}).get("output_stride")
+        model = build_resnet(arch, img_size=size, drop_path_rate=options.drop_path_rate, output_stride=stride)
         name = arch.name or f"ResNet(layers={list(arch.layers)}, bottleneck={arch.bottleneck})"
         return load_strict(model, state, source, name)
 
@@ -183,7 +196,8 @@ class ResNetFamily(BackboneFamily):
     def describe(self, arch: ResNetArch) -> str:
         """``resnet18 (layers [2, 2, 2, 2], basic blocks)``; ``a ResNet (...)`` off the standard table."""
         blocks = "bottleneck" if arch.bottleneck else "basic"
-        return f"{arch.name or 'a ResNet'} (layers {list(arch.layers)}, {blocks} blocks)"
+        stride = f", output stride {arch.output_stride}" if arch.output_stride != 32 else ""
+        return f"{arch.name or 'a ResNet'} (layers {list(arch.layers)}, {blocks} blocks{stride})"
 
 
 FAMILIES.add(ResNetFamily.name, ResNetFamily())

@@ -342,6 +342,9 @@ def build_vit(arch: str | ViTArch, img_size: int | None = None, **overrides: Any
     """Build a :class:`MaskedViT` from a timm-style name or a :class:`ViTArch` (fields overridable)."""
     spec = parse_arch(arch, img_size) if isinstance(arch, str) else arch
     drop_path = float(overrides.pop("drop_path_rate", 0.0))
+    unknown = sorted(set(overrides) - set(ViTArch.__dataclass_fields__))
+    if unknown:
+        raise ConfigError(f"a ViT has no architecture field {unknown} (ResNet-only?)")
     if img_size is not None:
         overrides["img_size"] = img_size
     return MaskedViT(check_arch(replace(spec, **overrides)), drop_path_rate=drop_path)

@@ -146,8 +146,9 @@ class MomentumMethod(PretrainMethod):
 
 
 def arch_overrides(model: ModelConfig) -> dict:
-    """The ``model.depth/embed_dim/num_heads/drop_path_rate`` values that were set."""
-    fields = {"depth": model.depth, "embed_dim": model.embed_dim, "num_heads": model.num_heads}
+    """The ``model.depth/embed_dim/num_heads/output_stride/drop_path_rate`` values that were set."""
+    fields = {"depth": model.depth, "embed_dim": model.embed_dim, "num_heads": model.num_heads,
+              "output_stride": model.output_stride}  # fmt: skip
     return {k: v for k, v in fields.items() if v is not None} | {"drop_path_rate": model.drop_path_rate}
 
 
