@@ -14,7 +14,8 @@ from torch import nn
 
 from facerep.backbones import Backbone, build_backbone, export_backbone, load_backbone, read_backbone_state
 from facerep.backbones.resnet import ResNet, ResNetArch, ResNetFamily, build_resnet
-from facerep.config import ConfigError
+from facerep.config import ConfigError, PretrainConfig, load_config
+from facerep.methods.base import build_encoder
 from facerep.runtime.checkpoint import CheckpointError
 from resnet_files import perturbed
 
@@ -178,3 +179,27 @@ def test_output_stride_dilates_as_torchvision_and_survives_export(tmp_path: Path
         build_backbone("resnet18", output_stride=4)
     with pytest.raises(ConfigError, match=r"a ViT has no architecture field \['output_stride'\]"):
         build_backbone("vit_tiny_patch16_224", output_stride=16)
+
+
+def test_model_output_stride_builds_or_restrides_the_pretraining_encoder(tmp_path: Path) -> None:
+    """``model.output_stride`` on ``model.arch`` builds a dilated ResNet; on ``model.init`` it re-strides the
+    loaded weights unchanged; on a ViT it is a one-line error."""
+    base = ["model.arch=resnet18", "data.image_size=96", "model.output_stride=16"]
+    built = build_encoder(load_config(PretrainConfig, None, base))
+    assert built.arch.output_stride == 16 and built.pyramid_strides([4]) == [16]
+    source = perturbed(build_resnet("resnet18", img_size=96), 2)
+    export_backbone(source, tmp_path, extra={"method": "test"})
+    started = build_encoder(load_config(PretrainConfig, None, [*base, f"model.init={tmp_path}"]))
+    assert started.training and started.arch.output_stride == 16
+    for key, value in source.state_dict().items():
+        torch.testing.assert_close(started.state_dict()[key], value)
+    with torch.no_grad():
+        assert tuple(started.eval().forward_features(_images(96)).shape) == (2, 512, 6, 6)
+    vit = tmp_path / "vit"
+    export_backbone(
+        build_backbone("vit_tiny_patch16_224", img_size=32, depth=1), vit, extra={"method": "test"}
+    )
+    with pytest.raises(
+        ConfigError, match="model.output_stride dilates a ResNet; model.init=.* holds a MaskedViT"
+    ):
+        build_encoder(load_config(PretrainConfig, None, [*base, f"model.init={vit}"]))

@@ -138,6 +138,13 @@ def build_resnet(
     return ResNet(arch, drop_path_rate=drop_path_rate)
 
 
+def restride(model: ResNet, output_stride: int, drop_path_rate: float = 0.0) -> ResNet:
+    """``model``'s weights in the same ResNet at ``output_stride`` (dilation adds or drops no parameter)."""
+    out = build_resnet(model.arch, drop_path_rate=drop_path_rate, output_stride=output_stride)
+    out.load_state_dict(model.state_dict())
+    return out.train(model.training)
+
+
 def infer_resnet_arch(state: Mapping[str, Tensor], source: str = "checkpoint") -> ResNetArch:
     """Blocks per stage and block type of a torchvision-named ResNet state dict."""
     counts = [0, 0, 0, 0]
