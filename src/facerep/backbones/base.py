@@ -70,6 +70,7 @@ class LoadOptions:
     img_size: int | None = None  # ViT: resample the position embedding to this input size
     num_heads: int | None = None  # ViT: attention heads when neither the file nor the ViT table says
     drop_path_rate: float = 0.0  # stochastic depth (fine-tuning)
+    output_stride: int | None = None  # ResNet: dilate the last stages (else the file's record, else 32)
 
 
 class BackboneFamily:

@@ -555,6 +555,7 @@ def load_backbone(
     num_heads: int | None = None,
     drop_path_rate: float = 0.0,
     arch: str | None = None,
+    output_stride: int | None = None,
 ) -> nn.Module:
     """Build the backbone stored in any supported checkpoint (see the module docstring), in eval mode.
 
@@ -570,10 +571,12 @@ def load_backbone(
             (other ResNet blocks, another family) is a one-line :class:`CheckpointError` saying what the file
             holds; compared on :func:`~facerep.backbones.base.shape_fields` (not the input size, nor
             variants such as CLIP's pre-norm). ``None``: whatever the file holds.
+        output_stride: a ResNet's output stride (16 or 8 dilate its last stages; the weights are the same);
+            by default the one the file records, else 32. Ignored by ViTs.
     """
     enc = _read_encoder(path)
     record = {k: v for k, v in (enc.record or {}).items() if k != "family"}
-    options = LoadOptions(img_size, num_heads, drop_path_rate)
+    options = LoadOptions(img_size, num_heads, drop_path_rate, output_stride)
     model = FAMILIES.get(enc.family).from_state(enc.state, record or None, str(path), options)
     return model if arch is None else require_arch(model, arch, str(path))
 

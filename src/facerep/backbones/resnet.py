@@ -138,13 +138,6 @@ def build_resnet(
     return ResNet(arch, drop_path_rate=drop_path_rate)
 
 
-def restride(model: ResNet, output_stride: int, drop_path_rate: float = 0.0) -> ResNet:
-    """``model``'s weights in the same ResNet at ``output_stride`` (dilation adds or drops no parameter)."""
-    out = build_resnet(model.arch, drop_path_rate=drop_path_rate, output_stride=output_stride)
-    out.load_state_dict(model.state_dict())
-    return out.train(model.training)
-
-
 def infer_resnet_arch(state: Mapping[str, Tensor], source: str = "checkpoint") -> ResNetArch:
     """Blocks per stage and block type of a torchvision-named ResNet state dict."""
     counts = [0, 0, 0, 0]
@@ -185,11 +178,11 @@ class ResNetFamily(BackboneFamily):
         self, state: dict[str, Tensor], record: Mapping[str, Any] | None, source: str, options: LoadOptions
     ) -> ResNet:
         """Drop a classifier (``fc.*``), infer the architecture and load strictly (``options.num_heads``
-        does not apply; ``options.img_size`` is recorded; a record's ``output_stride`` is kept)."""
+        does not apply; ``options.img_size`` is recorded; ``options.output_stride``, else the record's)."""
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
         arch = infer_resnet_arch(state, source)
         size = options.img_size or (record or {}).get("img_size")
-        stride = (record or {}).get("output_stride")
+        stride = options.output_stride or (record or {}).get("output_stride")
         model = build_resnet(arch, img_size=size, drop_path_rate=options.drop_path_rate, output_stride=stride)
         name = arch.name or f"ResNet(layers={list(arch.layers)}, bottleneck={arch.bottleneck})"
         return load_strict(model, state, source, name)

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from facerep.backbones import MaskedViT, build_backbone, load_backbone
-from facerep.backbones.resnet import ResNet, restride
+from facerep.backbones.resnet import ResNet
 from facerep.backbones.select import select_weights_
 from facerep.config import ConfigError, DataConfig, ModelConfig, PretrainConfig, register_section
 from facerep.data.transforms import build_pretrain_transform
@@ -161,15 +161,14 @@ def build_encoder(cfg: PretrainConfig, layout: Mapping[str, Any] | None = None) 
         raise ConfigError("model.init and model.select_from both start the encoder: set one of them")
     if cfg.model.init:
         encoder = load_backbone(
-            cfg.model.init, img_size=cfg.data.image_size, drop_path_rate=cfg.model.drop_path_rate
-        ).train()
-        if cfg.model.output_stride is not None:
-            if not isinstance(encoder, ResNet):
-                raise ConfigError(
-                    f"model.output_stride dilates a ResNet; model.init={cfg.model.init} holds a "
-                    f"{type(encoder).__name__}"
-                )
-            encoder = restride(encoder, cfg.model.output_stride, cfg.model.drop_path_rate)
+            cfg.model.init, img_size=cfg.data.image_size, drop_path_rate=cfg.model.drop_path_rate,
+            output_stride=cfg.model.output_stride,
+        ).train()  # fmt: skip
+        if cfg.model.output_stride is not None and not isinstance(encoder, ResNet):
+            raise ConfigError(
+                f"model.output_stride dilates a ResNet; model.init={cfg.model.init} holds a "
+                f"{type(encoder).__name__}"
+            )
     else:
         fields = {**(layout or {}), **arch_overrides(cfg.model)}
         encoder = build_backbone(cfg.model.arch, img_size=cfg.data.image_size, **fields)
