@@ -32,6 +32,8 @@ def test_the_laion_face_recipe_spells_out_the_defaults(capsys) -> None:
         (["crop.align=eyes"], "crop.align must be one of box, five_point, got 'eyes'"),
         (["crop.size=many"], "crop.size"),
         (["ray_address=auto"], "ray_address=auto needs engine=ray"),
+        (["max_pixels=-1"], "max_pixels must be >= 0 (0: no limit), got -1"),
+        (["max_json_depth=-2"], "max_json_depth must be >= 0 (0: no limit), got -2"),
         (["input=nowhere/{00000..00001}.tar", "output_dir=x"], "shard not found: nowhere/00000.tar"),
         (["input=.", "output_dir=x", "detector=yolo"], "face detector"),
     ],

@@ -246,3 +246,9 @@ def test_malformed_laion_face_file_is_a_one_line_error(tmp_path: Path, content: 
     assert "\n" not in text and text.startswith(str(path)) and message in text
     with pytest.raises(FacerepError, match="no such LAION-Face detections file"):
         load_laion_face_detections(tmp_path / "missing.pth")
+
+
+@pytest.mark.parametrize("name", ["mtcnn", "haar"])
+def test_an_empty_image_is_a_one_line_error(name: str) -> None:
+    with pytest.raises(FacerepError, match=r"at least 1 x 1 pixels, got 0 x 5"):
+        build_detector(name)(np.zeros((5, 0, 3), np.uint8))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
+from urllib.parse import unquote_to_bytes
 
 import lmdb
 import numpy as np
@@ -16,9 +18,11 @@ from facerep.data.sources import (
     DataError,
     FolderSource,
     LmdbSource,
+    NotAnImageFile,
     WebDatasetSource,
     build_source,
     load_item_with_fallback,
+    safe_key,
 )
 
 
@@ -59,6 +63,46 @@ def test_folder_bad_names_reported_with_workers(image_folder) -> None:
     cfg = DataConfig(source="folder", path=str(root), image_size=16, num_workers=2)
     _, skipped = _one_pass(cfg, 12, batch_size=3)
     assert sorted(skipped) == sorted(bad)
+
+
+def test_folder_pipes_and_device_links_are_skipped_unopened(image_folder) -> None:
+    """Before: a named pipe blocked the loader forever, a link to /dev/zero read until MemoryError."""
+    root, _, _ = image_folder
+    os.mkfifo(root / "a" / "001_pipe.jpg")
+    os.mkfifo(root / "a" / "001.txt")  # a caption that is a pipe: no caption
+    os.symlink("/dev/zero", root / "a" / "001_zero.jpg")
+    src = FolderSource(root)
+    for name, kind in (("a/001_pipe.jpg", "a named pipe"), ("a/001_zero.jpg", "a character device")):
+        with pytest.raises(NotAnImageFile, match=f"{name}: {kind}.*, not a regular file"):
+            src.load(src.files.index(name))
+    image, _, loaded, skipped = load_item_with_fallback(src, src.files.index("a/001_pipe.jpg"), None)
+    assert skipped == ["a/001_pipe.jpg", "a/001_zero.jpg"] and src.files[loaded] == "a/b/002.PNG"
+    assert src.caption(src.files.index("a/001.jpg")) is None and image.mode == "RGB"
+
+
+def test_safe_key_escapes_paths_and_odd_bytes_reversibly() -> None:
+    keys = [
+        "000123",
+        "../../etc/passwd",
+        "/abs",
+        "a.b",
+        "a/b",
+        "a%2Fb",
+        "-rf",
+        "x-y",
+        "caf\u00e9",
+        "\udcff",
+        "",
+    ]
+    safe = [safe_key(k) for k in keys]
+    assert safe[:3] == ["000123", "%2E%2E%2F%2E%2E%2Fetc%2Fpasswd", "%2Fabs"] and safe[6:8] == [
+        "%2Drf",
+        "x-y",
+    ]
+    assert len(set(safe)) == len(keys)
+    assert [unquote_to_bytes(k) for k in safe] == [k.encode("utf-8", "surrogateescape") for k in keys]
+    long = [safe_key("k" * 300), safe_key("k" * 301)]
+    assert len(set(long)) == 2 and all(len(k) == 200 and "~" in k for k in long)
 
 
 def test_all_unreadable_is_one_line_data_error(tmp_path: Path) -> None:
@@ -142,6 +186,9 @@ def test_webdataset_stats_length_and_broken_shard(wds_shards, tmp_path: Path) ->
         (shard_dir / f"{i:05d}_stats.json").write_text('{"successes": 5}')
     cfg = DataConfig(source="webdataset", path=pattern, image_size=8, num_workers=0, shuffle_buffer=4)
     assert dataset_length(cfg) == 20
+    for bad in ("[" * 200_000 + "]" * 200_000, '{"successes": 1e999}', '{"successes": -5}'):
+        (shard_dir / "00003_stats.json").write_text(bad)  # before: RecursionError, OverflowError, -5 counted
+        assert WebDatasetSource(pattern).local_length() is None
     (shard_dir / "00001.tar").write_bytes(b"not a tar at all" * 100)
     keys, skipped = _one_pass(cfg, 15, batch_size=5)  # the stream goes on without shard 1
     assert all("00001.tar" not in k for k in keys)

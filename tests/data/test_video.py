@@ -101,3 +101,38 @@ def test_frame_cache_folder_must_be_writable(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(DataError, match="not writable.*cache=DIR"):
         FrameCache(tmp_path / "file" / "sub", hint="; set cache=DIR")
+
+
+def _corrupt_packet(path: Path, index: int) -> Path:
+    """``path`` with the payload of video packet ``index`` overwritten (the container stays readable)."""
+    with av.open(str(path)) as container:
+        packets = [p for p in container.demux(container.streams.video[0]) if p.size]
+    data = bytearray(path.read_bytes())
+    pos, size = packets[index].pos, packets[index].size
+    data[pos + 2 : pos + size] = bytes((37 * k) & 0xFF for k in range(size - 2))
+    bad = path.with_name(f"bad_{path.name}")
+    bad.write_bytes(bytes(data))
+    return bad
+
+
+def test_a_bad_packet_costs_its_frame_not_the_video(tmp_path: Path) -> None:
+    """Before: one undecodable packet made the whole video a VideoError."""
+    bad = _corrupt_packet(write_video(tmp_path / "v.mp4"), 6)
+    assert frame_count(bad) == N
+    frames = read_frames(bad, range(N))
+    assert sorted(frames) == list(range(N)) and frames.bad_packets == 1 and frames.stood_in == [6]
+    for i, img in frames.items():
+        source = 5 if i == 6 else i  # the lost frame: the one before it stands in
+        assert np.abs(img.reshape(-1, 3).mean(0) - colour(source)).max() < 8, i
+    late = read_frames(bad, [8, 11])  # past the damage: indices keep their frames
+    assert late.stood_in == [] and np.abs(late[11].reshape(-1, 3).mean(0) - colour(11)).max() < 8
+    first = read_frames(_corrupt_packet(tmp_path / "v.mp4", 0), [0, 2])  # nothing before: the next one
+    assert first.stood_in == [0] and np.abs(first[0].reshape(-1, 3).mean(0) - colour(1)).max() < 8
+    with pytest.raises(VideoError, match="ends after 12 frames"):
+        read_frames(bad, [12])
+
+
+def test_a_damaged_cache_side_file_reads_as_empty(tmp_path: Path) -> None:
+    cache = FrameCache(tmp_path / "cache")
+    (tmp_path / "cache" / "frame_counts.json").write_bytes(b"[" * 200_000 + b"]" * 200_000)
+    assert cache.load_json("frame_counts.json") == {}

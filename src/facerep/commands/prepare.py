@@ -5,7 +5,10 @@
 detections when ``detections`` is given, else from the detector; the crop rule is
 :class:`facerep.data.crop.CropConfig`; the job, its outputs and its resumability are
 :mod:`facerep.engine.prepare`. The resolved config is saved as ``output_dir/config.yaml``; a rerun into the
-same folder resumes, and refuses a config that would change the crops.
+same folder resumes, and refuses a config that would change the crops. A run holds ``output_dir``'s lock
+from planning to the summary (:func:`facerep.engine.prepare.output_lock`): a second run into the same
+folder at the same time stops with one line naming the first's pid. Nothing is written before the input is
+checked.
 """
 
 from __future__ import annotations
@@ -19,22 +22,27 @@ from typing import Any
 from webdataset.shardlists import expand_urls
 
 from facerep.config import ConfigError, check_choice, load_config, to_dict, to_yaml
-from facerep.data.crop import CropConfig
+from facerep.data.crop import MAX_PIXELS, CropConfig
 from facerep.data.detect import DETECTORS, build_detector
 from facerep.data.sources import DataError
 from facerep.engine.prepare import (
     ENGINES,
     Job,
+    Unit,
     build_detection_index,
     input_kind,
+    output_lock,
     plan_units,
     run_job,
+    save_listing,
 )
 from facerep.runtime.atomic import atomic_write_bytes
+from facerep.runtime.untrusted import MAX_JSON_DEPTH
 
 CONFIG_NAME = "config.yaml"
 # Keys that decide what the crops are: a resumed run must agree with the first on them.
-CROP_KEYS = ("input", "detections", "detector", "detector_options", "crop", "shard_size")
+CROP_KEYS = ("input", "detections", "detector", "detector_options", "crop", "shard_size", "max_pixels",
+             "max_json_depth")  # fmt: skip
 
 
 @dataclass
@@ -53,6 +61,10 @@ class PrepareConfig:
     ray_address: str | None = None  # engine=ray: a running cluster ("auto", "ray://host:10001"); none: local
     retries: int = 3  # engine=ray: retries of a failed or lost unit
     shard_size: int = 1000  # folder / list inputs: images per unit (output shard)
+    # images whose header says more pixels are skipped undecoded (rejected too_large); 0: no limit
+    max_pixels: int = MAX_PIXELS
+    # a sample whose JSON metadata nests deeper is rejected unparsed (no_sample_id); 0: Python's own limit
+    max_json_depth: int = MAX_JSON_DEPTH
     progress: bool = True  # a progress bar over shards
 
     def __post_init__(self) -> None:
@@ -61,6 +73,9 @@ class PrepareConfig:
             raise ConfigError(f"workers and retries must be >= 0, got {self.workers} and {self.retries}")
         if self.shard_size < 1:
             raise ConfigError(f"shard_size must be >= 1, got {self.shard_size}")
+        for key in ("max_pixels", "max_json_depth"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be >= 0 (0: no limit), got {getattr(self, key)}")
         if self.ray_address and self.engine != "ray":
             raise ConfigError(f"ray_address={self.ray_address} needs engine=ray (got engine={self.engine})")
 
@@ -108,10 +123,18 @@ def run_prepare(cfg: PrepareConfig) -> dict:
     missing = [p for p in detections if not Path(p).is_file()]
     if missing:
         raise DataError(f"detections file not found: {missing[0]} (expected LAION-Face sample2detect .pth)")
-    _check_resume(cfg, out)
     units = plan_units(cfg.input, cfg.shard_size, out)  # checks the input before anything is written
     if not units:
         raise DataError(f"input={cfg.input}: nothing to prepare")
+    with output_lock(out):
+        _check_resume(cfg, out)
+        return _run_locked(cfg, out, save_listing(cfg.input, cfg.shard_size, out, units), detections, options)
+
+
+def _run_locked(
+    cfg: PrepareConfig, out: Path, units: list[Unit], detections: list[str], options: dict[str, Any]
+) -> dict:
+    """:func:`run_prepare` once it holds ``out``'s lock: write the config, run, report."""
     atomic_write_bytes(out / CONFIG_NAME, to_yaml(cfg).encode())
     job = Job(
         output_dir=str(out),
@@ -119,6 +142,8 @@ def run_prepare(cfg: PrepareConfig) -> dict:
         detections=build_detection_index(detections, out) if detections else None,
         detector=cfg.detector,
         detector_options=options,
+        max_pixels=cfg.max_pixels,
+        max_json_depth=cfg.max_json_depth,
     )
     workers = cfg.workers or len(os.sched_getaffinity(0))
     source = f"{len(detections)} detections file(s)" if detections else f"detector={cfg.detector}"

@@ -24,11 +24,17 @@ The rule (:class:`CropConfig`; the defaults are the ones ``facerep prepare`` use
 Decoding is most of the cost, so a JPEG whose every kept face is shrunk by at least 2x is decoded at
 1/2, 1/4 or 1/8 resolution by libjpeg's DCT scaling (:func:`reduction_for`, ``reduced_decode``); this
 also anti-aliases large faces, which a bilinear warp alone would not.
+
+Decompression bombs: before decoding, :func:`decode_bgr` reads the image's width and height from its header
+(PIL, no pixels decoded) and refuses more than ``max_pixels`` (:data:`MAX_PIXELS` by default) with
+:class:`ImageTooLarge`: a 40,000 x 40,000 PNG of zeros is 5 MB on disk and 4.8 GB decoded.
 """
 
 from __future__ import annotations
 
+import io
 import math
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +42,7 @@ from typing import Protocol
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from facerep.config import ConfigError, check_choice
 from facerep.data.downstream.transforms import FIVE_POINT_TEMPLATE, similarity
@@ -51,6 +58,12 @@ REDUCTIONS = (8, 4, 2, 1)  # libjpeg DCT scaling factors, largest first
 _REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 # Face-level rejection reasons, in the order the filters apply.
 FACE_REASONS = ("low_score", "small", "faces_per_image")
+# Default largest image decoded, in pixels (width x height): 10,000 x 10,000, 300 MB as BGR.
+MAX_PIXELS = 100_000_000
+
+
+class ImageTooLarge(BadImage):
+    """An image whose header says it has more pixels than the decode limit (it is not decoded)."""
 
 
 @dataclass
@@ -165,20 +178,55 @@ def is_jpeg(data: bytes) -> bool:
     return data[:3] == b"\xff\xd8\xff"
 
 
-def decode_bgr(data: bytes, name: str, reduction: int = 1) -> tuple[np.ndarray, int]:
+def check_pixels(data: bytes, name: str, max_pixels: int) -> None:
+    """Raise :class:`ImageTooLarge` when the header of ``data`` gives more than ``max_pixels`` pixels
+    (``0``: no limit); headers PIL cannot read pass (the decoder judges them).
+
+    PIL refuses to even open an image over twice its own bomb limit (``Image.MAX_IMAGE_PIXELS``, ~179 M
+    pixels); such an image counts as too large unless ``max_pixels`` is above that limit (or ``0``).
+    """
+    if not max_pixels:
+        return
+    pil_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+    except Image.DecompressionBombError as err:
+        if pil_limit and max_pixels <= pil_limit:
+            raise ImageTooLarge(name, f"more than {pil_limit} pixels (max_pixels={max_pixels})") from err
+        return
+    except Exception:  # not a header PIL knows: the decoders below decide
+        return
+    if width * height > max_pixels:
+        raise ImageTooLarge(
+            name, f"{width} x {height} = {width * height} pixels, more than max_pixels={max_pixels}"
+        )
+
+
+def decode_bgr(
+    data: bytes, name: str, reduction: int = 1, max_pixels: int = MAX_PIXELS
+) -> tuple[np.ndarray, int]:
     """Decode ``data`` to ``[H, W, 3]`` uint8 BGR, at ``1 / reduction`` if it is a complete JPEG (else full
     size); returns the image and the reduction applied.
 
-    OpenCV first (EXIF orientation applied); what it cannot read, or a JPEG without its end marker
-    (a truncated download, which OpenCV would grey-fill), goes to PIL, whose failure is :class:`BadImage`.
+    An image over ``max_pixels`` (from its header, see :func:`check_pixels`; ``0``: no limit) is
+    :class:`ImageTooLarge`. OpenCV decodes first (EXIF orientation applied); what it cannot read or refuses
+    (over its own limit), or a JPEG without its end marker (a truncated download, which OpenCV would
+    grey-fill), goes to PIL, whose failure is :class:`BadImage`.
     """
     if not data:
         raise BadImage(name, "empty (0 bytes)")
+    check_pixels(data, name, max_pixels)
     buf = np.frombuffer(data, dtype=np.uint8)
     complete_jpeg = is_jpeg(data) and data.rstrip(b"\0")[-2:] == b"\xff\xd9"
     if complete_jpeg or not is_jpeg(data):
         r = reduction if complete_jpeg and reduction in _REDUCED_FLAGS else 1
-        image = cv2.imdecode(buf, _REDUCED_FLAGS[r] if r > 1 else cv2.IMREAD_COLOR)
+        try:
+            image = cv2.imdecode(buf, _REDUCED_FLAGS[r] if r > 1 else cv2.IMREAD_COLOR)
+        except cv2.error:  # e.g. over CV_IO_MAX_IMAGE_PIXELS: PIL has the last word
+            image = None
         if image is not None and image.ndim == 3 and image.shape[2] == 3:
             return image, r
     rgb = np.asarray(decode_image(data, name))

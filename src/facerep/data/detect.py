@@ -175,6 +175,10 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     if not ok:
         got = f"{getattr(image, 'shape', type(image).__name__)} {getattr(image, 'dtype', '')}".strip()
         raise DataError(f"a detector takes an [H, W, 3] uint8 RGB image, got {got}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise DataError(
+            f"a detector needs an image of at least 1 x 1 pixels, got {image.shape[1]} x {image.shape[0]}"
+        )
     return np.ascontiguousarray(image)
 
 

@@ -25,13 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFilter
 
 from facerep.data.downstream.base import landmarks_box
 from facerep.data.downstream.transforms import five_points
 from facerep.data.synthetic import render_face
-from facerep.runtime.atomic import atomic_save
+from facerep.runtime.atomic import atomic_torch_save, atomic_write_bytes
 
 __all__ = ["Scene", "SceneFace", "render_scene", "write_scene_shards"]
 
@@ -196,7 +195,7 @@ def write_scene_shards(
             detections[sample_id] = [(f.box.copy(), f.points.copy(), np.float32(1.0)) for f in scene.faces]
         path = out / f"{shard:05d}.tar"
         data = _tar_bytes(members)
-        atomic_save(lambda tmp, data=data: Path(tmp).write_bytes(data), path)
+        atomic_write_bytes(path, data)
         shards.append(path)
-    atomic_save(lambda tmp: torch.save(detections, tmp), out / "sample2detect.pth")
+    atomic_torch_save(detections, out / "sample2detect.pth")
     return shards

@@ -13,13 +13,19 @@ an LMDB image ``key`` in the value of ``key.txt``; a webdataset sample in its ``
 stripped; empty counts as missing). :func:`load_item_with_fallback` applies ``data.missing_caption``:
 ``skip`` passes over an uncaptioned item like an unreadable one (reported as ``"<name> (no caption)"``),
 ``empty`` gives it the caption ``""``.
+
+Untrusted input: folder files are read only when they are regular files (a named pipe would block, a link
+to ``/dev/zero`` never end; see :mod:`facerep.runtime.untrusted`); :func:`safe_key` turns a key from a tar
+(which may hold ``../``, ``/abs``, dots, any bytes) into one that is safe as a file name and a WebDataset
+key.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import hashlib
 import os
+import string
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +42,7 @@ from facerep.data.synthetic import render_face
 from facerep.data.transforms import BadImage, decode_image
 from facerep.runtime.errors import FacerepError, one_line
 from facerep.runtime.registry import Registry
+from facerep.runtime.untrusted import NotRegularFile, as_int, read_json, read_regular
 
 # Folder file extensions that count as images (compared lower-case).
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff", "ppm", "pgm", "gif"})
@@ -47,6 +54,9 @@ SYNTHETIC_DATASET_SEED = 0
 MAX_CONSECUTIVE_BAD = 50
 # Suffix of a skipped item's name when it was skipped for want of a caption (data.missing_caption=skip).
 NO_CAPTION = " (no caption)"
+# safe_key: bytes kept as they are (everything else is %XX), and the longest key before it is shortened.
+KEY_CHARS = frozenset((string.ascii_letters + string.digits + "_-").encode())
+MAX_KEY = 200
 
 
 class DataError(FacerepError):
@@ -57,6 +67,47 @@ def read_caption(data: bytes | None) -> str | None:
     """A stored caption: UTF-8 (undecodable bytes replaced), stripped; ``None`` if missing or empty."""
     text = bytes(data).decode("utf-8", "replace").strip() if data is not None else ""
     return text or None
+
+
+def read_caption_file(path: str | os.PathLike) -> str | None:
+    """The caption in text file ``path`` (see :func:`read_caption`); ``None`` if it is missing, unreadable
+    or not a regular file."""
+    try:
+        return read_caption(read_regular(path))
+    except (OSError, NotRegularFile):
+        return None
+
+
+class NotAnImageFile(BadImage):
+    """An input path that is no regular file (a named pipe, a device, a socket); it is not opened."""
+
+
+def read_image_file(path: str | os.PathLike, name: str) -> bytes:
+    """The bytes of image file ``path``; :class:`BadImage` naming ``name`` if it cannot be read, and
+    :class:`NotAnImageFile` if it is no regular file (a pipe, a device: never opened)."""
+    try:
+        return read_regular(path)
+    except NotRegularFile as err:
+        raise NotAnImageFile(name, str(err).removeprefix(f"{path}: ")) from err
+    except OSError as err:
+        raise BadImage(name, f"cannot read it ({one_line(err)})") from err
+
+
+def safe_key(key: str) -> str:
+    """``key`` made safe as a file name and a WebDataset key: bytes of its UTF-8 (surrogate-escaped) form
+    other than ``A-Z a-z 0-9 _ -`` (and a leading ``-``, which tools read as an option) become ``%XX``, so
+    no ``/``, ``..``, dot or odd character survives and distinct keys stay distinct
+    (``urllib.parse.unquote_to_bytes`` gives the key back). A result over :data:`MAX_KEY` characters is cut
+    and ends in ``~`` and 16 hex digits of the key's SHA-1 (``~`` is never escaped output, so it cannot
+    collide with a short key).
+    """
+    raw = key.encode("utf-8", "surrogateescape")
+    out = "".join(
+        chr(b) if b in KEY_CHARS and (i or b != ord("-")) else f"%{b:02X}" for i, b in enumerate(raw)
+    )
+    if len(out) > MAX_KEY:
+        out = f"{out[: MAX_KEY - 17]}~{hashlib.sha1(raw).hexdigest()[:16]}"
+    return out
 
 
 class MapSource:
@@ -160,13 +211,11 @@ class FolderSource(MapSource):
         return self.files[index]
 
     def load(self, index: int) -> Image.Image:
-        return decode_image(self.root / self.files[index], self.files[index])
+        name = self.files[index]
+        return decode_image(read_image_file(self.root / name, name), name)
 
     def caption(self, index: int) -> str | None:
-        try:
-            return read_caption((self.root / self.files[index]).with_suffix(".txt").read_bytes())
-        except FileNotFoundError:
-            return None
+        return read_caption_file((self.root / self.files[index]).with_suffix(".txt"))
 
 
 _LMDB_ENVS: dict[str, tuple[int, Any]] = {}  # realpath -> (pid, env): one env per db per process
@@ -396,8 +445,8 @@ class WebDatasetSource:
             stats = Path(_local_path(shard)).with_suffix("")
             stats = stats.with_name(stats.name + "_stats.json")
             try:
-                total += int(json.loads(stats.read_text())["successes"])
-            except (OSError, ValueError, KeyError, TypeError):
+                total += as_int(read_json(stats, DataError)["successes"], f"{stats}: successes", DataError, 0)
+            except (DataError, KeyError, TypeError):
                 return None
         return total
 

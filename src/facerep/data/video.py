@@ -4,7 +4,13 @@
 spaced); ``read_frames`` decodes the video once, front to back, and keeps only those frames
 (``[H, W, 3] uint8`` RGB); ``FrameCache`` stores what a dataset derives from them (face crops) as one
 ``.npz`` per key, written atomically, so later epochs neither decode nor detect again. A video that cannot
-be opened or decoded is a one-line :class:`VideoError` naming the file.
+be opened, or of which no frame decodes, is a one-line :class:`VideoError` naming the file.
+
+Damage inside a stream costs only what it hits: a packet that does not decode loses its frame (one frame
+slot, so later frames keep their indices) and decoding goes on with the next packet; a requested frame that
+was lost gets the nearest decoded frame before it (after it, at the start) in its place. The result
+(:class:`Frames`) says how many packets were bad and which requested frames were stood in for. A container
+that cannot be read on (demuxing fails) ends the video there.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +30,9 @@ import numpy as np
 from facerep.data.sources import DataError
 from facerep.runtime.atomic import atomic_save
 from facerep.runtime.errors import one_line
+from facerep.runtime.untrusted import read_json
 
-__all__ = ["FrameCache", "VideoError", "frame_count", "read_frames", "sample_indices"]
+__all__ = ["FrameCache", "Frames", "VideoError", "frame_count", "read_frames", "sample_indices"]
 
 # what PyAV and FFmpeg raise on a missing, truncated or corrupt file
 _DECODE_ERRORS = (av.error.FFmpegError, OSError, ValueError, EOFError, IndexError)
@@ -40,16 +47,47 @@ def _fail(path: str | Path, err: BaseException | str) -> VideoError:
     return VideoError(f"cannot decode video {path}: {reason}")
 
 
+class _Stream:
+    """The frames of ``path``'s first video stream in order, one packet at a time (see the module docstring):
+    iterating yields a ``VideoFrame``, or ``None`` for the frame of a packet that did not decode."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = path
+        self.bad_packets = 0
+        self.ended = ""  # why demuxing stopped early, if it did
+
+    def frames(self, container: av.container.InputContainer) -> Iterator[av.VideoFrame | None]:
+        if not container.streams.video:
+            raise _fail(self.path, "no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        packets = container.demux(stream)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                return
+            except _DECODE_ERRORS as err:  # the container is damaged: nothing after this can be read
+                self.ended = f" (the container is damaged there: {one_line(err, 80)})"
+                return
+            try:
+                decoded = packet.decode()
+            except _DECODE_ERRORS:
+                self.bad_packets += 1
+                yield None
+                continue
+            yield from decoded
+
+
 def frame_count(path: str | Path) -> int:
-    """Frames in the first video stream of ``path``: the container's count, else a full decode."""
+    """Frames in the first video stream of ``path``: the container's count, else a full decode (frames of
+    packets that do not decode count too)."""
+    reader = _Stream(path)
     try:
         with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise _fail(path, "no video stream")
-            stream = container.streams.video[0]
-            if stream.frames > 0:
-                return int(stream.frames)
-            return sum(1 for _ in container.decode(stream))
+            if container.streams.video and container.streams.video[0].frames > 0:
+                return int(container.streams.video[0].frames)
+            return sum(1 for _ in reader.frames(container))
     except VideoError:
         raise
     except _DECODE_ERRORS as err:
@@ -77,39 +115,63 @@ def sample_indices(num_frames: int, *, step: int | None = None, count: int | Non
     return sorted({min(n - 1, int((k + 0.5) * n / c)) for k in range(c)}) if n else []
 
 
-def read_frames(path: str | Path, indices: Sequence[int]) -> dict[int, np.ndarray]:
+class Frames(dict[int, np.ndarray]):
+    """:func:`read_frames`' result, ``{index: [H, W, 3] uint8 RGB}``, and what damage cost on the way:
+    ``bad_packets`` (packets that did not decode, up to the last requested frame) and ``stood_in`` (the
+    requested frames that were lost, each replaced by the nearest decoded frame before it, else after it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bad_packets = 0
+        self.stood_in: list[int] = []
+
+
+def read_frames(path: str | Path, indices: Sequence[int]) -> Frames:
     """Frames ``indices`` of ``path`` as ``{index: [H, W, 3] uint8 RGB}``, decoded once in order.
 
-    Decoding stops after the last requested frame. A file that cannot be opened or decoded, or that ends
-    before a requested frame, is a :class:`VideoError`.
+    Decoding stops after the last requested frame. A lost frame is replaced (see the module docstring). A
+    file that cannot be opened, that ends before a requested frame, or of which no frame up to the last
+    requested one decodes, is a :class:`VideoError`.
     """
     wanted = sorted({int(i) for i in indices})
+    out = Frames()
     if not wanted:
-        return {}
+        return out
     if wanted[0] < 0:
         raise _fail(path, f"negative frame index {wanted[0]}")
-    out: dict[int, np.ndarray] = {}
+    reader = _Stream(path)
     todo = set(wanted)
-    decoded = 0
+    waiting: list[int] = []  # requested frames lost before any frame decoded: the next decoded one stands in
+    previous: av.VideoFrame | None = None
+    slots = 0
     try:
         with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise _fail(path, "no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            for i, frame in enumerate(container.decode(stream)):
-                decoded = i + 1
+            for i, frame in enumerate(reader.frames(container)):
+                slots = i + 1
+                if frame is not None:
+                    previous = frame
+                    if waiting:
+                        out.update(dict.fromkeys(waiting, frame.to_ndarray(format="rgb24")))
+                        waiting = []
                 if i in todo:
-                    out[i] = frame.to_ndarray(format="rgb24")
                     todo.discard(i)
-                    if not todo:
-                        break
+                    if frame is None:
+                        out.stood_in.append(i)
+                    if previous is None:
+                        waiting.append(i)
+                    else:
+                        out[i] = previous.to_ndarray(format="rgb24")
+                if not todo and not waiting:
+                    break
     except VideoError:
         raise
     except _DECODE_ERRORS as err:
         raise _fail(path, err) from err
+    out.bad_packets = reader.bad_packets
     if todo:
-        raise _fail(path, f"it ends after {decoded} frames, frame {min(todo)} was asked for")
+        raise _fail(path, f"it ends after {slots} frames{reader.ended}, frame {min(todo)} was asked for")
+    if waiting:
+        raise _fail(path, f"none of its {slots} frames decodes ({reader.bad_packets} bad packets)")
     return out
 
 
@@ -166,8 +228,8 @@ class FrameCache:
     def load_json(self, name: str) -> dict[str, Any]:
         """A small JSON side file of the cache (e.g. frame counts); ``{}`` if missing or unreadable."""
         try:
-            data = json.loads((self.folder / name).read_text())
-        except (OSError, ValueError):
+            data = read_json(self.folder / name, DataError)
+        except DataError:
             return {}
         return data if isinstance(data, dict) else {}
 

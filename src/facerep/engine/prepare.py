@@ -6,21 +6,33 @@ line, relative to the list's folder). A shard is one unit; folder and list input
 sorted or listed order, into units of ``shard_size`` files. Unit ``i`` writes ``crops-{i:05d}.tar`` and
 then ``crops-{i:05d}_stats.json`` into the output folder, so units never overlap and the shard list is
 the same on every machine and every rerun (a folder's listing is saved as ``files.txt`` on the first run
-and reused).
+and reused, :func:`save_listing`).
 
-Output. Per kept face, members ``<source key>_<face index>.jpg`` (the crop), ``.json`` (source key and
-location, ``SAMPLE_ID``, url, box, five points, score, the crop transform, see :mod:`facerep.data.crop`)
-and ``.txt`` (the source caption, when it has one). Folder and list images are keyed by their 9-digit
-position in the listing. The stats JSON counts images read, corrupt images and damaged-shard read errors
-(with the first names),
-faces, crops (also as img2dataset's ``successes``, so ``facerep pretrain`` knows the epoch length) and
-rejections by reason; ``summary.json`` adds them up over all units.
+Output. Per kept face, members ``<key>_<face index>.jpg`` (the crop), ``.json`` (source key and location,
+``SAMPLE_ID``, url, box, five points, score, the crop transform, see :mod:`facerep.data.crop`) and ``.txt``
+(the source caption, when it has one). A shard sample's ``<key>`` is its tar key through
+:func:`facerep.data.sources.safe_key` (``%XX`` for every byte but ``A-Za-z0-9_-``, so a ``../`` or
+``/abs`` key cannot become a path; the JSON keeps the original as ``source_key``); folder and list images
+are keyed by their 9-digit position in the listing. Tar headers carry no time, owner or host, so a unit's
+shard is the same bytes on every run. The stats JSON counts images read, corrupt images and damaged-shard
+read errors, faces, crops (also as img2dataset's ``successes``, so ``facerep pretrain`` knows the epoch
+length) and rejections by reason, with the first problem inputs named (``corrupt_examples``);
+``summary.json`` adds them up over all units.
+
+Untrusted input is skipped and counted, never fatal: an image whose header says more than ``max_pixels``
+pixels is not decoded (rejected ``too_large``), an input path that is no regular file (a named pipe, a
+link to a device) is not opened (``not_a_file``), a sample whose JSON cannot be read or whose
+``SAMPLE_ID`` is no int64 integer has no usable id (``no_sample_id``, the cause in the examples).
 
 Resumable. A shard is written under a hidden temporary name and renamed when complete (then its stats
 JSON, the "done" mark), so a crash loses at most the shards in flight and never leaves a partial shard
 under a final name; a rerun deletes leftover temporaries and runs only the units without a stats JSON.
 Crops are a pure function of the input, the detections and the crop rule, so resumed output equals an
-uninterrupted run's.
+uninterrupted run's. One run at a time: :func:`output_lock` holds an exclusive ``flock`` on
+``<output>/.prepare.lock`` (which names the holder's pid and host) for the whole run, so a second run into
+the same folder stops with one line instead of deleting the first's temporaries; the kernel releases it
+when the holder exits or is killed. Pool workers die with the process that started them
+(:func:`init_worker`), so a killed run leaves no orphan writing into the folder of the rerun.
 
 Faces come from precomputed detections (LAION-Face's ``sample2detect`` ``.pth`` files, looked up by
 ``int(SAMPLE_ID)``; converted once into a memory-mapped index under ``<output>/detections/`` that every
@@ -30,10 +42,16 @@ worker shares) or from a detector run on each image (:func:`facerep.data.detect.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import fcntl
 import io
 import json
 import os
+import signal
+import socket
+import sys
 import tarfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -50,7 +68,9 @@ import torch
 from tqdm import tqdm
 
 from facerep.data.crop import (
+    MAX_PIXELS,
     CropConfig,
+    ImageTooLarge,
     apply_transform,
     crop_transform,
     decode_bgr,
@@ -61,10 +81,20 @@ from facerep.data.crop import (
     warp_face,
 )
 from facerep.data.detect import Detection, build_detector, load_laion_face_detections
-from facerep.data.sources import DataError, WebDatasetSource, list_image_files, read_caption
+from facerep.data.sources import (
+    DataError,
+    NotAnImageFile,
+    WebDatasetSource,
+    list_image_files,
+    read_caption,
+    read_caption_file,
+    read_image_file,
+    safe_key,
+)
 from facerep.data.transforms import BadImage
 from facerep.runtime.atomic import atomic_save, atomic_write_bytes, atomic_write_json
 from facerep.runtime.errors import FacerepError, one_line
+from facerep.runtime.untrusted import MAX_JSON_DEPTH, as_int, loads_json, read_json
 
 try:  # the optional "cluster" extra
     import ray
@@ -76,6 +106,7 @@ ENGINES = ("pool", "ray")
 CROPS_NAME = "crops-{:05d}.tar"
 STATS_NAME = "crops-{:05d}_stats.json"
 FILES_NAME = "files.txt"  # a folder input's listing, saved on the first run
+LOCK_NAME = ".prepare.lock"  # flock-ed by the run that owns the output folder; holds its pid and host
 INDEX_DIR = "detections"  # the detections index under the output folder
 EXAMPLES = 10  # corrupt input names kept per unit (and in the summary)
 LIST_SUFFIXES = (".txt", ".lst")
@@ -83,7 +114,11 @@ LIST_SUFFIXES = (".txt", ".lst")
 # current shard half-written; with MARKER only while that file does not exist (it is created first).
 CRASH_ENV = "FACEREP_PREPARE_CRASH_AFTER"
 # Image-level rejection reasons (face-level ones are facerep.data.crop.FACE_REASONS).
-IMAGE_REASONS = ("no_sample_id", "no_detection", "no_face")
+IMAGE_REASONS = ("not_a_file", "too_large", "no_sample_id", "no_detection", "no_face")
+# Inputs skipped for what they are rather than counted corrupt: exception -> rejection reason.
+SKIPPED = ((NotAnImageFile, "not_a_file"), (ImageTooLarge, "too_large"))
+PARENT_POLL_S = 0.5  # how often a pool worker checks that its parent lives (where prctl cannot tell it)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h: the signal a process gets when its parent ends
 
 
 @dataclass(frozen=True)
@@ -111,6 +146,8 @@ class Job:
     detections: str | None = None  # a detections index folder (build_detection_index); None: run the detector
     detector: str = "mtcnn"
     detector_options: dict[str, Any] = field(default_factory=dict)
+    max_pixels: int = MAX_PIXELS  # images with more pixels (from the header) are not decoded; 0: no limit
+    max_json_depth: int = MAX_JSON_DEPTH  # deeper metadata is rejected unparsed; 0: Python's limit only
 
 
 def crops_path(output_dir: str | os.PathLike, index: int) -> Path:
@@ -156,12 +193,12 @@ def _folder_files(root: Path, output_dir: Path) -> list[str]:
     files = [str(root.resolve() / rel) for rel in list_image_files(root)]
     if not files:
         raise DataError(f"input folder {root}: no image files under it")
-    atomic_write_bytes(saved, "".join(f + "\n" for f in files).encode())
     return files
 
 
 def plan_units(spec: str, shard_size: int, output_dir: str | os.PathLike) -> list[Unit]:
-    """The work units of input ``spec`` (see the module docstring), in output-shard order."""
+    """The work units of input ``spec`` (see the module docstring), in output-shard order; writes nothing
+    (a folder's listing is frozen by :func:`save_listing`)."""
     kind = input_kind(spec)
     if kind == "webdataset":
         shards = WebDatasetSource(spec).shards
@@ -171,6 +208,49 @@ def plan_units(spec: str, shard_size: int, output_dir: str | os.PathLike) -> lis
         Unit(i, files=tuple(files[start : start + shard_size]), first_key=start)
         for i, start in enumerate(range(0, len(files), shard_size))
     ]
+
+
+def save_listing(spec: str, shard_size: int, output_dir: str | os.PathLike, units: list[Unit]) -> list[Unit]:
+    """Freeze a folder input's listing as ``files.txt`` on the first run (under :func:`output_lock`);
+    returns the units to run: ``units``, or those of the saved listing when another run saved a different
+    one since ``units`` were planned."""
+    if input_kind(spec) != "folder":
+        return units
+    saved = Path(output_dir) / FILES_NAME
+    files = [f for unit in units for f in unit.files]
+    if not saved.is_file():
+        atomic_write_bytes(saved, "".join(f + "\n" for f in files).encode())
+        return units
+    if saved.read_text(encoding="utf-8").splitlines() == files:
+        return units
+    return plan_units(spec, shard_size, output_dir)
+
+
+@contextlib.contextmanager
+def output_lock(output_dir: str | os.PathLike) -> Iterator[None]:
+    """Hold the exclusive lock of ``output_dir`` (created if missing) while the block runs.
+
+    The lock is a ``flock`` on :data:`LOCK_NAME`, so it ends with the process however it ends; the file
+    names the holder (pid and host) for the one-line :class:`FacerepError` a second run gets.
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "a process that just started"
+            raise FacerepError(
+                f"output_dir {out} is in use by another facerep prepare ({holder}; lock {path}); "
+                "wait for it to end or use another output_dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 # -------------------------------------------------------------------------------------- detections index
@@ -202,8 +282,8 @@ def build_detection_index(paths: Sequence[str], output_dir: str | os.PathLike) -
         raise DataError(f"detections file not found: {missing[0]} (expected LAION-Face sample2detect .pth)")
     source = {"files": _fingerprint(paths)}
     manifest = folder / "source.json"
-    with contextlib.suppress(OSError, ValueError):
-        if json.loads(manifest.read_text()) == source:
+    with contextlib.suppress(DataError):
+        if read_json(manifest, DataError) == source:
             return str(folder)
     merged: dict[int, list[Detection]] = {}
     for p in paths:
@@ -264,10 +344,29 @@ class DetectionIndex:
 _WORKER_STATE: dict[Any, Any] = {}  # per process: detection indexes and detectors, built once
 
 
-def init_worker() -> None:
-    """One thread per worker process (the job is parallel over processes)."""
+def init_worker(parent: int | None = None) -> None:
+    """One thread per worker process (the job is parallel over processes); a pool worker (``parent``: the
+    pid of the process that started it) also dies with its parent, so a killed run leaves no orphans.
+
+    On Linux the kernel kills the worker when its parent ends (``prctl(PR_SET_PDEATHSIG, SIGKILL)``;
+    strictly, when the parent's thread that started it ends: the pool lives in one thread); everywhere a
+    daemon thread also checks every :data:`PARENT_POLL_S` seconds that the parent is alive.
+    """
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
+    if parent is None:
+        return
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this process as soon as its parent ``parent`` has ended (it is then re-parented)."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)
 
 
 def _index(folder: str) -> DetectionIndex:
@@ -328,17 +427,35 @@ class _ShardWriter:
         info.size, info.mode, info.mtime = len(data), 0o644, 0
         self.tar.addfile(info, io.BytesIO(data))
 
-    def bad_image(self, name: str, reason: str) -> None:
-        """An image that cannot be read or decoded."""
-        self.counts["corrupt"] += 1
+    def example(self, message: str) -> None:
+        """Name a problem input (the first :data:`EXAMPLES` of a unit are kept)."""
         if len(self.corrupt) < EXAMPLES:
-            self.corrupt.append(f"{name}: {reason}")
+            self.corrupt.append(message)
+
+    def bad_image(self, err: BadImage) -> None:
+        """An image that cannot be read or decoded (corrupt), or is skipped for what it is
+        (:data:`SKIPPED`)."""
+        reason = next((reason for kind, reason in SKIPPED if isinstance(err, kind)), None)
+        if reason is None:
+            self.counts["corrupt"] += 1
+        else:
+            self.rejected[reason] += 1
+        self.example(f"{err.name}: {err.reason}")
 
     def read_error(self, message: str) -> None:
         """A damaged shard (bad tar header, cut short): what follows the damage is lost, the job goes on."""
         self.counts["read_errors"] += 1
-        if len(self.corrupt) < EXAMPLES:
-            self.corrupt.append(message)
+        self.example(message)
+
+    def _sample_id(self, name: str, meta: dict[str, Any]) -> int | None:
+        """The int64 ``SAMPLE_ID`` of ``meta``; ``None`` (named in the examples if it is there but bad)."""
+        if meta.get("SAMPLE_ID") is None:
+            return None
+        try:
+            return as_int(meta["SAMPLE_ID"], f"{name}.json: SAMPLE_ID", DataError)
+        except DataError as err:
+            self.example(str(err))
+            return None
 
     def image(
         self, key: str, name: str, data: bytes | None, meta: dict[str, Any], caption: str | None
@@ -348,11 +465,9 @@ class _ShardWriter:
         if data is None:
             return
         image: np.ndarray | None = None
-        sample_id = meta.get("SAMPLE_ID")
+        sample_id = self._sample_id(name, meta)
         if self.index is not None:
-            try:
-                sample_id = int(sample_id)
-            except (TypeError, ValueError):
+            if sample_id is None:
                 self.rejected["no_sample_id"] += 1
                 return
             faces = self.index.lookup(sample_id)
@@ -361,9 +476,9 @@ class _ShardWriter:
                 return
         else:
             try:
-                image, _ = decode_bgr(data, name)
+                image, _ = decode_bgr(data, name, max_pixels=self.job.max_pixels)
             except BadImage as err:
-                self.bad_image(name, err.reason)
+                self.bad_image(err)
                 return
             faces = self.detector(np.ascontiguousarray(image[:, :, ::-1]))
         self.counts["faces"] += len(faces)
@@ -379,12 +494,13 @@ class _ShardWriter:
         if image is None:  # precomputed faces: decode now, as small as the crops allow
             wanted = reduction_for([m for m, _ in rules]) if self.cfg.reduced_decode else 1
             try:
-                image, reduction = decode_bgr(data, name, wanted)
+                image, reduction = decode_bgr(data, name, wanted, self.job.max_pixels)
             except BadImage as err:
-                self.bad_image(name, err.reason)
+                self.bad_image(err)
                 return
         self.reductions[reduction] += 1
         self.counts["images_with_crops"] += 1
+        member = safe_key(key)  # the output's key: the source key can be any string
         # the full-size image's (width, height); after a reduced decode only img2dataset's json knows it
         full_size = (
             [image.shape[1], image.shape[0]] if reduction == 1 else [meta.get("width"), meta.get("height")]
@@ -403,7 +519,7 @@ class _ShardWriter:
             face = faces[i]
             points = face.points
             record = {
-                "key": f"{key}_{i}",
+                "key": f"{member}_{i}",
                 **common,
                 "face_index": i,
                 "box": _round(face.box, 2),
@@ -414,10 +530,10 @@ class _ShardWriter:
                 "crop_points": _round(apply_transform(matrix, points), 2) if points is not None else None,
             }
             crop = warp_face(image, on_reduced(matrix, reduction), self.cfg)
-            self._add(f"{key}_{i}.jpg", encode_jpeg(crop, self.cfg.jpeg_quality))
-            self._add(f"{key}_{i}.json", json.dumps(record).encode())
+            self._add(f"{member}_{i}.jpg", encode_jpeg(crop, self.cfg.jpeg_quality))
+            self._add(f"{member}_{i}.json", json.dumps(record).encode())
             if caption is not None:
-                self._add(f"{key}_{i}.txt", caption.encode())
+                self._add(f"{member}_{i}.txt", caption.encode())
             self.counts["crops"] += 1
             self.crash.tick(self.tar)
 
@@ -436,14 +552,15 @@ class _ShardWriter:
         }
 
 
-def _read_meta(raw: bytes | None) -> dict[str, Any]:
+def _read_meta(raw: bytes | None, name: str, max_depth: int) -> dict[str, Any]:
+    """A sample's img2dataset JSON member ``name``: a JSON object; :class:`DataError` if it is not one (or
+    nested deeper than ``max_depth``)."""
     if not raw:
         return {}
-    with contextlib.suppress(ValueError, UnicodeDecodeError):
-        meta = json.loads(raw)
-        if isinstance(meta, dict):
-            return meta
-    return {}
+    meta = loads_json(raw, name, DataError, max_depth)
+    if not isinstance(meta, dict):
+        raise DataError(f"{name}: a JSON {type(meta).__name__}, expected an object (img2dataset's metadata)")
+    return meta
 
 
 def _fill(writer: _ShardWriter, unit: Unit) -> None:
@@ -455,21 +572,23 @@ def _fill(writer: _ShardWriter, unit: Unit) -> None:
             name = f"{unit.shard}:{key}"
             try:
                 data: bytes | None = WebDatasetSource.image_bytes(sample)
-            except BadImage as err:
-                writer.bad_image(name, err.reason)
+            except BadImage as err:  # named "<shard>:<key>" like ``name``
+                writer.bad_image(err)
                 data = None
-            writer.image(key, name, data, _read_meta(sample.get("json")), read_caption(sample.get("txt")))
+            try:
+                meta = _read_meta(sample.get("json"), f"{name}.json", writer.job.max_json_depth)
+            except DataError as err:
+                writer.example(str(err))
+                meta = {}
+            writer.image(key, name, data, meta, read_caption(sample.get("txt")))
         return
     for pos, path in enumerate(unit.files):
         try:
-            data = Path(path).read_bytes()
-        except OSError as err:
-            writer.bad_image(path, one_line(err))
+            data = read_image_file(path, path)
+        except BadImage as err:
+            writer.bad_image(err)
             data = None
-        try:
-            caption = read_caption(Path(path).with_suffix(".txt").read_bytes())
-        except OSError:
-            caption = None
+        caption = read_caption_file(Path(path).with_suffix(".txt"))
         writer.image(f"{unit.first_key + pos:09d}", path, data, {}, caption)
 
 
@@ -506,8 +625,8 @@ def finished_units(output_dir: str | os.PathLike, units: Sequence[Unit]) -> dict
     for unit in units:
         spath = stats_path(output_dir, unit.index)
         if spath.is_file() and crops_path(output_dir, unit.index).is_file():
-            with contextlib.suppress(OSError, ValueError):
-                done[unit.index] = json.loads(spath.read_text())
+            with contextlib.suppress(DataError):  # a damaged stats file: the unit runs again
+                done[unit.index] = read_json(spath, DataError)
     return done
 
 
@@ -536,7 +655,9 @@ def _run_inline(units: Sequence[Unit], job: Job) -> Iterator[dict[str, Any]]:
 
 def _run_pool(units: Sequence[Unit], job: Job, workers: int) -> Iterator[dict[str, Any]]:
     ctx = get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=ctx, initializer=init_worker, initargs=(os.getpid(),)
+    ) as pool:
         futures: dict[Future, Unit] = {pool.submit(process_unit, u, job): u for u in units}
         try:
             while futures:

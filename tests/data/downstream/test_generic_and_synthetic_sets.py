@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +123,27 @@ def test_generic_json_alignment_box_and_68_points(tmp_path: Path) -> None:
     assert not s["visible"][67] and s["visible"][:67].all()
 
 
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("[" * 200_000 + "]" * 200_000, "nested too deep"),
+        ('{"samples": [', "not valid JSON"),
+        (None, "missing annotation file"),
+    ],
+)
+def test_generic_json_that_cannot_be_read_is_one_line(
+    tmp_path: Path, content: str | None, expected: str
+) -> None:
+    path = tmp_path / "annotations.json"
+    if content is None:
+        os.mkfifo(path)  # opening it would block: not taken for a file, never opened
+    else:
+        path.write_text(content)
+    with pytest.raises(DataError, match=expected) as err:
+        GenericDataset(tmp_path, "test", annotations=path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
 def test_generic_parsing_csv_class_scan_and_json_classes(tmp_path: Path) -> None:
     for i in range(2):
         write_image(tmp_path / f"{i}.png", seed=i)
@@ -181,7 +203,7 @@ def test_generic_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"d\.csv: line 2: label must be an integer"):
         build_dataset("generic", tmp_path, "train", annotations="d.csv")
     (tmp_path / "e.json").write_text("[{'image': 1}]")
-    with pytest.raises(DataError, match=r"cannot parse JSON .*e\.json"):
+    with pytest.raises(DataError, match=r"e\.json: not valid JSON"):
         build_dataset("generic", tmp_path, "train", annotations="e.json")
     with pytest.raises(DataError, match=r"missing annotation file: .*absent\.csv"):
         build_dataset("generic", tmp_path, "train", annotations="absent.csv")

@@ -39,6 +39,7 @@ from facerep.data.downstream.base import FaceDataset, check_split, require_root
 from facerep.data.sources import DataError
 from facerep.data.synthetic import pixel_grid, render_face
 from facerep.data.video import FrameCache, VideoError, frame_count, read_frames, sample_indices
+from facerep.runtime.untrusted import as_int
 
 __all__ = [
     "ANTISPOOF_CLASSES",
@@ -225,7 +226,7 @@ class VideoFaceDataset(FaceDataset):
         key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
         if key not in counts:
             counts[key] = self._num_frames(item)
-        return int(counts[key])
+        return as_int(counts[key], f"frame_counts.json of the frame cache: {key}", DataError)
 
     def _load(self, index: int) -> dict[str, Any]:
         v, f = int(self._sample_video[index]), int(self._sample_frame[index])

@@ -30,7 +30,6 @@ else "inter_ocular" for 68 points (36/45) and 98 points (60/72), else "diag".
 from __future__ import annotations
 
 import csv
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,8 @@ from facerep.data.downstream.base import (
     require_root,
 )
 from facerep.data.sources import DataError
+from facerep.runtime.errors import one_line
+from facerep.runtime.untrusted import NotRegularFile, loads_json, read_regular
 
 DEFAULT_ANNOTATION_FILES = ("annotations.csv", "annotations.json", "labels.csv", "labels.json")
 _OCULAR = {68: (36, 45), 98: (60, 72)}
@@ -297,9 +298,10 @@ def _infer_task(records: list[tuple[str, dict]]) -> str:
 
 def _read_json(path: Path) -> tuple[list[tuple[str, dict]], dict]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"generic: cannot parse JSON {path}: {err}") from err
+        raw = read_regular(path).decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError, NotRegularFile) as err:
+        raise DataError(f"generic: cannot read JSON {path}: {one_line(err)}") from err
+    data = loads_json(raw, f"generic: {path}", DataError)
     meta: dict[str, Any] = {}
     if isinstance(data, dict):
         meta = {k: data.get(k) for k in ("classes", "attributes")}
