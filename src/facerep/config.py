@@ -1,8 +1,12 @@
 """Run configuration: dataclass defaults, merged with a YAML file and ``key=value`` overrides.
 
 The schema is the dataclasses below (OmegaConf structured config), so an unknown key, a value of the
-wrong type or a value out of range is a one-line :class:`ConfigError` naming the key. The resolved
-config is saved as ``output_dir/config.yaml`` beside every run.
+wrong type or a value out of range is a one-line :class:`ConfigError` naming the key. Ranges are checked
+twice over: :data:`VALUE_RULES` by key name in every config :func:`load_config` reads (a key such as
+``num_workers``, ``image_size``, ``lr`` or ``std`` means the same everywhere, the command configs
+included), and each dataclass's ``__post_init__`` for its own keys and their combinations (an image size
+that is a multiple of the ViT's patch size). The resolved config is saved as ``output_dir/config.yaml``
+beside every run.
 
 :class:`PretrainConfig` holds what every method shares; each method registers its own sections
 (``mcf.*``, ``teacher.*``, ``mae.*``, ``decoder.*``) with :func:`register_section`, and
@@ -11,7 +15,9 @@ config is saved as ``output_dir/config.yaml`` beside every run.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+import math
+import re
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +34,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 PROGRESS_MODES = ("auto", "bar", "log")
+RANDOM_ARCH = "vit_base_patch16_224"  # what finetune backbone=random builds without backbone_arch
+_VIT_PATCH = re.compile(r"^vit_[a-z]+_patch(\d+)")
 
 
 class ConfigError(FacerepError):
@@ -44,6 +52,67 @@ def check_range(key: str, value: float, low: float, high: float, high_open: bool
     """A :class:`ConfigError` naming ``key`` unless ``low <= value <= high`` (``< high`` if ``high_open``)."""
     if not (low <= value < high if high_open else low <= value <= high):
         raise ConfigError(f"{key} must be in [{low}, {high}{')' if high_open else ']'}, got {value}")
+
+
+def check_at_least(key: str, value: int, low: int) -> None:
+    """A :class:`ConfigError` naming ``key`` unless the count ``value >= low``."""
+    if value < low:
+        raise ConfigError(f"{key} must be >= {low}, got {value}")
+
+
+def check_finite(key: str, value: float) -> None:
+    """A :class:`ConfigError` naming ``key`` unless ``value`` (a rate, a decay, a count of epochs) is a finite
+    number >= 0: nan and inf pass every comparison the optimizer or the schedule would make of them."""
+    if not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"{key} must be a finite number >= 0, got {value}")
+
+
+def check_rgb(key: str, values: Any, positive: bool = False) -> None:
+    """A :class:`ConfigError` naming ``key`` unless it is three finite numbers [r, g, b] (each > 0 if
+    ``positive``: a normalisation std divides)."""
+    numbers = isinstance(values, Sequence) and not isinstance(values, str) and len(values) == 3
+    if not numbers or not all(
+        isinstance(v, int | float) and math.isfinite(v) and (v > 0 or not positive) for v in values
+    ):
+        kind = "finite numbers > 0" if positive else "finite numbers"
+        raise ConfigError(f"{key} must be three {kind} [r, g, b], got {values!r}")
+
+
+def check_patch_multiple(key: str, size: int, arch: str | None, source: str) -> None:
+    """A :class:`ConfigError` unless the image side ``size`` (the value of ``key``) is a multiple of the patch
+    size the ViT name ``arch`` spells (``source``: the setting it comes from); other names pass."""
+    match = _VIT_PATCH.match(arch or "")
+    if match and size % int(match[1]):
+        raise ConfigError(f"{key}={size} is not a multiple of the patch size {match[1]} of {arch} ({source})")
+
+
+# load_config's checks by key name, in every schema it reads (command configs and method sections included):
+# each name below means the same kind of value wherever it appears; None ("unset") always passes
+_COUNTS = ("image_size", "backbone_size", "depth", "embed_dim", "num_heads", "batch_size", "log_every",
+           "ckpt_every", "eval_every")  # fmt: skip
+_RATES = ("lr", "blr", "min_lr", "lr_backbone", "lr_head", "weight_decay", "clip_grad", "epochs",
+          "warmup_epochs")  # fmt: skip
+VALUE_RULES: dict[str, Callable[[str, Any], None]] = {
+    **dict.fromkeys(_COUNTS, lambda key, value: check_at_least(key, value, 1)),
+    "num_workers": lambda key, value: check_at_least(key, value, 0),  # 0: load in the main process
+    **dict.fromkeys(_RATES, check_finite),
+    "mean": check_rgb,
+    "std": lambda key, value: check_rgb(key, value, positive=True),
+}
+
+
+def check_values(tree: Mapping[str, Any], prefix: str = "") -> None:
+    """Apply :data:`VALUE_RULES` to every key of a config tree (nested mappings, free-form ones such as
+    ``augment`` included) that they name."""
+    for name, value in tree.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, Mapping):
+            check_values(value, f"{key}.")
+        elif value is not None and name in VALUE_RULES:
+            try:
+                VALUE_RULES[name](key, value)
+            except TypeError as err:  # a free-form section's value of another type
+                raise ConfigError(f"{key} must be a number, got {value!r}") from err
 
 
 @dataclass
@@ -65,6 +134,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_choice("data.missing_caption", self.missing_caption, ("skip", "empty"))
+        check_range("data.hflip", self.hflip, 0.0, 1.0)
 
 
 @dataclass
@@ -113,6 +183,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.accum_steps < 1:
             raise ConfigError("train.batch_size and train.accum_steps must be >= 1")
+        check_at_least("train.max_steps", self.max_steps, 0)
+        check_at_least("train.warmup_steps", self.warmup_steps, -1)
         check_choice("train.precision", self.precision, PRECISIONS)
         check_choice("train.progress", self.progress, PROGRESS_MODES)
         if self.optimizer is not None:
@@ -136,6 +208,10 @@ class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if not self.model.init:  # a file's own patch size is checked when it is read
+            check_patch_multiple("data.image_size", self.data.image_size, self.model.arch, "model.arch")
 
 
 _SECTIONS: dict[str, type] = {}  # method config sections: name -> dataclass
@@ -180,9 +256,12 @@ def load_config(
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            layers.append(OmegaConf.load(path))
+            loaded = OmegaConf.load(path)
         except Exception as err:
             raise ConfigError(f"{path}: not valid YAML ({one_line(err)})") from err
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys (KEY: VALUE), got a list")
+        layers.append(loaded)
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not KEY=VALUE")
@@ -193,6 +272,7 @@ def load_config(
             raise ConfigError(f"bad override for {key!r}: {one_line(err)}") from err
     try:
         merged = OmegaConf.merge(base, *layers)
+        check_values(OmegaConf.to_container(merged, resolve=True))
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None)
@@ -236,8 +316,13 @@ def check_same_run(saved: Mapping[str, Any] | None, current: Any, path: Path, fr
         if key not in free and old[key] != new[key]:
             raise ConfigError(
                 f"{path}: written by a run with {key}={old[key]!r}, this one has {key}={new[key]!r}; resume "
-                "it with its own config, or start fresh in another output_dir"
+                f"it with its own config, or {fresh_run(path)}"
             )
+
+
+def fresh_run(checkpoint: Path) -> str:
+    """How to start over instead of resuming ``checkpoint`` (the end of the one-line resume errors)."""
+    return f"start fresh in another output_dir (or delete {checkpoint.parent})"
 
 
 FINETUNE_SCHEDULES = ("step", "cosine")
@@ -263,8 +348,9 @@ class FinetuneDataConfig:
     sampler: str = "uniform"
 
     def __post_init__(self) -> None:
-        if self.image_size < 1 or (self.backbone_size is not None and self.backbone_size < 1):
-            raise ConfigError("data.image_size and data.backbone_size must be >= 1")
+        check_at_least("data.image_size", self.image_size, 1)
+        if self.backbone_size is not None:
+            check_at_least("data.backbone_size", self.backbone_size, 1)
         check_choice("data.sampler", self.sampler, FINETUNE_SAMPLERS)
 
     @property
@@ -326,6 +412,7 @@ class FinetuneTrainConfig:
         if any(m < 1 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
             raise ConfigError(f"train.milestones must be sorted epochs >= 1, got {list(self.milestones)}")
         check_range("train.gamma", self.gamma, 0.0, 1.0)
+        check_range("train.ema", self.ema, 0.0, 1.0, high_open=True)
 
 
 @dataclass
@@ -335,7 +422,7 @@ class FinetuneConfig:
     task: str = "alignment"  # alignment | parsing | classification | antispoof
     dataset: str = "synthetic_alignment"
     backbone: str = "random"  # a file for facerep.load_backbone, or random
-    # vit_* or resnet{18,34,50,101,152}: what backbone=random builds (null: vit_base_patch16_224), or what
+    # vit_* or resnet{18,34,50,101,152}: what backbone=random builds (null: RANDOM_ARCH), or what
     # a backbone file must hold (null: whatever it holds)
     backbone_arch: str | None = None
     output_dir: str = "runs/finetune"
@@ -347,6 +434,10 @@ class FinetuneConfig:
     train: FinetuneTrainConfig = field(default_factory=FinetuneTrainConfig)
 
     def __post_init__(self) -> None:
+        arch = self.backbone_arch or (RANDOM_ARCH if self.backbone == "random" else None)
+        size_key = "data.image_size" if self.data.backbone_size is None else "data.backbone_size"
+        source = "backbone_arch" if self.backbone_arch else "backbone=random"
+        check_patch_multiple(size_key, self.data.backbone_input, arch, source)
         if self.task in ("classification", "antispoof") and self.data.backbone_input != self.data.image_size:
             raise ConfigError("data.backbone_size is for the dense tasks (alignment, parsing)")
         if self.data.sampler == "balanced" and self.task not in ("classification", "antispoof"):

@@ -14,6 +14,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
+from clip_files import openai_state
 from facerep.backbones.io import (
     CheckpointError,
     detect_format,
@@ -21,7 +22,9 @@ from facerep.backbones.io import (
     load_backbone,
     read_backbone_state,
 )
+from facerep.backbones.resnet import build_resnet
 from facerep.backbones.vit import ViTArch, build_vit, timm_model_name
+from facerep.models.clip import load_clip, save_clip
 
 DIM, DEPTH, PATCH, IMG = 64, 2, 16, 48  # heads_for_dim(64) == 1
 
@@ -276,3 +279,57 @@ def test_errors(tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"not a safetensors file")
     _assert_error(garbage, "not a readable safetensors file")
+
+
+def _with_metadata(source: Path, path: Path, field: str, record: str, value: object) -> Path:
+    """``source`` (a safetensors file) written to ``path`` with its metadata's JSON ``field`` record
+    saying ``record=value``."""
+    with safetensors.safe_open(str(source), framework="pt") as handle:
+        metadata = handle.metadata()
+    metadata[field] = json.dumps(json.loads(metadata[field]) | {record: value})
+    path.write_bytes(safetensors.torch.save(safetensors.torch.load_file(str(source)), metadata=metadata))
+    return path
+
+
+def test_a_recorded_arch_the_tensors_contradict_is_refused_before_building(tmp_path: Path) -> None:
+    """Metadata saying img_size 3,200,000 made load_backbone resample the position embedding to a
+    200,000 x 200,000 grid (a 10 TB allocation); any recorded field the weights fix is checked first."""
+    vit = export_backbone(  # 48 px: a 3x3 grid of 16-px patches
+        build_vit("vit_tiny_patch16_224", img_size=IMG, depth=DEPTH, embed_dim=DIM, num_heads=2),
+        tmp_path / "vit",
+    )
+    for record, value, evidence in (
+        ("img_size", 3_200_000, "pos_embed has shape [1, 10, 64] (3x3 patches of 16 px), so img_size is 48"),
+        ("depth", 12, "the weights hold blocks 0-1, so depth is 2"),
+        ("embed_dim", 768, "patch_embed.proj.weight has shape [64, 3, 16, 16], so embed_dim is 64"),
+    ):
+        bad = _with_metadata(vit, tmp_path / f"{record}.safetensors", "arch", record, value)
+        _assert_error(bad, f"recorded {record}={value} disagrees with the weights: {evidence}")
+    sidecar = tmp_path / "vit" / "backbone.json"  # metadata without an arch: the JSON sidecar's record
+    safetensors.torch.save_file(
+        safetensors.torch.load_file(str(vit)), str(vit), {"format": "facerep-backbone"}
+    )
+    sidecar.write_text(json.dumps(json.loads(sidecar.read_text()) | {"arch": {"img_size": 3_200_000}}))
+    _assert_error(vit, "recorded img_size=3200000 disagrees with the weights")
+    _assert_error(vit, "recorded img_size=3200000 disagrees", img_size=64)  # whatever size is asked
+
+    resnet = export_backbone(build_resnet("resnet18", img_size=32), tmp_path / "resnet")
+    bad = _with_metadata(resnet, tmp_path / "resnet50.safetensors", "arch", "layers", [3, 4, 6, 3])
+    _assert_error(
+        bad, "recorded layers=[3, 4, 6, 3] disagrees with the weights: the weights hold [2, 2, 2, 2]"
+    )
+
+
+def test_a_clip_file_whose_recorded_towers_the_tensors_contradict_is_refused(tmp_path: Path) -> None:
+    """The same for facerep's clip.safetensors: its vision and text records (a context length of millions
+    would build a text tower of gigabytes)."""
+    torch.save(openai_state(), tmp_path / "openai.pt")
+    clip = save_clip(load_clip(tmp_path / "openai.pt"), tmp_path / "clip.safetensors")
+    bad = _with_metadata(clip, tmp_path / "text.safetensors", "text", "context_length", 3_200_000)
+    text = r"text.safetensors: recorded context_length=3200000 .* positional_embedding has shape \[16, 64\]"
+    with pytest.raises(CheckpointError, match=text):
+        load_clip(bad)
+    bad = _with_metadata(clip, tmp_path / "vision.safetensors", "vision", "img_size", 3_200_000)
+    for load in (load_clip, load_backbone):
+        with pytest.raises(CheckpointError, match=r"vision.safetensors: recorded img_size=3200000 disagrees"):
+            load(bad)

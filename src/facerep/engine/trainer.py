@@ -12,6 +12,8 @@ What it guarantees:
 * the method's ``on_optimizer_step`` hook (e.g. MCF's momentum update) runs once per optimizer step;
 * atomic checkpoints every ``train.ckpt_every`` steps and at the end; rerunning with the same
   ``output_dir`` resumes, and on CPU the resumed run ends with exactly the uninterrupted run's weights;
+  a rerun under another config, or whose model does not fit the checkpoint, is a one-line error, and the
+  temporaries of writes a killed run left are removed at start;
 * a non-finite loss stops the run before anything is written, so the last good checkpoint survives;
 * rank 0 alone writes ``config.yaml``, ``metrics.jsonl``, TensorBoard events, ``checkpoint.pt`` and
   ``backbone.safetensors``.
@@ -32,13 +34,28 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from facerep.backbones import arch_record, export_backbone
-from facerep.config import ConfigError, PretrainConfig, TrainConfig, check_same_run, to_dict, to_yaml
+from facerep.backbones.base import load_strict
+from facerep.config import (
+    ConfigError,
+    PretrainConfig,
+    TrainConfig,
+    check_same_run,
+    fresh_run,
+    to_dict,
+    to_yaml,
+)
 from facerep.data.loader import build_pretrain_loader, dataset_length
 from facerep.engine.step import NonFiniteLossError, StepLoop, move_to
 from facerep.methods import METHODS, PretrainMethod, build_method
 from facerep.methods.base import with_recipe
 from facerep.models.batchnorm import sync_batchnorm
-from facerep.runtime.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from facerep.runtime.checkpoint import (
+    capture_rng,
+    load_checkpoint,
+    remove_interrupted_writes,
+    restore_rng,
+    save_checkpoint,
+)
 from facerep.runtime.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, is_distributed
 from facerep.runtime.optim import build_optimizer
 from facerep.runtime.run_log import MetricsLog, Progress, start_run
@@ -195,8 +212,10 @@ class Trainer:
                 f"{self.checkpoint_path}: written by method={state.get('method')}, not {self.cfg.method}; "
                 "use another output_dir"
             )
-        check_same_run(state.get("config"), self.cfg, self.checkpoint_path, RESUME_FREE)
-        self.method.load_state_dict(state["model"])
+        path = self.checkpoint_path
+        check_same_run(state.get("config"), self.cfg, path, RESUME_FREE)
+        what = f"this config's {self.cfg.method} model (the run directory holds another)"
+        load_strict(self.method, state["model"], str(path), what, f"; {fresh_run(path)}")
         self.optimizer.load_state_dict(state["optimizer"])
         self.loop.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
@@ -236,6 +255,8 @@ class Trainer:
     def fit(self) -> Path:
         """Train to ``total_steps``; returns the exported ``backbone.safetensors`` path."""
         cfg, train, main = self.cfg, self.cfg.train, self.dist.is_main
+        if main:
+            remove_interrupted_writes(self.output_dir)
         resumed = self.resume()
         batches = iter(
             build_pretrain_loader(

@@ -156,19 +156,29 @@ def arch_overrides(model: ModelConfig) -> dict:
 def build_encoder(cfg: PretrainConfig, layout: Mapping[str, Any] | None = None) -> nn.Module:
     """The trainable backbone: ``cfg.model.arch`` at ``cfg.data.image_size`` (with the architecture fields
     ``layout`` a method fixes, e.g. FaRL's CLIP tower), or initialised from ``cfg.model.init`` (any file
-    ``facerep.load_backbone`` reads, as stored; a ViT's position embedding is resampled)."""
+    ``facerep.load_backbone`` reads, as stored; a ViT's position embedding is resampled). With
+    ``model.init``, ``model.num_heads`` and ``model.output_stride`` are load options, and a
+    ``model.depth`` or ``model.embed_dim`` other than the file's is a one-line error (weights fix them)."""
     if cfg.model.init and cfg.model.select_from:
         raise ConfigError("model.init and model.select_from both start the encoder: set one of them")
     if cfg.model.init:
         encoder = load_backbone(
             cfg.model.init, img_size=cfg.data.image_size, drop_path_rate=cfg.model.drop_path_rate,
-            output_stride=cfg.model.output_stride,
+            num_heads=cfg.model.num_heads, output_stride=cfg.model.output_stride,
         ).train()  # fmt: skip
         if cfg.model.output_stride is not None and not isinstance(encoder, ResNet):
             raise ConfigError(
                 f"model.output_stride dilates a ResNet; model.init={cfg.model.init} holds a "
                 f"{type(encoder).__name__}"
             )
+        for key in ("depth", "embed_dim", "num_heads"):
+            asked, held = getattr(cfg.model, key), getattr(encoder.arch, key, None)
+            if asked is not None and asked != held:
+                holds = f"{key}={held}" if held is not None else f"a {type(encoder).__name__} (no {key})"
+                raise ConfigError(
+                    f"model.{key}={asked}, but model.init={cfg.model.init} holds {holds}; the file fixes the "
+                    f"architecture: leave model.{key} unset (null) or start from another file"
+                )
     else:
         fields = {**(layout or {}), **arch_overrides(cfg.model)}
         encoder = build_backbone(cfg.model.arch, img_size=cfg.data.image_size, **fields)

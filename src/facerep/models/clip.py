@@ -6,8 +6,8 @@ layout (:mod:`facerep.backbones.clip_layout`), so :func:`load_clip` reads FaRL's
 releases, OpenAI CLIP / open_clip state dicts (``.pt`` / ``.pth`` / ``.bin`` / ``.safetensors``) and the
 ``.safetensors`` files :func:`save_clip` writes (OpenAI keys plus metadata: ``format`` =
 ``facerep-clip``, ``vision`` = the image tower's arch record, ``text`` = the :class:`TextArch` fields,
-``embed_dim``, and JSON-encoded ``extra`` entries). :func:`facerep.load_backbone` reads the same files'
-image towers.
+``embed_dim``, and JSON-encoded ``extra`` entries; a record the weights contradict is refused before a tower
+is built). :func:`facerep.load_backbone` reads the same files' image towers.
 """
 
 from __future__ import annotations
@@ -25,13 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from facerep.backbones.base import FAMILIES, LoadOptions, arch_record, load_strict, short_list
+from facerep.backbones.base import FAMILIES, LoadOptions, arch_record, check_record, load_strict, short_list
 from facerep.backbones.clip_layout import (
     CLIP_FORMAT,
     CLIP_MARKER,
     MIM_PREFIXES,
     OPENAI_EXTRAS,
+    TEXT_BLOCKS,
     VISION,
+    block_indices,
     clip_records,
     clip_to_vit,
     vit_to_clip,
@@ -168,6 +170,25 @@ def _recorded(metadata: Mapping[str, str], source: str) -> dict[str, Any]:
         raise CheckpointError(f"{source}: unreadable {CLIP_FORMAT} metadata: {err}") from err
 
 
+def _text_held(state: Mapping[str, Any]) -> dict[str, tuple[Any, str]]:
+    """The :class:`TextArch` fields the text tower's weights fix, each with the tensor showing it (for
+    :func:`~facerep.backbones.base.check_record`; malformed tensors are left to the strict load)."""
+    held: dict[str, tuple[Any, str]] = {}
+    shaped = {
+        "token_embedding.weight": ("vocab_size", "width"),
+        "positional_embedding": ("context_length", "width"),
+        "text_projection": ("width", "embed_dim"),
+    }
+    for key, names in shaped.items():
+        value = state.get(key)
+        if isinstance(value, Tensor) and value.ndim == 2:
+            for name, size in zip(names, value.shape, strict=True):
+                held.setdefault(name, (int(size), f"{key} has shape {list(value.shape)}"))
+    layers = len(block_indices(state, TEXT_BLOCKS))
+    held["layers"] = (layers, f"the weights hold text blocks {TEXT_BLOCKS}0-{layers - 1}")
+    return held
+
+
 def load_clip(path: str | Path, *, img_size: int | None = None) -> CLIPModel:
     """Read a CLIP model (see the module docstring), in eval mode; ``model.recorded`` holds what a facerep
     file recorded beside the weights (``save_clip``'s ``extra``), else ``{}``.
@@ -194,6 +215,7 @@ def load_clip(path: str | Path, *, img_size: int | None = None) -> CLIPModel:
     if fields is None:
         text_arch = infer_text_arch(state, source)
     else:
+        check_record(fields, _text_held(state), source)
         try:
             text_arch = TextArch(**fields)
         except TypeError as err:

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from facerep.runtime.atomic import atomic_torch_save
+from facerep.runtime.atomic import atomic_torch_save, remove_stale_temporaries
 from facerep.runtime.errors import FacerepError, one_line
 
 CHECKPOINT_FORMAT = "facerep-checkpoint"
@@ -51,3 +51,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a facerep training checkpoint (no format={CHECKPOINT_FORMAT!r})")
     return state
+
+
+def remove_interrupted_writes(run_dir: Path) -> None:
+    """Delete the temporaries that writes killed mid-way left in ``run_dir`` (a half-written checkpoint is
+    never read, but it holds disk), saying which; call it on the writing process before a run starts."""
+    removed = remove_stale_temporaries(run_dir)
+    if removed:
+        names = ", ".join(p.name for p in removed)
+        print(f"[facerep] removed {len(removed)} temporary file(s) of killed writes in {run_dir}: {names}")
