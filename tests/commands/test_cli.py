@@ -50,7 +50,7 @@ def test_recipe_without_teacher_says_so(tmp_path, capsys):
     assert "teacher.checkpoint" in capsys.readouterr().err
 
 
-def test_only_facerep_errors_become_one_line_messages(monkeypatch, capsys):
+def test_facerep_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys):
     import facerep.commands.cli as cli
 
     def bug(cfg):

@@ -1,5 +1,6 @@
 """``facerep predict`` end to end: a model fine-tuned from the command line, run on a folder of rendered
-scenes (the default MTCNN detector), a photo without a face, an unreadable file and a short video."""
+scenes (the default MTCNN detector), a photo without a face, an unreadable file and a short video; image
+files of other modes (grey, 16-bit, RGBA) and a model answering NaN (strict JSON, counted)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import facerep.engine.predict as engine_predict
 from facerep.backbones import export_backbone
 from facerep.backbones.vit import build_vit
 from facerep.commands.cli import main
+from facerep.data.detect import Detection
 from facerep.data.scenes import render_scene
+from facerep.engine.predict import NON_FINITE
 
 TINY = [
     "data.image_size=64", "data.num_workers=0", "data.options.size=64", "data.train_options.length=16",
@@ -151,3 +155,73 @@ def test_predict_one_line_errors(tmp_path, capsys):
     assert "finetune.pt" in capsys.readouterr().err
     assert main(["predict", f"checkpoint={tmp_path}", f"input={tmp_path}", "frame_step=0"]) == 2
     assert "frame_step, batch_size and max_frames must be >= 1" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def alignment_run(tmp_path_factory, backbone):
+    return fine_tune(tmp_path_factory.mktemp("predict_cli_run"), backbone, "alignment")
+
+
+@pytest.fixture
+def planted_faces(monkeypatch):
+    """The detector finds the faces of ``render_scene(2, 0)`` wherever it looks (no MTCNN)."""
+    dets = [Detection(f.box, f.points, 0.9) for f in render_scene(2, 0).faces]
+    monkeypatch.setattr(engine_predict, "build_detector", lambda name, **options: lambda image: dets)
+    return dets
+
+
+def strict_json(path):
+    """``path`` read as standard JSON: NaN / Infinity fail the test."""
+    return json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(f"{path}: {name} in JSON"))
+
+
+def test_grey_16_bit_and_rgba_files_are_predicted_like_their_8_bit_rgb(
+    tmp_path, alignment_run, planted_faces
+):
+    image = render_scene(2, 0).image
+    grey = image[:, :, 1]
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(image).save(photos / "rgb.png")
+    Image.fromarray(np.dstack([image, np.full(grey.shape, 255, np.uint8)])).save(photos / "rgba.png")
+    Image.fromarray(grey).save(photos / "grey.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(photos / "grey16.png")
+    out = tmp_path / "out"
+    assert (
+        main(
+            ["predict", f"checkpoint={alignment_run}", f"input={photos}", f"output_dir={out}", "batch_size=1"]
+        )
+        == 0
+    )
+    faces = {name: strict_json(out / f"{name}.json")["faces"] for name in ("rgb", "rgba", "grey", "grey16")}
+    assert len(faces["rgb"]) == len(planted_faces) and strict_json(out / "summary.json")["failures"] == []
+    assert faces["rgba"] == faces["rgb"] and faces["grey16"] == faces["grey"] != faces["rgb"]
+
+
+def test_a_model_answering_nan_writes_null_with_a_reason_and_counts_it(
+    tmp_path, alignment_run, planted_faces, monkeypatch, capsys
+):
+    image = render_scene(2, 0).image
+    Image.fromarray(image).save(tmp_path / "scene.png")
+    monkeypatch.setattr(
+        engine_predict._TorchRunner,
+        "__call__",
+        lambda self, batch: np.full((len(batch), 68, 2), np.nan, np.float32),
+    )
+    out = tmp_path / "out"
+    assert (
+        main(
+            ["predict", f"checkpoint={alignment_run}", f"input={tmp_path / 'scene.png'}", f"output_dir={out}"]
+        )
+        == 0
+    )
+    doc = strict_json(out / "scene.json")
+    assert doc["faces"] and all(f["landmarks"] is None and f["error"] == NON_FINITE for f in doc["faces"])
+    summary = strict_json(out / "summary.json")
+    assert summary["non_finite_faces"] == len(doc["faces"]) and summary["non_finite"] == [
+        str(tmp_path / "scene.png")
+    ]
+    assert (
+        f"{len(doc['faces'])} faces ({len(doc['faces'])} with a non-finite model output)"
+        in capsys.readouterr().out
+    )

@@ -19,7 +19,7 @@ from facerep.data.detect import Detection
 from facerep.data.scenes import render_scene
 from facerep.engine.export import ExportError, FixedAdaptiveAvgPool2d, export_model, onnx_ready
 from facerep.engine.finetune import finetune
-from facerep.runtime.checkpoint import CheckpointError
+from facerep.runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 DATASETS = {"alignment": "synthetic_alignment", "parsing": "synthetic_parsing",
             "classification": "synthetic_attributes"}  # fmt: skip
@@ -113,3 +113,13 @@ def test_an_export_beyond_the_tolerance_is_refused_and_not_written(runs, tmp_pat
     (tmp_path / "bad.onnx.json").write_text("{}")
     assert main(["predict", f"checkpoint={tmp_path / 'bad.onnx'}", f"input={tmp_path}"]) == 2
     assert "not a facerep export spec" in capsys.readouterr().err
+
+
+def test_a_wrong_shape_checkpoint_names_the_key_and_both_shapes(runs, tmp_path):
+    state = load_checkpoint(runs["classification"] / "finetune.pt")
+    key = "backbone.blocks.0.attn.qkv.weight"
+    for weights in ("model", "ema"):
+        state[weights][key] = torch.zeros(5, 5)
+    save_checkpoint(state, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=rf"bad.pt: .*{key} file \[5, 5\] vs model \[192, 64\]"):
+        export_model(tmp_path / "bad.pt", "safetensors", tmp_path / "model.safetensors")

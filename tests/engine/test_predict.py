@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from facerep import Predictor
 from facerep.backbones import export_backbone
@@ -25,9 +26,11 @@ from facerep.data.downstream.transforms import (
 )
 from facerep.data.scenes import render_scene
 from facerep.data.synthetic import ATTRIBUTES, LAPA_CLASSES, render_face
+from facerep.data.transforms import BadImage
 from facerep.engine.finetune import finetune
 from facerep.engine.predict import (
     MEAN_SHAPE_68,
+    NON_FINITE,
     SYNTHETIC_FIVE_POINTS,
     draw_result,
     estimate_box,
@@ -241,8 +244,6 @@ def test_no_face_detections_without_points_and_bad_arguments(runs):
         Predictor(runs["classification"], framing={"zoom": 2})
     with pytest.raises(ConfigError, match="no such file"):
         Predictor(runs["alignment"] / "missing.pt")
-    with pytest.raises(ConfigError, match=r"expected an RGB image \[H, W, 3\] uint8"):
-        predictor(np.zeros((4, 4, 3), np.float32))
 
 
 def test_the_names_saved_in_the_checkpoint_label_the_outputs(runs, tmp_path):
@@ -255,3 +256,91 @@ def test_the_names_saved_in_the_checkpoint_label_the_outputs(runs, tmp_path):
     scene = render_scene(5, 0, faces=1)
     result = Predictor(tmp_path / "finetune.pt", detector=lambda image: truth_detections(scene))(scene.image)
     assert list(result["faces"][0]["probabilities"]) == names
+
+
+def _same_faces(a: dict, b: dict) -> bool:
+    """The same landmarks, up to rounding and batching (faces of several images run in one batch)."""
+    return len(a["faces"]) == len(b["faces"]) and all(
+        np.allclose(fa["landmarks"], fb["landmarks"], atol=0.02)
+        for fa, fb in zip(a["faces"], b["faces"], strict=True)
+    )
+
+
+def test_image_arrays_of_every_kind_become_rgb8_by_the_documented_rules(runs):
+    scene = render_scene(2, 0, faces=1)
+    dets = truth_detections(scene)
+    predictor = Predictor(runs["alignment"], detector=lambda image: dets)
+    rgb, grey = scene.image, scene.image[:, :, 1]
+    reference, grey_reference = predictor(rgb), predictor(np.repeat(grey[:, :, None], 3, axis=2))
+    opaque = np.full(grey.shape, 255, np.uint8)
+    assert _same_faces(predictor(grey), grey_reference)  # [H, W]
+    assert _same_faces(predictor(grey[:, :, None]), grey_reference)  # [H, W, 1]
+    assert _same_faces(predictor(np.dstack([rgb, 0 * opaque])), reference)  # RGBA: alpha dropped
+    assert _same_faces(predictor(rgb.astype(np.uint16) * 257), reference)  # 16-bit: v / 257
+    for dtype in (np.float32, np.float64):  # float in [0, 1]: v * 255
+        assert _same_faces(predictor((rgb / 255.0).astype(dtype)), reference)
+    one = predictor(rgb[:1, :1], [])  # 1 pixel: a result (no face)
+    assert (one["width"], one["height"], one["faces"]) == (1, 1, [])
+    assert predictor(rgb[:1, :1], dets)["faces"][0]["landmarks"] is not None  # a face outside: still mapped
+
+
+@pytest.mark.parametrize(
+    ("image", "reason"),
+    [
+        (
+            np.zeros((0, 0, 3), np.uint8),
+            r"image 0: empty image \(width 0, height 0\)",
+        ),  # was ZeroDivisionError
+        (np.zeros((5, 0), np.uint8), r"empty image \(width 0, height 5\)"),
+        (np.zeros((4, 4, 2), np.uint8), r"expected an image \[H, W\] or \[H, W, 1 \| 3 \| 4\], got shape"),
+        (np.zeros(7, np.uint8), r"got shape \(7,\)"),
+        (np.zeros((4, 4, 3), np.int64), "pixel type int64 is not uint8, uint16 or float in"),
+        (np.full((4, 4, 3), 200.0), r"float image must hold values in \[0, 1\], got \[200, 200\]"),
+        (np.full((4, 4, 3), np.nan, np.float32), "NaN or infinite pixels"),
+    ],
+)
+def test_images_that_cannot_be_read_as_rgb_are_one_line_errors(runs, image, reason):
+    predictor = Predictor(runs["alignment"])  # the default detector: it never sees these images
+    with pytest.raises(BadImage, match=reason):
+        predictor(image)
+
+
+def test_grey_16_bit_and_transparent_image_files_are_predicted(runs, tmp_path):
+    scene = render_scene(2, 0, faces=1)
+    dets = truth_detections(scene)
+    predictor = Predictor(runs["alignment"], detector=lambda image: dets)
+    grey = scene.image[:, :, 1]
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "grey16.png")  # I;16
+    Image.fromarray(np.dstack([scene.image, np.full(grey.shape, 255, np.uint8)])).save(tmp_path / "rgba.png")
+    assert Image.open(tmp_path / "grey16.png").mode == "I;16"
+    grey8, grey16, rgba = predictor.predict(
+        [tmp_path / "grey.png", tmp_path / "grey16.png", tmp_path / "rgba.png"]
+    )
+    assert _same_faces(grey16, grey8) and _same_faces(grey8, predictor(grey))
+    assert _same_faces(rgba, predictor(scene.image))
+
+
+@pytest.mark.parametrize("task", ["alignment", "parsing", "classification"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_a_non_finite_model_output_gives_null_predictions_and_a_reason(runs, task, bad):
+    scene = render_scene(2, 0, faces=2)
+    dets = truth_detections(scene)
+    predictor = Predictor(runs[task], detector=lambda image: dets)
+    model = predictor._model
+
+    def broken_second_face(batch):
+        out = model(batch)
+        out[1] = bad
+        return out
+
+    predictor._model = broken_second_face
+    result = predictor(scene.image)
+    good, broken = result["faces"]
+    assert "error" not in good and broken["error"] == NON_FINITE
+    keys = {"alignment": ["landmarks"], "parsing": ["mask"], "classification": ["probabilities", "labels"]}
+    for key in keys[task]:
+        assert good[key] is not None and broken[key] is None
+    if task == "parsing":  # the combined map holds the good face only
+        assert np.array_equal(result["mask"], good["mask"])
+    draw_result(scene.image, result, predictor.spec)  # the overlay says so instead of failing

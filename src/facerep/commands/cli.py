@@ -2,8 +2,18 @@
 ``prepare``, ``predict``, ``export``, ``demo`` and ``bench``.
 
 Each takes ``[-c CONFIG.yaml] [KEY=VALUE ...]`` (``evaluate``, ``probe``, ``demo`` and ``bench data`` only the
-overrides). facerep's own errors (:class:`~facerep.runtime.errors.FacerepError`: bad config, data,
-checkpoint, a non-finite loss) are printed as one line; anything else is a bug and shows its traceback.
+overrides). Failures are printed as one line ``facerep: error: ...`` (``FACEREP_DEBUG=1``: the traceback
+instead), with an exit code saying whose move it is:
+
+2
+    facerep's own errors (:class:`~facerep.runtime.errors.FacerepError`: bad config, data, checkpoint, a
+    non-finite loss): fix the command or its inputs (also argparse's code for a bad command line).
+1
+    the system refused an operation (:class:`OSError`: a full disk, a read-only or missing folder, a file
+    where a folder should be; or a library's wrapped write failure): fix the machine and rerun. Outputs are
+    written atomically, so the previous ones are intact.
+
+Anything else is a bug and shows its traceback.
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ from facerep.config import ConfigError, EvaluateConfig, FinetuneConfig, Pretrain
 from facerep.engine.evaluate import evaluate
 from facerep.engine.finetune import finetune
 from facerep.engine.trainer import pretrain
-from facerep.runtime.errors import FacerepError, one_line
+from facerep.runtime.errors import FacerepError, one_line, os_error_line, write_failure_line
 
 
 def _run_config(schema: type, run: Callable[[Any], object], args: argparse.Namespace) -> int:
@@ -186,17 +196,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _failure(err: Exception) -> tuple[str | None, int]:
+    """The one line and exit code of a user's (2) or the system's (1) error; ``None`` for a bug."""
+    if isinstance(err, FacerepError):
+        return one_line(err), 2
+    if isinstance(err, OSError):
+        return os_error_line(err), 1
+    return write_failure_line(err), 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except FacerepError as err:
-        if os.environ.get("FACEREP_DEBUG"):
-            raise
-        print(f"facerep: error: {one_line(err)}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as err:
+        line, code = _failure(err)
+        if line is None or os.environ.get("FACEREP_DEBUG"):
+            raise
+        print(f"facerep: error: {line}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -6,7 +6,11 @@ parsing label maps as PNGs of class ids (``<stem>_face<i>_mask.png`` per face, `
 and ``<stem>_overlay.png``. A folder is searched recursively (images and videos, sorted; outputs mirror its
 sub-folders). A video gives one ``<stem>.json`` with the faces of every ``frame_step``-th frame and, with
 overlays, ``<stem>_overlay.mp4`` of those frames. Files that cannot be read are reported and skipped;
-``summary.json`` counts images, frames, faces and lists the failures. Every file is written atomically.
+``summary.json`` counts images, frames, faces and lists the failures and the inputs with faces whose model
+output was not finite (their predictions are ``null`` with an ``"error"``). The JSON is strict (never NaN).
+
+Every file is written atomically, so a failed write (a full disk, a read-only folder: an :class:`OSError`,
+one line from the command line) stops the run and leaves the previous outputs as they were.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ from tqdm import tqdm
 from facerep.config import ConfigError
 from facerep.data.sources import IMAGE_EXTENSIONS
 from facerep.data.transforms import decode_image
+from facerep.data.video import VideoError
 from facerep.engine.predict import Predictor, draw_result
-from facerep.runtime.atomic import atomic_save, atomic_write_bytes, atomic_write_json
+from facerep.runtime.atomic import atomic_save, atomic_write_bytes
 from facerep.runtime.errors import FacerepError, one_line
 
 _NUMBERS = re.compile(r"\[\s*(-?[\d.eE+-]+(?:,\s*-?[\d.eE+-]+)*)\s*\]")
@@ -78,8 +83,9 @@ def is_video(path: Path) -> bool:
 
 
 def write_json(path: Path, doc: dict[str, Any]) -> None:
-    """Indented JSON with every innermost list of numbers (a box, a point) on one line."""
-    text = json.dumps(doc, indent=2)
+    """Indented JSON with every innermost list of numbers (a box, a point) on one line; a NaN or an
+    infinity is a ``ValueError`` (a bug: the predictor writes ``null`` for those)."""
+    text = json.dumps(doc, indent=2, allow_nan=False)
     text = _NUMBERS.sub(lambda m: "[" + re.sub(r",\s*", ", ", m.group(1)) + "]", text)
     atomic_write_bytes(path, text.encode())
 
@@ -95,9 +101,10 @@ def _faces_json(result: dict[str, Any], base: Path, prefix: str, save_masks: boo
     for i, face in enumerate(result["faces"]):
         entry = {k: v for k, v in face.items() if k != "mask"}
         if "mask" in face and save_masks:
-            name = f"{prefix}_face{i}_mask.png"
-            _save_png(face["mask"], base.parent / name)
-            entry["mask"] = name
+            entry["mask"] = None  # a non-finite output
+            if face["mask"] is not None:
+                entry["mask"] = f"{prefix}_face{i}_mask.png"
+                _save_png(face["mask"], base.parent / entry["mask"])
         faces.append(entry)
     return faces
 
@@ -153,10 +160,26 @@ class _VideoWriter:
         self.container.close()
 
 
+def _unreadable(source: Path, err: BaseException | str) -> VideoError:
+    return VideoError(f"cannot decode video {source}: {getattr(err, 'strerror', None) or one_line(err, 160)}")
+
+
+def _open_video(source: Path) -> av.container.InputContainer:
+    """``source`` opened for decoding, with a video stream, else a :class:`VideoError`."""
+    try:
+        container = av.open(str(source))
+    except (av.error.FFmpegError, OSError) as err:
+        raise _unreadable(source, err) from err
+    if not container.streams.video:
+        container.close()
+        raise _unreadable(source, "no video stream")
+    return container
+
+
 def predict_video(predictor: Predictor, source: Path, base: Path, cfg: PredictConfig, show: bool) -> dict:
     """``<base>.json`` with the faces of every ``frame_step``-th frame (+ ``<base>_overlay.mp4``); parsing
-    label maps of all faces per frame go to ``<base>_frames/<index>_mask.png``. Raises ``av`` errors for
-    files FFmpeg cannot open."""
+    label maps of all faces per frame go to ``<base>_frames/<index>_mask.png``. A file FFmpeg cannot open
+    or decode is a :class:`VideoError`; a failed write (an ``OSError``) is not caught."""
     doc: dict[str, Any] = {
         "video": str(source),
         "task": predictor.task,
@@ -165,9 +188,7 @@ def predict_video(predictor: Predictor, source: Path, base: Path, cfg: PredictCo
     }
 
     def run(overlay_path: Path | None) -> None:
-        with av.open(str(source)) as container:
-            if not container.streams.video:
-                raise av.error.InvalidDataError(0, f"{source}: no video stream")
+        with _open_video(source) as container:
             stream = container.streams.video[0]
             fps = float(stream.average_rate) if stream.average_rate else 25.0
             doc.update(width=stream.codec_context.width, height=stream.codec_context.height, fps=fps)
@@ -175,12 +196,15 @@ def predict_video(predictor: Predictor, source: Path, base: Path, cfg: PredictCo
 
             def frames() -> Iterator[tuple[int, np.ndarray]]:
                 taken = 0
-                for index, frame in enumerate(container.decode(stream)):
-                    if cfg.max_frames is not None and taken >= cfg.max_frames:
-                        return
-                    if index % cfg.frame_step == 0:
-                        taken += 1
-                        yield index, frame.to_ndarray(format="rgb24")
+                try:
+                    for index, frame in enumerate(container.decode(stream)):
+                        if cfg.max_frames is not None and taken >= cfg.max_frames:
+                            return
+                        if index % cfg.frame_step == 0:
+                            taken += 1
+                            yield index, frame.to_ndarray(format="rgb24")
+                except (av.error.FFmpegError, OSError) as err:  # decoding only: the consumer's errors
+                    raise _unreadable(source, err) from err  # are raised where it runs
 
             total = stream.frames // cfg.frame_step + 1 if stream.frames else None
             bar = tqdm(total=total, desc=source.name, unit="frame", disable=not show, leave=False)
@@ -236,11 +260,20 @@ def run_predict(cfg: PredictConfig) -> dict:
     root = Path(cfg.input)
     inputs = find_inputs(root)
     bases = output_bases(inputs, root, out)
+    out.mkdir(parents=True, exist_ok=True)  # output_dir=<a file>: fail before the model runs
     show = cfg.progress and sys.stderr.isatty()
     summary: dict[str, Any] = {
         "checkpoint": str(cfg.checkpoint), "input": str(root), "output_dir": str(out), "task": predictor.task,
-        "images": 0, "videos": 0, "frames": 0, "faces": 0, "no_face": [], "failures": [],
+        "images": 0, "videos": 0, "frames": 0, "faces": 0, "non_finite_faces": 0, "no_face": [],
+        "non_finite": [], "failures": [],
     }  # fmt: skip
+
+    def count(path: Path, faces: list[dict[str, Any]]) -> None:
+        summary["faces"] += len(faces)
+        bad = sum("error" in face for face in faces)
+        if bad:
+            summary["non_finite_faces"] += bad
+            summary["non_finite"].append(str(path))
 
     def fail(path: Path, error: BaseException | str) -> None:
         message = one_line(error, 300)
@@ -262,24 +295,24 @@ def run_predict(cfg: PredictConfig) -> dict:
     ):
         write_image(predictor, path, bases[path], image, result, cfg.overlays)
         summary["images"] += 1
-        summary["faces"] += len(result["faces"])
+        count(path, result["faces"])
         if not result["faces"]:
             summary["no_face"].append(str(path))
     for path in (p for p in inputs if is_video(p)):
         try:
             doc = predict_video(predictor, path, bases[path], cfg, show)
-        except (av.error.FFmpegError, OSError) as err:
+        except VideoError as err:
             fail(path, err)
             continue
         summary["videos"] += 1
         summary["frames"] += len(doc["frames"])
-        summary["faces"] += sum(len(f["faces"]) for f in doc["frames"])
+        count(path, [face for frame in doc["frames"] for face in frame["faces"]])
     summary["config"] = asdict(cfg)
-    atomic_write_json(out / "summary.json", summary)
+    write_json(out / "summary.json", summary)
     print(
         f"[facerep] predict ({predictor.task}): {summary['images']} images "
         f"({len(summary['no_face'])} without a face), {summary['videos']} videos ({summary['frames']} "
-        f"frames), {summary['faces']} faces; "
+        f"frames), {summary['faces']} faces ({summary['non_finite_faces']} with a non-finite model output); "
         f"{len(summary['failures'])} unreadable files skipped; wrote {out}",
         flush=True,
     )

@@ -1,7 +1,8 @@
 """Exporting a fine-tuned model (backbone + head) for inference without facerep's model code.
 
 ``onnx``: the legacy TorchScript-based ``torch.onnx.export`` (``dynamo=False``: the dynamo exporter needs
-``onnxscript``), one input ``image`` ``[N, 3, S, S]`` (normalised as the spec says) with a dynamic batch axis,
+``onnxscript``) at an opset from :data:`MIN_OPSET` (the ViTs' fused attention) to the newest torch writes,
+one input ``image`` ``[N, 3, S, S]`` (normalised as the spec says) with a dynamic batch axis,
 one output (:class:`~facerep.engine.predict.ExportModel`: ``landmarks`` or ``logits``). ``torchscript``:
 ``torch.jit.trace`` of the same module. ``safetensors``: the task model's state dict (rebuilt from the spec's
 arch record and fine-tuning config by :class:`~facerep.engine.predict.Predictor`). Each file gets the
@@ -16,6 +17,7 @@ and must be at most ``tolerance x max(1, max |PyTorch output|)``, else the expor
 from __future__ import annotations
 
 import copy
+import io
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,10 +25,13 @@ from typing import Any
 
 import numpy as np
 import onnxruntime
+import safetensors.torch
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
+from torch.onnx._constants import ONNX_MAX_OPSET
 
+from facerep.config import check_range
 from facerep.engine.predict import (
     INPUT_NAME,
     ExportModel,
@@ -44,6 +49,13 @@ DEFAULT_FILES = {
     "safetensors": "model.safetensors",
 }
 DEFAULT_OPSET = 17
+MIN_OPSET = 14  # scaled_dot_product_attention (every ViT block) exports from opset 14 on
+MAX_OPSET = ONNX_MAX_OPSET  # the newest opset the installed torch writes
+
+
+def check_opset(opset: int) -> None:
+    """A one-line :class:`~facerep.config.ConfigError` unless ``opset`` is one the ViTs export at."""
+    check_range("opset", opset, MIN_OPSET, MAX_OPSET)
 
 
 class ExportError(FacerepError):
@@ -153,6 +165,8 @@ def export_model(
     (paths, ``max_abs_diff``, the batches checked, the tolerance)."""
     if fmt not in EXPORT_FORMATS:
         raise ExportError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
+    if fmt == "onnx":
+        check_opset(opset)
     if not batches or min(int(n) for n in batches) < 1 or not tolerance > 0:
         raise ExportError(
             f"batches must be sizes >= 1 and tolerance > 0, got {list(batches)} and {tolerance}"
@@ -170,12 +184,15 @@ def export_model(
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape-derived values: fixed size
                 traced = torch.jit.trace(model, (_inputs(spec, 2, seed=99),), check_trace=False)
-            torch.jit.save(traced, str(tmp))
+            buffer = io.BytesIO()  # torch.jit.save to a path aborts the process on a full disk
+            torch.jit.save(traced, buffer)
+            tmp.write_bytes(buffer.getvalue())
             run = _torch_runner(torch.jit.load(str(tmp)))
         else:
             state = {k: v.detach().clone().contiguous() for k, v in model.model.state_dict().items()}
-            save_file(state, str(tmp), metadata={"format": "facerep-finetune", "task": spec["task"]})
-            run = _torch_runner(build_model(spec, load_file(str(tmp))))
+            metadata = {"format": "facerep-finetune", "task": spec["task"]}
+            tmp.write_bytes(safetensors.torch.save(state, metadata=metadata))  # its OSError names no file
+            run = _torch_runner(build_model(spec, load_file(str(tmp)), str(path)))
         diff, scale = _parity(model, run, spec, batches)
         report.update(max_abs_diff=diff, output_scale=scale)
         if diff > tolerance * max(1.0, scale):

@@ -40,6 +40,17 @@ photo, so predictions go back exactly: landmarks through the transform's ``crop_
 of the photo -> fed-image map; masks by :func:`~facerep.data.downstream.transforms.logits_to_image` with the
 composed photo -> crop matrix, argmax per face, and one combined label map in which a face with a higher
 detection score wins overlapping pixels.
+
+Images given as arrays become the ``[H, W, 3]`` uint8 RGB the detector and crops take by these rules
+(anything else is a one-line :class:`~facerep.data.transforms.BadImage`): ``[H, W]`` and ``[H, W, 1]`` are
+grey, replicated to RGB; ``[H, W, 4]`` is RGBA, whose alpha is dropped (the colour channels as they are);
+uint16 is scaled to 8 bits (``round(v / 257)``); float (any precision) must hold finite values in [0, 1]
+(``round(v * 255)``) -- a [0, 255] float image is refused rather than guessed at; other pixel types and
+empty images (a side of 0) are refused. Image files go through :func:`~facerep.data.transforms.decode_image`
+(grey, 16-bit and float modes scaled, transparency composited over white).
+
+A model output with a NaN or an infinity gives that face ``None`` predictions (``landmarks``, ``mask``, or
+``probabilities`` and the labels) and ``"error":`` :data:`NON_FINITE`, never NaN numbers.
 """
 
 from __future__ import annotations
@@ -61,6 +72,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from facerep.backbones import backbone_from_record
+from facerep.backbones.base import load_strict
 from facerep.config import ConfigError, FinetuneConfig
 from facerep.data.crop import apply_transform, transform_scale
 from facerep.data.detect import Detection, build_detector
@@ -80,7 +92,7 @@ from facerep.data.downstream.transforms import (
     logits_to_image,
     similarity,
 )
-from facerep.data.transforms import decode_image
+from facerep.data.transforms import BadImage, decode_image
 from facerep.engine.finetune import CHECKPOINT_NAME
 from facerep.runtime.checkpoint import CheckpointError, load_checkpoint
 from facerep.runtime.errors import FacerepError
@@ -90,6 +102,7 @@ from facerep.viz import draw_landmarks, draw_parsing, palette
 __all__ = [
     "DEFAULT_EXPAND",
     "MEAN_SHAPE_68",
+    "NON_FINITE",
     "SYNTHETIC_FIVE_POINTS",
     "ExportModel",
     "Framing",
@@ -115,6 +128,7 @@ VIDEO_FACE_SETS = ("oulu_npu", "casia_fasd", "replay_attack", "msu_mfsd", "ocim"
 INPUT_NAME = "image"
 DEFAULT_EXPAND = 1.5  # box framing of the real whole-image sets: canvas side = detector box side x this
 NO_FACE = "no face found"
+NON_FINITE = "non-finite model output (NaN or inf)"
 _MASK_CHUNK = 1 << 23  # logits mapped back per row chunk: at most this many values (rows x W x classes)
 
 # The mean synthetic 68-point face in FaRL's five-point template units ([-1, 1] crop coordinates, the frame of
@@ -401,8 +415,9 @@ class ExportModel(nn.Module):
         return out["landmarks"] if self.task == "alignment" else out
 
 
-def build_model(spec: dict[str, Any], weights: dict[str, Tensor]) -> ExportModel:
-    """The spec's task model on its backbone with ``weights`` loaded (strict), wrapped, in eval mode."""
+def build_model(spec: dict[str, Any], weights: dict[str, Tensor], source: str) -> ExportModel:
+    """The spec's task model on its backbone with ``weights`` (read from ``source``) loaded strictly, wrapped,
+    in eval mode; weights that do not fit are one line naming the key and both shapes."""
     ft = _finetune_config(spec["config"])
     info = DatasetInfo(
         spec["num_points"],
@@ -410,12 +425,7 @@ def build_model(spec: dict[str, Any], weights: dict[str, Tensor]) -> ExportModel
         tuple(spec["attribute_names"]) if spec["attribute_names"] is not None else None,
     )
     model = build_task(ft).build_model(backbone_from_record(spec["arch"]), info)
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as err:
-        raise CheckpointError(
-            f"the weights do not fit a {spec['task']} model: {str(err).splitlines()[0]}"
-        ) from err
+    load_strict(model, weights, source, f"a {spec['task']} model")
     return ExportModel(model, spec["task"]).eval()
 
 
@@ -447,7 +457,7 @@ def load_finetuned(checkpoint: str | Path) -> tuple[ExportModel, dict[str, Any]]
         raise CheckpointError(f"{path}: not a facerep fine-tuning checkpoint ({CHECKPOINT_NAME})")
     weights = state["ema"] if state.get("ema") is not None else state["model"]
     spec = model_spec(state["config"], state["arch"], weights, state.get("outputs"))
-    return build_model(spec, weights), spec
+    return build_model(spec, weights, str(path)), spec
 
 
 class _TorchRunner:
@@ -502,7 +512,7 @@ def load_runner(checkpoint: str | Path, device: torch.device) -> tuple[Callable[
                 raise CheckpointError(f"{path}: not a TorchScript file: {str(err).splitlines()[0]}") from err
             return _TorchRunner(module, device), spec
         if fmt == "safetensors":
-            return _TorchRunner(build_model(spec, load_file(str(path))), device), spec
+            return _TorchRunner(build_model(spec, load_file(str(path)), str(path)), device), spec
         raise CheckpointError(
             f"{sidecar_path(path)}: unknown format {fmt!r} (onnx, torchscript, safetensors)"
         )
@@ -702,21 +712,34 @@ class Predictor:
             else np.round(np.asarray(det.points, dtype=np.float64), 2).tolist(),
             "score": round(float(det.score), 4),
         }
+        finite = bool(np.isfinite(output).all())
         if self.task == "alignment":
-            result["landmarks"] = np.round(self._landmarks(face, output), 2).tolist()
+            result["landmarks"] = np.round(self._landmarks(face, output), 2).tolist() if finite else None
             result["crop_box"] = [round(float(v), 2) for v in face.crop_box]
         elif self.task == "parsing":
-            result["mask"] = self._mask(face, output, hw)
+            result["mask"] = self._mask(face, output, hw) if finite else None
+        elif finite:
+            result.update(self._classify(output))
         else:
-            logits = torch.from_numpy(np.asarray(output, dtype=np.float32))
-            probs = (logits.sigmoid() if self.spec["multilabel"] else logits.softmax(-1)).numpy()
-            result["probabilities"] = {n: round(float(p), 4) for n, p in zip(self.names, probs, strict=True)}
-            if self.spec["multilabel"]:
-                result["labels"] = [n for n, p in zip(self.names, probs, strict=True) if p >= 0.5]
-            else:
-                result["label"] = self.names[int(probs.argmax())]
-            if self.task == "antispoof":  # class 1 = live: its probability is the liveness score
-                result["liveness"] = round(float(probs[1]), 4)
+            keys = ["probabilities", "labels" if self.spec["multilabel"] else "label"]
+            result.update(dict.fromkeys(keys + (["liveness"] if self.task == "antispoof" else [])))
+        if not finite:
+            result["error"] = NON_FINITE
+        return result
+
+    def _classify(self, output: np.ndarray) -> dict[str, Any]:
+        """Logits -> ``probabilities`` by name, ``labels`` (multi-label) or ``label``, and ``liveness``."""
+        logits = torch.from_numpy(np.asarray(output, dtype=np.float32))
+        probs = (logits.sigmoid() if self.spec["multilabel"] else logits.softmax(-1)).numpy()
+        result: dict[str, Any] = {
+            "probabilities": {n: round(float(p), 4) for n, p in zip(self.names, probs, strict=True)}
+        }
+        if self.spec["multilabel"]:
+            result["labels"] = [n for n, p in zip(self.names, probs, strict=True) if p >= 0.5]
+        else:
+            result["label"] = self.names[int(probs.argmax())]
+        if self.task == "antispoof":  # class 1 = live: its probability is the liveness score
+            result["liveness"] = round(float(probs[1]), 4)
         return result
 
     def _result(self, image: np.ndarray, faces: list[dict[str, Any]]) -> dict[str, Any]:
@@ -724,9 +747,10 @@ class Predictor:
         out: dict[str, Any] = {"width": int(w), "height": int(h), "task": self.task, "faces": faces}
         if self.task == "parsing":
             combined = np.zeros((h, w), dtype=np.uint8)
-            for face in faces:  # highest score first: earlier faces keep the pixels they claim
+            masks = [f["mask"] for f in faces if f["mask"] is not None]  # None: a non-finite output
+            for mask in masks:  # highest score first: earlier faces keep the pixels they claim
                 free = combined == 0
-                combined[free] = face["mask"][free]
+                combined[free] = mask[free]
             out["mask"] = combined
         if not faces:
             out["message"] = NO_FACE
@@ -744,7 +768,7 @@ class Predictor:
         pending: list[tuple[Any, np.ndarray, list[_Face]]] = []
         count = 0
         for key, image in items:
-            image = _rgb(image)
+            image = _rgb(image, str(key) if isinstance(key, str | Path) else f"image {key}")
             dets = detections(key, image) if detections is not None else self.detect(image)
             faces = self.prepare(image, dets)
             pending.append((key, image, faces))
@@ -768,10 +792,11 @@ class Predictor:
         images: Sequence[np.ndarray | str | Path],
         detections: Sequence[Sequence[Detection]] | None = None,
     ) -> list[dict[str, Any]]:
-        """Images (arrays [H, W, 3] uint8 RGB or paths) -> one result per image: ``{"width", "height", "task",
-        "faces": [{"box", "points", "score", "landmarks" [K, 2] | "mask" [H, W] uint8 | "probabilities",
-        "label" / "labels"}], "mask" (parsing: all faces), "message" (no face)}``. ``detections`` (one list
-        per image) replaces the detector."""
+        """Images (arrays, see the module docstring's rules, or paths) -> one result per image: ``{"width",
+        "height", "task", "faces": [{"box", "points", "score", "landmarks" [K, 2] | "mask" [H, W] uint8 |
+        "probabilities", "label" / "labels", "error" (a non-finite output: the predictions are None)}],
+        "mask" (parsing: all faces), "message" (no face)}``. ``detections`` (one list per image) replaces
+        the detector."""
         arrays = [
             np.asarray(decode_image(im, str(im))) if isinstance(im, str | Path) else im for im in images
         ]
@@ -790,13 +815,31 @@ def _corners(box: np.ndarray) -> np.ndarray:
     return np.array([[x1, y1], [x2, y1], [x1, y2], [x2, y2]])
 
 
-def _rgb(image: np.ndarray) -> np.ndarray:
+def _rgb(image: np.ndarray, name: str) -> np.ndarray:
+    """``image`` as ``[H, W, 3]`` uint8 RGB by the module docstring's rules, else a :class:`BadImage`."""
     arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[2] in (1, 4):
+        arr = arr[:, :, 0] if arr.shape[2] == 1 else arr[:, :, :3]  # grey; RGBA without alpha
     if arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
-        raise ConfigError(f"expected an RGB image [H, W, 3] uint8, got {arr.dtype} {tuple(arr.shape)}")
-    return arr
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise BadImage(name, f"expected an image [H, W] or [H, W, 1 | 3 | 4], got shape {tuple(arr.shape)}")
+    if arr.size == 0:
+        raise BadImage(name, f"empty image (width {arr.shape[1]}, height {arr.shape[0]})")
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == np.uint16:
+        return np.round(arr / 257.0).astype(np.uint8)
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise BadImage(name, f"pixel type {arr.dtype} is not uint8, uint16 or float in [0, 1]")
+    if not np.isfinite(arr).all():
+        raise BadImage(name, "a float image with NaN or infinite pixels")
+    low, high = float(arr.min()), float(arr.max())
+    if low < 0 or high > 1:
+        raise BadImage(
+            name, f"a float image must hold values in [0, 1], got [{low:.4g}, {high:.4g}] (divide by 255?)"
+        )
+    return np.round(arr * 255.0).astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------------------------- overlays
@@ -808,8 +851,9 @@ def draw_result(image: np.ndarray, result: dict[str, Any], spec: dict[str, Any])
     task = result["task"]
     if task == "parsing":
         canvas = draw_parsing(image, result["mask"], spec["class_names"])
-    elif task == "alignment" and result["faces"]:
-        canvas = draw_landmarks(image, np.concatenate([np.asarray(f["landmarks"]) for f in result["faces"]]))
+    elif task == "alignment" and any(f["landmarks"] is not None for f in result["faces"]):
+        points = [np.asarray(f["landmarks"]) for f in result["faces"] if f["landmarks"] is not None]
+        canvas = draw_landmarks(image, np.concatenate(points))
     else:
         canvas = Image.fromarray(image).convert("RGB")
     draw = ImageDraw.Draw(canvas)
@@ -819,7 +863,9 @@ def draw_result(image: np.ndarray, result: dict[str, Any], spec: dict[str, Any])
         x1, y1, x2, y2 = face["box"]
         draw.rectangle([x1, y1, x2, y2], outline=colour, width=max(1, int(min(image.shape[:2]) / 240)))
         text = f"{i}: {face['score']:.2f}"
-        if "label" in face:
+        if "error" in face:
+            text += f" {face['error']}"
+        elif "label" in face:
             text += f" {face['label']} {face['probabilities'][face['label']]:.2f}"
         elif "labels" in face:
             text += " " + ", ".join(f"{n} {face['probabilities'][n]:.2f}" for n in face["labels"])
