@@ -126,7 +126,7 @@ def test_generic_json_alignment_box_and_68_points(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
-        ("[" * 200_000 + "]" * 200_000, "nested too deep"),
+        ("[" * 200_000 + "]" * 200_000, "nested 200000 deep, more than max_json_depth=100"),
         ('{"samples": [', "not valid JSON"),
         (None, "missing annotation file"),
     ],
