@@ -202,6 +202,7 @@ def test_output_dir_that_is_a_file_is_one_line(tmp_path, run, photos, capsys):
     taken.write_text("keep me")
     commands = {
         "pretrain": ["pretrain", "teacher.checkpoint=random"],
+        "pretrain with its MAE stage": ["pretrain"],  # the stage's folder below the file: ENOTDIR
         "finetune": ["finetune", "backbone=random", *TINY_FINETUNE],
         "prepare": ["prepare", f"input={photos}"],
         "predict": ["predict", f"checkpoint={run}", f"input={photos}"],

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+from pathlib import Path
 
 
 class FacerepError(ValueError):
@@ -31,10 +32,14 @@ def one_line(error: BaseException | str, limit: int | None = None) -> str:
 def os_error_line(error: OSError) -> str:
     """``<path>[ -> <path2>]: <what went wrong>`` (the paths the error names, its ``strerror``); a file
     where a folder was to be made (``output_dir=<a file>``) says it is not a folder."""
-    what = error.strerror or one_line(error)
     name = error.filename
-    if error.errno == errno.EEXIST and isinstance(name, str | os.PathLike) and os.path.isfile(name):
-        what += " and is not a folder"
+    if isinstance(name, str | os.PathLike) and error.errno in (errno.EEXIST, errno.ENOTDIR):
+        # output_dir=<a file>: name the file that stands where a folder should be (the path, or the ancestor
+        # below which a folder could not be made, e.g. <a file>/teacher_mae)
+        file = next((p for p in (Path(name), *Path(name).parents) if p.is_file()), None)
+        if file is not None:
+            return f"{file}: File exists and is not a folder"
+    what = error.strerror or one_line(error)
     paths = " -> ".join(str(p) for p in (name, error.filename2) if p is not None)
     return f"{paths}: {what}" if paths else what
 
