@@ -89,6 +89,7 @@ __all__ = [
     "clip_state",
     "detect_format",
     "export_backbone",
+    "is_torchscript",
     "load_backbone",
     "read_backbone_state",
     "read_checkpoint_file",
@@ -446,7 +447,7 @@ def _load_file(path: Path, source: str) -> tuple[Any, dict[str, str] | None]:
         return state, {"format": ONNX_FORMAT, "arch": json.dumps(record)}
     if path.name.endswith(".index.json"):
         return _load_shards(path, source), None
-    if _is_torchscript(path):
+    if is_torchscript(path):
         raise CheckpointError(
             f"{source}: a TorchScript archive (such as OpenAI's original CLIP release); facerep reads plain "
             "state dicts: re-save it with torch.save(torch.jit.load(path).state_dict(), 'weights.pt')"
@@ -469,7 +470,7 @@ def _load_file(path: Path, source: str) -> tuple[Any, dict[str, str] | None]:
         raise CheckpointError(f"{source}: not a readable torch checkpoint: {one_line(err, 200)}") from err
 
 
-def _is_torchscript(path: Path) -> bool:
+def is_torchscript(path: Path) -> bool:
     """Whether ``path`` is a TorchScript zip archive (it holds ``code/`` and ``constants.pkl``)."""
     if path.suffix == ".safetensors" or not zipfile.is_zipfile(path):
         return False
