@@ -83,7 +83,7 @@ def test_predict_alignment_on_photos_a_folder_and_a_video(tmp_path, backbone, ca
     assert main(["predict", f"checkpoint={run}", f"input={photos}", f"output={out}", "frame_step=2"]) == 0
     printed = capsys.readouterr().out
     assert (
-        "3 images (1 without a face), 1 videos (2 frames)" in printed
+        "3 images (skipped: no_face 1, unreadable 1), 1 videos (2 frames)" in printed
         and "1 unreadable files skipped" in printed
     )
     summary = json.loads((out / "summary.json").read_text())
@@ -91,7 +91,11 @@ def test_predict_alignment_on_photos_a_folder_and_a_video(tmp_path, backbone, ca
         summary["failures"][0]["path"].endswith("broken.jpg")
         and "not an image" in summary["failures"][0]["error"]
     )
-    assert summary["no_face"] == [str(photos / "more" / "empty.png")]
+    assert summary["skipped"] == [
+        {"path": str(photos / "broken.jpg"), "reason": "unreadable"},
+        {"path": str(photos / "more" / "empty.png"), "reason": "no_face"},
+    ]
+    assert summary["skipped_images"] == {"no_face": 1, "unreadable": 1}
     errors = []
     for name, scene in scenes.items():
         stem = name.rsplit(".", 1)[0]

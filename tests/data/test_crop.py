@@ -21,6 +21,7 @@ from facerep.data.crop import (
     on_reduced,
     reduction_for,
     select_faces,
+    skip_reason,
     template_points,
     transform_scale,
     warp_face,
@@ -87,6 +88,29 @@ def test_filters_count_reasons_and_keep_the_best_faces() -> None:
     assert rejected == {"low_score": 2, "small": 1, "faces_per_image": 1}
     kept, rejected = select_faces(faces, CropConfig(min_face=0, min_score=0.0, max_faces=0))
     assert kept == [2, 5, 3, 0, 1] and rejected == {"low_score": 1}
+
+
+def test_an_image_without_a_crop_is_skipped_for_one_named_reason() -> None:
+    cfg = CropConfig(min_face=64, min_score=0.9)
+
+    def why(faces: list, config: CropConfig = cfg) -> dict | None:
+        return skip_reason(faces, *select_faces(faces, config))
+
+    assert why([]) == {"reason": "no_face"}
+    assert why([_face(0, 0, 100, 100, 0.62), _face(0, 0, 90, 90, 0.81)]) == {
+        "reason": "low_score",
+        "score": 0.81,
+    }
+    assert why([_face(0, 0, 100, 100, float("nan"))]) == {"reason": "low_score", "score": None}
+    # one face sure but small, another large but unsure: the sure one was too small
+    assert why([_face(0, 0, 40, 40, 0.99), _face(0, 0, 100, 100, 0.5)]) == {"reason": "too_small"}
+    assert why([_face(0, 0, 100, 100, 0.95)]) is None
+    two = [_face(0, 0, 100, 100, 0.95), _face(0, 0, 80, 80, 0.97)]
+    assert why(two) is None  # max_faces 3 keeps both
+    single = CropConfig(min_face=64, min_score=0.9, single_face=True)
+    assert select_faces(two, single) == ([], {"faces_per_image": 2})
+    assert why(two, single) == {"reason": "too_many"}
+    assert why([*two[:1], _face(0, 0, 100, 100, 0.3)], single) is None  # one face passes: kept
 
 
 def test_config_values_are_checked_with_the_key_named() -> None:

@@ -233,8 +233,18 @@ def test_no_face_detections_without_points_and_bad_arguments(runs):
     image = np.full((60, 80, 3), 127, np.uint8)
     predictor = Predictor(runs["alignment"], detector=lambda im: [])
     assert predictor(image) == {"width": 80, "height": 60, "task": "alignment", "faces": [],
-                                "message": "no face found"}  # fmt: skip
+                                "message": "no face found", "reason": "no_face"}  # fmt: skip
     scene = render_scene(2, 0, faces=1)
+    unsure = [Detection(scene.faces[0].box, None, 0.83), Detection(scene.faces[0].box, None, 0.615)]
+    strict = Predictor(runs["alignment"], detector=lambda im: unsure, min_score=0.9)
+    result = strict(scene.image)
+    assert result["faces"] == [] and (result["reason"], result["score"]) == ("low_score", 0.83)
+    assert (
+        len(Predictor(runs["alignment"], detector=lambda im: unsure, min_score=0.8)(scene.image)["faces"])
+        == 1
+    )
+    with pytest.raises(ConfigError, match="min_score must lie in"):
+        Predictor(runs["alignment"], min_score=2)
     box_only = [Detection(scene.faces[0].box, None, 0.9)]  # e.g. a Haar cascade: the box is cropped as given
     face = predictor(scene.image, box_only)["faces"][0]
     assert face["points"] is None and np.allclose(face["crop_box"], scene.faces[0].box, atol=0.01)

@@ -351,3 +351,43 @@ def test_pretrain_reads_the_prepared_shards(scenes, tmp_path, tiny_config, faces
     pretrain(cfg)
     records = [json.loads(x) for x in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["step"] == 2 and records[-1]["skipped"] == 0
+
+
+def test_every_skipped_image_is_named_with_its_reason(tmp_path) -> None:
+    scene = render_scene(SEED, 0)
+    jpg = io.BytesIO()
+    Image.fromarray(scene.image).save(jpg, "JPEG", quality=90)
+    good = jpg.getvalue()
+    box, points = scene.faces[0].box, scene.faces[0].points
+    tiny = np.array([10, 10, 30, 30], np.float32)
+    detections = {
+        1: [(box, points, np.float32(0.99))],  # a crop
+        2: [(box, points, np.float32(0.99))],  # truncated file: unreadable
+        4: [],  # nothing found
+        5: [(box, points, np.float32(0.61)), (box, points, np.float32(0.72))],  # found, below min_score
+        6: [(tiny, None, np.float32(0.99))],  # sure, but smaller than min_face
+        7: [(box, points, np.float32(0.99)), (box + 5, points + 5, np.float32(0.98))],  # two: single_face
+    }
+    torch.save(detections, tmp_path / "sample2detect.pth")
+    images = {1: good, 2: good[: len(good) // 2], 3: good, 4: good, 5: good, 6: good, 7: good}
+    members = [
+        m
+        for i, data in images.items()
+        for m in ((f"k{i}.jpg", data), (f"k{i}.json", b'{"SAMPLE_ID": %d}' % i))
+    ]
+    _write_tar(tmp_path / "00000.tar", members)
+    found = f"detections={tmp_path / 'sample2detect.pth'}"
+    summary = _prepare(tmp_path / "out", f"input={tmp_path}/00000.tar", found, "crop.min_face=40",
+                       "crop.single_face=true")  # fmt: skip
+    assert summary["crops"] == 1
+    assert summary["skipped_images"] == {"low_score": 1, "no_detection": 1, "no_face": 1, "too_many": 1,
+                                         "too_small": 1, "unreadable": 1}  # fmt: skip
+    stats = json.loads((tmp_path / "out" / "crops-00000_stats.json").read_text())
+    named = {
+        r["source"].rsplit(":", 1)[1]: {k: v for k, v in r.items() if k != "source"} for r in stats["skipped"]
+    }
+    assert named == {
+        "k2": {"reason": "unreadable"}, "k3": {"reason": "no_detection"}, "k4": {"reason": "no_face"},
+        "k5": {"reason": "low_score", "score": 0.72}, "k6": {"reason": "too_small"},
+        "k7": {"reason": "too_many"},
+    }  # fmt: skip

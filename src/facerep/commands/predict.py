@@ -1,4 +1,5 @@
-"""``facerep predict``: a fine-tuned model on photos, folders of photos or videos -> JSON + overlays.
+"""``facerep predict``: a fine-tuned model (or one of facer's released TorchScript parsers and aligners,
+:mod:`facerep.engine.facer`) on photos, folders of photos or videos -> JSON + overlays.
 
 For every image ``<output_dir>/<stem>.json`` (``{"image", "width", "height", "task", "faces": [...]}``, see
 :meth:`facerep.engine.predict.Predictor.predict`; ``"message": "no face found"`` when there is none),
@@ -6,7 +7,9 @@ parsing label maps as PNGs of class ids (``<stem>_face<i>_mask.png`` per face, `
 and ``<stem>_overlay.png``. A folder is searched recursively (images and videos, sorted; outputs mirror its
 sub-folders). A video gives one ``<stem>.json`` with the faces of every ``frame_step``-th frame and, with
 overlays, ``<stem>_overlay.mp4`` of those frames. Files that cannot be read are reported and skipped;
-``summary.json`` counts images, frames, faces and lists the failures and the inputs with faces whose model
+``summary.json`` counts images, frames, faces, the images without a prediction by reason (``skipped_images``:
+``unreadable``, ``no_face``, ``low_score`` below ``min_score``, listed in ``skipped`` with the best score)
+and lists the failures and the inputs with faces whose model
 output was not finite (their predictions are ``null`` with an ``"error"``). The JSON is strict (never NaN).
 
 Every file is written atomically, so a failed write (a full disk, a read-only folder: an :class:`OSError`,
@@ -29,6 +32,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from facerep.config import ConfigError
+from facerep.data.detect import with_weights
 from facerep.data.sources import IMAGE_EXTENSIONS
 from facerep.data.transforms import decode_image
 from facerep.data.video import VideoError
@@ -43,11 +47,15 @@ VIDEO_EXTENSIONS = frozenset({"mp4", "avi", "mov", "mkv", "webm", "m4v", "mpg", 
 @dataclass
 class PredictConfig:
     checkpoint: str | None = None  # RUN_DIR | finetune.pt | an export (model.onnx, ...) with its <file>.json
+    # | a facer TorchScript model (face_parsing.farl.lapa.*.pt, face_alignment.farl.ibug300w.*.pt, ...)
+    facer: str | None = None  # that facer model's name when its file name does not tell: lapa/448, ...
     input: str | None = None  # a photo, a folder (searched recursively) or a video
     output_dir: str = "runs/predict"
     output: str | None = None  # the same as output_dir (takes precedence when given)
     detector: str = "mtcnn"  # facerep.data.detect.build_detector name
     detector_options: dict[str, Any] = field(default_factory=dict)  # e.g. {min_face: 20, max_side: 1280}
+    detector_weights: str | None = None  # the detector's weights file (detector=retinaface: required)
+    min_score: float = 0.0  # faces the detector scores lower are not predicted (the photo: low_score)
     device: str = "cpu"  # cpu | cuda | auto
     batch_size: int = 16  # faces per model call (gathered across images and frames)
     overlays: bool = True  # <stem>_overlay.png (and _overlay.mp4 for videos)
@@ -238,7 +246,8 @@ def predict_video(predictor: Predictor, source: Path, base: Path, cfg: PredictCo
 def _check(cfg: PredictConfig) -> None:
     if not cfg.checkpoint:
         raise ConfigError(
-            "facerep predict needs checkpoint=RUN_DIR|finetune.pt|model.onnx (a fine-tuned model)"
+            "facerep predict needs checkpoint=RUN_DIR|finetune.pt|model.onnx|FACER_MODEL.pt (a fine-tuned "
+            "model or one of facer's TorchScript models)"
         )
     if not cfg.input:
         raise ConfigError("facerep predict needs input=PHOTO|FOLDER|VIDEO")
@@ -254,8 +263,10 @@ def run_predict(cfg: PredictConfig) -> dict:
     _check(cfg)
     out = Path(cfg.output or cfg.output_dir)
     predictor = Predictor(
-        cfg.checkpoint, detector=cfg.detector, detector_options=dict(cfg.detector_options), device=cfg.device,
+        cfg.checkpoint, detector=cfg.detector, device=cfg.device,
+        detector_options=with_weights(cfg.detector_options, cfg.detector_weights),
         batch_size=cfg.batch_size, box_scale=cfg.box_scale, framing=dict(cfg.framing) or None,
+        facer=cfg.facer, min_score=cfg.min_score,
     )  # fmt: skip
     root = Path(cfg.input)
     inputs = find_inputs(root)
@@ -264,9 +275,13 @@ def run_predict(cfg: PredictConfig) -> dict:
     show = cfg.progress and sys.stderr.isatty()
     summary: dict[str, Any] = {
         "checkpoint": str(cfg.checkpoint), "input": str(root), "output_dir": str(out), "task": predictor.task,
-        "images": 0, "videos": 0, "frames": 0, "faces": 0, "non_finite_faces": 0, "no_face": [],
-        "non_finite": [], "failures": [],
+        "images": 0, "videos": 0, "frames": 0, "faces": 0, "non_finite_faces": 0, "skipped_images": {},
+        "skipped": [], "non_finite": [], "failures": [],
     }  # fmt: skip
+
+    def skip(path: Path, reason: str, **detail: Any) -> None:
+        summary["skipped"].append({"path": str(path), "reason": reason, **detail})
+        summary["skipped_images"][reason] = summary["skipped_images"].get(reason, 0) + 1
 
     def count(path: Path, faces: list[dict[str, Any]]) -> None:
         summary["faces"] += len(faces)
@@ -278,6 +293,7 @@ def run_predict(cfg: PredictConfig) -> dict:
     def fail(path: Path, error: BaseException | str) -> None:
         message = one_line(error, 300)
         summary["failures"].append({"path": str(path), "error": message})
+        skip(path, "unreadable")
         print(f"[facerep] skipped {message if str(path) in message else f'{path}: {message}'}", flush=True)
 
     def readable() -> Iterator[tuple[Path, np.ndarray]]:
@@ -297,7 +313,7 @@ def run_predict(cfg: PredictConfig) -> dict:
         summary["images"] += 1
         count(path, result["faces"])
         if not result["faces"]:
-            summary["no_face"].append(str(path))
+            skip(path, result["reason"], **({"score": result["score"]} if "score" in result else {}))
     for path in (p for p in inputs if is_video(p)):
         try:
             doc = predict_video(predictor, path, bases[path], cfg, show)
@@ -309,9 +325,10 @@ def run_predict(cfg: PredictConfig) -> dict:
         count(path, [face for frame in doc["frames"] for face in frame["faces"]])
     summary["config"] = asdict(cfg)
     write_json(out / "summary.json", summary)
+    skipped = ", ".join(f"{k} {v}" for k, v in sorted(summary["skipped_images"].items()))
     print(
         f"[facerep] predict ({predictor.task}): {summary['images']} images "
-        f"({len(summary['no_face'])} without a face), {summary['videos']} videos ({summary['frames']} "
+        f"(skipped: {skipped or 'none'}), {summary['videos']} videos ({summary['frames']} "
         f"frames), {summary['faces']} faces ({summary['non_finite_faces']} with a non-finite model output); "
         f"{len(summary['failures'])} unreadable files skipped; wrote {out}",
         flush=True,

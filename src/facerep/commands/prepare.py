@@ -23,7 +23,7 @@ from webdataset.shardlists import expand_urls
 
 from facerep.config import ConfigError, check_choice, load_config, to_dict, to_yaml
 from facerep.data.crop import MAX_PIXELS, CropConfig
-from facerep.data.detect import DETECTORS, build_detector
+from facerep.data.detect import DETECTORS, build_detector, with_weights
 from facerep.data.sources import DataError
 from facerep.engine.prepare import (
     ENGINES,
@@ -41,8 +41,8 @@ from facerep.runtime.untrusted import MAX_JSON_DEPTH
 
 CONFIG_NAME = "config.yaml"
 # Keys that decide what the crops are: a resumed run must agree with the first on them.
-CROP_KEYS = ("input", "detections", "detector", "detector_options", "crop", "shard_size", "max_pixels",
-             "max_json_depth")  # fmt: skip
+CROP_KEYS = ("input", "detections", "detector", "detector_options", "detector_weights", "crop", "shard_size",
+             "max_pixels", "max_json_depth")  # fmt: skip
 
 
 @dataclass
@@ -55,6 +55,7 @@ class PrepareConfig:
     detector: str = "mtcnn"  # facerep.data.detect.build_detector name, used without detections
     # build_detector options, e.g. {max_side: 640, threshold: 0.9}; min_face defaults to crop.min_face
     detector_options: dict[str, Any] = field(default_factory=dict)
+    detector_weights: str | None = None  # the detector's weights file (detector=retinaface: required)
     crop: CropConfig = field(default_factory=CropConfig)
     engine: str = "pool"  # pool (processes on this machine) | ray (a Ray cluster, or a local Ray)
     workers: int = 0  # processes (pool) or CPUs of a local Ray; 0: every core this process may use
@@ -84,7 +85,7 @@ def _crop_keys(cfg: PrepareConfig) -> dict[str, Any]:
     values = to_dict(cfg)
     keys = {k: values[k] for k in CROP_KEYS}
     if cfg.detections:  # the detector is not used
-        keys.pop("detector"), keys.pop("detector_options")
+        keys.pop("detector"), keys.pop("detector_options"), keys.pop("detector_weights")
     return keys
 
 
@@ -114,7 +115,7 @@ def run_prepare(cfg: PrepareConfig) -> dict:
         raise ConfigError(
             f"detections are looked up by the SAMPLE_ID of img2dataset shards; input={cfg.input} is a {kind}"
         )
-    options = dict(cfg.detector_options)
+    options = with_weights(cfg.detector_options, cfg.detector_weights)
     if not detections:
         takes_min_face = "min_face" in inspect.signature(DETECTORS.get(cfg.detector)).parameters
         if cfg.crop.min_face > 0 and takes_min_face:
@@ -155,10 +156,11 @@ def _run_locked(
     )  # fmt: skip
     run = summary["this_run"]
     rejected = ", ".join(f"{k} {v}" for k, v in summary["rejected"].items()) or "none"
+    skipped = ", ".join(f"{k} {v}" for k, v in summary["skipped_images"].items()) or "none"
     s = summary
     print(f"[facerep] prepare: {s['images']} images, {s['faces']} faces, {s['crops']} crops in {s['units']} "
           f"shard(s) ({s['units_skipped']} done before); corrupt images {s['corrupt']}, damaged-shard reads "
-          f"{s['read_errors']}; rejected: {rejected}",
+          f"{s['read_errors']}; images skipped: {skipped}; faces rejected: {rejected}",
           flush=True)  # fmt: skip
     print(f"[facerep] prepare: this run {run['images']} images in {run['seconds']:.1f} s "
           f"({run['images_per_second']} images/s; {run['images_per_worker_second']} per worker-second); "

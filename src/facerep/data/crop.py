@@ -10,7 +10,9 @@ The rule (:class:`CropConfig`; the defaults are the ones ``facerep prepare`` use
 
 1. Filters, per detection, in this order: ``score < min_score`` -> rejected ``"low_score"``; box side
    (the longer of width and height, source pixels) ``< min_face`` -> ``"small"``; of the rest, the
-   ``max_faces`` highest-scoring are kept, the others rejected ``"faces_per_image"`` (``0`` keeps all).
+   ``max_faces`` highest-scoring are kept, the others rejected ``"faces_per_image"`` (``0`` keeps all);
+   ``single_face`` keeps an image only when exactly one face passes (more: all ``"faces_per_image"``).
+   An image left without a crop is skipped for one reason (:func:`skip_reason`, :data:`SKIP_REASONS`).
 2. Geometry. ``align="box"``: the box's centre becomes the crop's centre and its side times ``expand``
    the crop's side; ``square`` uses the longer side for both axes (aspect kept, more context on the
    short axis), otherwise each axis is stretched on its own. ``align="five_point"``: the least-squares
@@ -58,6 +60,10 @@ REDUCTIONS = (8, 4, 2, 1)  # libjpeg DCT scaling factors, largest first
 _REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 # Face-level rejection reasons, in the order the filters apply.
 FACE_REASONS = ("low_score", "small", "faces_per_image")
+# Why an image gave no crop: it could not be read; the detector found nothing above its own threshold;
+# faces were found but all below min_score; (some) above min_score but all smaller than min_face; more
+# faces than single_face allows.
+SKIP_REASONS = ("unreadable", "no_face", "low_score", "too_small", "too_many")
 # Default largest image decoded, in pixels (width x height): 10,000 x 10,000, 300 MB as BGR.
 MAX_PIXELS = 100_000_000
 
@@ -78,6 +84,7 @@ class CropConfig:
     min_face: float = 64.0  # face box's longer side in source pixels below which a face is rejected
     min_score: float = 0.9  # detector score below which a face is rejected
     max_faces: int = 3  # faces kept per image, highest score first (0: all)
+    single_face: bool = False  # skip images with more than one face passing the filters (too_many)
     jpeg_quality: int = 95
     border: str = "constant"  # outside the image: constant (black) | replicate | reflect
     reduced_decode: bool = True  # decode JPEGs at 1/2, 1/4, 1/8 when every kept face allows it
@@ -123,10 +130,29 @@ def select_faces(faces: Sequence[FaceLike], cfg: CropConfig) -> tuple[list[int],
         else:
             passed.append(i)
     passed.sort(key=lambda i: -float(faces[i].score))  # stable: detector order among equal scores
-    if cfg.max_faces and len(passed) > cfg.max_faces:
+    if cfg.single_face and len(passed) > 1:
+        rejected["faces_per_image"] += len(passed)
+        passed = []
+    elif cfg.max_faces and len(passed) > cfg.max_faces:
         rejected["faces_per_image"] += len(passed) - cfg.max_faces
         passed = passed[: cfg.max_faces]
     return passed, rejected
+
+
+def skip_reason(faces: Sequence[FaceLike], kept: Sequence[int], rejected: Counter[str]) -> dict | None:
+    """Why an image with detections ``faces`` gave no crop (``kept`` and ``rejected`` from
+    :func:`select_faces`): ``{"reason": one of SKIP_REASONS, "score": best score (low_score only)}``;
+    ``None`` when it gave crops."""
+    if kept:
+        return None
+    if not faces:
+        return {"reason": "no_face"}
+    if rejected["faces_per_image"]:
+        return {"reason": "too_many"}
+    if rejected["small"]:
+        return {"reason": "too_small"}
+    scores = [float(f.score) for f in faces if math.isfinite(float(f.score))]
+    return {"reason": "low_score", "score": round(max(scores), 5) if scores else None}
 
 
 def template_points(size: int, align_scale: float = 1.0) -> np.ndarray:

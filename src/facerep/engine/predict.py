@@ -3,8 +3,10 @@ model on batches of faces and map its landmarks and masks back to the photo (:cl
 
 The model comes from a fine-tuning run (its directory or ``finetune.pt``; EMA weights when present) or from
 a ``facerep export`` (``model.onnx``, ``model.torchscript.pt`` or ``model.safetensors`` beside the sidecar
-``<file>.json`` holding :func:`model_spec`). ONNX runs with onnxruntime alone: the crop and the mapping back
-are facerep's geometry (:mod:`facerep.data.downstream.transforms`), never the model classes.
+``<file>.json`` holding :func:`model_spec`), or is one of facer's released TorchScript parsers and aligners
+(cropped, run and read as facer does: :mod:`facerep.engine.facer`). ONNX runs with onnxruntime alone: the
+crop and the mapping back are facerep's geometry (:mod:`facerep.data.downstream.transforms`), never the model
+classes.
 
 How a detected face (box, five points: image-left eye, image-right eye, nose tip, image-left and
 image-right mouth corner) becomes the model's input -- the same crop the task's eval transform made of the
@@ -73,6 +75,7 @@ from torch import Tensor, nn
 
 from facerep.backbones import backbone_from_record
 from facerep.backbones.base import load_strict
+from facerep.backbones.io import is_torchscript
 from facerep.config import ConfigError, FinetuneConfig
 from facerep.data.crop import apply_transform, transform_scale
 from facerep.data.detect import Detection, build_detector
@@ -93,6 +96,8 @@ from facerep.data.downstream.transforms import (
     similarity,
 )
 from facerep.data.transforms import BadImage, decode_image
+from facerep.engine.facer import CROP as FACER_CROP
+from facerep.engine.facer import FACER_MODELS, facer_crop, load_facer, setting_by_file_name
 from facerep.engine.finetune import CHECKPOINT_NAME
 from facerep.runtime.checkpoint import CheckpointError, load_checkpoint
 from facerep.runtime.errors import FacerepError
@@ -173,7 +178,7 @@ CELEBA_ATTRIBUTES = (
 # Parsing sets whose samples carry landmarks, so align=auto aligned them by five points.
 PARSING_WITH_LANDMARKS = ("lapa", "synthetic_parsing")
 FRAMING_KINDS = ("points", "box")
-RULES = ("box", "five_point", "canvas")
+RULES = ("box", "five_point", "canvas", FACER_CROP)
 
 
 # ----------------------------------------------------------------------------------------------- geometry
@@ -495,11 +500,19 @@ def _resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def load_runner(checkpoint: str | Path, device: torch.device) -> tuple[Callable[[Tensor], np.ndarray], dict]:
-    """A callable ``[N, 3, S, S] -> numpy output`` and the spec, for a run dir, ``finetune.pt`` or export."""
+def load_runner(
+    checkpoint: str | Path, device: torch.device, facer: str | None = None
+) -> tuple[Callable[[Tensor], np.ndarray], dict]:
+    """A callable ``[N, 3, S, S] -> numpy output`` and the spec, for a run dir, ``finetune.pt``, export, or
+    one of facer's TorchScript models (``facer`` names it; a file named as facer's releases, or a TorchScript
+    file without an export spec, is taken for one: see :func:`~facerep.engine.facer.load_facer`)."""
     path = Path(checkpoint)
     if not path.exists():
         raise ConfigError(f"checkpoint={checkpoint}: no such file or directory")
+    plain = path.is_file() and not sidecar_path(path).is_file()
+    if facer is not None or (plain and (is_torchscript(path) or setting_by_file_name(path) is not None)):
+        model, spec = load_facer(path, facer)
+        return _TorchRunner(model, device), spec
     if path.is_file() and sidecar_path(path).is_file():
         spec = read_sidecar(path)
         fmt = spec["format"]
@@ -541,10 +554,12 @@ class Predictor:
     """Faces in photos -> a fine-tuned model's predictions in photo coordinates.
 
     ``checkpoint``: a fine-tuning run directory, its ``finetune.pt``, or a ``facerep export`` file
-    (``.onnx``, TorchScript, ``.safetensors``) with its ``<file>.json`` spec. ``detector``: a name for
+    (``.onnx``, TorchScript, ``.safetensors``) with its ``<file>.json`` spec, or a facer TorchScript model
+    (``facer``: its name, see :data:`~facerep.engine.facer.FACER_MODELS`). ``detector``: a name for
     :func:`~facerep.data.detect.build_detector` (with ``detector_options``) or a callable
     ``image [H, W, 3] uint8 -> list[Detection]``, built on first use. ``box_scale`` / ``framing`` override
-    the spec's crop (see the module docstring). Results are plain dicts (see :meth:`predict`).
+    the spec's crop (see the module docstring). Faces the detector scores below ``min_score`` are not
+    predicted. Results are plain dicts (see :meth:`predict`).
     """
 
     def __init__(
@@ -557,11 +572,16 @@ class Predictor:
         batch_size: int = 16,
         box_scale: float | None = None,
         framing: dict[str, Any] | None = None,
+        facer: str | None = None,
+        min_score: float = 0.0,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= min_score <= 1:
+            raise ConfigError(f"min_score must lie in [0, 1], got {min_score}")
+        self.min_score = float(min_score)
         self.device = _resolve_device(device)
-        self._model, self.spec = load_runner(checkpoint, self.device)
+        self._model, self.spec = load_runner(checkpoint, self.device, facer)
         self.task = self.spec["task"]
         self.batch_size = int(batch_size)
         self._detector_spec, self._detector_options = detector, dict(detector_options or {})
@@ -583,7 +603,6 @@ class Predictor:
             )
         self.framing = Framing(**{**base, **(framing or {})}).check()
         self.size = int(self.spec["image_size"])
-        augment = AugmentConfig(**self.spec["augment"])
         make = {
             "alignment": AlignmentTransform,
             "parsing": ParsingTransform,
@@ -594,7 +613,11 @@ class Predictor:
             raise CheckpointError(
                 f"task {self.task!r} cannot be predicted (alignment, parsing, classification, antispoof)"
             )
-        self.transform = make[self.task](self.size, False, augment)
+        self.transform = (
+            None
+            if self.rule == FACER_CROP
+            else make[self.task](self.size, False, AugmentConfig(**self.spec["augment"]))
+        )
         self.names: list[str] = self.spec["attribute_names"] or self.spec["class_names"] or []
 
     # -- detection ---------------------------------------------------------------------------------------
@@ -639,6 +662,8 @@ class Predictor:
     def prepare(self, image: np.ndarray, detections: Sequence[Detection]) -> list[_Face]:
         """Each detection of ``image`` [H, W, 3] uint8 cropped as the model's task expects."""
         photo = _as_float(image)
+        if self.transform is None:
+            return [self._facer_face(photo, det) for det in detections]
         cache: dict[int, Tensor] = {}
         faces = []
         cfg, s = self.transform.cfg, self.size
@@ -674,6 +699,17 @@ class Predictor:
             back = out["crop_to_image"] if self.task == "alignment" else out.get("warp", torch.zeros(2, 3))
             faces.append(_Face(det, out["image"], to_fed, back, float(out.get("warp_factor", 0.0)), crop_box))
         return faces
+
+    def _facer_face(self, photo: Tensor, det: Detection) -> _Face:
+        """facer's crop of ``det`` (:func:`~facerep.engine.facer.facer_crop`), with ``back`` its crop -> photo
+        matrix (alignment) or photo -> aligned crop matrix (parsing)."""
+        if det.points is None:
+            raise ConfigError(f"facer's models align faces by five points; detector {self._detector_spec!r} "
+                              "gave a face without them (use detector=mtcnn)")  # fmt: skip
+        setting = FACER_MODELS[self.spec["facer"]]
+        crop, matrix = facer_crop(setting, photo, det.points)
+        back = np.linalg.inv(matrix) if self.task == "alignment" else matrix
+        return _Face(det, crop, np.eye(3), torch.from_numpy(back[:2]).float(), setting.warp_factor)
 
     # -- the model and the mapping back -------------------------------------------------------------------
     def _run(self, faces: list[_Face]) -> list[np.ndarray]:
@@ -715,7 +751,9 @@ class Predictor:
         finite = bool(np.isfinite(output).all())
         if self.task == "alignment":
             result["landmarks"] = np.round(self._landmarks(face, output), 2).tolist() if finite else None
-            result["crop_box"] = [round(float(v), 2) for v in face.crop_box]
+            result["crop_box"] = (
+                None if face.crop_box is None else [round(float(v), 2) for v in face.crop_box]
+            )
         elif self.task == "parsing":
             result["mask"] = self._mask(face, output, hw) if finite else None
         elif finite:
@@ -742,7 +780,10 @@ class Predictor:
             result["liveness"] = round(float(probs[1]), 4)
         return result
 
-    def _result(self, image: np.ndarray, faces: list[dict[str, Any]]) -> dict[str, Any]:
+    def _result(
+        self, image: np.ndarray, faces: list[dict[str, Any]], found: list[Detection]
+    ) -> dict[str, Any]:
+        """The result of one image from its faces' readings; ``found``: all the detector's faces."""
         h, w = image.shape[:2]
         out: dict[str, Any] = {"width": int(w), "height": int(h), "task": self.task, "faces": faces}
         if self.task == "parsing":
@@ -752,8 +793,12 @@ class Predictor:
                 free = combined == 0
                 combined[free] = mask[free]
             out["mask"] = combined
-        if not faces:
+        if not faces:  # why: as prepare's reasons (facerep.data.crop.SKIP_REASONS)
             out["message"] = NO_FACE
+            scores = [d.score for d in found]
+            out.update(
+                {"reason": "low_score", "score": round(max(scores), 5)} if scores else {"reason": "no_face"}
+            )
         return out
 
     # -- public entry points ------------------------------------------------------------------------------
@@ -765,13 +810,13 @@ class Predictor:
         """``(key, image)`` pairs -> ``(key, image, result)`` in order, faces of several images batched
         together (at least ``batch_size`` faces per model call where the images have them).
         ``detections(key, image)`` replaces the detector when given."""
-        pending: list[tuple[Any, np.ndarray, list[_Face]]] = []
+        pending: list[tuple[Any, np.ndarray, list[_Face], list[Detection]]] = []
         count = 0
         for key, image in items:
             image = _rgb(image, str(key) if isinstance(key, str | Path) else f"image {key}")
             dets = detections(key, image) if detections is not None else self.detect(image)
-            faces = self.prepare(image, dets)
-            pending.append((key, image, faces))
+            faces = self.prepare(image, [d for d in dets if d.score >= self.min_score])
+            pending.append((key, image, faces, dets))
             count += len(faces)
             if count >= self.batch_size:
                 yield from self._flush(pending)
@@ -779,13 +824,13 @@ class Predictor:
         yield from self._flush(pending)
 
     def _flush(
-        self, pending: list[tuple[Any, np.ndarray, list[_Face]]]
+        self, pending: list[tuple[Any, np.ndarray, list[_Face], list[Detection]]]
     ) -> Iterator[tuple[Any, np.ndarray, dict]]:
-        faces = [f for _, _, fs in pending for f in fs]
+        faces = [f for _, _, fs, _ in pending for f in fs]
         outputs = iter(self._run(faces))
-        for key, image, fs in pending:
+        for key, image, fs, found in pending:
             read = [self._read(f, next(outputs), image.shape[:2]) for f in fs]
-            yield key, image, self._result(image, read)
+            yield key, image, self._result(image, read, found)
 
     def predict(
         self,
@@ -795,7 +840,9 @@ class Predictor:
         """Images (arrays, see the module docstring's rules, or paths) -> one result per image: ``{"width",
         "height", "task", "faces": [{"box", "points", "score", "landmarks" [K, 2] | "mask" [H, W] uint8 |
         "probabilities", "label" / "labels", "error" (a non-finite output: the predictions are None)}],
-        "mask" (parsing: all faces), "message" (no face)}``. ``detections`` (one list per image) replaces
+        "mask" (parsing: all faces), "message", "reason" (no face: ``no_face`` when the detector found none,
+        ``low_score`` with the best ``score`` when all were below ``min_score``)}``. ``detections`` (one
+        list per image) replaces
         the detector."""
         arrays = [
             np.asarray(decode_image(im, str(im))) if isinstance(im, str | Path) else im for im in images

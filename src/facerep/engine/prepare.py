@@ -16,8 +16,10 @@ Output. Per kept face, members ``<key>_<face index>.jpg`` (the crop), ``.json`` 
 are keyed by their 9-digit position in the listing. Tar headers carry no time, owner or host, so a unit's
 shard is the same bytes on every run. The stats JSON counts images read, corrupt images and damaged-shard
 read errors, faces, crops (also as img2dataset's ``successes``, so ``facerep pretrain`` knows the epoch
-length) and rejections by reason, with the first problem inputs named (``corrupt_examples``);
-``summary.json`` adds them up over all units.
+length), rejections by reason, every image that gave no crop with its reason (``skipped``: ``{source,
+reason, score}``, the reasons of :data:`facerep.data.crop.SKIP_REASONS` or :data:`IMAGE_REASONS`; counted
+in ``skipped_images``), with the first problem inputs named (``corrupt_examples``); ``summary.json`` adds
+them up over all units.
 
 Untrusted input is skipped and counted, never fatal: an image whose header says more than ``max_pixels``
 pixels is not decoded (rejected ``too_large``), an input path that is no regular file (a named pipe, a
@@ -78,6 +80,7 @@ from facerep.data.crop import (
     on_reduced,
     reduction_for,
     select_faces,
+    skip_reason,
     warp_face,
 )
 from facerep.data.detect import Detection, build_detector, load_laion_face_detections
@@ -418,6 +421,7 @@ class _ShardWriter:
         self.detector = None if job.detections else _detector(job.detector, dict(job.detector_options))
         self.counts: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
+        self.skipped: list[dict[str, Any]] = []  # one record per image that gave no crop, with its reason
         self.reductions: Counter[int] = Counter()
         self.corrupt: list[str] = []
         self.crash = _CrashHook()
@@ -432,14 +436,19 @@ class _ShardWriter:
         if len(self.corrupt) < EXAMPLES:
             self.corrupt.append(message)
 
+    def skip(self, name: str, reason: str, **detail: Any) -> None:
+        """Record why image ``name`` gave no crop (:data:`SKIP_REASONS` or :data:`IMAGE_REASONS`)."""
+        self.skipped.append({"source": name, "reason": reason, **detail})
+
     def bad_image(self, err: BadImage) -> None:
-        """An image that cannot be read or decoded (corrupt), or is skipped for what it is
-        (:data:`SKIPPED`)."""
+        """An image that cannot be read or decoded (corrupt: skipped ``unreadable``), or is skipped for what
+        it is (:data:`SKIPPED`)."""
         reason = next((reason for kind, reason in SKIPPED if isinstance(err, kind)), None)
         if reason is None:
             self.counts["corrupt"] += 1
         else:
             self.rejected[reason] += 1
+        self.skip(err.name, reason or "unreadable")
         self.example(f"{err.name}: {err.reason}")
 
     def read_error(self, message: str) -> None:
@@ -469,10 +478,12 @@ class _ShardWriter:
         if self.index is not None:
             if sample_id is None:
                 self.rejected["no_sample_id"] += 1
+                self.skip(name, "no_sample_id")
                 return
             faces = self.index.lookup(sample_id)
             if faces is None:
                 self.rejected["no_detection"] += 1
+                self.skip(name, "no_detection")
                 return
         else:
             try:
@@ -484,10 +495,11 @@ class _ShardWriter:
         self.counts["faces"] += len(faces)
         if not faces:
             self.rejected["no_face"] += 1
-            return
         kept, rejected = select_faces(faces, self.cfg)
         self.rejected.update(rejected)
-        if not kept:
+        why = skip_reason(faces, kept, rejected)
+        if why is not None:
+            self.skip(name, **why)
             return
         rules = [crop_transform(faces[i], self.cfg) for i in kept]
         reduction = 1
@@ -547,6 +559,8 @@ class _ShardWriter:
             "crops": self.counts["crops"],
             "successes": self.counts["crops"],  # img2dataset's name: pretrain's epoch length comes from it
             "rejected": {k: self.rejected[k] for k in sorted(self.rejected)},
+            "skipped_images": dict(sorted(Counter(r["reason"] for r in self.skipped).items())),
+            "skipped": list(self.skipped),
             "decode_reduction": {str(k): self.reductions[k] for k in sorted(self.reductions)},
             "corrupt_examples": list(self.corrupt),
         }
@@ -709,19 +723,23 @@ def _run_ray(
 
 
 def summarize(stats: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Totals over units' stats: images read, corrupt, faces, crops, rejections by reason."""
+    """Totals over units' stats: images read, corrupt, faces, crops, face rejections and skipped images by
+    reason (each unit's stats JSON lists its skipped images, ``skipped``)."""
     keys = ("images", "corrupt", "read_errors", "faces", "images_with_crops", "crops")
     out: dict[str, Any] = {k: 0 for k in keys}
     rejected: Counter[str] = Counter()
+    skipped: Counter[str] = Counter()
     reductions: Counter[str] = Counter()
     examples: list[str] = []
     for s in stats:
         for k in list(out):
             out[k] += int(s.get(k, 0))
         rejected.update(s.get("rejected", {}))
+        skipped.update(s.get("skipped_images", {}))
         reductions.update(s.get("decode_reduction", {}))
         examples += s.get("corrupt_examples", [])[: max(0, EXAMPLES - len(examples))]
     out["rejected"] = {k: rejected[k] for k in sorted(rejected)}
+    out["skipped_images"] = {k: skipped[k] for k in sorted(skipped)}
     out["decode_reduction"] = {k: reductions[k] for k in sorted(reductions, key=int)}
     out["corrupt_examples"] = examples
     return out
