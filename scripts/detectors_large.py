@@ -11,6 +11,7 @@ import argparse
 import importlib.util
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +29,7 @@ args = parser.parse_args()
 os.sched_setaffinity(0, {args.cpu})
 cv2.setNumThreads(1)
 torch.set_num_threads(1)
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))  # the tests' shared helpers (faces.py)
 spec = importlib.util.spec_from_file_location(
     "parity", Path(__file__).parents[1] / "tests/data/test_mtcnn_parity.py"
 )

