@@ -36,7 +36,7 @@ from facerep.data.detect import with_weights
 from facerep.data.sources import IMAGE_EXTENSIONS
 from facerep.data.transforms import decode_image
 from facerep.data.video import VideoError
-from facerep.engine.predict import Predictor, draw_result
+from facerep.engine.predict import Predictor
 from facerep.runtime.atomic import atomic_save, atomic_write_bytes
 from facerep.runtime.errors import FacerepError, one_line
 
@@ -131,7 +131,7 @@ def write_image(
         doc["message"] = result["message"]
     if overlays:
         doc["overlay"] = f"{base.name}_overlay.png"
-        overlay = draw_result(image, result, predictor.spec)
+        overlay = predictor.draw(image, result)
         atomic_save(lambda tmp: overlay.save(tmp, format="PNG"), base.parent / doc["overlay"])
     write_json(base.parent / f"{base.name}.json", doc)
     return doc
@@ -225,7 +225,7 @@ def predict_video(predictor: Predictor, source: Path, base: Path, cfg: PredictCo
                         _save_png(result["mask"], base.parent / entry["mask"])
                     doc["frames"].append(entry)
                     if writer is not None:
-                        writer.write(_even(draw_result(image, result, predictor.spec)))
+                        writer.write(_even(predictor.draw(image, result)))
                     bar.update(1)
             finally:
                 bar.close()

@@ -3,13 +3,15 @@
 ``onnx``: the legacy TorchScript-based ``torch.onnx.export`` (``dynamo=False``: the dynamo exporter needs
 ``onnxscript``) at an opset from :data:`MIN_OPSET` (the ViTs' fused attention) to the newest torch writes,
 one input ``image`` ``[N, 3, S, S]`` (normalised as the spec says) with a dynamic batch axis,
-one output (:class:`~facerep.engine.predict.ExportModel`: ``landmarks`` or ``logits``). ``torchscript``:
+one output (:class:`~facerep.engine.predict.ExportModel`: the task's ``export_output``, e.g. ``landmarks``
+or ``logits``). ``torchscript``:
 ``torch.jit.trace`` of the same module. ``safetensors``: the task model's state dict (rebuilt from the spec's
 arch record and fine-tuning config by :class:`~facerep.engine.predict.Predictor`). Each file gets the
 sidecar ``<file>.json``: :func:`~facerep.engine.predict.model_spec` plus the format and the parity check.
 
-Parity: random normalised batches (one per size in ``batches``) run through PyTorch and through the export
-(onnxruntime, the loaded TorchScript file, the rebuilt model); the largest absolute difference is reported
+Parity: random normalised batches (one per size in ``batches``) run through PyTorch, whose output must have
+the shape the task declares, and through the export (onnxruntime, the loaded TorchScript file, the rebuilt
+model); the largest absolute difference is reported
 and must be at most ``tolerance x max(1, max |PyTorch output|)``, else the export is not written and an
 :class:`ExportError` says by how much it missed.
 """
@@ -81,6 +83,12 @@ def _parity(
         x = _inputs(spec, int(n), seed=i)
         with torch.no_grad():
             ref = model(x).float().numpy()
+        declared = tuple(int(n) if d == "N" else d for d in model.output.shape)
+        if ref.shape != declared:
+            raise ExportError(
+                f"the {spec['task']} model outputs {list(ref.shape)} for batch {n}, its task declares "
+                f"{model.output.name} {list(model.output.shape)}"
+            )
         got = np.asarray(run(x), dtype=np.float32)
         if got.shape != ref.shape:
             raise ExportError(

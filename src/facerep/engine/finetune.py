@@ -237,11 +237,8 @@ class Finetuner:
             "kind": "finetune",
             "task": self.cfg.task,
             "arch": arch_record(self.backbone.arch),
-            "outputs": {  # what the head's outputs mean, so predict/export need not read the dataset
-                "num_points": getattr(self.train_set, "num_points", None),
-                "class_names": list(self.train_set.class_names or []),
-                "attribute_names": list(self.train_set.attribute_names or []),
-            },
+            # what the head's outputs mean, so predict/export need not read the dataset
+            "outputs": self.task.layout(self.train_set).to_record(),
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(),

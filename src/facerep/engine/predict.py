@@ -57,6 +57,7 @@ A model output with a NaN or an infinity gives that face ``None`` predictions (`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -84,15 +85,9 @@ from facerep.data.downstream.antispoof import DEFAULT_CROP_EXPAND
 from facerep.data.downstream.synthetic import DEFAULT_SIZE
 from facerep.data.downstream.transforms import (
     FIVE_POINT_TEMPLATE,
-    AlignmentTransform,
-    AugmentConfig,
-    ClassificationTransform,
-    ParsingTransform,
     box_matrix,
     five_point_matrix,
     landmarks_box,
-    landmarks_to_image,
-    logits_to_image,
     similarity,
 )
 from facerep.data.transforms import BadImage, decode_image
@@ -101,8 +96,9 @@ from facerep.engine.facer import FACER_MODELS, facer_crop, load_facer, setting_b
 from facerep.engine.finetune import CHECKPOINT_NAME
 from facerep.runtime.checkpoint import CheckpointError, load_checkpoint
 from facerep.runtime.errors import FacerepError
-from facerep.tasks import build_task
-from facerep.viz import draw_landmarks, draw_parsing, palette
+from facerep.tasks import TASKS, Task, build_task
+from facerep.tasks.base import FaceCrop, Layout
+from facerep.viz import palette
 
 __all__ = [
     "DEFAULT_EXPAND",
@@ -122,19 +118,12 @@ __all__ = [
 ]
 
 SPEC_VERSION = 1
-OUTPUT_NAMES = {
-    "alignment": "landmarks",
-    "parsing": "logits",
-    "classification": "logits",
-    "antispoof": "logits",
-}
 # anti-spoofing sets whose crop is a square of the face box x crop_expand (VideoFaceDataset)
 VIDEO_FACE_SETS = ("oulu_npu", "casia_fasd", "replay_attack", "msu_mfsd", "ocim")
 INPUT_NAME = "image"
 DEFAULT_EXPAND = 1.5  # box framing of the real whole-image sets: canvas side = detector box side x this
 NO_FACE = "no face found"
 NON_FINITE = "non-finite model output (NaN or inf)"
-_MASK_CHUNK = 1 << 23  # logits mapped back per row chunk: at most this many values (rows x W x classes)
 
 # The mean synthetic 68-point face in FaRL's five-point template units ([-1, 1] crop coordinates, the frame of
 # FIVE_POINT_TEMPLATE): each of render_face(1000, i, 128), i < 2000 (synthetic_alignment's train split)
@@ -175,8 +164,6 @@ CELEBA_ATTRIBUTES = (
     "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
 )  # fmt: skip
 
-# Parsing sets whose samples carry landmarks, so align=auto aligned them by five points.
-PARSING_WITH_LANDMARKS = ("lapa", "synthetic_parsing")
 FRAMING_KINDS = ("points", "box")
 RULES = ("box", "five_point", "canvas", FACER_CROP)
 
@@ -204,12 +191,6 @@ def _scale_box(box: np.ndarray, scale: float) -> np.ndarray:
     x1, y1, x2, y2 = (float(v) for v in box)
     cx, cy, hw, hh = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) / 2 * scale, (y2 - y1) / 2 * scale
     return np.array([cx - hw, cy - hh, cx + hw, cy + hh], dtype=np.float32)
-
-
-def _full(matrix: np.ndarray | Tensor) -> np.ndarray:
-    out = np.eye(3)
-    out[:2] = np.asarray(matrix, dtype=np.float64).reshape(-1, 3)[:2]
-    return out
 
 
 def _shrink_matrix(k: int) -> np.ndarray:
@@ -284,89 +265,56 @@ def default_framing(dataset: str, options: dict[str, Any], image_size: int) -> F
     return Framing("box", [image_size, image_size], None, DEFAULT_EXPAND)
 
 
-def crop_rule(task: str, dataset: str, align: str) -> str:
-    """``box`` (the transform crops the photo around a box), ``five_point`` (the transform aligns the photo
-    by the five points) or ``canvas`` (the face is framed on a canvas the transform takes whole)."""
-    if task == "alignment":
-        return "box"
-    if task == "parsing":
-        if align == "five_point" or (align == "auto" and dataset in PARSING_WITH_LANDMARKS):
-            return "five_point"
-        return "box" if align == "box" else "canvas"
-    return "canvas"
-
-
 # ------------------------------------------------------------------------------------------------ the model
 
 
-@dataclass
-class DatasetInfo:
-    """What :meth:`Task.build_model` reads from a dataset: the output layout and names."""
-
-    num_points: int | None = None
-    class_names: tuple[str, ...] | None = None
-    attribute_names: tuple[str, ...] | None = None
-
-
-def _output_count(task: str, weights: dict[str, Tensor]) -> int | None:
-    key = "head.weight" if task in ("classification", "antispoof") else "dense.head.classifier.weight"
-    return int(weights[key].shape[0]) if key in weights else None
-
-
-def _has_layout(task: str, info: DatasetInfo) -> bool:
-    if task == "alignment":
-        return info.num_points is not None
-    if task == "parsing":
-        return info.class_names is not None
-    return info.class_names is not None or info.attribute_names is not None
-
-
-def dataset_info(
-    ft: FinetuneConfig, weights: dict[str, Tensor], saved: dict[str, Any] | None = None
-) -> DatasetInfo:
-    """The dataset's output layout: as the checkpoint saved it (``saved``, the ``"outputs"`` entry of
+def output_layout(
+    ft: FinetuneConfig, task: Task, weights: dict[str, Tensor], saved: dict[str, Any] | None = None
+) -> Layout:
+    """What the model's outputs mean: as the checkpoint saved it (``saved``, the ``"outputs"`` entry of
     runs fine-tuned since it was added); else without reading the dataset where its reader's class says
     it (synthetic sets, LaPa, CelebAMask-HQ, RAF-DB, AffectNet, CelebA attributes, the alignment sets);
-    else the dataset at ``data.root`` when it can be read (generic sets); else ``class_<i>`` names counted
-    from the head's weights, taken as single-label."""
+    else the dataset at ``data.root`` when it can be read (generic sets); else what the head's weights tell
+    (:meth:`~facerep.tasks.base.Task.layout_from_weights`: ``class_<i>`` names, taken as single-label)."""
     if saved:
-        info = DatasetInfo(
-            saved.get("num_points"),
-            tuple(saved["class_names"]) if saved.get("class_names") else None,
-            tuple(saved["attribute_names"]) if saved.get("attribute_names") else None,
-        )
-        if _has_layout(ft.task, info):
-            return info
-    cls = DATASETS.get(ft.dataset)
+        layout = Layout.from_record(saved)
+        if task.layout_complete(layout):
+            return layout
     options = {**ft.data.options, **ft.data.test_options}
-    info = DatasetInfo(
-        getattr(cls, "num_points", None),
-        getattr(cls, "class_names", None),
-        getattr(cls, "attribute_names", None),
-    )
+    layout = task.layout(DATASETS.get(ft.dataset))
+    guess = task.layout_from_weights(weights)
     if ft.dataset == "affectnet":
-        info.class_names = AFFECTNET_CLASSES[: int(options.get("num_classes", 7))]
-    if ft.dataset == "celeba_attr" and _output_count(ft.task, weights) == len(CELEBA_ATTRIBUTES):
-        info.attribute_names = CELEBA_ATTRIBUTES
-    if not _has_layout(ft.task, info) and ft.data.root is not None and Path(ft.data.root).exists():
-        try:
-            data = build_dataset(ft.dataset, ft.data.root, ft.data.test_split, **options)
-            info = DatasetInfo(data.num_points, data.class_names, data.attribute_names)
-        except FacerepError:
-            pass  # fall back to the head's size below
-    if not _has_layout(ft.task, info):
-        count = _output_count(ft.task, weights)
-        if count is None:
-            raise CheckpointError(f"{ft.dataset}: cannot tell the model's outputs (no head weights)")
-        if ft.task == "alignment":
-            info.num_points = count
-        else:
-            info.class_names = tuple(f"class_{i}" for i in range(count))
-    return info
+        layout = dataclasses.replace(
+            layout, class_names=AFFECTNET_CLASSES[: int(options.get("num_classes", 7))]
+        )
+    if (
+        ft.dataset == "celeba_attr"
+        and guess is not None
+        and len(guess.class_names or ()) == len(CELEBA_ATTRIBUTES)
+    ):
+        layout = dataclasses.replace(layout, attribute_names=CELEBA_ATTRIBUTES)
+    if not task.layout_complete(layout) and ft.data.root is not None and Path(ft.data.root).exists():
+        with contextlib.suppress(FacerepError):  # else fall back to the head's size below
+            layout = task.layout(build_dataset(ft.dataset, ft.data.root, ft.data.test_split, **options))
+    if task.layout_complete(layout):
+        return layout
+    if guess is None:
+        raise CheckpointError(f"{ft.dataset}: cannot tell the model's outputs (no head weights)")
+    return guess
 
 
 def _finetune_config(config: dict[str, Any]) -> FinetuneConfig:
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(FinetuneConfig), config))
+
+
+def spec_task(spec: dict[str, Any]) -> Task:
+    """The task a spec's model was fine-tuned for, built from its config (a facer spec has none: its task
+    at its crop size)."""
+    if "config" in spec:
+        return build_task(_finetune_config(spec["config"]))
+    config = FinetuneConfig(task=spec["task"])
+    config.data.image_size = int(spec["image_size"])
+    return TASKS.get(spec["task"])(config)
 
 
 def model_spec(
@@ -380,10 +328,11 @@ def model_spec(
     arch record and the fine-tuning config (so a state dict can be rebuilt)."""
     ft = _finetune_config(config)
     task = build_task(ft)
-    info = dataset_info(ft, weights, outputs)
-    augment = dataclasses.asdict(task.augment_config())
+    layout = output_layout(ft, task, weights, outputs)
+    augment_config = task.augment_config()
+    augment = dataclasses.asdict(augment_config)
     options = {**ft.data.options, **ft.data.test_options}
-    rule = crop_rule(ft.task, ft.dataset, augment["align"])
+    rule = task.crop_rule(augment_config)
     framing = default_framing(ft.dataset, options, ft.data.image_size) if rule == "canvas" else None
     return {
         "version": SPEC_VERSION,
@@ -393,45 +342,40 @@ def model_spec(
         "mean": list(augment["mean"]),
         "std": list(augment["std"]),
         "augment": augment,
-        "num_points": info.num_points,
-        "class_names": list(info.class_names) if info.class_names is not None else None,
-        "attribute_names": list(info.attribute_names) if info.attribute_names is not None else None,
-        "multilabel": bool(info.attribute_names),
+        "num_points": layout.num_points,
+        "class_names": list(layout.class_names) if layout.class_names is not None else None,
+        "attribute_names": list(layout.attribute_names) if layout.attribute_names is not None else None,
+        "multilabel": bool(layout.attribute_names),
         "crop": {"rule": rule, "box_scale": 1.0, "framing": dataclasses.asdict(framing) if framing else None},
         "input_name": INPUT_NAME,
-        "output_name": OUTPUT_NAMES[ft.task],
+        "output_name": task.export_output(layout).name,
         "arch": dict(arch),
         "config": config,
     }
 
 
 class ExportModel(nn.Module):
-    """A fine-tuned model with one tensor out, as exported: ``[N, 3, S, S]`` -> landmarks ``[N, K, 2]`` in
-    [0, 1] crop coordinates (alignment), class logits ``[N, C, S, S]`` (parsing) or logits ``[N, A]``
-    (classification)."""
+    """A fine-tuned model with one tensor out, as exported: ``[N, 3, S, S]`` -> the task's ``output``
+    (:meth:`~facerep.tasks.base.Task.export_output`), e.g. landmarks ``[N, K, 2]`` in [0, 1] crop
+    coordinates (alignment), class logits ``[N, C, S, S]`` (parsing) or logits ``[N, A]`` (classification)."""
 
-    def __init__(self, model: nn.Module, task: str) -> None:
+    def __init__(self, model: nn.Module, task: Task, layout: Layout) -> None:
         super().__init__()
         self.model = model
         self.task = task
+        self.output = task.export_output(layout)
 
     def forward(self, image: Tensor) -> Tensor:
-        out = self.model(image)
-        return out["landmarks"] if self.task == "alignment" else out
+        return self.task.export_forward(self.model(image))
 
 
 def build_model(spec: dict[str, Any], weights: dict[str, Tensor], source: str) -> ExportModel:
     """The spec's task model on its backbone with ``weights`` (read from ``source``) loaded strictly, wrapped,
     in eval mode; weights that do not fit are one line naming the key and both shapes."""
-    ft = _finetune_config(spec["config"])
-    info = DatasetInfo(
-        spec["num_points"],
-        tuple(spec["class_names"]) if spec["class_names"] is not None else None,
-        tuple(spec["attribute_names"]) if spec["attribute_names"] is not None else None,
-    )
-    model = build_task(ft).build_model(backbone_from_record(spec["arch"]), info)
+    task, layout = spec_task(spec), Layout.from_record(spec)
+    model = task.build_model(backbone_from_record(spec["arch"]), layout)
     load_strict(model, weights, source, f"a {spec['task']} model")
-    return ExportModel(model, spec["task"]).eval()
+    return ExportModel(model, task, layout).eval()
 
 
 def sidecar_path(model_file: str | Path) -> Path:
@@ -538,18 +482,6 @@ def load_runner(
 # ------------------------------------------------------------------------------------------------ predictor
 
 
-@dataclass
-class _Face:
-    """One detected face made ready for the model: its transformed input and how to map outputs back."""
-
-    detection: Detection
-    input: Tensor  # [3, S, S]
-    to_fed: np.ndarray  # 3x3: photo pixels -> pixels of the image the transform was given
-    back: Tensor  # alignment: crop_to_image [2, 3]; parsing: warp [2, 3] (fed image -> aligned crop)
-    warp_factor: float
-    crop_box: np.ndarray | None = None  # alignment: the box the crop was made around (photo pixels)
-
-
 class Predictor:
     """Faces in photos -> a fine-tuned model's predictions in photo coordinates.
 
@@ -583,6 +515,7 @@ class Predictor:
         self.device = _resolve_device(device)
         self._model, self.spec = load_runner(checkpoint, self.device, facer)
         self.task = self.spec["task"]
+        self._task, self.layout = spec_task(self.spec), Layout.from_record(self.spec)
         self.batch_size = int(batch_size)
         self._detector_spec, self._detector_options = detector, dict(detector_options or {})
         self._detector: Callable[[np.ndarray], list[Detection]] | None = (
@@ -603,22 +536,7 @@ class Predictor:
             )
         self.framing = Framing(**{**base, **(framing or {})}).check()
         self.size = int(self.spec["image_size"])
-        make = {
-            "alignment": AlignmentTransform,
-            "parsing": ParsingTransform,
-            "classification": ClassificationTransform,
-            "antispoof": ClassificationTransform,
-        }
-        if self.task not in make:
-            raise CheckpointError(
-                f"task {self.task!r} cannot be predicted (alignment, parsing, classification, antispoof)"
-            )
-        self.transform = (
-            None
-            if self.rule == FACER_CROP
-            else make[self.task](self.size, False, AugmentConfig(**self.spec["augment"]))
-        )
-        self.names: list[str] = self.spec["attribute_names"] or self.spec["class_names"] or []
+        self.transform = None if self.rule == FACER_CROP else self._task.transform(False)
 
     # -- detection ---------------------------------------------------------------------------------------
     def detect(self, image: np.ndarray) -> list[Detection]:
@@ -659,14 +577,14 @@ class Predictor:
             return estimate_box(np.asarray(det.points, dtype=np.float64), self.box_scale)
         return _scale_box(np.asarray(det.box, dtype=np.float64), self.box_scale)
 
-    def prepare(self, image: np.ndarray, detections: Sequence[Detection]) -> list[_Face]:
+    def prepare(self, image: np.ndarray, detections: Sequence[Detection]) -> list[FaceCrop]:
         """Each detection of ``image`` [H, W, 3] uint8 cropped as the model's task expects."""
         photo = _as_float(image)
         if self.transform is None:
             return [self._facer_face(photo, det) for det in detections]
         cache: dict[int, Tensor] = {}
         faces = []
-        cfg, s = self.transform.cfg, self.size
+        cfg, s = self._task.augment_config(), self.size
         for det in detections:
             rule = "box" if self.rule == "five_point" and det.points is None else self.rule
             crop_box = None
@@ -689,57 +607,36 @@ class Predictor:
                     sample["box"] = landmarks_box(apply_transform(to_fed, _corners(crop_box)))
                 else:
                     sample["landmarks"] = apply_transform(to_fed, det.points).astype(np.float32)
-            if self.task == "alignment":
-                sample["landmarks"] = np.zeros((1, 2), dtype=np.float32)  # only the box is read
-            elif self.task == "parsing":
-                sample["mask"] = np.zeros(sample["image"].shape[:2], dtype=np.uint8)
-            else:
-                sample["label"] = 0
+            sample.update(self._task.blank_target(sample["image"]))
             out = self.transform(sample)
-            back = out["crop_to_image"] if self.task == "alignment" else out.get("warp", torch.zeros(2, 3))
-            faces.append(_Face(det, out["image"], to_fed, back, float(out.get("warp_factor", 0.0)), crop_box))
+            faces.append(FaceCrop(det, out["image"], to_fed, self._task.crop_map(out),
+                                  float(out.get("warp_factor", 0.0)), crop_box))  # fmt: skip
         return faces
 
-    def _facer_face(self, photo: Tensor, det: Detection) -> _Face:
-        """facer's crop of ``det`` (:func:`~facerep.engine.facer.facer_crop`), with ``back`` its crop -> photo
-        matrix (alignment) or photo -> aligned crop matrix (parsing)."""
+    def _facer_face(self, photo: Tensor, det: Detection) -> FaceCrop:
+        """facer's crop of ``det`` (:func:`~facerep.engine.facer.facer_crop`), with ``back`` the task's pick
+        (:meth:`~facerep.tasks.base.Task.crop_map`) of its photo -> crop matrix (``warp``) and inverse
+        (``crop_to_image``)."""
         if det.points is None:
             raise ConfigError(f"facer's models align faces by five points; detector {self._detector_spec!r} "
                               "gave a face without them (use detector=mtcnn)")  # fmt: skip
         setting = FACER_MODELS[self.spec["facer"]]
         crop, matrix = facer_crop(setting, photo, det.points)
-        back = np.linalg.inv(matrix) if self.task == "alignment" else matrix
-        return _Face(det, crop, np.eye(3), torch.from_numpy(back[:2]).float(), setting.warp_factor)
+        maps = {"warp": matrix, "crop_to_image": np.linalg.inv(matrix)}
+        back = self._task.crop_map({k: torch.from_numpy(m[:2]).float() for k, m in maps.items()})
+        return FaceCrop(det, crop, np.eye(3), back, setting.warp_factor)
 
     # -- the model and the mapping back -------------------------------------------------------------------
-    def _run(self, faces: list[_Face]) -> list[np.ndarray]:
+    def _run(self, faces: list[FaceCrop]) -> list[np.ndarray]:
         outputs: list[np.ndarray] = []
         for start in range(0, len(faces), self.batch_size):
             batch = torch.stack([f.input for f in faces[start : start + self.batch_size]])
             outputs += list(self._model(batch))
         return outputs
 
-    def _landmarks(self, face: _Face, pred01: np.ndarray) -> np.ndarray:
-        pred = torch.from_numpy(np.asarray(pred01, dtype=np.float64)[None])
-        on_fed = landmarks_to_image(pred, face.back[None].double(), self.size, face.warp_factor)[0].numpy()
-        return apply_transform(np.linalg.inv(face.to_fed), on_fed)
-
-    def _mask(self, face: _Face, logits: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-        """``[C, S, S]`` crop logits -> ``[H, W]`` uint8 photo labels (row chunks bound the memory)."""
-        h, w = hw
-        warp = _full(face.back.numpy()) @ face.to_fed  # photo -> aligned crop
-        x = torch.from_numpy(np.ascontiguousarray(logits))[None].float()
-        rows = max(1, _MASK_CHUNK // max(1, w * logits.shape[0]))
-        mask = np.zeros((h, w), dtype=np.uint8)
-        for y0 in range(0, h, rows):
-            y1 = min(h, y0 + rows)
-            shifted = warp @ np.array([[1.0, 0, 0], [0, 1.0, y0], [0, 0, 1.0]])
-            out = logits_to_image(x, torch.from_numpy(shifted[None, :2]), face.warp_factor, (y1 - y0, w),
-                                  image_size=self.size)  # fmt: skip
-            mask[y0:y1] = out[0].argmax(0).numpy().astype(np.uint8)
-        return mask
-
-    def _read(self, face: _Face, output: np.ndarray, hw: tuple[int, int]) -> dict[str, Any]:
+    def _read(self, face: FaceCrop, output: np.ndarray, hw: tuple[int, int]) -> dict[str, Any]:
+        """One face: its detection and the task's reading of its output (None values and ``error`` when
+        the output is not finite)."""
         det = face.detection
         result: dict[str, Any] = {
             "box": [round(float(v), 2) for v in det.box],
@@ -748,37 +645,9 @@ class Predictor:
             else np.round(np.asarray(det.points, dtype=np.float64), 2).tolist(),
             "score": round(float(det.score), 4),
         }
-        finite = bool(np.isfinite(output).all())
-        if self.task == "alignment":
-            result["landmarks"] = np.round(self._landmarks(face, output), 2).tolist() if finite else None
-            result["crop_box"] = (
-                None if face.crop_box is None else [round(float(v), 2) for v in face.crop_box]
-            )
-        elif self.task == "parsing":
-            result["mask"] = self._mask(face, output, hw) if finite else None
-        elif finite:
-            result.update(self._classify(output))
-        else:
-            keys = ["probabilities", "labels" if self.spec["multilabel"] else "label"]
-            result.update(dict.fromkeys(keys + (["liveness"] if self.task == "antispoof" else [])))
-        if not finite:
-            result["error"] = NON_FINITE
-        return result
-
-    def _classify(self, output: np.ndarray) -> dict[str, Any]:
-        """Logits -> ``probabilities`` by name, ``labels`` (multi-label) or ``label``, and ``liveness``."""
-        logits = torch.from_numpy(np.asarray(output, dtype=np.float32))
-        probs = (logits.sigmoid() if self.spec["multilabel"] else logits.softmax(-1)).numpy()
-        result: dict[str, Any] = {
-            "probabilities": {n: round(float(p), 4) for n, p in zip(self.names, probs, strict=True)}
-        }
-        if self.spec["multilabel"]:
-            result["labels"] = [n for n, p in zip(self.names, probs, strict=True) if p >= 0.5]
-        else:
-            result["label"] = self.names[int(probs.argmax())]
-        if self.task == "antispoof":  # class 1 = live: its probability is the liveness score
-            result["liveness"] = round(float(probs[1]), 4)
-        return result
+        if np.isfinite(output).all():
+            return {**result, **self._task.read_face(output, face, self.layout, hw)}
+        return {**result, **self._task.null_face(face, self.layout), "error": NON_FINITE}
 
     def _result(
         self, image: np.ndarray, faces: list[dict[str, Any]], found: list[Detection]
@@ -786,13 +655,7 @@ class Predictor:
         """The result of one image from its faces' readings; ``found``: all the detector's faces."""
         h, w = image.shape[:2]
         out: dict[str, Any] = {"width": int(w), "height": int(h), "task": self.task, "faces": faces}
-        if self.task == "parsing":
-            combined = np.zeros((h, w), dtype=np.uint8)
-            masks = [f["mask"] for f in faces if f["mask"] is not None]  # None: a non-finite output
-            for mask in masks:  # highest score first: earlier faces keep the pixels they claim
-                free = combined == 0
-                combined[free] = mask[free]
-            out["mask"] = combined
+        out.update(self._task.combine(faces, (h, w)))
         if not faces:  # why: as prepare's reasons (facerep.data.crop.SKIP_REASONS)
             out["message"] = NO_FACE
             scores = [d.score for d in found]
@@ -800,6 +663,10 @@ class Predictor:
                 {"reason": "low_score", "score": round(max(scores), 5)} if scores else {"reason": "no_face"}
             )
         return out
+
+    def draw(self, image: np.ndarray, result: dict[str, Any]) -> Image.Image:
+        """``result``'s overlay on ``image`` (see :func:`draw_result`)."""
+        return _draw(self._task, self.layout, image, result)
 
     # -- public entry points ------------------------------------------------------------------------------
     def predict_stream(
@@ -810,7 +677,7 @@ class Predictor:
         """``(key, image)`` pairs -> ``(key, image, result)`` in order, faces of several images batched
         together (at least ``batch_size`` faces per model call where the images have them).
         ``detections(key, image)`` replaces the detector when given."""
-        pending: list[tuple[Any, np.ndarray, list[_Face], list[Detection]]] = []
+        pending: list[tuple[Any, np.ndarray, list[FaceCrop], list[Detection]]] = []
         count = 0
         for key, image in items:
             image = _rgb(image, str(key) if isinstance(key, str | Path) else f"image {key}")
@@ -824,7 +691,7 @@ class Predictor:
         yield from self._flush(pending)
 
     def _flush(
-        self, pending: list[tuple[Any, np.ndarray, list[_Face], list[Detection]]]
+        self, pending: list[tuple[Any, np.ndarray, list[FaceCrop], list[Detection]]]
     ) -> Iterator[tuple[Any, np.ndarray, dict]]:
         faces = [f for _, _, fs, _ in pending for f in fs]
         outputs = iter(self._run(faces))
@@ -893,29 +760,21 @@ def _rgb(image: np.ndarray, name: str) -> np.ndarray:
 
 
 def draw_result(image: np.ndarray, result: dict[str, Any], spec: dict[str, Any]) -> Image.Image:
-    """The photo with every face's box and prediction: landmarks (green dots), the coloured combined mask
-    with a legend, or the label(s) with probabilities."""
-    task = result["task"]
-    if task == "parsing":
-        canvas = draw_parsing(image, result["mask"], spec["class_names"])
-    elif task == "alignment" and any(f["landmarks"] is not None for f in result["faces"]):
-        points = [np.asarray(f["landmarks"]) for f in result["faces"] if f["landmarks"] is not None]
-        canvas = draw_landmarks(image, np.concatenate(points))
-    else:
-        canvas = Image.fromarray(image).convert("RGB")
+    """The photo with every face's box and prediction, drawn by the spec's task: landmarks (green dots),
+    the coloured combined mask with a legend, or the label(s) with probabilities."""
+    return _draw(spec_task(spec), Layout.from_record(spec), image, result)
+
+
+def _draw(task: Task, layout: Layout, image: np.ndarray, result: dict[str, Any]) -> Image.Image:
+    canvas = task.draw_photo(image, result, layout)
     draw = ImageDraw.Draw(canvas)
     colours = palette(len(result["faces"]) + 2)
     for i, face in enumerate(result["faces"]):
         colour = tuple(int(v) for v in colours[i + 1])
         x1, y1, x2, y2 = face["box"]
         draw.rectangle([x1, y1, x2, y2], outline=colour, width=max(1, int(min(image.shape[:2]) / 240)))
-        text = f"{i}: {face['score']:.2f}"
-        if "error" in face:
-            text += f" {face['error']}"
-        elif "label" in face:
-            text += f" {face['label']} {face['probabilities'][face['label']]:.2f}"
-        elif "labels" in face:
-            text += " " + ", ".join(f"{n} {face['probabilities'][n]:.2f}" for n in face["labels"])
+        caption = face["error"] if "error" in face else task.caption(face)
+        text = f"{i}: {face['score']:.2f}" + (f" {caption}" if caption else "")
         draw.text((x1 + 2, max(0.0, y1 - 12)), text, fill=colour)
     if not result["faces"]:
         draw.text((4, 4), NO_FACE, fill=(255, 40, 40))

@@ -15,13 +15,22 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from facerep.backbones import Backbone
 from facerep.data.downstream.transforms import AlignmentTransform, landmarks_to_image
 from facerep.metrics.landmarks import ced_auc_fr, nme, unit_distance
 from facerep.models.dense import DenseHead, resolve_levels
-from facerep.tasks.base import Task, register_task
+from facerep.tasks.base import (
+    DENSE_HEAD_WEIGHT,
+    FaceCrop,
+    Layout,
+    Output,
+    Task,
+    head_rows,
+    register_task,
+)
 from facerep.viz import draw_landmarks
 
 
@@ -84,6 +93,14 @@ class AlignmentModel(nn.Module):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         heatmaps = self.dense(images)
         return {"heatmaps": heatmaps, "landmarks": soft_argmax(heatmaps)}
+
+
+def landmarks_to_photo(face: FaceCrop, pred01: np.ndarray, size: int) -> np.ndarray:
+    """``[K, 2]`` points in [0, 1] units of a ``size`` crop -> ``[K, 2]`` photo pixels: the transform's
+    ``crop_to_image`` (``face.back``), then the inverse of the photo -> fed-image map."""
+    pred = torch.from_numpy(np.asarray(pred01, dtype=np.float64)[None])
+    on_fed = landmarks_to_image(pred, face.back[None].double(), size, face.warp_factor)[0].numpy()
+    return face.fed_to_photo(on_fed)
 
 
 @register_task
@@ -149,3 +166,47 @@ class Alignment(Task):
                 f"auc_{curve_unit}@{threshold}": float(auc),
             }
         return results
+
+    # -- predict and export: landmarks [N, K, 2] in [0, 1] crop units, cropped around a face box ------------
+    def layout_complete(self, layout: Layout) -> bool:
+        return layout.num_points is not None
+
+    def layout_from_weights(self, weights: dict[str, torch.Tensor]) -> Layout | None:
+        count = head_rows(weights, DENSE_HEAD_WEIGHT)
+        return None if count is None else Layout(num_points=count)
+
+    def export_output(self, layout: Layout) -> Output:
+        return Output("landmarks", ("N", layout.num_points, 2))
+
+    def export_forward(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        return out["landmarks"]
+
+    def crop_rule(self, augment: Any) -> str:
+        return "box"
+
+    def blank_target(self, image: np.ndarray) -> dict[str, Any]:
+        return {"landmarks": np.zeros((1, 2), dtype=np.float32)}  # only the box is read
+
+    def crop_map(self, out: dict[str, Any]) -> torch.Tensor:
+        """The transform's ``crop_to_image`` ``[2, 3]`` (crop -> fed image)."""
+        return out["crop_to_image"]
+
+    def read_face(
+        self, output: np.ndarray, face: FaceCrop, layout: Layout, hw: tuple[int, int]
+    ) -> dict[str, Any]:
+        """``[K, 2]`` -> ``landmarks`` ``[K, 2]`` photo pixels and the ``crop_box`` they were read in."""
+        points = landmarks_to_photo(face, output, self.cfg.data.image_size)
+        return {**self.null_face(face, layout), "landmarks": np.round(points, 2).tolist()}
+
+    def null_face(self, face: FaceCrop, layout: Layout) -> dict[str, Any]:
+        box = None if face.crop_box is None else [round(float(v), 2) for v in face.crop_box]
+        return {"landmarks": None, "crop_box": box}
+
+    def draw_photo(self, image: np.ndarray, result: dict[str, Any], layout: Layout) -> Image.Image:
+        """Every face's landmarks as green dots."""
+        points = [np.asarray(f["landmarks"]) for f in result["faces"] if f["landmarks"] is not None]
+        return (
+            draw_landmarks(image, np.concatenate(points))
+            if points
+            else super().draw_photo(image, result, layout)
+        )

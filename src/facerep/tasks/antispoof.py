@@ -20,7 +20,7 @@ from torch import nn
 from facerep.config import ConfigError
 from facerep.data.downstream.transforms import ClassificationTransform
 from facerep.metrics.antispoof import antispoof_scores
-from facerep.tasks.base import Task, register_task
+from facerep.tasks.base import FaceCrop, Layout, Task, register_task
 from facerep.tasks.classification import ClassificationModel
 
 LIVE = 1  # class index of live (bona fide) faces; 0 = spoof
@@ -135,3 +135,14 @@ class Antispoof(Task):
         truth = "live" if int(sample["label"]) == LIVE else f"spoof {sample.get('attack', '')}".strip()
         draw.text((2 * width, 2 * width), f"live {score:.2f} (gt {truth})", fill=colour)
         return image
+
+    # -- predict: the classifier's reading plus the liveness score -----------------------------------------
+    def read_face(
+        self, output: np.ndarray, face: FaceCrop, layout: Layout, hw: tuple[int, int]
+    ) -> dict[str, Any]:
+        """Logits ``[2]`` -> ``probabilities``, ``label`` and ``liveness`` (the live probability)."""
+        result = super().read_face(output, face, layout, hw)
+        return {**result, "liveness": result["probabilities"][layout.class_names[LIVE]]}
+
+    def null_face(self, face: FaceCrop, layout: Layout) -> dict[str, Any]:
+        return {**super().null_face(face, layout), "liveness": None}
