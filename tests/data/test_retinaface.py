@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import json
 import math
 import pickle
 from collections import OrderedDict
@@ -304,3 +305,24 @@ def test_weight_file_errors_are_one_line_and_name_the_file(
         with pytest.raises(ConfigError, match=message) as e:
             build_detector("retinaface", weights=str(path))
         assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_prepare_from_the_command_line_with_detector_weights(
+    mnet: tuple[Path, RetinaFace], astronaut: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from PIL import Image
+
+    from facerep.commands.cli import main
+
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(astronaut).save(tmp_path / "photos" / "astronaut.png")
+    common = ["prepare", f"input={tmp_path / 'photos'}", "workers=1", "progress=false", "detector=retinaface"]
+    rule = ["crop.min_face=20", "crop.min_score=0.5", "crop.max_faces=0"]
+    assert main([*common, f"output_dir={tmp_path / 'crops'}", f"detector_weights={mnet[0]}", *rule]) == 0
+    expected = build_detector("retinaface", weights=str(mnet[0]), min_face=20)(astronaut)
+    stats = json.loads((tmp_path / "crops" / "crops-00000_stats.json").read_text())
+    assert stats["faces"] == len(expected) > 0
+    assert stats["crops"] == sum(d.score >= 0.5 and max(d.box[2:] - d.box[:2]) >= 20 for d in expected)
+    capsys.readouterr()
+    assert main([*common, f"output_dir={tmp_path / 'none'}", *rule]) == 2  # no weights: one line
+    assert "face detector 'retinaface' needs weights=PATH" in capsys.readouterr().err
