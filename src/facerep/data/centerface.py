@@ -113,9 +113,8 @@ class CenterFaceDetector(_ScaledDetector):
         self._path = centerface_weights()
         self._sess: Any = None
 
-    def __getstate__(
-        self,
-    ) -> dict[str, Any]:  # picklable for worker processes: the session builds again there
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable for worker processes: the session builds again there."""
         return {**self.__dict__, "_sess": None}
 
     def _detect(self, image: np.ndarray, min_face: float) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
