@@ -7,7 +7,7 @@ VENV ?= .venv
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
 
-.PHONY: venv demo benchmark curve test lint format clean
+.PHONY: venv demo benchmark curve test lint format import-time clean
 
 venv: $(VENV)/.installed
 
@@ -40,6 +40,10 @@ test: venv
 lint: venv
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
+
+# wall time of `import facerep` and `facerep --help` (best of 5) and their ratio to `python -c pass`
+import-time: venv
+	$(BIN)/python scripts/import_time.py
 
 format: venv
 	$(BIN)/ruff check --fix src tests

@@ -10,7 +10,8 @@ beside every run.
 
 :class:`PretrainConfig` holds what every method shares; each method registers its own sections
 (``mcf.*``, ``teacher.*``, ``mae.*``, ``decoder.*``) with :func:`register_section`, and
-:func:`load_config` adds every registered section to the schema it loads.
+:func:`load_config` adds every registered section to the schema it loads (importing the built-in methods,
+and so torch, only then: the rest of this module is light).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+import facerep
 from facerep.runtime.errors import FacerepError, one_line
-from facerep.runtime.optim import OPTIMIZERS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -188,6 +189,8 @@ class TrainConfig:
         check_choice("train.precision", self.precision, PRECISIONS)
         check_choice("train.progress", self.progress, PROGRESS_MODES)
         if self.optimizer is not None:
+            from facerep.runtime.optim import OPTIMIZERS  # torch: only once an optimizer is named
+
             check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
 
 
@@ -231,9 +234,14 @@ def register_section(name: str, schema: type) -> None:
 
 def with_sections(schema: type) -> type:
     """``schema`` plus a field for every registered method section, for subclasses of
-    :class:`PretrainConfig` (built once per set of sections); any other schema as it is."""
+    :class:`PretrainConfig` (built once per set of sections); any other schema as it is.
+
+    The built-in methods are imported first, so their sections come first, as they register them.
+    """
     if not (isinstance(schema, type) and issubclass(schema, PretrainConfig)):
         return schema
+    facerep.register_methods()
+
     key = (schema, tuple(_SECTIONS.items()))
     if key not in _EXTENDED:
         extra = [(name, cls, field(default_factory=cls)) for name, cls in _SECTIONS.items()]

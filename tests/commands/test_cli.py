@@ -51,12 +51,10 @@ def test_recipe_without_teacher_says_so(tmp_path, capsys):
 
 
 def test_facerep_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys):
-    import facerep.commands.cli as cli
-
     def bug(cfg):
         raise ValueError("a bug inside torch, say")
 
-    monkeypatch.setattr(cli, "pretrain", bug)
+    monkeypatch.setattr("facerep.engine.trainer.pretrain", bug)
     with pytest.raises(ValueError, match="a bug inside torch"):  # a traceback, not "facerep: error"
         main(["pretrain"])
     assert "facerep: error" not in capsys.readouterr().err
@@ -64,6 +62,6 @@ def test_facerep_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, 
     def user_error(cfg):
         raise DataError("data.path: no such folder\nsecond line")
 
-    monkeypatch.setattr(cli, "pretrain", user_error)
+    monkeypatch.setattr("facerep.engine.trainer.pretrain", user_error)
     assert main(["pretrain"]) == 2
     assert capsys.readouterr().err == "facerep: error: data.path: no such folder\n"

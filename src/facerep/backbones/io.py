@@ -71,7 +71,6 @@ from torch import Tensor, nn
 from facerep.backbones.base import FAMILIES, Backbone, LoadOptions, arch_record, require_arch, short_list
 from facerep.backbones.clip_layout import CLIP_MARKER, clip_records, clip_to_vit
 from facerep.backbones.hf import HF_CONFIG, HF_LAYOUTS, HFLayout, hf_record, hf_to_timm, tower_prefix
-from facerep.backbones.onnx_reader import read_onnx_vit
 from facerep.runtime.atomic import atomic_write_bytes
 from facerep.runtime.checkpoint import CHECKPOINT_FORMAT, CheckpointError
 from facerep.runtime.errors import one_line
@@ -441,6 +440,8 @@ def _load_file(path: Path, source: str) -> tuple[Any, dict[str, str] | None]:
     Hugging Face checkpoint (``*.index.json``) or an ONNX ViT (state dict, ``{"format": "onnx",
     "arch": record}``; a warning says what of the graph was dropped)."""
     if path.suffix == ".onnx":
+        from facerep.backbones.onnx_reader import read_onnx_vit  # onnx: only for ONNX files
+
         state, record, note = read_onnx_vit(path, source)
         if note:
             warnings.warn(f"{source}: {note}", stacklevel=4)

@@ -14,6 +14,9 @@ instead), with an exit code saying whose move it is:
     written atomically, so the previous ones are intact.
 
 Anything else is a bug and shows its traceback.
+
+Parsing imports nothing heavy (``facerep --help`` loads no torch): each handler imports its command's modules
+once the command line chose it.
 """
 
 from __future__ import annotations
@@ -24,23 +27,13 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from facerep.commands import bench
-from facerep.commands.demo import DemoConfig, run_curve, run_demo
-from facerep.commands.export import ExportConfig, run_export
-from facerep.commands.heatmaps import HeatmapsConfig, run_heatmaps
-from facerep.commands.predict import PredictConfig, run_predict
-from facerep.commands.prepare import PrepareConfig, run_prepare
-from facerep.commands.probe import ProbeConfig, run_probe
-from facerep.commands.zeroshot import ZeroShotConfig, run_zeroshot
-from facerep.config import ConfigError, EvaluateConfig, FinetuneConfig, PretrainConfig, load_config, to_yaml
-from facerep.engine.evaluate import evaluate
-from facerep.engine.finetune import finetune
-from facerep.engine.trainer import pretrain
 from facerep.runtime.errors import FacerepError, one_line, os_error_line, write_failure_line
 
 
 def _run_config(schema: type, run: Callable[[Any], object], args: argparse.Namespace) -> int:
     """Resolve ``schema`` from ``-c`` + overrides, then print it (``--print-config``) or ``run`` it."""
+    from facerep.config import load_config, to_yaml
+
     cfg = load_config(schema, args.config, args.overrides)
     if args.print_config:
         print(to_yaml(cfg), end="")
@@ -50,51 +43,80 @@ def _run_config(schema: type, run: Callable[[Any], object], args: argparse.Names
 
 
 def _pretrain(args: argparse.Namespace) -> int:
+    from facerep.config import PretrainConfig
+    from facerep.engine.trainer import pretrain
+
     return _run_config(PretrainConfig, pretrain, args)
 
 
 def _finetune(args: argparse.Namespace) -> int:
+    from facerep.config import FinetuneConfig
+    from facerep.engine.finetune import finetune
+
     return _run_config(FinetuneConfig, finetune, args)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from facerep.config import EvaluateConfig, load_config
+    from facerep.engine.evaluate import evaluate
+
     evaluate(load_config(EvaluateConfig, None, args.overrides))
     return 0
 
 
 def _probe(args: argparse.Namespace) -> int:
+    from facerep.commands.probe import ProbeConfig, run_probe
+    from facerep.config import load_config
+
     run_probe(load_config(ProbeConfig, None, args.overrides))
     return 0
 
 
 def _heatmaps(args: argparse.Namespace) -> int:
+    from facerep.commands.heatmaps import HeatmapsConfig, run_heatmaps
+    from facerep.config import load_config
+
     run_heatmaps(load_config(HeatmapsConfig, None, args.overrides))
     return 0
 
 
 def _zeroshot(args: argparse.Namespace) -> int:
+    from facerep.commands.zeroshot import ZeroShotConfig, run_zeroshot
+
     return _run_config(ZeroShotConfig, run_zeroshot, args)
 
 
 def _prepare(args: argparse.Namespace) -> int:
+    from facerep.commands.prepare import PrepareConfig, run_prepare
+
     return _run_config(PrepareConfig, run_prepare, args)
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from facerep.commands.predict import PredictConfig, run_predict
+
     return _run_config(PredictConfig, run_predict, args)
 
 
 def _export(args: argparse.Namespace) -> int:
+    from facerep.commands.export import ExportConfig, run_export
+
     return _run_config(ExportConfig, run_export, args)
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from facerep.commands.demo import DemoConfig, run_curve, run_demo
+    from facerep.config import load_config
+
     cfg = load_config(DemoConfig, None, args.overrides)
     (run_curve if cfg.curve else run_demo)(cfg)
     return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from facerep.commands import bench
+    from facerep.config import ConfigError
+
     if args.what == "pretrain":
         return _run_config(bench.BenchPretrainConfig, bench.bench_pretrain, args)
     if args.config:
@@ -152,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub, "zeroshot", _zeroshot,
         "zero-shot classification and image-text retrieval with a CLIP-style model (FaRL)",
         "facerep zeroshot [-c configs/zeroshot_*.yaml] backbone=CLIP_FILE "
-        "dataset=celeba_attr|rafdb|generic|synthetic_attributes [root=DIR split=test] | "
+        "dataset=NAME [root=DIR split=test] (NAME: a classification set, e.g. rafdb) | "
         "facerep zeroshot backbone=CLIP_FILE dataset=captions [source=synthetic|folder path=DIR length=500]. "
         "Prompt classifiers (templates x class names, features averaged) score images by cosine similarity; "
         "attributes compare a positive and a negative prompt set. Reports accuracy (plus balanced accuracy "

@@ -47,7 +47,6 @@ import numpy as np
 from PIL import Image
 
 from facerep.config import ConfigError, check_choice
-from facerep.data.downstream.transforms import FIVE_POINT_TEMPLATE, similarity
 from facerep.data.transforms import BadImage, decode_image
 
 ALIGNS = ("box", "five_point")
@@ -157,11 +156,15 @@ def skip_reason(faces: Sequence[FaceLike], kept: Sequence[int], rejected: Counte
 
 def template_points(size: int, align_scale: float = 1.0) -> np.ndarray:
     """FaRL's five-point template in a ``size x size`` crop (pixel coordinates), shrunk about its centre."""
+    from facerep.data.downstream.transforms import FIVE_POINT_TEMPLATE  # data.downstream imports this module
+
     return ((FIVE_POINT_TEMPLATE / float(align_scale) + 1.0) * size - 1.0) / 2.0
 
 
 def crop_transform(face: FaceLike, cfg: CropConfig) -> tuple[np.ndarray, str]:
     """The ``[2, 3]`` image -> crop affine of one face and the rule used (``"box"`` or ``"five_point"``)."""
+    from facerep.data.downstream.transforms import similarity  # data.downstream imports this module
+
     s = float(cfg.size)
     points = face.points
     if cfg.align == "five_point" and points is not None and np.isfinite(points).all():

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from open_clip.tokenizer import SimpleTokenizer
 from torch import Tensor
 
 CLIP_CONTEXT_LENGTH = 77
@@ -27,6 +26,8 @@ class Tokenizer:
     def __init__(self, context_length: int = CLIP_CONTEXT_LENGTH) -> None:
         if context_length < 2:
             raise ValueError(f"context_length must be >= 2 (start and end tokens), got {context_length}")
+        from open_clip.tokenizer import SimpleTokenizer  # open_clip and transformers: 1 s to import
+
         self.context_length = int(context_length)
         self._bpe = SimpleTokenizer(context_length=self.context_length)
         self.vocab_size = len(self._bpe.encoder)

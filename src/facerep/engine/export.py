@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime
 import safetensors.torch
 import torch
 from safetensors.torch import load_file
@@ -147,6 +146,8 @@ def _onnx(model: ExportModel, spec: dict, path: Path, opset: int) -> None:
 
 
 def _onnx_runner(path: Path, spec: dict) -> Callable[[torch.Tensor], np.ndarray]:
+    import onnxruntime
+
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return lambda x: session.run([spec["output_name"]], {INPUT_NAME: x.numpy()})[0]
 

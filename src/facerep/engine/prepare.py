@@ -99,12 +99,6 @@ from facerep.runtime.atomic import atomic_save, atomic_write_bytes, atomic_write
 from facerep.runtime.errors import FacerepError, one_line
 from facerep.runtime.untrusted import MAX_JSON_DEPTH, as_int, loads_json, read_json
 
-try:  # the optional "cluster" extra
-    import ray
-    import ray.exceptions
-except ImportError:  # pragma: no cover - depends on the environment
-    ray = None
-
 ENGINES = ("pool", "ray")
 CROPS_NAME = "crops-{:05d}.tar"
 STATS_NAME = "crops-{:05d}_stats.json"
@@ -693,8 +687,11 @@ def _run_pool(units: Sequence[Unit], job: Job, workers: int) -> Iterator[dict[st
 def _run_ray(
     units: Sequence[Unit], job: Job, workers: int, address: str | None, retries: int
 ) -> Iterator[dict[str, Any]]:
-    if ray is None:
-        raise FacerepError("engine=ray needs Ray: pip install 'facerep[cluster]' (or ray>=2.9)")
+    try:  # the optional "cluster" extra
+        import ray
+        import ray.exceptions
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise FacerepError("engine=ray needs Ray: pip install 'facerep[cluster]' (or ray>=2.9)") from err
     started = not ray.is_initialized()
     if started:
         if address:

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib import colormaps
 from PIL import Image, ImageDraw
 from torch import Tensor
 
@@ -150,6 +149,8 @@ def overlay(face: SyntheticFace, heatmaps: Tensor) -> Image.Image:
         ("parsing", (0.4 * image + 0.6 * palette(len(LAPA_CLASSES))[face.mask]).astype(np.uint8)),
         ("argmax", (0.4 * image + 0.6 * colours[argmax + 1]).astype(np.uint8)),
     ]
+    from matplotlib import colormaps  # matplotlib: only for the overlays
+
     jet = colormaps["jet"]
     for q, heat in enumerate(heatmaps.numpy()):
         scaled = heat / max(float(heat.max()), 1e-8)  # each query's map on its own [0, 1] scale
