@@ -150,7 +150,7 @@ def test_celeba_config_on_a_tiny_celeba_layout(clip_files, tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["dataset=imagenet", "backbone=x"], "dataset must be one of celeba_attr, rafdb, generic"),
+        (["dataset=imagenet", "backbone=x"], "dataset must be one of celeba_attr, rafdb, affectnet, generic"),
         (["dataset=rafdb"], "needs backbone=PATH"),
         (["backbone={plain}"], "needs dataset=NAME"),
         (["dataset=rafdb", "backbone={missing}"], "checkpoint file not found"),

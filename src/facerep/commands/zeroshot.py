@@ -1,7 +1,9 @@
 """``facerep zeroshot``: zero-shot classification and image-text retrieval with a CLIP-style model (FaRL).
 
-``facerep zeroshot backbone=CLIP_FILE dataset=celeba_attr|rafdb|generic|synthetic_attributes [root=DIR]
-[split=test] [-c configs/zeroshot_*.yaml]`` scores prompt classifiers (:mod:`facerep.engine.zeroshot`):
+``facerep zeroshot backbone=CLIP_FILE dataset=NAME [root=DIR] [split=test] [-c configs/zeroshot_*.yaml]``,
+``NAME`` a classification set of the dataset registry (:func:`classification_sets`: celeba_attr, rafdb,
+affectnet, generic, synthetic_attributes, and any plugged in), scores prompt classifiers
+(:mod:`facerep.engine.zeroshot`):
 single-label sets report accuracy and mean class accuracy beside the most frequent class of the split,
 multi-label sets mean attribute accuracy (as fine-tuning does), balanced accuracy and ROC-AUC per
 attribute and their means beside each attribute's majority value on the split.
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from facerep.config import IMAGENET_MEAN, IMAGENET_STD, ConfigError, check_choice, to_dict, to_yaml
-from facerep.data.downstream import build_dataset
+from facerep.data.downstream import DATASETS, build_dataset
 from facerep.data.downstream.synthetic import SPLIT_SEEDS
 from facerep.data.downstream.transforms import AugmentConfig, ClassificationTransform
 from facerep.data.sources import FolderSource, SyntheticSource
@@ -46,9 +48,10 @@ from facerep.models.clip import clip_file, load_clip
 from facerep.runtime.atomic import atomic_write_json
 from facerep.runtime.distributed import resolve_device
 from facerep.runtime.run_log import start_run
+from facerep.tasks import TASKS
+from facerep.tasks.classification import Classification
 
-CLASSIFICATION_SETS = ("celeba_attr", "rafdb", "generic", "synthetic_attributes")
-DATASETS = (*CLASSIFICATION_SETS, "captions")
+CAPTIONS = "captions"  # the retrieval "dataset"
 CAPTION_SOURCES = ("synthetic", "folder")
 NORMALIZE = ("auto", "clip", "imagenet", "custom")
 CHANCE_RULE = "chance: the expected recall of a uniformly random ranking (exact)"
@@ -65,8 +68,8 @@ class ZeroShotConfig:
     backbone: str | None = (
         None  # a CLIP file facerep.load_clip reads, or a run directory with clip.safetensors
     )
-    dataset: str | None = None  # celeba_attr | rafdb | generic | synthetic_attributes | captions
-    root: str | None = None  # dataset root (celeba_attr, rafdb, generic)
+    dataset: str | None = None  # a classification set (classification_sets()) | captions
+    root: str | None = None  # dataset root (the sets that are not rendered)
     split: str = "test"
     options: dict[str, Any] = field(default_factory=dict)  # dataset kwargs (generic: annotations, classes)
     templates: list[str] | None = None  # texts with a {} for each class name / phrase (None: built-in)
@@ -74,7 +77,7 @@ class ZeroShotConfig:
     negatives: dict[str, list[str]] = field(default_factory=dict)  # attribute -> phrases for its absence
     source: str = "synthetic"  # captions: synthetic (captions from the generator) | folder (<image>.txt)
     path: str | None = None  # captions: the folder (source=folder)
-    length: int = 500  # synthetic faces of the split (captions, synthetic_attributes)
+    length: int = 500  # synthetic faces of the split (captions, rendered sets)
     size: int = 128  # render size of synthetic faces
     image_size: int | None = None  # image tower input (ViT positions resampled); None: the file's own
     normalize: str = "auto"  # auto (recorded mean/std, else CLIP's) | clip | imagenet | custom (mean, std)
@@ -87,13 +90,24 @@ class ZeroShotConfig:
 
     def __post_init__(self) -> None:
         if self.dataset is not None:
-            check_choice("dataset", self.dataset, DATASETS)
+            check_choice("dataset", self.dataset, (*classification_sets(), CAPTIONS))
         check_choice("source", self.source, CAPTION_SOURCES)
         check_choice("normalize", self.normalize, NORMALIZE)
         if self.length < 1 or self.size < 16 or self.batch_size < 1 or self.num_workers < 0:
             raise ConfigError("length and batch_size must be >= 1, size >= 16, num_workers >= 0")
         if (self.mean is not None or self.std is not None) and self.normalize != "custom":
             raise ConfigError("mean and std apply with normalize=custom only")
+
+
+def _classifies(task: str | None) -> bool:
+    """Whether data of ``task`` is scored as :class:`~facerep.tasks.classification.Classification` scores it
+    (None: a set whose annotations tell its task)."""
+    return task is None or (task in TASKS and issubclass(TASKS.get(task), Classification))
+
+
+def classification_sets() -> tuple[str, ...]:
+    """The registry's datasets zero-shot scores, in registry order: the classification sets."""
+    return tuple(name for name, entry in DATASETS.items() if _classifies(entry.describe().task))
 
 
 def normalization(cfg: ZeroShotConfig, file: Path, recorded: Mapping[str, Any]) -> dict[str, Any]:
@@ -115,7 +129,9 @@ def run_zeroshot(cfg: ZeroShotConfig) -> dict:
     if not cfg.backbone:
         raise ConfigError("facerep zeroshot needs backbone=PATH (a file facerep.load_clip reads)")
     if cfg.dataset is None:
-        raise ConfigError(f"facerep zeroshot needs dataset=NAME, one of {', '.join(DATASETS)}")
+        raise ConfigError(
+            f"facerep zeroshot needs dataset=NAME, one of {', '.join((*classification_sets(), CAPTIONS))}"
+        )
     file = clip_file(cfg.backbone)
     model = load_clip(file, img_size=cfg.image_size)
     device = resolve_device(cfg.device)
@@ -123,7 +139,7 @@ def run_zeroshot(cfg: ZeroShotConfig) -> dict:
     norm = normalization(cfg, file, model.recorded)
     size = int(model.visual.arch.img_size)
     # data and prompts are checked before anything is written
-    run = _retrieval(cfg, size, norm) if cfg.dataset == "captions" else _classification(cfg, size, norm)
+    run = _retrieval(cfg, size, norm) if cfg.dataset == CAPTIONS else _classification(cfg, size, norm)
     out = Path(cfg.output_dir or f"runs/zeroshot/{cfg.dataset}")
     start_run(out, to_yaml(cfg), f"zeroshot {cfg.dataset} ({cfg.split}) with {file}")
     result = {"dataset": cfg.dataset, "split": cfg.split, "backbone": str(file), "image_size": size,
@@ -139,10 +155,10 @@ Run = Callable[[Any, Any], dict[str, Any]]  # (model, device) -> the task's part
 
 def _classification(cfg: ZeroShotConfig, size: int, norm: dict) -> Run:
     options = dict(cfg.options)
-    if cfg.dataset == "synthetic_attributes":
+    if DATASETS.get(cfg.dataset).describe(options).rendered:
         options = {"length": cfg.length, "size": cfg.size, **options}
     dataset = build_dataset(cfg.dataset, cfg.root, cfg.split, **options)
-    if dataset.task != "classification":
+    if not _classifies(dataset.task):
         raise ConfigError(f"{cfg.dataset}: zero-shot scores classification data, this is {dataset.task}")
     if len(dataset) == 0:
         raise ConfigError(f"{cfg.dataset}: split {cfg.split!r} has no images")

@@ -190,7 +190,7 @@ class Finetuner:
                 train_data, dist_info.world_size, dist_info.rank, shuffle=True, seed=cfg.seed
             )
         if cfg.train.probe:  # linear probe: features of the frozen backbone computed once
-            if cfg.task != "classification":
+            if not self.task.probe:
                 raise ConfigError("train.probe=true is for task=classification")
             train_data = cached_features(
                 self.model, TaskDataset(self.train_set, self.task, train=False), cfg, self.device

@@ -61,7 +61,6 @@ import contextlib
 import dataclasses
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +79,9 @@ from facerep.backbones.io import is_torchscript
 from facerep.config import ConfigError, FinetuneConfig
 from facerep.data.crop import apply_transform, transform_scale
 from facerep.data.detect import Detection, build_detector
-from facerep.data.downstream import AFFECTNET_CLASSES, DATASETS, build_dataset
-from facerep.data.downstream.antispoof import DEFAULT_CROP_EXPAND
-from facerep.data.downstream.synthetic import DEFAULT_SIZE
+from facerep.data.downstream import DATASETS, build_dataset
+from facerep.data.downstream.base import DEFAULT_EXPAND, Framing
+from facerep.data.downstream.synthetic import SYNTHETIC_FIVE_POINTS
 from facerep.data.downstream.transforms import (
     FIVE_POINT_TEMPLATE,
     box_matrix,
@@ -118,10 +117,7 @@ __all__ = [
 ]
 
 SPEC_VERSION = 1
-# anti-spoofing sets whose crop is a square of the face box x crop_expand (VideoFaceDataset)
-VIDEO_FACE_SETS = ("oulu_npu", "casia_fasd", "replay_attack", "msu_mfsd", "ocim")
 INPUT_NAME = "image"
-DEFAULT_EXPAND = 1.5  # box framing of the real whole-image sets: canvas side = detector box side x this
 NO_FACE = "no face found"
 NON_FINITE = "non-finite model output (NaN or inf)"
 
@@ -147,24 +143,6 @@ MEAN_SHAPE_68 = np.array([
     [0.079, 0.389], [-0.000, 0.395], [-0.080, 0.389],
 ])  # fmt: skip
 
-# Where the synthetic renderer puts the five points, as (x + 0.5) / size (the geometry does not depend on the
-# render size): the mean over the same 2000 faces as MEAN_SHAPE_68, rounded to 4 decimals.
-SYNTHETIC_FIVE_POINTS = np.array(
-    [[0.3969, 0.4092], [0.5991, 0.4093], [0.4971, 0.5188], [0.4126, 0.5998], [0.5823, 0.6000]]
-)
-
-# The 40 attributes of CelebA in the order of list_attr_celeba.txt's header (celeba_attr reads them from the
-# file; a checkpoint does not store them).
-CELEBA_ATTRIBUTES = (
-    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips",
-    "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows", "Chubby", "Double_Chin",
-    "Eyeglasses", "Goatee", "Gray_Hair", "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open",
-    "Mustache", "Narrow_Eyes", "No_Beard", "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline",
-    "Rosy_Cheeks", "Sideburns", "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat",
-    "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
-)  # fmt: skip
-
-FRAMING_KINDS = ("points", "box")
 RULES = ("box", "five_point", "canvas", FACER_CROP)
 
 
@@ -223,48 +201,6 @@ def _as_float(image: np.ndarray) -> Tensor:
     return torch.tensor(np.asarray(image)).permute(2, 0, 1).to(torch.float32) / 255.0
 
 
-# ------------------------------------------------------------------------------------------------- framing
-
-
-@dataclass
-class Framing:
-    """How a whole-image set frames its faces: the canvas a detected face is warped onto before the task's
-    whole-image transform. ``kind`` ``points``: the five-point similarity onto ``points`` ([5, 2] canvas
-    pixels, pixel centres) in a ``size`` = [width, height] canvas; ``box``: a square of the detector box's
-    longer side times ``expand``, centred on the box, resized to ``size``."""
-
-    kind: str = "box"
-    size: list[int] = field(default_factory=lambda: [224, 224])
-    points: list[list[float]] | None = None
-    expand: float = DEFAULT_EXPAND
-
-    def check(self) -> Framing:
-        if self.kind not in FRAMING_KINDS:
-            raise ConfigError(f"framing.kind must be one of {', '.join(FRAMING_KINDS)}, got {self.kind!r}")
-        if len(self.size) != 2 or min(int(v) for v in self.size) < 1:
-            raise ConfigError(f"framing.size must be [width, height] >= 1, got {self.size}")
-        if self.kind == "points" and np.asarray(self.points, dtype=np.float64).shape != (5, 2):
-            raise ConfigError(f"framing.points must be five [x, y] canvas points, got {self.points}")
-        if not self.expand > 0:
-            raise ConfigError(f"framing.expand must be > 0, got {self.expand}")
-        return self
-
-
-def default_framing(dataset: str, options: dict[str, Any], image_size: int) -> Framing:
-    """The framing of ``dataset`` (see the module docstring): synthetic sets by their five points at the
-    render size, AffectNet's box crop with its margin, other sets a box square of ``image_size``."""
-    if dataset.startswith("synthetic_"):
-        size = int(options.get("size", DEFAULT_SIZE))
-        return Framing("points", [size, size], (SYNTHETIC_FIVE_POINTS * size - 0.5).round(3).tolist())
-    if dataset in VIDEO_FACE_SETS:
-        return Framing(
-            "box", [image_size, image_size], None, float(options.get("crop_expand", DEFAULT_CROP_EXPAND))
-        )
-    if dataset == "affectnet" and options.get("crop", "box") == "box":
-        return Framing("box", [image_size, image_size], None, 1.0 + float(options.get("margin", 0.0)))
-    return Framing("box", [image_size, image_size], None, DEFAULT_EXPAND)
-
-
 # ------------------------------------------------------------------------------------------------ the model
 
 
@@ -281,23 +217,13 @@ def output_layout(
         if task.layout_complete(layout):
             return layout
     options = {**ft.data.options, **ft.data.test_options}
-    layout = task.layout(DATASETS.get(ft.dataset))
-    guess = task.layout_from_weights(weights)
-    if ft.dataset == "affectnet":
-        layout = dataclasses.replace(
-            layout, class_names=AFFECTNET_CLASSES[: int(options.get("num_classes", 7))]
-        )
-    if (
-        ft.dataset == "celeba_attr"
-        and guess is not None
-        and len(guess.class_names or ()) == len(CELEBA_ATTRIBUTES)
-    ):
-        layout = dataclasses.replace(layout, attribute_names=CELEBA_ATTRIBUTES)
+    layout = task.layout(DATASETS.get(ft.dataset).describe(options))
     if not task.layout_complete(layout) and ft.data.root is not None and Path(ft.data.root).exists():
         with contextlib.suppress(FacerepError):  # else fall back to the head's size below
             layout = task.layout(build_dataset(ft.dataset, ft.data.root, ft.data.test_split, **options))
     if task.layout_complete(layout):
         return layout
+    guess = task.layout_from_weights(weights)
     if guess is None:
         raise CheckpointError(f"{ft.dataset}: cannot tell the model's outputs (no head weights)")
     return guess
@@ -331,9 +257,9 @@ def model_spec(
     layout = output_layout(ft, task, weights, outputs)
     augment_config = task.augment_config()
     augment = dataclasses.asdict(augment_config)
-    options = {**ft.data.options, **ft.data.test_options}
-    rule = task.crop_rule(augment_config)
-    framing = default_framing(ft.dataset, options, ft.data.image_size) if rule == "canvas" else None
+    info = DATASETS.get(ft.dataset).describe({**ft.data.options, **ft.data.test_options})
+    rule = task.crop_rule(info, augment_config)
+    framing = info.framing.at_size(ft.data.image_size) if rule == "canvas" else None
     return {
         "version": SPEC_VERSION,
         "task": ft.task,

@@ -36,10 +36,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from facerep.config import ConfigError
-from facerep.data.captions import attribute_prompt
-from facerep.data.downstream import RAFDB_CLASSES
+from facerep.data.downstream import DATASETS
+from facerep.data.downstream.classification import CLASS_TEMPLATES, RAFDB_PROMPTS
 from facerep.data.sources import DataError
-from facerep.data.synthetic import ATTRIBUTES
 from facerep.data.transforms import BadImage
 from facerep.metrics.classification import mean_class_accuracy, roc_auc
 from facerep.runtime.checkpoint import CheckpointError
@@ -47,8 +46,10 @@ from facerep.runtime.errors import one_line
 from facerep.tasks.classification import classification_scores
 
 __all__ = [
+    "CLASS_TEMPLATES",
     "CLIP_MEAN",
     "CLIP_STD",
+    "RAFDB_PROMPTS",
     "RECALL_KS",
     "CaptionedImages",
     "PromptSet",
@@ -75,29 +76,9 @@ CLIP_MEAN: tuple[float, ...] = tuple(OPENAI_DATASET_MEAN)
 CLIP_STD: tuple[float, ...] = tuple(OPENAI_DATASET_STD)
 
 # -- default prompts; the config replaces any of them (templates, prompts.<class>, negatives.<class>)
-# single-label classes: "{}" takes each of a class's names (nouns and adjectives alike, averaged anyway)
-CLASS_TEMPLATES = (
-    "a photo of a {} face.",
-    "a photo of a face showing {}.",
-    "a close-up photo of a {} person.",
-    "a face with an expression of {}.",
-)
-RAFDB_PROMPTS: dict[str, tuple[str, ...]] = {
-    "Surprise": ("surprise", "surprised"),
-    "Fear": ("fear", "fearful", "scared"),
-    "Disgust": ("disgust", "disgusted"),
-    "Happiness": ("happiness", "happy", "smiling"),
-    "Sadness": ("sadness", "sad"),
-    "Anger": ("anger", "angry"),
-    "Neutral": ("neutral",),
-}
-# attributes named mechanically ("Wearing_Hat" -> "wearing hat", absent: "not wearing hat")
+# single-label classes: CLASS_TEMPLATES; attributes named mechanically ("Wearing_Hat" -> "wearing hat",
+# absent: "not wearing hat")
 ATTRIBUTE_TEMPLATES = ("a photo of a face {}.", "a photo of a person {}.")
-# synthetic faces: noun phrases in the captions' own wording (data.captions), in the captions' templates
-SYNTHETIC_TEMPLATES = ("a photo of {}.", "a portrait of {}.", "close-up of {}.", "a picture of {}.")
-# The synthetic captions state the attributes present and leave absent ones unsaid, so an attribute's
-# negative is the captions' bare subject ("without glasses" still says "glasses"; it scored worse).
-SYNTHETIC_NEGATIVE = ("a person",)
 
 
 def format_prompts(templates: Sequence[str], names: Sequence[str]) -> list[str]:
@@ -202,19 +183,19 @@ def default_prompts(
 ) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]], dict[str, tuple[str, ...]] | None]:
     """``(templates, positive phrases, negative phrases or None)`` used where the config gives none.
 
-    synthetic_attributes: the captions' noun phrases (:func:`~facerep.data.captions.attribute_prompt`) against
-    :data:`SYNTHETIC_NEGATIVE`; rafdb: :data:`RAFDB_PROMPTS`; anything else the names themselves
+    The dataset's own (:attr:`~facerep.data.downstream.base.DatasetInfo.prompts`: the synthetic attributes
+    in the captions' noun phrases, RAF-DB's :data:`RAFDB_PROMPTS`) where they word every name of the same
+    kind (single- or multi-label); anything else the names themselves
     (:func:`mechanical_phrase`), absent attributes as ``"not <phrase>"`` (configs/zeroshot_celeba_attr.yaml
     words CelebA's 40 attributes properly).
     """
-    if dataset == "synthetic_attributes" and set(names) <= set(ATTRIBUTES):
-        positive = {n: (attribute_prompt(n).removeprefix("a photo of "),) for n in names}
-        return SYNTHETIC_TEMPLATES, positive, dict.fromkeys(names, SYNTHETIC_NEGATIVE)
+    own = DATASETS.get(dataset).describe().prompts if dataset in DATASETS else None
+    if own is not None and (own.negative is not None) == multilabel and set(names) <= set(own.positive):
+        negative = None if own.negative is None else {n: own.negative[n] for n in names}
+        return own.templates, {n: own.positive[n] for n in names}, negative
     if multilabel:
         positive = {n: (mechanical_phrase(n),) for n in names}
         return ATTRIBUTE_TEMPLATES, positive, {n: (f"not {p[0]}",) for n, p in positive.items()}
-    if dataset == "rafdb" and set(names) <= set(RAFDB_CLASSES):
-        return CLASS_TEMPLATES, {n: RAFDB_PROMPTS[n] for n in names}, None
     return CLASS_TEMPLATES, {n: (mechanical_phrase(n),) for n in names}, None
 
 

@@ -181,7 +181,7 @@ class Alignment(Task):
     def export_forward(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
         return out["landmarks"]
 
-    def crop_rule(self, augment: Any) -> str:
+    def crop_rule(self, info: Any, augment: Any) -> str:
         return "box"
 
     def blank_target(self, image: np.ndarray) -> dict[str, Any]:

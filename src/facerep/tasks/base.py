@@ -24,7 +24,7 @@ from facerep.backbones import Backbone
 from facerep.config import ConfigError, FinetuneConfig
 from facerep.data.crop import apply_transform
 from facerep.data.detect import Detection
-from facerep.data.downstream.base import FaceDataset
+from facerep.data.downstream.base import DatasetInfo, FaceDataset
 from facerep.data.downstream.transforms import AugmentConfig
 from facerep.runtime.registry import Registry
 
@@ -101,6 +101,7 @@ class Task:
     name: ClassVar[str]
     primary: str  # set by subclasses; may depend on the dataset (see build_model)
     higher_is_better: bool
+    probe: ClassVar[bool] = False  # a linear head on the pooled feature that train.probe can train alone
 
     def __init__(self, cfg: FinetuneConfig) -> None:
         self.cfg = cfg
@@ -166,10 +167,11 @@ class Task:
         """The model's output for ``[N, 3, S, S]`` -> the tensor of :meth:`export_output` (default: as is)."""
         return out
 
-    def crop_rule(self, augment: AugmentConfig) -> str:
-        """How predict crops a detected face for the eval transform: ``box`` (around a box estimated from
-        the five points), ``five_point`` (aligned by the five points) or ``canvas`` (framed on a canvas as
-        the dataset frames its faces, which the transform takes whole; the default)."""
+    def crop_rule(self, info: DatasetInfo, augment: AugmentConfig) -> str:
+        """How predict crops a detected face of dataset ``info``'s kind for the eval transform: ``box``
+        (around a box estimated from the five points), ``five_point`` (aligned by the five points) or
+        ``canvas`` (framed on a canvas as the dataset frames its faces, which the transform takes whole;
+        the default)."""
         return "canvas"
 
     def blank_target(self, image: np.ndarray) -> dict[str, Any]:

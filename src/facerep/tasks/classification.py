@@ -71,6 +71,7 @@ def classification_scores(logits: np.ndarray, target: np.ndarray, dataset) -> di
 @register_task
 class Classification(Task):
     name = "classification"
+    probe = True
     primary = "accuracy"
     higher_is_better = True
 

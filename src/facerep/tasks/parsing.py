@@ -11,6 +11,7 @@ from PIL import Image
 from torch import nn
 
 from facerep.backbones import Backbone
+from facerep.data.downstream.base import DatasetInfo
 from facerep.data.downstream.transforms import AugmentConfig, ParsingTransform, logits_to_image
 from facerep.metrics.parsing import ConfusionAccumulator, parsing_scores
 from facerep.models.dense import DenseHead, resolve_levels
@@ -26,8 +27,6 @@ from facerep.tasks.base import (
 )
 from facerep.viz import draw_parsing
 
-# Parsing sets whose samples carry landmarks, so align=auto aligned them by five points.
-PARSING_WITH_LANDMARKS = ("lapa", "synthetic_parsing")
 _MASK_CHUNK = 1 << 23  # logits mapped back per row chunk: at most this many values (rows x W x classes)
 
 
@@ -143,10 +142,10 @@ class Parsing(Task):
         size = self.cfg.data.image_size
         return Output("logits", ("N", len(layout.class_names or ()), size, size))
 
-    def crop_rule(self, augment: AugmentConfig) -> str:
-        """``five_point`` (``align=five_point``, or ``auto`` on sets whose samples carry landmarks), ``box``
-        (``align=box``), else ``canvas`` (the transform's whole-image crop)."""
-        auto = augment.align == "auto" and self.cfg.dataset in PARSING_WITH_LANDMARKS
+    def crop_rule(self, info: DatasetInfo, augment: AugmentConfig) -> str:
+        """``five_point`` (``align=five_point``, or ``auto`` on sets whose samples carry the five points),
+        ``box`` (``align=box``), else ``canvas`` (the transform's whole-image crop)."""
+        auto = augment.align == "auto" and info.five_points
         if augment.align == "five_point" or auto:
             return "five_point"
         return "box" if augment.align == "box" else "canvas"

@@ -29,13 +29,22 @@ is read, naming the file, the CSV and the row's line (as for every other downstr
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from facerep.data.downstream.base import line_error, require_dir, require_file, require_root
+from facerep.data.downstream.base import (
+    DatasetInfo,
+    Framing,
+    line_error,
+    require_dir,
+    require_file,
+    require_root,
+)
 from facerep.data.downstream.classification import SingleLabelDataset
 from facerep.data.sources import DataError
 from facerep.runtime.distributed import rank
@@ -102,6 +111,19 @@ class AffectNet(SingleLabelDataset):
 
     dataset_name = "affectnet"
     splits = ("train", "test")
+
+    @classmethod
+    def describe(cls, options: Mapping[str, Any] | None = None) -> DatasetInfo:
+        """``num_classes`` names; ``crop=box`` frames the face box x ``1 + margin``, as the reader cuts."""
+        options = options or {}
+        info = dataclasses.replace(
+            super().describe(options), class_names=AFFECTNET_CLASSES[: int(options.get("num_classes", 7))]
+        )
+        if options.get("crop", "box") != "box":
+            return info
+        return dataclasses.replace(
+            info, framing=Framing(size=None, expand=1.0 + float(options.get("margin", 0.0)))
+        )
 
     def __init__(
         self,

@@ -22,6 +22,7 @@ train = the source domains' train splits, dev = their dev splits, test = the tar
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import math
@@ -35,7 +36,8 @@ import numpy as np
 
 from facerep.data.crop import CropConfig, crop_transform, warp_face
 from facerep.data.detect import Detection, FaceDetector, build_detector
-from facerep.data.downstream.base import FaceDataset, check_split, require_root
+from facerep.data.downstream.base import DatasetInfo, FaceDataset, Framing, check_split, require_root
+from facerep.data.downstream.synthetic import synthetic_framing
 from facerep.data.sources import DataError
 from facerep.data.synthetic import pixel_grid, render_face
 from facerep.data.video import FrameCache, VideoError, frame_count, read_frames, sample_indices
@@ -82,6 +84,12 @@ def _centre_box(height: int, width: int) -> np.ndarray:
     return np.array([x1, y1, x1 + side, y1 + side], np.float32)
 
 
+def video_info(info: DatasetInfo, options: Mapping[str, Any]) -> DatasetInfo:
+    """``info`` of a video set whose frames are cropped as a square of the face box x ``crop_expand``."""
+    expand = float(options.get("crop_expand", DEFAULT_CROP_EXPAND))
+    return dataclasses.replace(info, framing=Framing(size=None, expand=expand), video=True)
+
+
 class VideoFaceDataset(FaceDataset):
     """Base of the anti-spoofing video datasets (module docstring): subclasses set ``dataset_name`` and
     ``domain`` and implement :meth:`_videos` (called by this ``__init__``, so a subclass sets its own
@@ -103,6 +111,10 @@ class VideoFaceDataset(FaceDataset):
     class_names = ANTISPOOF_CLASSES
     splits = ("train", "dev", "test")
     domain: str = "?"  # the dataset's short name ("O", "C", "I", "M", "synthetic")
+
+    @classmethod
+    def describe(cls, options: Mapping[str, Any] | None = None) -> DatasetInfo:
+        return video_info(super().describe(options), options or {})
 
     def __init__(
         self,
@@ -343,6 +355,12 @@ class SyntheticAntispoof(VideoFaceDataset):
 
     dataset_name = "synthetic_antispoof"
 
+    @classmethod
+    def describe(cls, options: Mapping[str, Any] | None = None) -> DatasetInfo:
+        """Rendered (no root), framed by the five points at the render size."""
+        info = super().describe(options)
+        return dataclasses.replace(info, framing=synthetic_framing(options or {}), rendered=True)
+
     def __init__(
         self,
         root: str | Path | None = None,
@@ -488,6 +506,10 @@ class OCIM(FaceDataset):
     task = "antispoof"
     class_names = ANTISPOOF_CLASSES
     splits = ("train", "dev", "test")
+
+    @classmethod
+    def describe(cls, options: Mapping[str, Any] | None = None) -> DatasetInfo:
+        return video_info(super().describe(options), options or {})
 
     def __init__(
         self,

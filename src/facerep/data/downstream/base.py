@@ -24,7 +24,9 @@ with the annotation files (missing root or file, malformed line) are one-line
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +34,72 @@ import numpy as np
 import torch
 from PIL import Image
 
+from facerep.config import ConfigError
 from facerep.data.sources import DataError
 from facerep.data.transforms import decode_image
 
 # CelebA's list_eval_partition.txt: split -> partition id (CelebA attributes and CelebAMask-HQ share it)
 CELEBA_PARTITION = {"train": 0, "val": 1, "test": 2}
+DEFAULT_EXPAND = 1.5  # box framing of the real whole-image sets: canvas side = detector box side x this
+FRAMING_KINDS = ("points", "box")
+
+
+@dataclass
+class Framing:
+    """How a whole-image set frames its faces: the canvas a detected face is warped onto before the task's
+    whole-image transform. ``kind`` ``points``: the five-point similarity onto ``points`` ([5, 2] canvas
+    pixels, pixel centres) in a ``size`` = [width, height] canvas; ``box``: a square of the detector box's
+    longer side times ``expand``, centred on the box, resized to ``size`` (None in a dataset's
+    :class:`DatasetInfo`: the crop size, ``data.image_size``)."""
+
+    kind: str = "box"
+    size: list[int] | None = field(default_factory=lambda: [224, 224])
+    points: list[list[float]] | None = None
+    expand: float = DEFAULT_EXPAND
+
+    def at_size(self, image_size: int) -> Framing:
+        """This framing with a ``size`` of None made the ``image_size`` square."""
+        return self if self.size is not None else dataclasses.replace(self, size=[image_size, image_size])
+
+    def check(self) -> Framing:
+        if self.kind not in FRAMING_KINDS:
+            raise ConfigError(f"framing.kind must be one of {', '.join(FRAMING_KINDS)}, got {self.kind!r}")
+        if self.size is None or len(self.size) != 2 or min(int(v) for v in self.size) < 1:
+            raise ConfigError(f"framing.size must be [width, height] >= 1, got {self.size}")
+        if self.kind == "points" and np.asarray(self.points, dtype=np.float64).shape != (5, 2):
+            raise ConfigError(f"framing.points must be five [x, y] canvas points, got {self.points}")
+        if not self.expand > 0:
+            raise ConfigError(f"framing.expand must be > 0, got {self.expand}")
+        return self
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """Zero-shot wording of a dataset's names: each template's ``{}`` takes each phrase of a name;
+    ``negative`` words an attribute's absence (None: single-label classes)."""
+
+    templates: tuple[str, ...]
+    positive: Mapping[str, tuple[str, ...]]
+    negative: Mapping[str, tuple[str, ...]] | None = None
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What applications know of a dataset without reading it (:meth:`FaceDataset.describe`): its task
+    (None: any, read from the annotations), what its labels mean, how it frames its faces, whether its
+    samples carry the five points (LaPa-style landmarks), whether it is video, whether it is rendered
+    (no root; ``length`` / ``size`` options) and its zero-shot prompts."""
+
+    name: str
+    task: str | None
+    num_points: int | None = None
+    class_names: tuple[str, ...] | None = None
+    attribute_names: tuple[str, ...] | None = None
+    framing: Framing = field(default_factory=lambda: Framing(size=None))
+    five_points: bool = False
+    video: bool = False
+    rendered: bool = False
+    prompts: Prompts | None = None
 
 
 class FaceDataset(torch.utils.data.Dataset):
@@ -55,6 +118,12 @@ class FaceDataset(torch.utils.data.Dataset):
     # alignment: the two landmark indices whose distance is the "inter_ocular" NME unit
     ocular_indices: tuple[int, int] | None = None
     splits: tuple[str, ...] = ("train", "test")
+
+    @classmethod
+    def describe(cls, options: Mapping[str, Any] | None = None) -> DatasetInfo:
+        """The dataset's facts for the reader options ``options`` (no file is read): here its class
+        attributes, framed by the detector box x :data:`DEFAULT_EXPAND`."""
+        return DatasetInfo(cls.dataset_name, cls.task, cls.num_points, cls.class_names, cls.attribute_names)
 
     def __init__(self, root: str | Path | None, split: str) -> None:
         self.split = check_split(self.dataset_name, split, self.splits)

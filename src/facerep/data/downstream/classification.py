@@ -18,6 +18,8 @@ fine-tuning sampler weighs samples by them). Single-label sets (RAF-DB, AffectNe
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,9 @@ import numpy as np
 
 from facerep.data.downstream.base import (
     CELEBA_PARTITION,
+    DatasetInfo,
     FaceDataset,
+    Prompts,
     line_error,
     load_image,
     read_lines,
@@ -62,13 +66,23 @@ class SingleLabelDataset(ClassificationDataset):
 
 # ---------------------------------------------------------------------------------------------- CelebA
 
-CELEBA_NUM_ATTRIBUTES = 40
+# The 40 attributes of CelebA in the order of list_attr_celeba.txt's header (the reader takes the file's own)
+CELEBA_ATTRIBUTES = (
+    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips",
+    "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows", "Chubby", "Double_Chin",
+    "Eyeglasses", "Goatee", "Gray_Hair", "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open",
+    "Mustache", "Narrow_Eyes", "No_Beard", "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline",
+    "Rosy_Cheeks", "Sideburns", "Smiling", "Straight_Hair", "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat",
+    "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
+)  # fmt: skip
+CELEBA_NUM_ATTRIBUTES = len(CELEBA_ATTRIBUTES)
 
 
 class CelebAAttributes(ClassificationDataset):
     """CelebA 40-attribute multi-label classification on the aligned 178 x 218 images."""
 
     dataset_name = "celeba_attr"
+    attribute_names = CELEBA_ATTRIBUTES
     splits = ("train", "val", "test")
 
     def __init__(self, root: str | Path | None, split: str = "train") -> None:
@@ -137,6 +151,23 @@ class CelebAAttributes(ClassificationDataset):
 # ---------------------------------------------------------------------------------------------- RAF-DB
 
 RAFDB_CLASSES: tuple[str, ...] = ("Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral")
+# zero-shot templates of single-label classes: "{}" takes each of a class's names (nouns and adjectives
+# alike, averaged anyway)
+CLASS_TEMPLATES = (
+    "a photo of a {} face.",
+    "a photo of a face showing {}.",
+    "a close-up photo of a {} person.",
+    "a face with an expression of {}.",
+)
+RAFDB_PROMPTS: dict[str, tuple[str, ...]] = {
+    "Surprise": ("surprise", "surprised"),
+    "Fear": ("fear", "fearful", "scared"),
+    "Disgust": ("disgust", "disgusted"),
+    "Happiness": ("happiness", "happy", "smiling"),
+    "Sadness": ("sadness", "sad"),
+    "Anger": ("anger", "angry"),
+    "Neutral": ("neutral",),
+}
 
 
 class RAFDB(SingleLabelDataset):
@@ -145,6 +176,11 @@ class RAFDB(SingleLabelDataset):
     dataset_name = "rafdb"
     class_names = RAFDB_CLASSES
     splits = ("train", "test")
+
+    @classmethod
+    def describe(cls, options: Mapping[str, Any] | None = None) -> DatasetInfo:
+        """Prompted by :data:`RAFDB_PROMPTS`."""
+        return dataclasses.replace(super().describe(options), prompts=Prompts(CLASS_TEMPLATES, RAFDB_PROMPTS))
 
     def __init__(self, root: str | Path | None, split: str = "train") -> None:
         super().__init__(root, split)

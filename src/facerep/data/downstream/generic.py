@@ -30,13 +30,16 @@ else "inter_ocular" for 68 points (36/45) and 98 points (60/72), else "diag".
 from __future__ import annotations
 
 import csv
+import dataclasses
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from facerep.data.downstream.base import (
+    DatasetInfo,
     FaceDataset,
     landmarks_box,
     load_image,
@@ -59,6 +62,11 @@ class GenericDataset(FaceDataset):
     """A folder of images described by one CSV / JSON file (see the module docstring)."""
 
     dataset_name = "generic"
+
+    @classmethod
+    def describe(cls, options: Mapping[str, Any] | None = None) -> DatasetInfo:
+        """The ``task`` option (None: read from the annotations); the names are the annotations'."""
+        return dataclasses.replace(super().describe(options), task=(options or {}).get("task"))
 
     def __init__(
         self,

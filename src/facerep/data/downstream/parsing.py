@@ -23,6 +23,8 @@ CelebAMask-HQ
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ from PIL import Image
 
 from facerep.data.downstream.base import (
     CELEBA_PARTITION,
+    DatasetInfo,
     FaceDataset,
     line_error,
     load_image,
@@ -58,6 +61,11 @@ class LaPa(FaceDataset):
     task = "parsing"
     class_names = LAPA_CLASSES
     splits = ("train", "val", "test")
+
+    @classmethod
+    def describe(cls, options: Mapping[str, Any] | None = None) -> DatasetInfo:
+        """Its samples carry the landmarks, so ``align=auto`` aligns them by five points."""
+        return dataclasses.replace(super().describe(options), five_points=True)
 
     def __init__(self, root: str | Path | None, split: str = "train") -> None:
         super().__init__(root, split)

@@ -14,12 +14,15 @@ occluded, as in the real datasets).
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from facerep.data.downstream.base import FaceDataset, landmarks_box
+from facerep.data.captions import attribute_prompt
+from facerep.data.downstream.base import DatasetInfo, FaceDataset, Framing, Prompts, landmarks_box
 from facerep.data.sources import SYNTHETIC_DATASET_SEED, DataError
 from facerep.data.synthetic import ATTRIBUTES, LAPA_CLASSES, SyntheticFace, render_face
 
@@ -30,9 +33,34 @@ DEFAULT_SIZE = 128
 
 assert SYNTHETIC_DATASET_SEED not in SPLIT_SEEDS.values()
 
+# Where the synthetic renderer puts the five points, as (x + 0.5) / size (the geometry does not depend on the
+# render size): the mean over the 2000 faces of synthetic_alignment's train split at 128 px, rounded to 4
+# decimals (tests/engine/test_predict.py recomputes it).
+SYNTHETIC_FIVE_POINTS = np.array(
+    [[0.3969, 0.4092], [0.5991, 0.4093], [0.4971, 0.5188], [0.4126, 0.5998], [0.5823, 0.6000]]
+)
+# zero-shot: noun phrases in the captions' own wording (data.captions), in the captions' templates
+SYNTHETIC_TEMPLATES = ("a photo of {}.", "a portrait of {}.", "close-up of {}.", "a picture of {}.")
+# The synthetic captions state the attributes present and leave absent ones unsaid, so an attribute's
+# negative is the captions' bare subject ("without glasses" still says "glasses"; it scored worse).
+SYNTHETIC_NEGATIVE = ("a person",)
+
+
+def synthetic_framing(options: Mapping[str, Any]) -> Framing:
+    """Rendered faces are framed by their five points (:data:`SYNTHETIC_FIVE_POINTS`) at the render size
+    (option ``size``)."""
+    size = int(options.get("size", DEFAULT_SIZE))
+    return Framing("points", [size, size], (SYNTHETIC_FIVE_POINTS * size - 0.5).round(3).tolist())
+
 
 class _SyntheticBase(FaceDataset):
     splits = ("train", "val", "test")
+
+    @classmethod
+    def describe(cls, options: Mapping[str, Any] | None = None) -> DatasetInfo:
+        """Rendered (no root), framed by the five points at the render size."""
+        info = super().describe(options)
+        return dataclasses.replace(info, framing=synthetic_framing(options or {}), rendered=True)
 
     def __init__(
         self,
@@ -81,6 +109,11 @@ class SyntheticParsing(_SyntheticBase):
     task = "parsing"
     class_names = LAPA_CLASSES
 
+    @classmethod
+    def describe(cls, options: Mapping[str, Any] | None = None) -> DatasetInfo:
+        """Its samples carry the landmarks, so ``align=auto`` aligns them by five points."""
+        return dataclasses.replace(super().describe(options), five_points=True)
+
     def _load(self, index: int) -> dict[str, Any]:
         face = self.render(index)
         return {"image": face.image, "mask": face.mask, "landmarks": face.landmarks.astype(np.float32)}
@@ -92,6 +125,15 @@ class SyntheticAttributes(_SyntheticBase):
     dataset_name = "synthetic_attributes"
     task = "classification"
     attribute_names = ATTRIBUTES
+
+    @classmethod
+    def describe(cls, options: Mapping[str, Any] | None = None) -> DatasetInfo:
+        """Prompted in the captions' wording (:func:`~facerep.data.captions.attribute_prompt`) against
+        :data:`SYNTHETIC_NEGATIVE`."""
+        names = cls.attribute_names or ()
+        positive = {n: (attribute_prompt(n).removeprefix("a photo of "),) for n in names}
+        prompts = Prompts(SYNTHETIC_TEMPLATES, positive, dict.fromkeys(names, SYNTHETIC_NEGATIVE))
+        return dataclasses.replace(super().describe(options), prompts=prompts)
 
     def _load(self, index: int) -> dict[str, Any]:
         face = self.render(index)
