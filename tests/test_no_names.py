@@ -32,12 +32,6 @@ ALLOWED = {
     ("engine/facer.py", "wflw"): "facer's release file names (face_alignment.farl.wflw...)",
     ("config.py", "alignment"): "FinetuneConfig's default task",
     ("config.py", "synthetic_alignment"): "FinetuneConfig's default dataset",
-    # not moved yet (issue 23 step 3): config.py sits below tasks/, so its checks cannot ask the task
-    ("config.py", "classification"): "to do: backbone_size / sampler=balanced checks by task flags",
-    ("config.py", "antispoof"): "to do: backbone_size / sampler=balanced checks by task flags",
-    ("data/loader.py", "classification"): "to do: class_labels' task check (data/ sits below tasks/)",
-    ("data/loader.py", "antispoof"): "to do: class_labels' task check (data/ sits below tasks/)",
-    ("commands/predict.py", "parsing"): "to do: a video's JSON gets the class names of a parsing model",
 }
 
 

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from facerep.backbones import build_backbone, export_backbone, load_backbone
     from facerep.engine.predict import Predictor
     from facerep.models.clip import load_clip
+    from facerep.tasks import Task
 
 __version__ = "0.1.0"
 _LAZY = {
@@ -31,6 +32,14 @@ def register_methods() -> None:
     """Import the built-in pre-training methods (and torch), which register themselves and their config
     sections (``mcf``, ``mae``, ...) in the order they always have, before any plug-in that imports them."""
     import facerep.methods  # noqa: F401
+
+
+def find_task(name: str | None) -> type[Task] | None:
+    """The task class registered as ``name`` (importing the built-in tasks, and torch), None when no task
+    has that name: how the layers below :mod:`facerep.tasks` (config, data) ask a task's flags."""
+    from facerep.tasks import TASKS
+
+    return TASKS.get(name) if isinstance(name, str) and name in TASKS else None
 
 
 def __getattr__(name: str) -> Any:

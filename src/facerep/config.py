@@ -446,9 +446,12 @@ class FinetuneConfig:
         size_key = "data.image_size" if self.data.backbone_size is None else "data.backbone_size"
         source = "backbone_arch" if self.backbone_arch else "backbone=random"
         check_patch_multiple(size_key, self.data.backbone_input, arch, source)
-        if self.task in ("classification", "antispoof") and self.data.backbone_input != self.data.image_size:
+        # the task's flags (importing the tasks, and torch, only for a config that needs them)
+        resized = self.data.backbone_input != self.data.image_size
+        task = facerep.find_task(self.task) if resized or self.data.sampler == "balanced" else None
+        if resized and task is not None and task.pooled:
             raise ConfigError("data.backbone_size is for the dense tasks (alignment, parsing)")
-        if self.data.sampler == "balanced" and self.task not in ("classification", "antispoof"):
+        if self.data.sampler == "balanced" and not (task is not None and task.balanced_sampling):
             raise ConfigError(
                 f"data.sampler=balanced needs one class label per training sample; task={self.task} has none "
                 "(it is for single-label classification and anti-spoofing)"

@@ -237,7 +237,7 @@ def predict_video(predictor: Predictor, source: Path, base: Path, cfg: PredictCo
         atomic_save(run, base.parent / doc["overlay"])
     else:
         run(None)
-    if predictor.task == "parsing":
+    if any("mask" in entry for entry in doc["frames"]):  # the label maps' class names, as for a photo
         doc["classes"] = predictor.spec["class_names"]
     write_json(base.parent / f"{base.name}.json", doc)
     return doc

@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
+import facerep
 from facerep.config import ConfigError, DataConfig
 from facerep.data.sources import (
     NO_CAPTION,
@@ -165,7 +166,8 @@ def class_labels(dataset: Any, name: str) -> np.ndarray:
     """One class id per sample of a downstream ``dataset`` (its ``labels()``, read without decoding images)
     for :class:`BalancedSampler`; a one-line :class:`~facerep.config.ConfigError` when it has none."""
     why = None
-    if getattr(dataset, "task", None) not in ("classification", "antispoof"):
+    task = facerep.find_task(getattr(dataset, "task", None))  # the task its labels are for
+    if task is None or not task.balanced_sampling:
         why = f"it is a {getattr(dataset, 'task', '?')} dataset"
     elif getattr(dataset, "multi_label", False):
         why = f"it is multi-label ({len(dataset.attribute_names)} attributes)"

@@ -63,6 +63,8 @@ def score_row(scores: np.ndarray, labels: np.ndarray, attacks: np.ndarray) -> di
 @register_task
 class Antispoof(Task):
     name = "antispoof"
+    pooled = True
+    balanced_sampling = True
     primary = "hter"
     higher_is_better = False
 

@@ -102,6 +102,10 @@ class Task:
     primary: str  # set by subclasses; may depend on the dataset (see build_model)
     higher_is_better: bool
     probe: ClassVar[bool] = False  # a linear head on the pooled feature that train.probe can train alone
+    # the head reads the pooled feature, so the backbone sees the crop as it is (no data.backbone_size)
+    pooled: ClassVar[bool] = False
+    # one class label per sample (the dataset's labels()), so data.sampler=balanced can draw by class
+    balanced_sampling: ClassVar[bool] = False
 
     def __init__(self, cfg: FinetuneConfig) -> None:
         self.cfg = cfg

@@ -72,6 +72,8 @@ def classification_scores(logits: np.ndarray, target: np.ndarray, dataset) -> di
 class Classification(Task):
     name = "classification"
     probe = True
+    pooled = True
+    balanced_sampling = True  # single-label datasets (multi-label ones are refused by their labels)
     primary = "accuracy"
     higher_is_better = True
 
