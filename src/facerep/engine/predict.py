@@ -94,6 +94,7 @@ from facerep.engine.facer import CROP as FACER_CROP
 from facerep.engine.facer import FACER_MODELS, facer_crop, load_facer, setting_by_file_name
 from facerep.engine.finetune import CHECKPOINT_NAME
 from facerep.runtime.checkpoint import CheckpointError, load_checkpoint
+from facerep.runtime.distributed import resolve_device
 from facerep.runtime.errors import FacerepError
 from facerep.tasks import TASKS, Task, build_task
 from facerep.tasks.base import FaceCrop, Layout
@@ -362,14 +363,6 @@ class _OnnxRunner:
         return self.session.run([self.output], {self.input: images.numpy().astype(np.float32)})[0]
 
 
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={device}: CUDA is not available here")
-    return torch.device(device)
-
-
 def load_runner(
     checkpoint: str | Path, device: torch.device, facer: str | None = None
 ) -> tuple[Callable[[Tensor], np.ndarray], dict]:
@@ -438,7 +431,7 @@ class Predictor:
         if not 0 <= min_score <= 1:
             raise ConfigError(f"min_score must lie in [0, 1], got {min_score}")
         self.min_score = float(min_score)
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self._model, self.spec = load_runner(checkpoint, self.device, facer)
         self.task = self.spec["task"]
         self._task, self.layout = spec_task(self.spec), Layout.from_record(self.spec)
