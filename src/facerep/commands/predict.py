@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -275,13 +276,12 @@ def run_predict(cfg: PredictConfig) -> dict:
     show = cfg.progress and sys.stderr.isatty()
     summary: dict[str, Any] = {
         "checkpoint": str(cfg.checkpoint), "input": str(root), "output_dir": str(out), "task": predictor.task,
-        "images": 0, "videos": 0, "frames": 0, "faces": 0, "non_finite_faces": 0, "skipped_images": {},
-        "skipped": [], "non_finite": [], "failures": [],
+        "images": 0, "videos": 0, "frames": 0, "faces": 0, "non_finite_faces": 0, "skipped": [],
+        "non_finite": [], "failures": [],
     }  # fmt: skip
 
     def skip(path: Path, reason: str, **detail: Any) -> None:
         summary["skipped"].append({"path": str(path), "reason": reason, **detail})
-        summary["skipped_images"][reason] = summary["skipped_images"].get(reason, 0) + 1
 
     def count(path: Path, faces: list[dict[str, Any]]) -> None:
         summary["faces"] += len(faces)
@@ -323,9 +323,10 @@ def run_predict(cfg: PredictConfig) -> dict:
         summary["videos"] += 1
         summary["frames"] += len(doc["frames"])
         count(path, [face for frame in doc["frames"] for face in frame["faces"]])
+    summary["skipped_images"] = dict(sorted(Counter(r["reason"] for r in summary["skipped"]).items()))
     summary["config"] = asdict(cfg)
     write_json(out / "summary.json", summary)
-    skipped = ", ".join(f"{k} {v}" for k, v in sorted(summary["skipped_images"].items()))
+    skipped = ", ".join(f"{k} {v}" for k, v in summary["skipped_images"].items())
     print(
         f"[facerep] predict ({predictor.task}): {summary['images']} images "
         f"(skipped: {skipped or 'none'}), {summary['videos']} videos ({summary['frames']} "

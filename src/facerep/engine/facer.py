@@ -49,6 +49,7 @@ from facerep.data.downstream.transforms import FIVE_POINT_TEMPLATE, sampling_gri
 from facerep.models.dense import FPNAdapters
 from facerep.runtime.checkpoint import CheckpointError
 from facerep.runtime.errors import one_line
+from facerep.tasks.alignment import heatmap_points
 
 __all__ = [
     "FACER_MODELS",
@@ -62,7 +63,6 @@ __all__ = [
     "facer_spec",
     "load_facer",
     "setting_by_file_name",
-    "soft_argmax",
 ]
 
 CROP = "facer"  # the Predictor's crop rule for these models
@@ -158,18 +158,6 @@ def facer_crop(setting: FacerSetting, photo: Tensor, points5: np.ndarray) -> tup
 # ------------------------------------------------------------------------------------------------- models
 
 
-def soft_argmax(heatmap: Tensor) -> Tensor:
-    """facer's ``heatmap2points``: heatmaps ``[N, K, h, w]`` -> the heat-weighted mean pixel, normalised as
-    ``(x + 0.5) / w`` -> ``[N, K, 2]`` in [0, 1] crop coordinates."""
-    _, _, h, w = heatmap.shape
-    mass = heatmap.sum((2, 3)).clamp(min=1e-6)
-    xs = torch.arange(w, dtype=heatmap.dtype, device=heatmap.device)
-    ys = torch.arange(h, dtype=heatmap.dtype, device=heatmap.device)
-    x = (heatmap.sum(2) * xs).sum(-1) / mass
-    y = (heatmap.sum(3) * ys).sum(-1) / mass
-    return torch.stack([(x + 0.5) / w, (y + 0.5) / h], dim=-1)
-
-
 class FacerParser(nn.Module):
     """A facer parsing file: ``[N, 3, S, S]`` in [0, 1] -> its logits ``[N, C, S, S]`` (the aux output
     dropped); another number of classes than the setting's is a one-line :class:`CheckpointError`."""
@@ -221,7 +209,8 @@ class FarlFeatures(nn.Module):
 
 class FacerAligner(nn.Module):
     """A facer aligner: features -> the traced heatmap ``head`` -> sigmoid -> resized to the input (bilinear)
-    -> :func:`soft_argmax`: ``[N, 3, S, S]`` in [0, 1] -> landmarks ``[N, K, 2]`` in [0, 1] crop units."""
+    -> their weighted mean pixel (:func:`~facerep.tasks.alignment.heatmap_points`, facer's
+    ``heatmap2points``): ``[N, 3, S, S]`` in [0, 1] -> landmarks ``[N, K, 2]`` in [0, 1] crop units."""
 
     def __init__(self, features: nn.Module, head: nn.Module) -> None:
         super().__init__()
@@ -230,7 +219,7 @@ class FacerAligner(nn.Module):
     def forward(self, image: Tensor) -> Tensor:
         heat = torch.sigmoid(self.head(self.features(image)))
         heat = nnf.interpolate(heat, size=image.shape[-2:], mode="bilinear", align_corners=False)
-        return soft_argmax(heat)
+        return heatmap_points(heat)
 
 
 # ------------------------------------------------------------------------------------------------ loading

@@ -60,6 +60,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,7 @@ from facerep.backbones import backbone_from_record
 from facerep.backbones.base import load_strict
 from facerep.backbones.io import is_torchscript
 from facerep.config import ConfigError, FinetuneConfig
-from facerep.data.crop import apply_transform, transform_scale
+from facerep.data.crop import apply_transform, skip_reason, transform_scale
 from facerep.data.detect import Detection, build_detector
 from facerep.data.downstream import DATASETS, build_dataset
 from facerep.data.downstream.base import DEFAULT_EXPAND, Framing
@@ -575,12 +576,9 @@ class Predictor:
         h, w = image.shape[:2]
         out: dict[str, Any] = {"width": int(w), "height": int(h), "task": self.task, "faces": faces}
         out.update(self._task.combine(faces, (h, w)))
-        if not faces:  # why: as prepare's reasons (facerep.data.crop.SKIP_REASONS)
+        if not faces:  # why, by prepare's rule: nothing found, or all below min_score (the best score)
             out["message"] = NO_FACE
-            scores = [d.score for d in found]
-            out.update(
-                {"reason": "low_score", "score": round(max(scores), 5)} if scores else {"reason": "no_face"}
-            )
+            out.update(skip_reason(found, [], Counter()))
         return out
 
     def draw(self, image: np.ndarray, result: dict[str, Any]) -> Image.Image:

@@ -36,9 +36,14 @@ from facerep.viz import draw_landmarks
 
 def soft_argmax(heatmap_logits: torch.Tensor) -> torch.Tensor:
     """``[N, K, h, w]`` logits -> ``[N, K, 2]`` (x, y) in [0, 1]: sigmoid-weighted mean of pixel centres."""
-    h, w = heatmap_logits.shape[-2:]
-    weights = heatmap_logits.float().sigmoid()
-    weights = weights / weights.sum(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+    return heatmap_points(heatmap_logits.float().sigmoid())
+
+
+def heatmap_points(heatmaps: torch.Tensor) -> torch.Tensor:
+    """Non-negative heatmaps ``[N, K, h, w]`` -> ``[N, K, 2]`` (x, y) in [0, 1]: their weighted mean of pixel
+    centres, ``(x + 0.5) / w`` (facer's ``heatmap2points`` too)."""
+    h, w = heatmaps.shape[-2:]
+    weights = heatmaps / heatmaps.sum(dim=(2, 3), keepdim=True).clamp_min(1e-6)
     xs = (torch.arange(w, device=weights.device, dtype=weights.dtype) + 0.5) / w
     ys = (torch.arange(h, device=weights.device, dtype=weights.dtype) + 0.5) / h
     return torch.stack([(weights.sum(dim=2) * xs).sum(-1), (weights.sum(dim=3) * ys).sum(-1)], dim=-1)
