@@ -15,6 +15,7 @@ from facerep.backbones import backbone_from_record
 from facerep.backbones.base import load_strict
 from facerep.config import ConfigError, EvaluateConfig, FinetuneConfig
 from facerep.data.downstream import build_dataset
+from facerep.engine.state import FinetuneState
 from facerep.runtime.atomic import atomic_write_json
 from facerep.runtime.checkpoint import load_checkpoint
 from facerep.runtime.distributed import init_distributed
@@ -50,7 +51,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     write ``results.json`` and optional overlays."""
     state = load_checkpoint(cfg.checkpoint)
     if state.get("kind") != "finetune":
-        raise ConfigError(f"{cfg.checkpoint}: not a facerep fine-tuning checkpoint (finetune.pt)")
+        raise ConfigError(f"{cfg.checkpoint}: not a facerep fine-tuning checkpoint ({FinetuneState.FILE})")
     ft = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(FinetuneConfig), state["config"]))
     data = ft.data
     if cfg.dataset is not None:

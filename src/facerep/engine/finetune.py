@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from facerep.backbones import arch_record, build_backbone, load_backbone
@@ -35,7 +34,6 @@ from facerep.config import (
     RANDOM_ARCH,
     ConfigError,
     FinetuneConfig,
-    check_same_run,
     fresh_run,
     to_dict,
     to_yaml,
@@ -43,24 +41,18 @@ from facerep.config import (
 from facerep.data.downstream import build_dataset
 from facerep.data.loader import BalancedSampler, class_labels
 from facerep.engine.evaluate import format_results
+from facerep.engine.state import FinetuneState
 from facerep.engine.step import NonFiniteLossError, StepLoop, move_to
 from facerep.models.batchnorm import sync_batchnorm
 from facerep.models.ema import ema_update_
 from facerep.runtime.atomic import atomic_write_json
-from facerep.runtime.checkpoint import (
-    capture_rng,
-    load_checkpoint,
-    remove_interrupted_writes,
-    restore_rng,
-    save_checkpoint,
-)
-from facerep.runtime.distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from facerep.runtime.checkpoint import capture_rng, remove_interrupted_writes
+from facerep.runtime.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, wrap_ddp
 from facerep.runtime.optim import decayed, no_weight_decay_names
 from facerep.runtime.run_log import MetricsLog, Progress, start_run
 from facerep.runtime.schedules import Schedule
 from facerep.tasks import Task, TaskDataset, build_task, collate_samples
 
-CHECKPOINT_NAME = "finetune.pt"
 # config keys a resumed fine-tune may change (check_same_run): where it writes, what runs it, how it reports,
 # and train.epochs: a finished run continues with more epochs (the unfinished ones only)
 RESUME_FREE = frozenset({
@@ -164,12 +156,7 @@ class Finetuner:
         if sync_batchnorm_wanted(cfg.train.sync_bn, dist_info.world_size):
             self.model = sync_batchnorm(self.model, self.device)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.train.ema > 0 else None
-        wrapped: nn.Module = self.model
-        if dist_info.world_size > 1:
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
-            # static graph: the same parameters stay unused every step (a ViT's final norm: FaRL's FPN gets
-            # raw block outputs), which DDP then tolerates without searching the graph each iteration
-            wrapped = DistributedDataParallel(self.model, device_ids=device_ids, static_graph=True)
+        wrapped = wrap_ddp(self.model, dist_info, static_graph=True)
         groups = param_groups(self.model, backbone, cfg)
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.train.lr_head, betas=tuple(cfg.train.betas))
         self.loop = StepLoop(wrapped, self.optimizer, self.device, precision=cfg.train.precision)
@@ -212,7 +199,7 @@ class Finetuner:
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.output_dir / CHECKPOINT_NAME
+        return FinetuneState.path(self.output_dir)
 
     def _train_loader(self, epoch: int) -> DataLoader:
         generator = torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch)
@@ -233,39 +220,33 @@ class Finetuner:
     def save(self) -> None:
         if not self.dist.is_main:
             return
-        state = {
-            "kind": "finetune",
-            "task": self.cfg.task,
-            "arch": arch_record(self.backbone.arch),
+        FinetuneState(
+            model=self.model.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scaler=self.loop.scaler.state_dict(),
+            rng=[capture_rng()],
+            config=to_dict(self.cfg),
+            task=self.cfg.task,
+            arch=arch_record(self.backbone.arch),
             # what the head's outputs mean, so predict/export need not read the dataset
-            "outputs": self.task.layout(self.train_set).to_record(),
-            "model": self.model.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.loop.scaler.state_dict(),
-            "epoch": self.epoch,
-            "history": json.dumps(self.history),
-            "rng": [capture_rng()],
-            "config": to_dict(self.cfg),
-        }
-        save_checkpoint(state, self.checkpoint_path)
+            outputs=self.task.layout(self.train_set).to_record(),
+            ema=self.ema.state_dict() if self.ema is not None else None,
+            epoch=self.epoch,
+            history=json.dumps(self.history),
+        ).save(self.output_dir)
 
     def resume(self) -> bool:
-        if not self.checkpoint_path.exists():
+        state = FinetuneState.load(self.output_dir)
+        if state is None:
             return False
-        state = load_checkpoint(self.checkpoint_path)
-        path = self.checkpoint_path
-        check_same_run(state.get("config"), self.cfg, path, RESUME_FREE)
         what = f"this config's {self.cfg.task} model (the run directory holds another)"
-        advice = f"; {fresh_run(path)}"
-        load_strict(self.model, state["model"], str(path), what, advice)
-        if self.ema is not None and state["ema"] is not None:
-            load_strict(self.ema, state["ema"], str(path), what, advice)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.loop.scaler.load_state_dict(state["scaler"])
-        self.epoch = int(state["epoch"])
-        self.history = json.loads(state["history"])
-        restore_rng(state["rng"][0])
+        state.restore(self.output_dir, config=self.cfg, free=RESUME_FREE, model=self.model,
+                      optimizer=self.optimizer, scaler=self.loop.scaler, what=what)  # fmt: skip
+        if self.ema is not None and state.ema is not None:
+            path = self.checkpoint_path
+            load_strict(self.ema, state.ema, str(path), what, f"; {fresh_run(path)}")
+        self.epoch = int(state.epoch)
+        self.history = json.loads(state.history)
         return True
 
     def _compute(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -93,7 +93,7 @@ from facerep.data.downstream.transforms import (
 from facerep.data.transforms import BadImage, decode_image
 from facerep.engine.facer import CROP as FACER_CROP
 from facerep.engine.facer import FACER_MODELS, facer_crop, load_facer, setting_by_file_name
-from facerep.engine.finetune import CHECKPOINT_NAME
+from facerep.engine.state import FinetuneState
 from facerep.runtime.checkpoint import CheckpointError, load_checkpoint
 from facerep.runtime.distributed import resolve_device
 from facerep.runtime.errors import FacerepError
@@ -328,10 +328,10 @@ def load_finetuned(checkpoint: str | Path) -> tuple[ExportModel, dict[str, Any]]
     """A fine-tuning run's model (``RUN_DIR`` or ``finetune.pt``; EMA weights when present) and its spec."""
     path = Path(checkpoint)
     if path.is_dir():
-        path = path / CHECKPOINT_NAME
+        path = FinetuneState.path(path)
     state = load_checkpoint(path)
     if state.get("kind") != "finetune":
-        raise CheckpointError(f"{path}: not a facerep fine-tuning checkpoint ({CHECKPOINT_NAME})")
+        raise CheckpointError(f"{path}: not a facerep fine-tuning checkpoint ({FinetuneState.FILE})")
     weights = state["ema"] if state.get("ema") is not None else state["model"]
     spec = model_spec(state["config"], state["arch"], weights, state.get("outputs"))
     return build_model(spec, weights, str(path)), spec

@@ -25,7 +25,7 @@ from facerep.config import ConfigError, PretrainConfig, load_config
 from facerep.data.downstream.synthetic import SPLIT_SEEDS
 from facerep.data.synthetic import LAPA_CLASSES, SyntheticFace, render_face
 from facerep.data.transforms import build_pretrain_transform
-from facerep.engine.trainer import CHECKPOINT_NAME
+from facerep.engine.state import PretrainState
 from facerep.methods import METHODS, PretrainMethod, build_method
 from facerep.runtime.checkpoint import load_checkpoint
 from facerep.viz import palette
@@ -35,15 +35,17 @@ def load_run(run_dir: str | Path, trained: bool = True) -> tuple[PretrainMethod,
     """The method of a ``facerep pretrain`` run directory (``config.yaml`` + ``checkpoint.pt``) in eval
     mode, with its trained weights or, with ``trained=False``, at its random initialisation."""
     run = Path(run_dir)
-    if not (run / "config.yaml").is_file() or not (run / CHECKPOINT_NAME).is_file():
-        raise ConfigError(f"{run}: not a facerep pretrain run (expected config.yaml and {CHECKPOINT_NAME})")
+    if not (run / "config.yaml").is_file() or not PretrainState.path(run).is_file():
+        raise ConfigError(
+            f"{run}: not a facerep pretrain run (expected config.yaml and {PretrainState.FILE})"
+        )
     cfg = load_config(PretrainConfig, run / "config.yaml")
     if not hasattr(METHODS.get(cfg.method), "heatmaps"):
         raise ConfigError(f"{run}: method={cfg.method} has no region heatmaps (method=fra has)")
     torch.manual_seed(cfg.seed)  # the run's own initial weights
     method = build_method(cfg)
     if trained:
-        method.load_state_dict(load_checkpoint(run / CHECKPOINT_NAME)["model"])
+        method.load_state_dict(load_checkpoint(PretrainState.path(run))["model"])
     return method.eval(), cfg
 
 

@@ -31,37 +31,37 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from facerep.backbones import arch_record, export_backbone
-from facerep.backbones.base import load_strict
 from facerep.config import (
     ConfigError,
     PretrainConfig,
     TrainConfig,
-    check_same_run,
-    fresh_run,
     to_dict,
     to_yaml,
 )
 from facerep.data.loader import build_pretrain_loader, dataset_length
+from facerep.engine.state import PretrainState
 from facerep.engine.step import NonFiniteLossError, StepLoop, move_to
 from facerep.methods import METHODS, PretrainMethod, build_method
 from facerep.methods.base import with_recipe
 from facerep.models.batchnorm import sync_batchnorm
 from facerep.runtime.checkpoint import (
     capture_rng,
-    load_checkpoint,
     remove_interrupted_writes,
-    restore_rng,
-    save_checkpoint,
 )
-from facerep.runtime.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, is_distributed
+from facerep.runtime.distributed import (
+    DistInfo,
+    all_reduce_mean,
+    barrier,
+    init_distributed,
+    is_distributed,
+    wrap_ddp,
+)
 from facerep.runtime.optim import build_optimizer
 from facerep.runtime.run_log import MetricsLog, Progress, start_run
 from facerep.runtime.schedules import cosine_schedule
 
-CHECKPOINT_NAME = "checkpoint.pt"
 MAX_SKIPPED_NAMES = 5
 # config keys a resumed run may change: where it writes, what runs it, how it reports (check_same_run)
 RESUME_FREE = frozenset({
@@ -101,12 +101,10 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.method: PretrainMethod = build_method(cfg).to(self.device)
-        model: nn.Module = self.method
-        if dist_info.world_size > 1:
-            if self.method.sync_batchnorm:  # as the method's reference trains (FRA, BYOL); MCF's does not
-                self.method = sync_batchnorm(self.method, self.device)
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
-            model = DistributedDataParallel(self.method, device_ids=device_ids)
+        if dist_info.world_size > 1 and self.method.sync_batchnorm:
+            # as the method's reference trains (FRA, BYOL); MCF's does not
+            self.method = sync_batchnorm(self.method, self.device)
+        model = wrap_ddp(self.method, dist_info)
         # other training randomness (e.g. dropout) differs per rank
         torch.manual_seed(cfg.seed + dist_info.rank)
         random.seed(cfg.seed + dist_info.rank)
@@ -171,7 +169,7 @@ class Trainer:
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.output_dir / CHECKPOINT_NAME
+        return PretrainState.path(self.output_dir)
 
     def _gather_rng(self) -> list[dict]:
         state = capture_rng()
@@ -187,42 +185,38 @@ class Trainer:
         skipped_total = self._skipped_total()
         if not self.dist.is_main:
             return
-        state = {
-            "method": self.cfg.method,
-            "arch": arch_record(self.method.encoder.arch),
-            "model": self.method.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.loop.scaler.state_dict(),
-            "step": self.step,
-            "total_steps": self.total_steps,
-            "samples_per_rank": self.step * self.cfg.train.accum_steps * self.cfg.train.batch_size,
-            "rng": rng_states,
-            "skipped": {"count": skipped_total, "names": self.skipped_names},  # over all ranks
-            "config": to_dict(self.cfg),
-        }
-        save_checkpoint(state, self.checkpoint_path)
+        PretrainState(
+            model=self.method.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scaler=self.loop.scaler.state_dict(),
+            rng=rng_states,
+            config=to_dict(self.cfg),
+            method=self.cfg.method,
+            arch=arch_record(self.method.encoder.arch),
+            step=self.step,
+            total_steps=self.total_steps,
+            samples_per_rank=self.step * self.cfg.train.accum_steps * self.cfg.train.batch_size,
+            skipped={"count": skipped_total, "names": self.skipped_names},  # over all ranks
+        ).save(self.output_dir)
 
     def resume(self) -> bool:
         """Load ``output_dir/checkpoint.pt`` when present; returns whether it did."""
-        if not self.checkpoint_path.exists():
+        state = PretrainState.load(self.output_dir)
+        if state is None:
             return False
-        state = load_checkpoint(self.checkpoint_path)
-        if state.get("method") != self.cfg.method:
+        if state.method != self.cfg.method:
             raise ConfigError(
-                f"{self.checkpoint_path}: written by method={state.get('method')}, not {self.cfg.method}; "
+                f"{self.checkpoint_path}: written by method={state.method}, not {self.cfg.method}; "
                 "use another output_dir"
             )
-        path = self.checkpoint_path
-        check_same_run(state.get("config"), self.cfg, path, RESUME_FREE)
         what = f"this config's {self.cfg.method} model (the run directory holds another)"
-        load_strict(self.method, state["model"], str(path), what, f"; {fresh_run(path)}")
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.loop.scaler.load_state_dict(state["scaler"])
-        self.step = int(state["step"])
-        self.skipped_before = int(state["skipped"]["count"]) if self.dist.is_main else 0  # total on rank 0
-        self.skipped_names = list(state["skipped"]["names"])
-        rng = state["rng"]
-        restore_rng(rng[self.dist.rank] if self.dist.rank < len(rng) else rng[0])
+        state.restore(
+            self.output_dir, config=self.cfg, free=RESUME_FREE, model=self.method, optimizer=self.optimizer,
+            scaler=self.loop.scaler, what=what, rank=self.dist.rank,
+        )  # fmt: skip
+        self.step = int(state.step)
+        self.skipped_before = int(state.skipped["count"]) if self.dist.is_main else 0  # total on rank 0
+        self.skipped_names = list(state.skipped["names"])
         return True
 
     # ----------------------------------------------------------------------------------- loop

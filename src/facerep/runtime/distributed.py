@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from facerep.runtime.errors import FacerepError
 
@@ -62,6 +64,17 @@ def init_distributed(device: str = "auto") -> DistInfo:
             torch.cuda.set_device(dev)
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     return DistInfo(rank(), world_size(), local_rank, dev)
+
+
+def wrap_ddp(module: nn.Module, info: DistInfo, *, static_graph: bool = False) -> nn.Module:
+    """``module`` in DistributedDataParallel when several processes train, else ``module`` itself.
+
+    ``static_graph``: the same parameters go unused every step (a ViT's final norm under FaRL's FPN head),
+    which DDP then tolerates without searching the graph each iteration."""
+    if info.world_size == 1:
+        return module
+    device_ids = [info.device.index] if info.device.type == "cuda" else None
+    return DistributedDataParallel(module, device_ids=device_ids, static_graph=static_graph)
 
 
 @torch.no_grad()
