@@ -12,6 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "facerep"
 LAYERS = [
     {"runtime"},
     {"config"},
+    {"geometry"},
     {"backbones", "losses", "metrics", "data", "viz"},
     {"models"},
     {"methods", "tasks"},

@@ -17,7 +17,7 @@ The rule (:class:`CropConfig`; the defaults are the ones ``facerep prepare`` use
    the crop's side; ``square`` uses the longer side for both axes (aspect kept, more context on the
    short axis), otherwise each axis is stretched on its own. ``align="five_point"``: the least-squares
    similarity (rotation, uniform scale, shift) taking the five points onto FaRL's template
-   (:data:`~facerep.data.downstream.transforms.FIVE_POINT_TEMPLATE`, LaPa's alignment), shrunk about the
+   (:data:`~facerep.geometry.FIVE_POINT_TEMPLATE`, LaPa's alignment), shrunk about the
    crop centre by ``align_scale`` (``1``: the template as is, ``> 1``: more context); a detection
    without points falls back to the box rule (its JSON says ``"align": "box"``).
 3. Pixels: bilinear ``cv2.warpAffine`` into ``size x size``; parts outside the image are filled per
@@ -48,6 +48,10 @@ from PIL import Image
 
 from facerep.config import ConfigError, check_choice
 from facerep.data.transforms import BadImage, decode_image
+from facerep.geometry import apply_transform as apply_transform
+from facerep.geometry import box_matrix, face_side, five_point_matrix, transform_scale
+from facerep.geometry import on_reduced as on_reduced
+from facerep.geometry import template_points as template_points
 
 ALIGNS = ("box", "five_point")
 BORDERS = {
@@ -111,12 +115,6 @@ class FaceLike(Protocol):
     score: float
 
 
-def face_side(box: np.ndarray) -> float:
-    """The longer side of an ``(x1, y1, x2, y2)`` box (what ``min_face`` is compared with)."""
-    x1, y1, x2, y2 = (float(v) for v in box)
-    return max(x2 - x1, y2 - y1)
-
-
 def select_faces(faces: Sequence[FaceLike], cfg: CropConfig) -> tuple[list[int], Counter[str]]:
     """Indices of the faces to crop (highest score first) and the count of the others per reason."""
     rejected: Counter[str] = Counter()
@@ -154,35 +152,12 @@ def skip_reason(faces: Sequence[FaceLike], kept: Sequence[int], rejected: Counte
     return {"reason": "low_score", "score": round(max(scores), 5) if scores else None}
 
 
-def template_points(size: int, align_scale: float = 1.0) -> np.ndarray:
-    """FaRL's five-point template in a ``size x size`` crop (pixel coordinates), shrunk about its centre."""
-    from facerep.data.downstream.transforms import FIVE_POINT_TEMPLATE  # data.downstream imports this module
-
-    return ((FIVE_POINT_TEMPLATE / float(align_scale) + 1.0) * size - 1.0) / 2.0
-
-
 def crop_transform(face: FaceLike, cfg: CropConfig) -> tuple[np.ndarray, str]:
     """The ``[2, 3]`` image -> crop affine of one face and the rule used (``"box"`` or ``"five_point"``)."""
-    from facerep.data.downstream.transforms import similarity  # data.downstream imports this module
-
-    s = float(cfg.size)
     points = face.points
     if cfg.align == "five_point" and points is not None and np.isfinite(points).all():
-        return similarity(points, template_points(cfg.size, cfg.align_scale))[:2], "five_point"
-    x1, y1, x2, y2 = (float(v) for v in face.box)
-    cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
-    w, h = max(x2 - x1, 1e-3), max(y2 - y1, 1e-3)
-    if cfg.square:
-        w = h = max(w, h)
-    sx, sy = s / (w * cfg.expand), s / (h * cfg.expand)
-    c = (s - 1.0) / 2.0  # the crop's centre: the box's centre goes there
-    return np.array([[sx, 0.0, c - sx * cx], [0.0, sy, c - sy * cy]]), "box"
-
-
-def transform_scale(matrix: np.ndarray) -> float:
-    """Output pixels per source pixel of a ``[2, 3]`` or ``[3, 3]`` affine (``sqrt |det|`` of its linear
-    part); ``< 1`` means the face shrinks."""
-    return math.sqrt(abs(float(np.linalg.det(np.asarray(matrix, np.float64)[:2, :2]))))
+        return five_point_matrix(points, cfg.size, cfg.align_scale)[:2], "five_point"
+    return box_matrix(face.box, cfg.size, cfg.square, cfg.expand, shift_from_scale=True)[:2], "box"
 
 
 def reduction_for(matrices: Sequence[np.ndarray]) -> int:
@@ -191,16 +166,6 @@ def reduction_for(matrices: Sequence[np.ndarray]) -> int:
         return 1
     largest = max(transform_scale(m) for m in matrices)
     return next(r for r in REDUCTIONS if r * largest <= 1.0 or r == 1)
-
-
-def on_reduced(matrix: np.ndarray, reduction: int) -> np.ndarray:
-    """``matrix`` re-expressed for the image decoded at ``1 / reduction``: DCT scaling shrinks pixel edges by
-    ``r``, so a reduced pixel ``x'`` is the full-size position ``r * x' + (r - 1) / 2``."""
-    m = np.array(matrix, dtype=np.float64)
-    out = m.copy()
-    out[:, :2] *= reduction
-    out[:, 2] += m[:, :2] @ np.full(2, (reduction - 1) / 2.0)
-    return out
 
 
 def is_jpeg(data: bytes) -> bool:
@@ -279,9 +244,3 @@ def encode_jpeg(image_bgr: np.ndarray, quality: int) -> bytes:
     if not ok:
         raise ValueError("cv2.imencode failed to encode a JPEG")
     return buf.tobytes()
-
-
-def apply_transform(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """``[..., 2]`` points mapped by a ``[2, 3]`` (or ``[3, 3]``) affine."""
-    m = np.asarray(matrix, np.float64)[:2]
-    return np.asarray(points, dtype=np.float64) @ m[:, :2].T + m[:, 2]

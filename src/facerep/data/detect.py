@@ -52,6 +52,7 @@ import torch
 
 from facerep.config import ConfigError
 from facerep.data.sources import DataError
+from facerep.geometry import square_boxes
 from facerep.runtime.errors import one_line
 from facerep.runtime.registry import Registry
 
@@ -292,13 +293,6 @@ def _nms_1based(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.n
     return _nms(boxes + np.array([1.0, 1.0, 0.0, 0.0]), scores, threshold)
 
 
-def _square(boxes: np.ndarray) -> np.ndarray:
-    """Boxes [N, 4] grown to squares about their centres (side = the longer side)."""
-    c = (boxes[:, :2] + boxes[:, 2:]) / 2
-    half = (boxes[:, 2:] - boxes[:, :2]).max(axis=1, keepdims=True) / 2
-    return np.concatenate([c - half, c + half], axis=1)
-
-
 def _regress(boxes: np.ndarray, reg: np.ndarray) -> np.ndarray:
     """Apply MTCNN's box regression (offsets in box widths/heights) to boxes [N, 4]."""
     wh = np.tile(boxes[:, 2:] - boxes[:, :2], 2)
@@ -424,7 +418,7 @@ class MTCNNDetector(_ScaledDetector):
         cand = cand[_nms_1based(cand[:, :4], cand[:, 4], 0.7)]
         # regression after the NMS, over the 1-based width x2 - x1 (one less than the extent), as calibrated
         wh = np.tile(cand[:, 2:4] - cand[:, :2] - 1, 2)
-        return np.column_stack([_square(cand[:, :4] + cand[:, 5:9] * wh), cand[:, 4]])
+        return np.column_stack([square_boxes(cand[:, :4] + cand[:, 5:9] * wh), cand[:, 4]])
 
     def _detect(self, image: np.ndarray, min_face: float) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """Three stages on ``image`` (pixel-edge coordinates with the image spanning [0, w] internally)."""
@@ -443,7 +437,7 @@ class MTCNNDetector(_ScaledDetector):
             return none
         boxes, reg, scores = boxes[ok].astype(np.float64), reg[ok], prob[ok, 1].astype(np.float64)
         keep = _nms_1based(boxes, scores, 0.7)
-        boxes = _square(_regress(boxes[keep], reg[keep].astype(np.float64)))
+        boxes = square_boxes(_regress(boxes[keep], reg[keep].astype(np.float64)))
         # O-Net: final score, box and five points
         onet.setInput(_crops(integral, boxes, 48))
         reg, pts, prob = onet.forward(["dense_5", "dense_6", "softmax_2"])

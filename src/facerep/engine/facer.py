@@ -24,7 +24,7 @@ points as they are; facerep's geometry puts pixel centres at integers, so :func:
 matrix conjugated by the half-pixel shift, and sampling is then exactly facer's. facer's template target is
 ``(T * scale + 1) * (S - 1) / 2`` (edge coordinates), facerep's own five-point crop puts it at
 ``(T + 1) * S / 2`` (edge coordinates): up to one pixel apart at ``S = 448``, so the facer crop is rebuilt
-here rather than taken from :func:`~facerep.data.downstream.transforms.five_point_matrix`.
+here rather than taken from :func:`~facerep.geometry.five_point_matrix`.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ The model comes from a fine-tuning run (its directory or ``finetune.pt``; EMA we
 a ``facerep export`` (``model.onnx``, ``model.torchscript.pt`` or ``model.safetensors`` beside the sidecar
 ``<file>.json`` holding :func:`model_spec`), or is one of facer's released TorchScript parsers and aligners
 (cropped, run and read as facer does: :mod:`facerep.engine.facer`). ONNX runs with onnxruntime alone: the
-crop and the mapping back are facerep's geometry (:mod:`facerep.data.downstream.transforms`), never the model
-classes.
+crop and the mapping back are facerep's geometry (:mod:`facerep.geometry`,
+:mod:`facerep.data.downstream.transforms`), never the model classes.
 
 How a detected face (box, five points: image-left eye, image-right eye, nose tip, image-left and
 image-right mouth corner) becomes the model's input -- the same crop the task's eval transform made of the
@@ -78,22 +78,29 @@ from facerep.backbones import backbone_from_record
 from facerep.backbones.base import load_strict
 from facerep.backbones.io import is_torchscript
 from facerep.config import ConfigError, FinetuneConfig
-from facerep.data.crop import apply_transform, skip_reason, transform_scale
+from facerep.data.crop import skip_reason
 from facerep.data.detect import Detection, build_detector
 from facerep.data.downstream import DATASETS, build_dataset
 from facerep.data.downstream.base import DEFAULT_EXPAND, Framing
 from facerep.data.downstream.synthetic import SYNTHETIC_FIVE_POINTS
-from facerep.data.downstream.transforms import (
-    FIVE_POINT_TEMPLATE,
-    box_matrix,
-    five_point_matrix,
-    landmarks_box,
-    similarity,
-)
 from facerep.data.transforms import BadImage, decode_image
 from facerep.engine.facer import CROP as FACER_CROP
 from facerep.engine.facer import FACER_MODELS, facer_crop, load_facer, setting_by_file_name
 from facerep.engine.state import FinetuneState
+from facerep.geometry import (
+    MEAN_SHAPE_68,
+    apply_transform,
+    box_corners,
+    box_matrix,
+    estimate_box,
+    five_point_matrix,
+    landmarks_box,
+    mean_shape_landmarks,
+    reduction_matrix,
+    scale_box,
+    similarity,
+    transform_scale,
+)
 from facerep.runtime.checkpoint import CheckpointError, load_checkpoint
 from facerep.runtime.distributed import resolve_device
 from facerep.runtime.errors import FacerepError
@@ -123,60 +130,10 @@ INPUT_NAME = "image"
 NO_FACE = "no face found"
 NON_FINITE = "non-finite model output (NaN or inf)"
 
-# The mean synthetic 68-point face in FaRL's five-point template units ([-1, 1] crop coordinates, the frame of
-# FIVE_POINT_TEMPLATE): each of render_face(1000, i, 128), i < 2000 (synthetic_alignment's train split)
-# moved by the least-squares similarity from its five points (five_points: eye centres 36-41 / 42-47, nose
-# tip 30, mouth corners 48 / 54) onto the template, then averaged; rounded to 3 decimals
-# (tests/engine/test_predict.py recomputes it).
-MEAN_SHAPE_68 = np.array([
-    [-0.565, -0.058], [-0.553, 0.137], [-0.520, 0.279], [-0.467, 0.402], [-0.399, 0.506],
-    [-0.320, 0.593], [-0.231, 0.659], [-0.132, 0.701], [-0.001, 0.716], [0.131, 0.701],
-    [0.231, 0.659], [0.320, 0.593], [0.400, 0.506], [0.469, 0.401], [0.522, 0.278],
-    [0.555, 0.136], [0.567, -0.059], [-0.370, -0.277], [-0.314, -0.282], [-0.257, -0.281],
-    [-0.200, -0.271], [-0.143, -0.255], [0.144, -0.256], [0.201, -0.272], [0.258, -0.281],
-    [0.314, -0.283], [0.371, -0.277], [0.000, -0.122], [-0.000, -0.026], [-0.000, 0.071],
-    [-0.001, 0.167], [-0.111, 0.196], [-0.056, 0.223], [-0.001, 0.235], [0.055, 0.223],
-    [0.110, 0.196], [-0.336, -0.091], [-0.270, -0.128], [-0.204, -0.125], [-0.138, -0.083],
-    [-0.204, -0.056], [-0.270, -0.059], [0.139, -0.083], [0.205, -0.126], [0.271, -0.129],
-    [0.337, -0.092], [0.271, -0.060], [0.205, -0.057], [-0.199, 0.356], [-0.124, 0.317],
-    [-0.050, 0.305], [-0.000, 0.315], [0.049, 0.305], [0.123, 0.317], [0.199, 0.356],
-    [0.123, 0.430], [0.049, 0.448], [-0.000, 0.451], [-0.050, 0.448], [-0.124, 0.430],
-    [-0.171, 0.361], [-0.080, 0.353], [-0.000, 0.352], [0.079, 0.353], [0.171, 0.361],
-    [0.079, 0.389], [-0.000, 0.395], [-0.080, 0.389],
-])  # fmt: skip
-
 RULES = ("box", "five_point", "canvas", FACER_CROP)
 
 
-# ----------------------------------------------------------------------------------------------- geometry
-
-
-def _template_to_photo(points5: np.ndarray) -> np.ndarray:
-    """3x3 similarity taking template units (FIVE_POINT_TEMPLATE's frame) onto the five ``points5`` [5, 2]."""
-    return similarity(FIVE_POINT_TEMPLATE, np.asarray(points5, dtype=np.float64))
-
-
-def mean_shape_landmarks(points5: np.ndarray) -> np.ndarray:
-    """The trivial landmark estimate: :data:`MEAN_SHAPE_68` put on five points ``[5, 2]`` -> ``[68, 2]``."""
-    return apply_transform(_template_to_photo(points5), MEAN_SHAPE_68)
-
-
-def estimate_box(points5: np.ndarray, box_scale: float = 1.0) -> np.ndarray:
-    """The landmarks' tight box (x1, y1, x2, y2) estimated from five points: the tight box of
-    :func:`mean_shape_landmarks`, scaled by ``box_scale`` about its centre -> float32 ``[4]``."""
-    return _scale_box(landmarks_box(mean_shape_landmarks(points5)), box_scale)
-
-
-def _scale_box(box: np.ndarray, scale: float) -> np.ndarray:
-    x1, y1, x2, y2 = (float(v) for v in box)
-    cx, cy, hw, hh = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) / 2 * scale, (y2 - y1) / 2 * scale
-    return np.array([cx - hw, cy - hh, cx + hw, cy + hh], dtype=np.float32)
-
-
-def _shrink_matrix(k: int) -> np.ndarray:
-    """Photo pixels -> pixels of the photo box-filtered down by ``k``: ``(x + 0.5) / k - 0.5``."""
-    a, b = 1.0 / k, 0.5 / k - 0.5
-    return np.array([[a, 0.0, b], [0.0, a, b], [0.0, 0.0, 1.0]])
+# ------------------------------------------------------------------------------------------------- pixels
 
 
 def _warp(image: Tensor, photo_to_out: np.ndarray, size: tuple[int, int]) -> Tensor:
@@ -474,7 +431,7 @@ class Predictor:
             return photo, np.eye(3)
         if k not in cache:
             cache[k] = nnf.avg_pool2d(photo[None], k)[0]
-        return cache[k], _shrink_matrix(k)
+        return cache[k], reduction_matrix(k)
 
     def _canvas_matrix(self, det: Detection) -> np.ndarray:
         """Photo -> canvas (3x3) by the framing: five-point similarity, or the box square (also the fallback
@@ -495,7 +452,7 @@ class Predictor:
         """The alignment box: estimated from the five points, else the detector's box; x ``box_scale``."""
         if det.points is not None:
             return estimate_box(np.asarray(det.points, dtype=np.float64), self.box_scale)
-        return _scale_box(np.asarray(det.box, dtype=np.float64), self.box_scale)
+        return scale_box(np.asarray(det.box, dtype=np.float64), self.box_scale)
 
     def prepare(self, image: np.ndarray, detections: Sequence[Detection]) -> list[FaceCrop]:
         """Each detection of ``image`` [H, W, 3] uint8 cropped as the model's task expects."""
@@ -524,7 +481,7 @@ class Predictor:
                 fed, to_fed = self._fed(photo, cache, transform_scale(base) / float(cfg.crop_scale))
                 sample = {"image": _to_uint8(fed)}
                 if rule == "box":
-                    sample["box"] = landmarks_box(apply_transform(to_fed, _corners(crop_box)))
+                    sample["box"] = landmarks_box(apply_transform(to_fed, box_corners(crop_box)))
                 else:
                     sample["landmarks"] = apply_transform(to_fed, det.points).astype(np.float32)
             sample.update(self._task.blank_target(sample["image"]))
@@ -639,11 +596,6 @@ class Predictor:
     def __call__(self, image: np.ndarray | str | Path, detections: Sequence[Detection] | None = None) -> dict:
         """One image -> its result (see :meth:`predict`)."""
         return self.predict([image], None if detections is None else [detections])[0]
-
-
-def _corners(box: np.ndarray) -> np.ndarray:
-    x1, y1, x2, y2 = (float(v) for v in box)
-    return np.array([[x1, y1], [x2, y1], [x1, y2], [x2, y2]])
 
 
 def _rgb(image: np.ndarray, name: str) -> np.ndarray:

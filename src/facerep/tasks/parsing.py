@@ -13,6 +13,7 @@ from torch import nn
 from facerep.backbones import Backbone
 from facerep.data.downstream.base import DatasetInfo
 from facerep.data.downstream.transforms import AugmentConfig, ParsingTransform, logits_to_image
+from facerep.geometry import to_3x3
 from facerep.metrics.parsing import ConfusionAccumulator, parsing_scores
 from facerep.models.dense import DenseHead, resolve_levels
 from facerep.tasks.base import (
@@ -54,9 +55,7 @@ def labels_to_photo(face: FaceCrop, logits: np.ndarray, hw: tuple[int, int], siz
     transform's ``warp`` (``face.back``) after the photo -> fed-image map, argmax per pixel; row chunks bound
     the memory."""
     h, w = hw
-    warp = np.eye(3)
-    warp[:2] = face.back.numpy().astype(np.float64)
-    warp = warp @ face.to_fed  # photo -> aligned crop
+    warp = to_3x3(face.back.numpy().astype(np.float64)) @ face.to_fed  # photo -> aligned crop
     x = torch.from_numpy(np.ascontiguousarray(logits))[None].float()
     rows = max(1, _MASK_CHUNK // max(1, w * logits.shape[0]))
     mask = np.zeros((h, w), dtype=np.uint8)

@@ -48,6 +48,7 @@ from facerep.data.downstream.base import (
     require_root,
 )
 from facerep.data.sources import DataError
+from facerep.geometry import box_from_center_scale, square_box
 
 # ------------------------------------------------------------------------------------------ AFLW-19
 
@@ -186,18 +187,6 @@ def read_hrnet_csv(
     return rows
 
 
-def _box_from_center_scale(cx: float, cy: float, scale: float) -> np.ndarray:
-    """The square (x1, y1, x2, y2) box of an HRNet list: ``center ± 100 * scale`` (scale = side / 200)."""
-    half = 100.0 * scale
-    return np.array([cx - half, cy - half, cx + half, cy + half], dtype=np.float32)
-
-
-def square_box(rect: np.ndarray) -> np.ndarray:
-    """An (x1, y1, x2, y2) rectangle as the HRNet lists' square box: same centre, side ``max(w, h)``."""
-    x1, y1, x2, y2 = (float(v) for v in rect)
-    return _box_from_center_scale((x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, y2 - y1) / 200.0)
-
-
 class _ListAlignment(FaceDataset):
     """Alignment dataset held as per-face lists (name, landmarks, box)."""
 
@@ -303,7 +292,7 @@ class WFLW(_ListAlignment):
         self._set_faces(
             [f"{prefix}/{r[0]}" for r in rows],
             [r[4] for r in rows],
-            [_box_from_center_scale(r[2], r[3], r[1]) for r in rows],
+            [box_from_center_scale(r[2], r[3], r[1]) for r in rows],
         )
         if self.split != "test":
             return
@@ -404,7 +393,7 @@ class IBUG300W(_ListAlignment):
         self._set_faces(
             names,
             [r[4] - off for r in rows],
-            [_box_from_center_scale(r[2] - off, r[3] - off, r[1]) for r in rows],
+            [box_from_center_scale(r[2] - off, r[3] - off, r[1]) for r in rows],
         )
 
     def _extra_subsets(self) -> dict[str, Any]:

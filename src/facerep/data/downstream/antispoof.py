@@ -41,6 +41,7 @@ from facerep.data.downstream.synthetic import synthetic_framing
 from facerep.data.sources import DataError
 from facerep.data.synthetic import pixel_grid, render_face
 from facerep.data.video import FrameCache, VideoError, frame_count, read_frames, sample_indices
+from facerep.geometry import centre_box
 from facerep.runtime.untrusted import as_int
 
 __all__ = [
@@ -76,12 +77,6 @@ class VideoItem:
 
 def _sorted_attacks(names: set[str]) -> tuple[str, ...]:
     return tuple(sorted(names, key=lambda a: (a != "live", a)))
-
-
-def _centre_box(height: int, width: int) -> np.ndarray:
-    side = float(min(height, width))
-    x1, y1 = (width - side) / 2.0, (height - side) / 2.0
-    return np.array([x1, y1, x1 + side, y1 + side], np.float32)
 
 
 def video_info(info: DatasetInfo, options: Mapping[str, Any]) -> DatasetInfo:
@@ -314,7 +309,7 @@ class VideoFaceDataset(FaceDataset):
         box = self._face_box(item, frame_index, image)
         if box is None:
             self.no_face_frames += 1
-            box = _centre_box(*image.shape[:2])
+            box = centre_box(*image.shape[:2])
             matrix, _ = crop_transform(Detection(box, None, 1.0), CropConfig(size=self.crop.size, expand=1.0))
         else:
             matrix, _ = crop_transform(Detection(box, None, 1.0), self.crop)

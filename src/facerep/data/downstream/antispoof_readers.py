@@ -52,6 +52,7 @@ import numpy as np
 from facerep.data.downstream.antispoof import VideoFaceDataset, VideoItem
 from facerep.data.downstream.base import line_error, read_lines, require_dir, require_root
 from facerep.data.sources import DataError
+from facerep.geometry import eyes_box
 
 BoxMap = dict[int, np.ndarray]
 
@@ -97,19 +98,17 @@ def read_face_file(dataset: str, path: Path, fmt: str, sep: str | None) -> BoxMa
     return boxes
 
 
-def eyes_box(left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    """A square face box from two eye centres: side 2.5 x their distance, the eyes' midpoint at its
-    horizontal centre and 40 % of its height (an MTCNN-like box); all zero when the eyes coincide."""
-    dist = float(np.hypot(*(right - left)))
-    if dist <= 0:
-        return np.zeros(4, dtype=np.float32)
-    side = 2.5 * dist
-    cx, cy = (left + right) / 2
-    return np.array([cx - side / 2, cy - 0.4 * side, cx + side / 2, cy + 0.6 * side], dtype=np.float32)
-
-
-def _video_id(short: str, rel: str) -> str:
-    return f"{short}/{rel.rsplit('.', 1)[0]}"
+def _video_item(short: str, rel: str, attack: str, subject: str, boxes: BoxMap | None) -> VideoItem:
+    """The video at ``rel`` (relative to the root), id ``<short>/<rel without extension>``, label 1 (live)
+    when ``attack`` is ``"live"``."""
+    return VideoItem(
+        path=rel,
+        video_id=f"{short}/{rel.rsplit('.', 1)[0]}",
+        label=int(attack == "live"),
+        attack=attack,
+        subject=subject,
+        boxes=boxes,
+    )
 
 
 def _videos_in(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
@@ -202,16 +201,7 @@ class OuluNPU(VideoFaceDataset):
             if self.annotation != "none" and face.is_file():
                 fmt = "eyes" if self.annotation == "eyes" else "corners"
                 boxes = read_face_file(self.dataset_name, face, fmt, ",")
-            items.append(
-                VideoItem(
-                    path=rel,
-                    video_id=_video_id("oulu", rel),
-                    label=int(kind == 1),
-                    attack=OULU_ATTACKS[kind],
-                    subject=m.group(3),
-                    boxes=boxes,
-                )
-            )
+            items.append(_video_item("oulu", rel, OULU_ATTACKS[kind], m.group(3), boxes))
         return _nonempty(self.dataset_name, items, folder)
 
     def _protocol_stems(self, root: Path) -> list[tuple[str, int]]:
@@ -270,16 +260,7 @@ class CasiaFASD(VideoFaceDataset):
                         f"{', '.join(k + '.avi' for k in CASIA_VIDEOS)}"
                     )
                 rel = f"{folder_name}/{sub.name}/{video.name}"
-                items.append(
-                    VideoItem(
-                        path=rel,
-                        video_id=_video_id("casia", rel),
-                        label=int(attack == "live"),
-                        attack=attack,
-                        subject=f"{folder_name}/{sub.name}",
-                        boxes=None,
-                    )
-                )
+                items.append(_video_item("casia", rel, attack, f"{folder_name}/{sub.name}", None))
         return _nonempty(self.dataset_name, items, folder)
 
 
@@ -339,16 +320,7 @@ class ReplayAttack(VideoFaceDataset):
                 if not face.is_file():
                     raise DataError(f"{self.dataset_name}: missing face-location file: {face}")
                 boxes = read_face_file(self.dataset_name, face, "xywh", None)
-            items.append(
-                VideoItem(
-                    path=rel,
-                    video_id=_video_id("replay", rel),
-                    label=int(kind == "live"),
-                    attack=kind,
-                    subject=f"client{m.group(1)}",
-                    boxes=boxes,
-                )
-            )
+            items.append(_video_item("replay", rel, kind, f"client{m.group(1)}", boxes))
         return _nonempty(self.dataset_name, items, folder)
 
 
@@ -418,14 +390,5 @@ class MsuMFSD(VideoFaceDataset):
             if self.face_format != "none" and face.is_file():
                 boxes = read_face_file(self.dataset_name, face, self.face_format, ",")
             rel = path.relative_to(root).as_posix()
-            items.append(
-                VideoItem(
-                    path=rel,
-                    video_id=_video_id("msu", rel),
-                    label=int(kind == "live"),
-                    attack=kind,
-                    subject=f"client{m.group(1)}",
-                    boxes=boxes,
-                )
-            )
+            items.append(_video_item("msu", rel, kind, f"client{m.group(1)}", boxes))
         return _nonempty(self.dataset_name, items, scene)

@@ -37,6 +37,7 @@ from PIL import Image
 from facerep.config import ConfigError
 from facerep.data.sources import DataError
 from facerep.data.transforms import decode_image
+from facerep.geometry import landmarks_box as landmarks_box  # data/scenes.py imports it from here
 
 # CelebA's list_eval_partition.txt: split -> partition id (CelebA attributes and CelebAMask-HQ share it)
 CELEBA_PARTITION = {"train": 0, "val": 1, "test": 2}
@@ -276,9 +277,3 @@ def load_label_map(dataset: str, path: Path) -> np.ndarray:
             raise DataError(f"{dataset}: label map {path} has class ids outside 0..255")
         arr = arr.astype(np.uint8)
     return np.ascontiguousarray(arr)
-
-
-def landmarks_box(landmarks: np.ndarray) -> np.ndarray:
-    """The (x1, y1, x2, y2) bounding box of ``[K, 2]`` points, float32."""
-    pts = np.asarray(landmarks, dtype=np.float32)
-    return np.concatenate([pts.min(axis=0), pts.max(axis=0)]).astype(np.float32)

@@ -41,13 +41,13 @@ import numpy as np
 from facerep.data.downstream.base import (
     DatasetInfo,
     FaceDataset,
-    landmarks_box,
     load_image,
     load_label_map,
     require_file,
     require_root,
 )
 from facerep.data.sources import DataError
+from facerep.geometry import landmarks_box
 from facerep.runtime.errors import one_line
 from facerep.runtime.untrusted import NotRegularFile, loads_json, read_regular
 

@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 
 from facerep.data.captions import attribute_prompt
-from facerep.data.downstream.base import DatasetInfo, FaceDataset, Framing, Prompts, landmarks_box
+from facerep.data.downstream.base import DatasetInfo, FaceDataset, Framing, Prompts
 from facerep.data.sources import SYNTHETIC_DATASET_SEED, DataError
 from facerep.data.synthetic import ATTRIBUTES, LAPA_CLASSES, SyntheticFace, render_face
+from facerep.geometry import landmarks_box
 
 # One renderer seed per split (all different from the pre-training seed).
 SPLIT_SEEDS: dict[str, int] = {"train": 1000, "val": 1001, "test": 1002}

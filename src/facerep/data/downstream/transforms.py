@@ -66,7 +66,6 @@ to a transform (or to one call).
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,9 +77,21 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as F
 
 from facerep.config import IMAGENET_MEAN, IMAGENET_STD, ConfigError
-from facerep.data.downstream.base import landmarks_box
 from facerep.data.downstream.fra_expression import fra_chain, run_seeded, to_pil
 from facerep.data.sources import DataError
+from facerep.geometry import (
+    FIVE_POINT_INDICES,
+    FIVE_POINT_TEMPLATE,
+    apply_transform_tensor,
+    box_matrix,
+    five_point_matrix,
+    five_points,
+    image_matrix,
+    invert,
+    landmarks_box,
+    rotation_scale_about,
+    similarity,
+)
 
 __all__ = [
     "FIVE_POINT_INDICES",
@@ -90,9 +101,7 @@ __all__ = [
     "ClassificationTransform",
     "ParsingTransform",
     "apply_photometric",
-    "box_matrix",
     "build_matrix",
-    "five_point_matrix",
     "five_points",
     "landmarks_box",
     "landmarks_to_image",
@@ -112,25 +121,6 @@ OCCLUSION_FILLS = ("zero", "color", "noise")
 NOISE_KINDS = ("fusion", "gaussian")
 BLUR_KINDS = ("box", "gaussian")
 CLASSIFY_CHAINS = ("flip", "fra")
-
-# Five-point template (eye centres, nose tip, mouth corners; image-left first) in [-1, 1] crop units:
-# blueprint's ``_standard_face_pts``: (196, 226), (316, 226), (256, 286), (220, 360.4), (292, 360.4)
-# divided by 256, minus 1.
-FIVE_POINT_TEMPLATE = (
-    np.array(
-        [[196.0, 226.0], [316.0, 226.0], [256.0, 286.0], [220.0, 360.4], [292.0, 360.4]], dtype=np.float64
-    )
-    / 256.0
-    - 1.0
-)
-
-# Landmark layouts -> the five points (an int is one landmark, a tuple is the mean of several).
-FIVE_POINT_INDICES: dict[int, tuple[Any, ...]] = {
-    106: (104, 105, 54, 84, 90),  # LaPa / JD-106 (FaRL's farl/datasets/prepare.py)
-    98: (96, 97, 54, 76, 82),  # WFLW
-    68: (tuple(range(36, 42)), tuple(range(42, 48)), 30, 48, 54),  # iBUG 68
-    5: (0, 1, 2, 3, 4),  # the five points themselves (a detector's: eye centres, nose tip, mouth corners)
-}
 
 _OUTSIDE_LOGIT = -1e4  # non-background logit for pixels outside the crop (fp16-safe)
 
@@ -279,18 +269,6 @@ def tanh_unwarp(v: Tensor, warp_factor: float | Tensor) -> Tensor:
     return torch.where((a > lin) & (f > 0), out, v)
 
 
-def _apply(matrix: Tensor, pts: Tensor) -> Tensor:
-    """``[..., 2, 3] @ [..., K, 2]`` points."""
-    m = matrix.to(pts.dtype)
-    return pts @ m[..., :2, :2].transpose(-1, -2) + m[..., :2, 2].unsqueeze(-2)
-
-
-def _invert(matrix: np.ndarray) -> np.ndarray:
-    full = np.eye(3)
-    full[:2] = matrix[:2]
-    return np.linalg.inv(full)
-
-
 def points_to_crop(
     points: Tensor, image_to_crop: Tensor, image_size: int, warp_factor: float | Tensor = 0.0
 ) -> Tensor:
@@ -299,7 +277,7 @@ def points_to_crop(
     ``image_to_crop`` ``[..., 2, 3]`` maps image pixels to aligned-crop pixels; with a tanh warp the
     result is ``(tanh_warp(u) + 1) / 2``.
     """
-    a = _apply(image_to_crop, points)
+    a = apply_transform_tensor(image_to_crop, points)
     u = (2.0 * a + 1.0) / image_size - 1.0
     wf = (
         warp_factor
@@ -327,7 +305,7 @@ def landmarks_to_image(
     u = tanh_unwarp(v, wf)
     crop_px = ((u + 1.0) * image_size - 1.0) / 2.0
     m = crop_to_image.to(device=pred01.device, dtype=torch.float64)
-    return _apply(m, crop_px.to(torch.float64)).to(pred01.dtype)
+    return apply_transform_tensor(m, crop_px.to(torch.float64)).to(pred01.dtype)
 
 
 def sampling_grid(
@@ -343,9 +321,9 @@ def sampling_grid(
     u = tanh_unwarp(v, warp_factor)
     a = ((u + 1.0) * s - 1.0) / 2.0  # aligned-frame pixel coordinates along one axis
     ay, ax = torch.meshgrid(a, a, indexing="ij")
-    crop_to_image = torch.as_tensor(_invert(np.asarray(image_to_crop, dtype=np.float64)))
+    crop_to_image = torch.as_tensor(invert(np.asarray(image_to_crop, dtype=np.float64)))
     pts = torch.stack([ax, ay], dim=-1)  # [S, S, 2]
-    src = _apply(crop_to_image[:2], pts)
+    src = apply_transform_tensor(crop_to_image[:2], pts)
     grid = torch.stack([(2.0 * src[..., 0] + 1.0) / w - 1.0, (2.0 * src[..., 1] + 1.0) / h - 1.0], dim=-1)
     return grid.to(torch.float32).unsqueeze(0)
 
@@ -395,7 +373,7 @@ def logits_to_image(
     yy, xx = torch.meshgrid(ys, xs, indexing="ij")
     pts = torch.stack([xx, yy], dim=-1).reshape(1, h * w, 2)
     m = torch.as_tensor(warp).to(device=dev, dtype=torch.float64).reshape(n, 2, 3)
-    a = _apply(m, pts)  # [N, HW, 2] aligned-frame pixels
+    a = apply_transform_tensor(m, pts)  # [N, HW, 2] aligned-frame pixels
     u = (2.0 * a + 1.0) / s - 1.0
     wf = torch.as_tensor(warp_factor).to(device=dev, dtype=torch.float64).reshape(-1, 1, 1).expand(n, 1, 1)
     grid = tanh_warp(u, wf)  # crop-normalised = grid_sample coordinates (align_corners=False)
@@ -405,68 +383,6 @@ def logits_to_image(
     fill = torch.full((1, c, 1, 1), _OUTSIDE_LOGIT, dtype=logits.dtype, device=logits.device)
     fill[:, background] = 0.0
     return torch.where(inside, out, fill)
-
-
-def _rotation_scale_about(
-    center: float, angle: float, scale: float, shift: tuple[float, float]
-) -> np.ndarray:
-    cosv, sinv = scale * math.cos(angle), scale * math.sin(angle)
-    return np.array(
-        [
-            [cosv, -sinv, center - cosv * center + sinv * center + shift[0]],
-            [sinv, cosv, center - sinv * center - cosv * center + shift[1]],
-            [0.0, 0.0, 1.0],
-        ]
-    )
-
-
-def box_matrix(box: np.ndarray, out_size: int, keep_aspect: bool) -> np.ndarray:
-    """Box (x1, y1, x2, y2, pixel-edge extent) -> the ``S x S`` crop (pixel-centre coordinates)."""
-    x1, y1, x2, y2 = (float(v) for v in box)
-    cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
-    bw, bh = max(x2 - x1, 1e-3), max(y2 - y1, 1e-3)
-    if keep_aspect:
-        bw = bh = max(bw, bh)
-    c = (out_size - 1) / 2.0
-    return np.array(
-        [
-            [out_size / bw, 0.0, c - cx * out_size / bw],
-            [0.0, out_size / bh, c - cy * out_size / bh],
-            [0, 0, 1],
-        ]
-    )
-
-
-def _image_matrix(hw: tuple[int, int], out_size: int) -> np.ndarray:
-    """Whole image stretched onto the ``S x S`` crop (a plain resize, align_corners=False)."""
-    h, w = hw
-    sx, sy = out_size / w, out_size / h
-    return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
-
-
-def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity (rotation, uniform scale, translation; no reflection) ``src -> dst``."""
-    ms, md = src.mean(0), dst.mean(0)
-    p, q = src - ms, dst - md
-    denom = max(float((p**2).sum()), 1e-12)
-    a = float((p[:, 0] * q[:, 0] + p[:, 1] * q[:, 1]).sum()) / denom
-    b = float((p[:, 0] * q[:, 1] - p[:, 1] * q[:, 0]).sum()) / denom
-    t = md - np.array([a * ms[0] - b * ms[1], b * ms[0] + a * ms[1]])
-    return np.array([[a, -b, t[0]], [b, a, t[1]], [0.0, 0.0, 1.0]])
-
-
-def five_points(landmarks: np.ndarray) -> np.ndarray | None:
-    """The five alignment points of a known landmark layout (``FIVE_POINT_INDICES``), else ``None``."""
-    spec = FIVE_POINT_INDICES.get(int(landmarks.shape[0]))
-    if spec is None:
-        return None
-    pts = [landmarks[list(i)].mean(0) if isinstance(i, tuple) else landmarks[i] for i in spec]
-    return np.asarray(pts, dtype=np.float64)
-
-
-def five_point_matrix(pts5: np.ndarray, out_size: int) -> np.ndarray:
-    target = ((FIVE_POINT_TEMPLATE + 1.0) * out_size - 1.0) / 2.0
-    return similarity(pts5, target)
 
 
 def _draw(n: int, sigma: float, normal: bool, gen: torch.Generator | None) -> np.ndarray:
@@ -487,7 +403,7 @@ def build_matrix(
         angle = float(_draw(1, cfg.rot_sigma, cfg.rot_normal, generator)[0])
         scale += float(_draw(1, cfg.scale_sigma, cfg.scale_normal, generator)[0])
         shift = (float(sh[0]), float(sh[1]))
-    jitter = _rotation_scale_about((out_size - 1) / 2.0, angle, scale, shift)
+    jitter = rotation_scale_about((out_size - 1) / 2.0, angle, scale, shift)
     return jitter @ base
 
 
@@ -629,7 +545,7 @@ class AlignmentTransform(_Base):
         out = {
             "image": _normalize(crop, cfg),
             "landmarks": lm01.to(torch.float32),
-            "crop_to_image": torch.from_numpy(_invert(m)[:2]).to(torch.float32),
+            "crop_to_image": torch.from_numpy(invert(m)[:2]).to(torch.float32),
             "box": torch.from_numpy(np.asarray(box, dtype=np.float32).copy()),
             "visible": (
                 torch.ones(lms.shape[0], dtype=torch.bool)
@@ -686,7 +602,7 @@ class ParsingTransform(_Base):
                 return box_matrix(np.asarray(box, dtype=np.float64), s, self.cfg.keep_aspect)
             if align == "box":
                 raise ConfigError("align='box' needs a 'box' or 'landmarks' in the sample")
-        return _image_matrix(hw, s)
+        return image_matrix(hw, s)
 
     def __call__(self, sample: dict[str, Any], generator: torch.Generator | None = None) -> dict[str, Any]:
         g = self._gen(generator)
