@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from facerep.data.synthetic import (
     ATTRIBUTES,
+    DRAW_STEPS,
+    FEATURE_RANGES,
+    HEAD_RANGES,
     LAPA_CLASSES,
+    Canvas,
+    FaceSpec,
     SyntheticFace,
     SyntheticFaceDataset,
+    develop,
+    draw_background,
+    draw_glasses,
+    draw_hat,
+    draw_head,
+    draw_occluder,
+    face_attributes,
+    frame_face,
     measure_throughput,
     render_face,
+    render_spec,
+    sample_face_spec,
+    shading,
 )
 
 N_FACES = 48
@@ -138,3 +157,112 @@ def test_variety(faces: list[SyntheticFace]) -> None:
 def test_throughput_positive() -> None:
     rate = measure_throughput(num_images=3, size=64)
     assert isinstance(rate, float) and rate > 0
+
+
+# --------------------------------------------------------------------------------------------- the steps
+
+
+def _spec(seed: int, index: int = 0) -> FaceSpec:
+    return sample_face_spec(np.random.default_rng([seed, index]))
+
+
+def _blank(size: int) -> Canvas:
+    return Canvas(Image.new("RGB", (2 * size, 2 * size), (0, 0, 0)), size)
+
+
+def test_spec_sampling_deterministic_and_in_range() -> None:
+    assert _spec(5, 2) == _spec(5, 2) and _spec(5, 2) != _spec(5, 3)
+    for index in range(40):
+        spec = _spec(9, index)
+        for group, ranges in ((spec.head, HEAD_RANGES), (spec.features, FEATURE_RANGES)):
+            for name, (lo, hi) in ranges.items():
+                assert lo <= getattr(group, name) <= hi, name
+        assert abs(spec.pose.yaw) <= 40 and abs(spec.pose.roll) <= 30 and 0.4 <= spec.pose.face_frac <= 0.6
+        assert spec.features.smile == 0 or 0.3 <= spec.features.smile <= 1
+        assert spec.hair.style in {"bald", "buzz", "short", "fringe", "medium", "long"}
+        assert spec.accessories.occluder in {"none", "hand", "facemask"}
+        for colour in (spec.head.skin, spec.hair.colour, spec.features.iris, spec.accessories.clothes):
+            assert len(colour) == 3 and all(isinstance(c, int) and 0 <= c <= 255 for c in colour)
+        assert 2 <= len(spec.background.grid) <= 4 and 3 <= len(spec.background.shapes) <= 9
+    face = render_face(9, 7, 32)
+    assert face.spec == _spec(9, 7) and face.params == _spec(9, 7).params()
+
+
+def test_steps_compose_to_render_face() -> None:
+    spec, size = _spec(4, 1), 48
+    lay = frame_face(spec, size)
+    cv = Canvas(draw_background(spec, size), size)
+    for step in DRAW_STEPS:
+        step(spec, lay, cv)
+    face = render_face(4, 1, size)
+    np.testing.assert_array_equal(develop(spec, lay, cv), face.image)
+    np.testing.assert_array_equal(np.asarray(cv.mask), face.mask)
+    np.testing.assert_array_equal(lay.landmarks.astype(np.float32), face.landmarks)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_draw_head_paints_only_the_head(seed: int) -> None:
+    spec, size = _spec(seed), 64
+    lay, cv = frame_face(spec, size), _blank(size)
+    draw_head(spec, lay, cv)
+    mask = np.asarray(cv.mask)
+    assert set(np.unique(mask)) == {0, 1}  # skin and nothing else
+    outline = np.concatenate(
+        [
+            lay.landmarks[:17],
+            lay.project(lay.geo.head),
+            lay.project(lay.geo.ear_r),
+            lay.project(lay.geo.ear_l),
+        ]
+    )
+    lo, hi = outline.min(0) - 1, outline.max(0) + 1
+    ys, xs = np.nonzero(mask)
+    assert (xs >= lo[0]).all() and (xs <= hi[0]).all() and (ys >= lo[1]).all() and (ys <= hi[1]).all()
+    painted = np.asarray(cv.img).any(-1)  # [2S, 2S]
+    assert painted[2 * ys, 2 * xs].mean() > 0.95  # skin labels are painted skin
+    py, px = (np.nonzero(painted)[i] / 2 for i in (0, 1))  # native pixels
+    level = py <= hi[1]  # beside the head: only the head; the neck and its shadow continue below
+    assert py.min() >= lo[1] and (px[level] >= lo[0]).all() and (px[level] <= hi[0]).all()
+    assert py.max() > lay.landmarks[8, 1] + 0.2 * lay.scale
+
+
+def test_no_accessories_draws_none() -> None:
+    base, size = _spec(3), 64
+    steps = (draw_glasses, draw_hat, draw_occluder)
+    for worn, changed in (
+        (dict(glasses=False, hat=False, occluder="none"), False),
+        (dict(glasses=True, hat=True, occluder="hand"), True),
+    ):
+        spec = replace(base, accessories=replace(base.accessories, **worn))
+        lay = frame_face(spec, size)
+        for step in steps:
+            cv = _blank(size)
+            before = np.asarray(cv.img).copy()
+            step(spec, lay, cv)
+            assert (np.asarray(cv.img) != before).any() == changed, step.__name__
+        attrs = face_attributes(spec)
+        assert all(attrs[ATTRIBUTES.index(a)] == changed for a in ("glasses", "hat", "occluded"))
+
+
+def test_hat_and_hand_hide_labels() -> None:
+    spec, size = _spec(3), 64
+    bare = replace(spec, accessories=replace(spec.accessories, glasses=False, hat=False, occluder="none"))
+    hat = replace(spec, accessories=replace(bare.accessories, hat=True))
+    glasses = replace(spec, accessories=replace(bare.accessories, glasses=True))
+    masks = {
+        name: render_spec(s, size).mask for name, s in (("bare", bare), ("hat", hat), ("glasses", glasses))
+    }
+    assert (masks["hat"] == 0).sum() > (masks["bare"] == 0).sum()  # the hat is labelled background
+    np.testing.assert_array_equal(masks["glasses"], masks["bare"])  # glasses are transparent to labels
+
+
+def test_shading_gain() -> None:
+    spec, size = _spec(6), 64
+    lay = frame_face(spec, size)
+    mask = np.zeros((size, size), np.uint8)
+    mask[: size // 2] = 1
+    gain = shading(spec, lay, mask)
+    assert gain.shape == (size, size) and gain.min() >= 0.5 and gain.max() <= 1.5
+    assert np.abs(gain[size // 2 :] - 1).max() <= 0.2 + 1e-6  # 0.4 of the gradient off the face
+    cx, cy = np.rint(lay.centre).astype(int)
+    assert abs(gain[cy, cx] - 1) < 0.05  # the gradient passes through the nose
