@@ -18,10 +18,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from facerep.backbones import Backbone
 from facerep.data.downstream.transforms import AlignmentTransform, landmarks_to_image
 from facerep.metrics.landmarks import ced_auc_fr, nme, unit_distance
-from facerep.models.dense import DenseHead, resolve_levels
+from facerep.models.dense import DenseHead
 from facerep.tasks.base import (
     DENSE_HEAD_WEIGHT,
     FaceCrop,
@@ -84,16 +83,12 @@ def alignment_loss(
 
 
 class AlignmentModel(nn.Module):
-    """Backbone + UPerNet -> K heatmaps at 1/4 of the backbone's input -> soft-argmax landmarks.
+    """Backbone + UPerNet (``dense``, K outputs) -> K heatmaps at 1/4 of the backbone's input -> soft-argmax
+    landmarks."""
 
-    ``dense``: keyword arguments of :class:`DenseHead` (``input_size``, ``dropout``, ``classifier_std``).
-    """
-
-    def __init__(
-        self, backbone: Backbone, num_points: int, levels: list[int], channels: int, **dense: Any
-    ) -> None:
+    def __init__(self, dense: DenseHead) -> None:
         super().__init__()
-        self.dense = DenseHead(backbone, levels, channels, num_points, **dense)
+        self.dense = dense
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         heatmaps = self.dense(images)
@@ -115,9 +110,7 @@ class Alignment(Task):
     higher_is_better = False
 
     def build_model(self, backbone, dataset) -> nn.Module:
-        head = self.cfg.head
-        levels = resolve_levels(backbone, head.levels, head.blocks)
-        return AlignmentModel(backbone, dataset.num_points, levels, head.channels, **self.dense_options())
+        return AlignmentModel(self.dense_head(backbone, dataset.num_points))
 
     def transform(self, train: bool):
         return AlignmentTransform(self.cfg.data.image_size, train, self.augment_config())

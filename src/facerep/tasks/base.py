@@ -26,6 +26,7 @@ from facerep.data.crop import apply_transform
 from facerep.data.detect import Detection
 from facerep.data.downstream.base import DatasetInfo, FaceDataset
 from facerep.data.downstream.transforms import AugmentConfig
+from facerep.models.dense import DenseHead, resolve_levels
 from facerep.runtime.registry import Registry
 
 DENSE_HEAD_WEIGHT = "dense.head.classifier.weight"  # the dense tasks' last layer ([outputs, channels, 1, 1])
@@ -116,15 +117,13 @@ class Task:
     def transform(self, train: bool) -> Callable[[dict], dict]:
         raise NotImplementedError
 
-    def dense_options(self) -> dict[str, Any]:
-        """:class:`~facerep.models.dense.DenseHead` options from the config: the backbone's input size
-        (``data.backbone_size``, resized from ``data.image_size``), the classifier's dropout and init."""
+    def dense_head(self, backbone: Backbone, outputs: int) -> DenseHead:
+        """The dense tasks' head (UPerNet over the config's ``head.levels``/``head.blocks``) with ``outputs``
+        channels, on the backbone's input size (``data.backbone_input``, resized from ``data.image_size``)."""
         head = self.cfg.head
-        return {
-            "input_size": self.cfg.data.backbone_input,
-            "dropout": head.dropout,
-            "classifier_std": head.classifier_std,
-        }
+        levels = resolve_levels(backbone, head.levels, head.blocks)
+        return DenseHead(backbone, levels, head.channels, outputs, input_size=self.cfg.data.backbone_input,
+                         dropout=head.dropout, classifier_std=head.classifier_std)  # fmt: skip
 
     def augment_config(self) -> Any:
         """FaRL's augmentation preset for this task with the config's ``augment.*`` overrides applied."""

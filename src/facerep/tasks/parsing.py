@@ -10,12 +10,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from facerep.backbones import Backbone
 from facerep.data.downstream.base import DatasetInfo
 from facerep.data.downstream.transforms import AugmentConfig, ParsingTransform, logits_to_image
 from facerep.geometry import to_3x3
 from facerep.metrics.parsing import ConfusionAccumulator, parsing_scores
-from facerep.models.dense import DenseHead, resolve_levels
+from facerep.models.dense import DenseHead
 from facerep.tasks.base import (
     DENSE_HEAD_WEIGHT,
     FaceCrop,
@@ -35,15 +34,13 @@ class ParsingModel(nn.Module):
     """Backbone + UPerNet -> class logits at the input size: ``[N, 3, S, S]`` -> ``[N, C, S, S]``.
 
     As FaRL's ``FaceParsingTransformer`` (``farl/experiments/face_parsing/network.py``): the crop (512) is
-    resized to the backbone's input (``dense["input_size"]``, 448) and the logits are upsampled back to
+    resized to the backbone's input (``dense``'s ``input_size``, 448) and the logits are upsampled back to
     the crop size (bilinear, ``align_corners=False``) for the loss and the metrics.
     """
 
-    def __init__(
-        self, backbone: Backbone, num_classes: int, levels: list[int], channels: int, **dense: Any
-    ) -> None:
+    def __init__(self, dense: DenseHead) -> None:
         super().__init__()
-        self.dense = DenseHead(backbone, levels, channels, num_classes, **dense)
+        self.dense = dense
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits = self.dense(images)
@@ -75,9 +72,7 @@ class Parsing(Task):
     higher_is_better = True
 
     def build_model(self, backbone, dataset) -> nn.Module:
-        head = self.cfg.head
-        levels = resolve_levels(backbone, head.levels, head.blocks)
-        return ParsingModel(backbone, len(dataset.class_names), levels, head.channels, **self.dense_options())
+        return ParsingModel(self.dense_head(backbone, len(dataset.class_names)))
 
     def transform(self, train: bool):
         return ParsingTransform(self.cfg.data.image_size, train, self.augment_config())
