@@ -1,9 +1,16 @@
+import argparse
+import dataclasses
+import importlib.metadata
+import inspect
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from facerep.commands.cli import main
+import facerep
+from facerep.commands.cli import BY_NAME, COMMANDS, LIGHT_CONFIG_MODULES, build_parser, main, resolve
 from facerep.config import PretrainConfig, load_config, to_dict
 from facerep.data.sources import DataError
 
@@ -65,3 +72,165 @@ def test_facerep_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, 
     monkeypatch.setattr("facerep.engine.trainer.pretrain", user_error)
     assert main(["pretrain"]) == 2
     assert capsys.readouterr().err == "facerep: error: data.path: no such folder\n"
+
+
+# --- the table of commands -----------------------------------------------------------------------------
+
+# every command the command line runs, with the overrides its config needs to resolve
+RUNNABLE = {
+    "pretrain": [], "finetune": [], "evaluate": ["checkpoint=x"], "probe": [], "zeroshot": [], "heatmaps": [],
+    "prepare": [], "predict": [], "export": [], "demo": [], "bench pretrain": [], "bench data": [],
+}  # fmt: skip
+
+
+def run_help(argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--help"])
+    assert exit_.value.code == 0
+    return capsys.readouterr().out
+
+
+def loaded_after(code: str, names: tuple[str, ...]) -> list[str]:
+    """Which of the modules ``names`` a fresh interpreter has imported after running ``code``."""
+    probe = f"import sys\n{code}\nprint(' '.join(m for m in {names!r} if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+def test_the_table_lists_every_command_once_and_its_references_resolve():
+    assert [c.name for c in COMMANDS] == list(RUNNABLE)
+    assert {c.name: c for c in COMMANDS} == BY_NAME
+    for command in COMMANDS:
+        assert command.help and command.description, command.name
+        schema = resolve(command.config)
+        assert isinstance(schema, type) and dataclasses.is_dataclass(schema), command.config
+        entries = [command.entry] + ([command.instead[1]] if command.instead else [])
+        for ref in entries:
+            entry = resolve(ref)
+            assert inspect.isfunction(entry) and entry.__module__ == ref.split(":")[0], ref
+            (param,) = inspect.signature(entry).parameters.values()  # one argument: the config
+            assert param.annotation == schema.__name__, ref
+        if command.instead:
+            assert command.instead[0] in {f.name for f in dataclasses.fields(schema)}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        COMMANDS[0].name = "other"  # type: ignore[misc]
+
+
+def test_the_parser_has_one_subcommand_per_first_word():
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert list(sub.choices) == list(dict.fromkeys(name.split()[0] for name in RUNNABLE))
+    assert [a.choices for a in sub.choices["bench"]._actions if a.dest == "what"] == [["pretrain", "data"]]
+    takes_c = {name for name, p in sub.choices.items() if any("-c" in a.option_strings for a in p._actions)}
+    assert takes_c == {"pretrain", "finetune", "zeroshot", "prepare", "predict", "export", "bench"}
+
+
+def test_each_command_runs_its_entry_point_with_the_resolved_config(monkeypatch):
+    calls: list[tuple[str, object]] = []
+    for command in COMMANDS:
+        for ref in [command.entry] + ([command.instead[1]] if command.instead else []):
+            module, name = ref.split(":")
+            monkeypatch.setattr(f"{module}.{name}", lambda cfg, ref=ref: calls.append((ref, cfg)))
+    for name, overrides in RUNNABLE.items():
+        calls.clear()
+        assert main([*name.split(), *overrides]) == 0
+        assert [ref for ref, _ in calls] == [BY_NAME[name].entry], name
+        assert calls[0][1] == load_config(resolve(BY_NAME[name].config), None, overrides)
+    calls.clear()
+    assert main(["demo", "curve=[3,1]", "seeds=[0]"]) == 0  # the budget curve instead of one benchmark
+    assert [ref for ref, _ in calls] == ["facerep.commands.demo:run_curve"] and calls[0][1].curve == [3, 1]
+
+
+def test_version_prints_the_installed_version(monkeypatch, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"facerep {importlib.metadata.version('facerep')}\n"
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out == f"facerep {facerep.__version__}\n"
+
+
+def test_version_and_every_commands_help_load_no_torch():
+    """``--help`` of each command lists its keys only where the config module is light (never torch)."""
+    helps = [[name, "--help"] for name in dict.fromkeys(name.split()[0] for name in RUNNABLE)]
+    code = (
+        "import contextlib, io\nfrom facerep.commands.cli import main\n"
+        f"for argv in {[['--version'], *helps]!r}:\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "        main(argv)"
+    )
+    assert loaded_after(code, ("torch", "cv2", "av", "onnxruntime", "matplotlib")) == []
+    assert loaded_after(f"import {', '.join(LIGHT_CONFIG_MODULES)}", ("torch",)) == []
+
+
+@pytest.mark.parametrize("name", list(RUNNABLE))
+def test_print_config_reads_back_to_the_same_config(name, tmp_path, capsys):
+    command, overrides = BY_NAME[name], RUNNABLE[name]
+    schema = resolve(command.config)
+    assert main([*name.split(), "--print-config", *overrides]) == 0
+    printed = capsys.readouterr().out
+    saved = tmp_path / "config.yaml"
+    saved.write_text(printed)
+    assert load_config(schema, saved) == load_config(schema, None, overrides)
+    assert OmegaConf.to_container(OmegaConf.create(printed)) == to_dict(load_config(schema, saved))
+    if command.config_file:  # the printed file as -c gives the same config (an override on top)
+        assert main([*name.split(), "-c", str(saved), "--print-config"]) == 0
+        assert capsys.readouterr().out == printed
+
+
+def test_print_config_applies_the_overrides(capsys):
+    assert main(["probe", "--print-config", "image_size=64", "train_length=10"]) == 0
+    cfg = OmegaConf.create(capsys.readouterr().out)
+    assert cfg.image_size == 64 and cfg.train_length == 10
+    assert main(["evaluate", "--print-config"]) == 2  # the checkpoint is still required
+    assert "checkpoint" in capsys.readouterr().err
+
+
+def test_a_config_file_where_only_overrides_are_taken(tmp_path, capsys):
+    assert main(["bench", "data", "-c", str(tmp_path / "x.yaml")]) == 2
+    assert capsys.readouterr().err == (
+        "facerep: error: facerep bench data takes KEY=VALUE overrides only (data.source=..., workers=[0,2])\n"
+    )
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", "-c", str(tmp_path / "x.yaml"), "checkpoint=x"])
+    assert exit_.value.code == 2 and "unrecognized arguments: -c" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["finetune", "evaluate", "pretrain"])
+def test_help_lists_the_keys_of_a_torch_free_config_with_their_defaults(name, capsys):
+    text = " ".join(run_help([name], capsys).split())  # argparse wraps the epilog
+    listed = text.split(" keys: ", 1)[1].split(" (the method sections")[0].split()
+    keys = dict(item.split("=", 1) for item in listed)
+    schema = resolve(BY_NAME[name].config)
+    defaults = OmegaConf.to_container(OmegaConf.structured(schema))
+    flat = {}
+
+    def walk(tree, prefix=""):
+        for key, value in tree.items():
+            if isinstance(value, dict) and key not in ("options", "train_options", "test_options", "augment"):
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[f"{prefix}{key}"] = value
+
+    walk(defaults)
+    assert list(keys) == list(flat)  # every key of the dataclass, in its order, sections excluded
+    for key, value in flat.items():  # each default as written reads back as an override to itself
+        read = OmegaConf.to_container(OmegaConf.from_dotlist([f"{key}={keys[key]}"]))
+        for part in key.split("."):
+            read = read[part]
+        assert read == value, key
+    assert ("run with --print-config to see every key" in text) == (name == "pretrain")
+
+
+@pytest.mark.parametrize("name", ["probe", "zeroshot", "heatmaps", "prepare", "predict", "export", "demo"])
+def test_help_of_a_torch_config_points_at_print_config(name, capsys):
+    text = run_help([name], capsys)
+    assert "run with --print-config to see every key" in text and "keys:" not in text
+    assert "--print-config" in text.split("options:")[1]
