@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from facerep.apps.readouts import ReadoutConfig, evaluate_frozen, render_split, trivial_baselines
 from facerep.backbones import load_backbone
 from facerep.commands.demo import ResizedInput
-from facerep.engine.frozen import ReadoutConfig, evaluate_frozen, render_split, trivial_baselines
 
 
 class PooledGrid(nn.Module):

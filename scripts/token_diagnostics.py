@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from facerep.apps.readouts import render_split
 from facerep.commands.demo import DemoConfig, ResizedInput, _backbones
-from facerep.engine.frozen import render_split
 from facerep.methods.mcf import resize_square
 from facerep.metrics.tokens import effective_rank, grid_positions, image_patches, ridge_r2, token_rows
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: small on-disk image datasets (folder with bad files, webdataset shards)."""
+"""Shared fixtures: small on-disk image datasets (folder with bad files, webdataset shards) and a
+few-second pre-training config (``tiny_config``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from facerep.config import PretrainConfig, load_config
 
 
 def encode_image(img: Image.Image, fmt: str) -> bytes:
@@ -82,3 +85,43 @@ def wds_shards(tmp_path: Path) -> tuple[str, list[str], list[str]]:
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
     return str(out / "{00000..00003}.tar"), good, bad
+
+
+# ------------------------------------------------------------------ a few-second pre-training config
+TINY = [
+    "model.arch=vit_tiny_patch16_224",
+    "model.depth=2",
+    "model.embed_dim=64",
+    "model.num_heads=2",
+    "data.image_size=32",
+    "data.synthetic_length=256",
+    "data.num_workers=0",
+    "decoder.embed_dim=32",
+    "decoder.depth=1",
+    "decoder.num_heads=2",
+    "mcf.proj_hidden_dim=64",
+    "mcf.proj_dim=32",
+    "teacher.checkpoint=random",
+    "train.batch_size=4",
+    "train.max_steps=4",
+    "train.warmup_steps=1",
+    "train.blr=1e-3",
+    "train.log_every=1",
+    "train.ckpt_every=100",
+    "train.progress=log",
+]
+
+
+@pytest.fixture
+def tiny_overrides() -> list[str]:
+    return list(TINY)
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    """A few-second CPU config; extra ``KEY=VALUE`` strings override it."""
+
+    def make(*overrides: str, out: str = "run") -> PretrainConfig:
+        return load_config(PretrainConfig, None, [*TINY, f"output_dir={tmp_path / out}", *overrides])
+
+    return make

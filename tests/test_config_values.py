@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from facerep.apps.export import MIN_OPSET, export_model
 from facerep.commands.cli import main
 from facerep.commands.demo import DemoConfig
 from facerep.commands.export import ExportConfig
@@ -15,7 +16,6 @@ from facerep.commands.prepare import PrepareConfig
 from facerep.commands.probe import ProbeConfig
 from facerep.commands.zeroshot import ZeroShotConfig
 from facerep.config import ConfigError, EvaluateConfig, FinetuneConfig, PretrainConfig, load_config
-from facerep.engine.export import MIN_OPSET, export_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

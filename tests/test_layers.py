@@ -16,7 +16,8 @@ LAYERS = [
     {"backbones", "losses", "metrics", "data", "viz"},
     {"models"},
     {"methods", "tasks"},
-    {"engine"},
+    {"train"},
+    {"apps"},
     {"commands"},
 ]
 FACADE = {"__init__", "__main__"}  # the package itself: imports whatever it re-exports

@@ -12,14 +12,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from facerep.apps.predict import Predictor
     from facerep.backbones import build_backbone, export_backbone, load_backbone
-    from facerep.engine.predict import Predictor
     from facerep.models.clip import load_clip
     from facerep.tasks import Task
 
 __version__ = "0.1.0"
 _LAZY = {
-    "Predictor": "facerep.engine.predict",
+    "Predictor": "facerep.apps.predict",
     "build_backbone": "facerep.backbones",
     "export_backbone": "facerep.backbones",
     "load_backbone": "facerep.backbones",

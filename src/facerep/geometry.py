@@ -74,7 +74,7 @@ FIVE_POINT_INDICES: dict[int, tuple[Any, ...]] = {
 # FIVE_POINT_TEMPLATE): each of render_face(1000, i, 128), i < 2000 (synthetic_alignment's train split)
 # moved by the least-squares similarity from its five points (five_points: eye centres 36-41 / 42-47, nose
 # tip 30, mouth corners 48 / 54) onto the template, then averaged; rounded to 3 decimals
-# (tests/engine/test_predict.py recomputes it).
+# (tests/apps/test_predict.py recomputes it).
 MEAN_SHAPE_68 = np.array([
     [-0.565, -0.058], [-0.553, 0.137], [-0.520, 0.279], [-0.467, 0.402], [-0.399, 0.506],
     [-0.320, 0.593], [-0.231, 0.659], [-0.132, 0.701], [-0.001, 0.716], [0.131, 0.701],

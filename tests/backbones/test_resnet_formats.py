@@ -25,9 +25,9 @@ from facerep.backbones import load_backbone, read_backbone_state
 from facerep.backbones.resnet import ResNet
 from facerep.commands.cli import main
 from facerep.config import ConfigError, FinetuneConfig, load_config
-from facerep.engine import finetune as finetune_module
-from facerep.engine.finetune import finetune_backbone
 from facerep.runtime.checkpoint import CheckpointError
+from facerep.train import finetune as finetune_module
+from facerep.train.finetune import finetune_backbone
 from resnet_files import perturbed
 
 State = dict[str, Tensor]

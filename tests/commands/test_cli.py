@@ -61,7 +61,7 @@ def test_facerep_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, 
     def bug(cfg):
         raise ValueError("a bug inside torch, say")
 
-    monkeypatch.setattr("facerep.engine.trainer.pretrain", bug)
+    monkeypatch.setattr("facerep.train.pretrain.pretrain", bug)
     with pytest.raises(ValueError, match="a bug inside torch"):  # a traceback, not "facerep: error"
         main(["pretrain"])
     assert "facerep: error" not in capsys.readouterr().err
@@ -69,7 +69,7 @@ def test_facerep_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, 
     def user_error(cfg):
         raise DataError("data.path: no such folder\nsecond line")
 
-    monkeypatch.setattr("facerep.engine.trainer.pretrain", user_error)
+    monkeypatch.setattr("facerep.train.pretrain.pretrain", user_error)
     assert main(["pretrain"]) == 2
     assert capsys.readouterr().err == "facerep: error: data.path: no such folder\n"
 

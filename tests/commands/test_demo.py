@@ -2,12 +2,12 @@ import json
 
 import pytest
 
+from facerep.apps.lowlabel import LowLabelConfig
+from facerep.apps.readouts import ReadoutConfig
 from facerep.backbones import build_backbone, export_backbone
 from facerep.commands.cli import main
 from facerep.commands.demo import DemoConfig, comparison_table, ranking_check, run_curve, run_demo, summarise
 from facerep.config import ConfigError, load_config
-from facerep.engine.frozen import ReadoutConfig
-from facerep.engine.lowlabel import LowLabelConfig
 from facerep.runtime.checkpoint import CheckpointError
 
 TINY_PRETRAIN = [

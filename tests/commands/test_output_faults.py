@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-import facerep.engine.predict as engine_predict
+import facerep.apps.predict as engine_predict
 from facerep.backbones import export_backbone
 from facerep.backbones.vit import build_vit
 from facerep.commands.cli import main
@@ -32,9 +32,9 @@ TINY_FINETUNE = [
 ]  # fmt: skip
 # each subcommand (with the arguments it needs to start) and the function it runs
 COMMANDS = {
-    "pretrain": "facerep.engine.trainer.pretrain",
-    "finetune": "facerep.engine.finetune.finetune",
-    "evaluate checkpoint=x": "facerep.engine.evaluate.evaluate",
+    "pretrain": "facerep.train.pretrain.pretrain",
+    "finetune": "facerep.train.finetune.finetune",
+    "evaluate checkpoint=x": "facerep.train.evaluate.evaluate",
     "probe": "facerep.commands.probe.run_probe",
     "zeroshot": "facerep.commands.zeroshot.run_zeroshot",
     "heatmaps": "facerep.commands.heatmaps.run_heatmaps",

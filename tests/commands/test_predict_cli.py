@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import facerep.engine.predict as engine_predict
+import facerep.apps.predict as engine_predict
+from facerep.apps.predict import NON_FINITE
 from facerep.backbones import export_backbone
 from facerep.backbones.vit import build_vit
 from facerep.commands.cli import main
 from facerep.data.detect import Detection
 from facerep.data.scenes import render_scene
-from facerep.engine.predict import NON_FINITE
 
 TINY = [
     "data.image_size=64", "data.num_workers=0", "data.options.size=64", "data.train_options.length=16",
@@ -114,7 +114,7 @@ def test_predict_alignment_on_photos_a_folder_and_a_video(tmp_path, backbone, ca
         overlay = Image.open((out / stem).parent / doc["overlay"])  # file names are relative to the JSON
         assert overlay.size == (640, 480)
     # a 2-epoch model on 16 faces has not learned landmarks (NME 0.54 on the 4 faces MTCNN finds), but they
-    # are in photo coordinates, on the face (exactness of the mapping: tests/engine/test_predict.py)
+    # are in photo coordinates, on the face (exactness of the mapping: tests/apps/test_predict.py)
     assert np.mean(errors) < 0.8
     empty = json.loads((out / "more" / "empty.json").read_text())
     assert empty["faces"] == [] and empty["message"] == "no face found"

@@ -11,12 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
+from facerep.apps.zeroshot import CLIP_MEAN, CLIP_STD
 from facerep.backbones import build_vit
 from facerep.commands.cli import main
 from facerep.commands.zeroshot import ZeroShotConfig
 from facerep.config import load_config
 from facerep.data.synthetic import ATTRIBUTES
-from facerep.engine.zeroshot import CLIP_MEAN, CLIP_STD
 from facerep.models.clip import CLIPModel, save_clip
 from facerep.models.text import TextArch
 

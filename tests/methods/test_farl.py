@@ -16,12 +16,12 @@ from facerep import load_backbone, load_clip
 from facerep.config import ConfigError, PretrainConfig, load_config
 from facerep.data.masking import BlockMasking, RandomMasking
 from facerep.data.views import random_masks
-from facerep.engine.trainer import pretrain
 from facerep.losses.clip import clip_contrastive_loss
 from facerep.methods import build_method
 from facerep.methods.farl import FaRL
 from facerep.models.clip import CLIP_FILE
 from facerep.models.dvae import DVAEEncoder
+from facerep.train.pretrain import pretrain
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SMALL = [

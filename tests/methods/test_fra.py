@@ -13,7 +13,6 @@ from facerep.commands.cli import main
 from facerep.config import ConfigError, PretrainConfig, load_config
 from facerep.data.transforms import BYOLAugment
 from facerep.data.views import draw_sample
-from facerep.engine.trainer import Trainer
 from facerep.losses.byol import byol_loss, region_consistency_loss
 from facerep.losses.clustering import cluster_assignment_loss
 from facerep.methods import build_method
@@ -21,6 +20,7 @@ from facerep.methods.fra import FRA
 from facerep.models.regions import pointwise
 from facerep.runtime.distributed import init_distributed
 from facerep.runtime.optim import LARS
+from facerep.train.pretrain import Trainer
 from lars_reference import fra_excluded_by_name, reference_lars
 
 FRA_TINY = (

@@ -28,17 +28,17 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-import facerep.engine.finetune as finetune_module
+import facerep.train.finetune as finetune_module
 from facerep.backbones.vit import MaskedViT, build_vit
 from facerep.config import FinetuneConfig, load_config
 from facerep.data.downstream import WFLW, build_dataset
-from facerep.engine.finetune import Finetuner, finetune_backbone, lr_schedule, sync_batchnorm_wanted
 from facerep.metrics.landmarks import ced_auc_fr
 from facerep.models.batchnorm import GlobalBatchNorm, sync_batchnorm
 from facerep.models.dense import UPerHead
 from facerep.runtime.distributed import init_distributed
 from facerep.tasks import build_task
 from facerep.tasks.alignment import gaussian_heatmaps, soft_argmax
+from facerep.train.finetune import Finetuner, finetune_backbone, lr_schedule, sync_batchnorm_wanted
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 FARL_RECIPES = ("aflw19", "wflw", "300w", "lapa", "celebamask_hq")

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from facerep.config import PretrainConfig, load_config
-from facerep.engine.trainer import resolve_accumulation
 from facerep.methods import build_method
+from facerep.train.pretrain import resolve_accumulation
 
 RECIPE = Path(__file__).parents[2] / "configs" / "mcf_vit_base_patch16.yaml"
 

@@ -1,1 +1,2 @@
-"""The ``facerep`` command line and the commands that are more than a call into the engine (bench, demo)."""
+"""The ``facerep`` command line (``cli``) and each command's typed config and run function, on top of
+``facerep.train`` and ``facerep.apps``."""

@@ -25,9 +25,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from facerep.config import DataConfig, PretrainConfig
 from facerep.data.loader import build_pretrain_loader
 from facerep.data.views import random_masks
-from facerep.engine.trainer import Trainer
 from facerep.runtime.atomic import atomic_write_json
 from facerep.runtime.distributed import init_distributed
+from facerep.train.pretrain import Trainer
 
 
 @dataclass

@@ -62,19 +62,19 @@ _BENCH_DESCRIPTION = (
 
 COMMANDS: list[Command] = [
     Command(
-        "pretrain", "facerep.config:PretrainConfig", "facerep.engine.trainer:pretrain",
+        "pretrain", "facerep.config:PretrainConfig", "facerep.train.pretrain:pretrain",
         "pre-train a face backbone (MCF, MAE, FaRL, FRA, BYOL)",
         "Pre-train a backbone. Defaults: MCF, tiny ViT, synthetic faces, CPU-sized. "
         "Rerun with the same output_dir to resume.",
     ),
     Command(
-        "finetune", "facerep.config:FinetuneConfig", "facerep.engine.finetune:finetune",
+        "finetune", "facerep.config:FinetuneConfig", "facerep.train.finetune:finetune",
         "fine-tune a backbone on face alignment, parsing or classification (FaRL protocol)",
         "facerep finetune [-c CONFIG] task=alignment|parsing|classification dataset=NAME "
         "data.root=PATH backbone=PATH|random output_dir=DIR [KEY=VALUE ...]",
     ),
     Command(
-        "evaluate", "facerep.config:EvaluateConfig", "facerep.engine.evaluate:evaluate",
+        "evaluate", "facerep.config:EvaluateConfig", "facerep.train.evaluate:evaluate",
         "score a fine-tuned checkpoint; optional overlays",
         "facerep evaluate checkpoint=PATH [dataset=NAME data.root=PATH split=test overlays=N]",
         config_file=False,

@@ -18,10 +18,10 @@ Every pre-training of the MAE chain (stage, mae, mcf) runs its method's publishe
 the recipe's); the ``scratch`` rows run their recipe with the row's overrides; ``pretrain_overrides`` apply
 to every pre-training.
 
-Every backbone is then evaluated frozen (:mod:`facerep.engine.frozen`: ridge landmarks, per-token linear
+Every backbone is then evaluated frozen (:mod:`facerep.apps.readouts`: ridge landmarks, per-token linear
 parsing decoder, linear attribute probe) against trivial baselines that never look at the test image; a row
 whose mean does not beat the baseline is flagged. Every row but ``lowlabel_skip`` is also fine-tuned end
-to end on few labelled faces (:mod:`facerep.engine.lowlabel`: ``lowlabel.sizes``, equal step budgets, the
+to end on few labelled faces (:mod:`facerep.apps.lowlabel`: ``lowlabel.sizes``, equal step budgets, the
 learning rate chosen on a validation split of the labelled faces). The numbers compare representations
 under one tiny budget on synthetic data; they are not benchmark results.
 """
@@ -42,18 +42,18 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
+from facerep.apps.lowlabel import LowLabelConfig, labelled_split, lowlabel_finetune
+from facerep.apps.readouts import FaceSet, ReadoutConfig, evaluate_frozen, render_split, trivial_baselines
 from facerep.backbones import arch_record, backbone_from_record, load_backbone
 from facerep.backbones.io import resolve_weights
 from facerep.config import ConfigError, PretrainConfig, check_choice, load_config
-from facerep.engine.frozen import FaceSet, ReadoutConfig, evaluate_frozen, render_split, trivial_baselines
-from facerep.engine.lowlabel import LowLabelConfig, labelled_split, lowlabel_finetune
-from facerep.engine.trainer import pretrain
 from facerep.methods import METHODS, build_method
 from facerep.methods.base import build_encoder
 from facerep.methods.mcf import resize_square
 from facerep.runtime.atomic import atomic_write_bytes, atomic_write_json
 from facerep.runtime.checkpoint import CheckpointError
 from facerep.runtime.errors import one_line
+from facerep.train.pretrain import pretrain
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
@@ -121,7 +121,7 @@ class DemoConfig:
     train_length: int = 1000  # faces the read-outs are fitted on
     test_length: int = 500  # faces they are scored on
     readout: ReadoutConfig = field(default_factory=ReadoutConfig)
-    # the low-label fine-tuning column (engine/lowlabel.py): every row but these, at every lowlabel.sizes
+    # the low-label fine-tuning column (apps/lowlabel.py): every row but these, at every lowlabel.sizes
     lowlabel: LowLabelConfig = field(default_factory=LowLabelConfig)
     lowlabel_skip: list[str] = field(default_factory=lambda: ["mae-stage"])  # the start of mae and mcf
     pretrain_overrides: list[str] = field(default_factory=list)  # extra KEY=VALUE for every pre-training

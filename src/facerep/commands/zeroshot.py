@@ -3,7 +3,7 @@
 ``facerep zeroshot backbone=CLIP_FILE dataset=NAME [root=DIR] [split=test] [-c configs/zeroshot_*.yaml]``,
 ``NAME`` a classification set of the dataset registry (:func:`classification_sets`: celeba_attr, rafdb,
 affectnet, generic, synthetic_attributes, and any plugged in), scores prompt classifiers
-(:mod:`facerep.engine.zeroshot`):
+(:mod:`facerep.apps.zeroshot`):
 single-label sets report accuracy and mean class accuracy beside the most frequent class of the split,
 multi-label sets mean attribute accuracy (as fine-tuning does), balanced accuracy and ROC-AUC per
 attribute and their means beside each attribute's majority value on the split.
@@ -28,13 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from facerep.config import IMAGENET_MEAN, IMAGENET_STD, ConfigError, check_choice, to_dict, to_yaml
-from facerep.data.downstream import DATASETS, build_dataset
-from facerep.data.downstream.synthetic import SPLIT_SEEDS
-from facerep.data.downstream.transforms import AugmentConfig, ClassificationTransform
-from facerep.data.sources import FolderSource, SyntheticSource
-from facerep.data.transforms import PretrainTransform
-from facerep.engine.zeroshot import (
+from facerep.apps.zeroshot import (
     CLIP_MEAN,
     CLIP_STD,
     RECALL_KS,
@@ -44,6 +38,12 @@ from facerep.engine.zeroshot import (
     recorded_normalization,
     resolve_prompts,
 )
+from facerep.config import IMAGENET_MEAN, IMAGENET_STD, ConfigError, check_choice, to_dict, to_yaml
+from facerep.data.downstream import DATASETS, build_dataset
+from facerep.data.downstream.synthetic import SPLIT_SEEDS
+from facerep.data.downstream.transforms import AugmentConfig, ClassificationTransform
+from facerep.data.sources import FolderSource, SyntheticSource
+from facerep.data.transforms import PretrainTransform
 from facerep.models.clip import clip_file, load_clip
 from facerep.runtime.atomic import atomic_write_json
 from facerep.runtime.distributed import resolve_device

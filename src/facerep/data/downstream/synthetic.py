@@ -36,7 +36,7 @@ assert SYNTHETIC_DATASET_SEED not in SPLIT_SEEDS.values()
 
 # Where the synthetic renderer puts the five points, as (x + 0.5) / size (the geometry does not depend on the
 # render size): the mean over the 2000 faces of synthetic_alignment's train split at 128 px, rounded to 4
-# decimals (tests/engine/test_predict.py recomputes it).
+# decimals (tests/apps/test_predict.py recomputes it).
 SYNTHETIC_FIVE_POINTS = np.array(
     [[0.3969, 0.4092], [0.5991, 0.4093], [0.4971, 0.5188], [0.4126, 0.5998], [0.5823, 0.6000]]
 )

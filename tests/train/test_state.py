@@ -1,4 +1,4 @@
-"""The checkpoint record (engine/state.py): the on-disk keys are the file format, resume restores in place."""
+"""The checkpoint record (train/state.py): the on-disk keys are the file format, resume restores in place."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from facerep.config import ConfigError, PretrainConfig, load_config, to_dict
-from facerep.engine.state import FinetuneState, PretrainState
 from facerep.runtime.checkpoint import CheckpointError, capture_rng, load_checkpoint, save_checkpoint
+from facerep.train.state import FinetuneState, PretrainState
 
 
 def _pretrain_state(model: nn.Module, opt: torch.optim.Optimizer, cfg: PretrainConfig) -> PretrainState:

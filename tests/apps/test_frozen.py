@@ -5,9 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from facerep.backbones import build_backbone
-from facerep.data.synthetic import ATTRIBUTES, LAPA_CLASSES
-from facerep.engine.frozen import (
+from facerep.apps.readouts import (
     RIDGE_GRID,
     FaceSet,
     Features,
@@ -21,6 +19,8 @@ from facerep.engine.frozen import (
     ridge_loo,
     trivial_baselines,
 )
+from facerep.backbones import build_backbone
+from facerep.data.synthetic import ATTRIBUTES, LAPA_CLASSES
 
 
 def test_ridge_matches_the_primal_solution_and_brute_force_leave_one_out():
@@ -129,7 +129,7 @@ def test_parsing_decoder_fit_minimises_the_pixel_shuffled_soft_cross_entropy(mon
         seen.append(float(loss_fn().detach()))
         return seen
 
-    monkeypatch.setattr("facerep.engine.frozen.lbfgs_fit", one_step)
+    monkeypatch.setattr("facerep.apps.readouts.lbfgs_fit", one_step)
     weight, bias, _ = fit_parsing_decoder(x, target, 0.01, 1)
     logits = F.pixel_shuffle(torch.einsum("ncij,oc->noij", x, weight) + bias, 2)
     expected = -(target * F.log_softmax(logits, dim=1)).sum(1).mean() + 0.01 * weight.pow(2).sum()

@@ -17,11 +17,11 @@ from PIL import Image
 from skimage import data as skdata
 from torch import Tensor, nn
 
+from facerep.apps.facer import FACER_MODELS, FarlFeatures, facer_crop, load_facer
 from facerep.backbones.clip_layout import vit_to_clip
 from facerep.backbones.vit import CLIP_TOWER, ViTArch, build_vit
 from facerep.commands.cli import main
 from facerep.data.detect import DETECTORS, Detection
-from facerep.engine.facer import FACER_MODELS, FarlFeatures, facer_crop, load_facer
 from facerep.models.dense import FPNAdapters
 
 S = 448

@@ -13,9 +13,9 @@ from facerep.backbones.resnet import ResNet
 from facerep.backbones.vit import build_vit
 from facerep.commands.cli import main
 from facerep.config import ConfigError, FinetuneConfig, load_config
-from facerep.engine.finetune import Finetuner, finetune
 from facerep.runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from facerep.runtime.distributed import init_distributed
+from facerep.train.finetune import Finetuner, finetune
 
 DEAD_PID = 99_999_999  # above any pid_max (Linux: at most 2**22): no process has it
 TASKS = {

@@ -250,7 +250,7 @@ def _probe(net: nn.Module, features: nn.Module | None) -> FacerSetting | None:
 
 
 def facer_spec(setting: FacerSetting) -> dict[str, Any]:
-    """What :class:`~facerep.engine.predict.Predictor` reads of a model's spec, for a facer model."""
+    """What :class:`~facerep.apps.predict.Predictor` reads of a model's spec, for a facer model."""
     return {
         "task": setting.task,
         "dataset": f"facer:{setting.name}",

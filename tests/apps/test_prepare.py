@@ -20,15 +20,15 @@ import pytest
 import torch
 from PIL import Image
 
+from facerep.apps.prepare import CRASH_ENV, DetectionIndex, build_detection_index, plan_units
 from facerep.commands.prepare import PrepareConfig, run_prepare
 from facerep.config import ConfigError, DataConfig, load_config
 from facerep.data.crop import CropConfig, apply_transform, select_faces, warp_face
 from facerep.data.detect import Detection
 from facerep.data.loader import dataset_length
 from facerep.data.scenes import render_scene, write_scene_shards
-from facerep.engine.prepare import CRASH_ENV, DetectionIndex, build_detection_index, plan_units
-from facerep.engine.trainer import pretrain
 from facerep.runtime.errors import FacerepError
+from facerep.train.pretrain import pretrain
 
 SEED, SCENES, SHARD = 3, 24, 6  # four input shards of six scenes
 SHARDS = "{00000..00003}.tar"

@@ -25,9 +25,9 @@ from facerep.config import ConfigError, PretrainConfig, load_config
 from facerep.data.downstream.synthetic import SPLIT_SEEDS
 from facerep.data.synthetic import LAPA_CLASSES, SyntheticFace, render_face
 from facerep.data.transforms import build_pretrain_transform
-from facerep.engine.state import PretrainState
 from facerep.methods import METHODS, PretrainMethod, build_method
 from facerep.runtime.checkpoint import load_checkpoint
+from facerep.train.state import PretrainState
 from facerep.viz import palette
 
 

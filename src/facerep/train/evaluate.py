@@ -15,11 +15,11 @@ from facerep.backbones import backbone_from_record
 from facerep.backbones.base import load_strict
 from facerep.config import ConfigError, EvaluateConfig, FinetuneConfig
 from facerep.data.downstream import build_dataset
-from facerep.engine.state import FinetuneState
 from facerep.runtime.atomic import atomic_write_json
 from facerep.runtime.checkpoint import load_checkpoint
 from facerep.runtime.distributed import init_distributed
 from facerep.tasks import Task, TaskDataset, build_task, collate_samples
+from facerep.train.state import FinetuneState
 
 
 def format_results(results: dict) -> str:

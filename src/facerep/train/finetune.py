@@ -12,7 +12,7 @@ another config, or whose model does not fit the checkpoint (the backbone file ch
 error, and the temporaries of writes a killed run left are removed at start.
 ``data.sampler=balanced`` (single-label classification) draws every class equally often, with replacement
 (:class:`~facerep.data.loader.BalancedSampler`, seeded per epoch, split across DDP ranks). The
-optimizer step is the shared :class:`~facerep.engine.step.StepLoop` (so fp16 gets a loss scaler here too).
+optimizer step is the shared :class:`~facerep.train.step.StepLoop` (so fp16 gets a loss scaler here too).
 """
 
 from __future__ import annotations
@@ -40,9 +40,6 @@ from facerep.config import (
 )
 from facerep.data.downstream import build_dataset
 from facerep.data.loader import BalancedSampler, class_labels
-from facerep.engine.evaluate import format_results
-from facerep.engine.state import FinetuneState
-from facerep.engine.step import NonFiniteLossError, StepLoop, move_to
 from facerep.models.batchnorm import sync_batchnorm
 from facerep.models.ema import ema_update_
 from facerep.runtime.atomic import atomic_write_json
@@ -52,6 +49,9 @@ from facerep.runtime.optim import decayed, no_weight_decay_names
 from facerep.runtime.run_log import MetricsLog, Progress, start_run
 from facerep.runtime.schedules import Schedule
 from facerep.tasks import Task, TaskDataset, build_task, collate_samples
+from facerep.train.evaluate import format_results
+from facerep.train.state import FinetuneState
+from facerep.train.step import NonFiniteLossError, StepLoop, move_to
 
 # config keys a resumed fine-tune may change (check_same_run): where it writes, what runs it, how it reports,
 # and train.epochs: a finished run continues with more epochs (the unfinished ones only)

@@ -12,6 +12,14 @@ import torch
 from PIL import Image
 
 from facerep import Predictor
+from facerep.apps.predict import (
+    MEAN_SHAPE_68,
+    NON_FINITE,
+    SYNTHETIC_FIVE_POINTS,
+    draw_result,
+    estimate_box,
+    mean_shape_landmarks,
+)
 from facerep.backbones import export_backbone
 from facerep.backbones.vit import build_vit
 from facerep.config import ConfigError, FinetuneConfig, load_config
@@ -27,15 +35,7 @@ from facerep.data.downstream.transforms import (
 from facerep.data.scenes import render_scene
 from facerep.data.synthetic import ATTRIBUTES, LAPA_CLASSES, render_face
 from facerep.data.transforms import BadImage
-from facerep.engine.finetune import finetune
-from facerep.engine.predict import (
-    MEAN_SHAPE_68,
-    NON_FINITE,
-    SYNTHETIC_FIVE_POINTS,
-    draw_result,
-    estimate_box,
-    mean_shape_landmarks,
-)
+from facerep.train.finetune import finetune
 
 DATASETS = {"alignment": "synthetic_alignment", "parsing": "synthetic_parsing",
             "classification": "synthetic_attributes"}  # fmt: skip

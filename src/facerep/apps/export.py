@@ -3,11 +3,11 @@
 ``onnx``: the legacy TorchScript-based ``torch.onnx.export`` (``dynamo=False``: the dynamo exporter needs
 ``onnxscript``) at an opset from :data:`MIN_OPSET` (the ViTs' fused attention) to the newest torch writes,
 one input ``image`` ``[N, 3, S, S]`` (normalised as the spec says) with a dynamic batch axis,
-one output (:class:`~facerep.engine.predict.ExportModel`: the task's ``export_output``, e.g. ``landmarks``
+one output (:class:`~facerep.apps.predict.ExportModel`: the task's ``export_output``, e.g. ``landmarks``
 or ``logits``). ``torchscript``:
 ``torch.jit.trace`` of the same module. ``safetensors``: the task model's state dict (rebuilt from the spec's
-arch record and fine-tuning config by :class:`~facerep.engine.predict.Predictor`). Each file gets the
-sidecar ``<file>.json``: :func:`~facerep.engine.predict.model_spec` plus the format and the parity check.
+arch record and fine-tuning config by :class:`~facerep.apps.predict.Predictor`). Each file gets the
+sidecar ``<file>.json``: :func:`~facerep.apps.predict.model_spec` plus the format and the parity check.
 
 Parity: random normalised batches (one per size in ``batches``) run through PyTorch, whose output must have
 the shape the task declares, and through the export (onnxruntime, the loaded TorchScript file, the rebuilt
@@ -32,14 +32,14 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.onnx._constants import ONNX_MAX_OPSET
 
-from facerep.config import check_range
-from facerep.engine.predict import (
+from facerep.apps.predict import (
     INPUT_NAME,
     ExportModel,
     build_model,
     load_finetuned,
     sidecar_path,
 )
+from facerep.config import check_range
 from facerep.runtime.atomic import atomic_save, atomic_write_json
 from facerep.runtime.errors import FacerepError
 

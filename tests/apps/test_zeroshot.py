@@ -14,12 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from facerep.commands.zeroshot import ZeroShotConfig
-from facerep.config import ConfigError, load_config
-from facerep.data.captions import ATTRIBUTE_PHRASES, attribute_prompt
-from facerep.data.downstream import RAFDB_CLASSES
-from facerep.data.synthetic import ATTRIBUTES
-from facerep.engine.zeroshot import (
+from facerep.apps.zeroshot import (
     CLASS_TEMPLATES,
     RAFDB_PROMPTS,
     attribute_scores,
@@ -32,6 +27,11 @@ from facerep.engine.zeroshot import (
     retrieval_recall,
     text_classifier,
 )
+from facerep.commands.zeroshot import ZeroShotConfig
+from facerep.config import ConfigError, load_config
+from facerep.data.captions import ATTRIBUTE_PHRASES, attribute_prompt
+from facerep.data.downstream import RAFDB_CLASSES
+from facerep.data.synthetic import ATTRIBUTES
 from facerep.metrics.classification import roc_auc
 from facerep.tasks.classification import classification_scores
 

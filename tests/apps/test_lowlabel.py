@@ -8,10 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from facerep.backbones import build_backbone
-from facerep.data.synthetic import ATTRIBUTES
-from facerep.engine.frozen import FaceSet, ReadoutConfig, pyramid_tokens, render_split, ridge_loo
-from facerep.engine.lowlabel import (
+from facerep.apps.lowlabel import (
     LowLabelConfig,
     choose_lrs,
     half_decade,
@@ -20,6 +17,9 @@ from facerep.engine.lowlabel import (
     multitask_loss,
     probed,
 )
+from facerep.apps.readouts import FaceSet, ReadoutConfig, pyramid_tokens, render_split, ridge_loo
+from facerep.backbones import build_backbone
+from facerep.data.synthetic import ATTRIBUTES
 
 SIZE = 32
 
@@ -153,8 +153,8 @@ def test_the_rate_grid_goes_on_past_an_edge_a_task_chooses(faces, monkeypatch):
             "attributes": {"accuracy": -model.rate},
         }
 
-    monkeypatch.setattr("facerep.engine.lowlabel.finetune_heads", tuned)
-    monkeypatch.setattr("facerep.engine.lowlabel.score", scored)
+    monkeypatch.setattr("facerep.apps.lowlabel.finetune_heads", tuned)
+    monkeypatch.setattr("facerep.apps.lowlabel.score", scored)
     train, test = faces
     cfg = tiny_cfg(lrs=[3e-5, 1e-4, 3e-4], extend=3)
     result = lowlabel_finetune(tiny_vit(), train, test, 12, cfg, seed=0)

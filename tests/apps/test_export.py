@@ -11,15 +11,15 @@ import torch
 from torch import nn
 
 from facerep import Predictor
+from facerep.apps.export import ExportError, FixedAdaptiveAvgPool2d, export_model, onnx_ready
 from facerep.backbones import export_backbone
 from facerep.backbones.vit import build_vit
 from facerep.commands.cli import main
 from facerep.config import FinetuneConfig, load_config
 from facerep.data.detect import Detection
 from facerep.data.scenes import render_scene
-from facerep.engine.export import ExportError, FixedAdaptiveAvgPool2d, export_model, onnx_ready
-from facerep.engine.finetune import finetune
 from facerep.runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from facerep.train.finetune import finetune
 
 DATASETS = {"alignment": "synthetic_alignment", "parsing": "synthetic_parsing",
             "classification": "synthetic_attributes"}  # fmt: skip

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from facerep.apps.heatmaps import best_matches, grid_assignment, region_iou, spread
 from facerep.data.synthetic import LAPA_CLASSES
-from facerep.engine.regions import best_matches, grid_assignment, region_iou, spread
 
 
 def test_region_iou_by_hand():

@@ -10,9 +10,9 @@ from timm.layers import resample_abs_pos_embed
 
 from facerep.commands.cli import main
 from facerep.config import FinetuneConfig, load_config
-from facerep.engine.finetune import Finetuner
 from facerep.runtime.checkpoint import load_checkpoint
 from facerep.runtime.distributed import init_distributed
+from facerep.train.finetune import Finetuner
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ What it guarantees:
 * AdamW or LARS (``train.optimizer``; the method's rule for which parameters get weight decay),
   ``lr = blr * effective batch / 256``,
   per-iteration linear warm-up then cosine, gradient accumulation, bf16 autocast on GPU (the shared
-  :class:`~facerep.engine.step.StepLoop`);
+  :class:`~facerep.train.step.StepLoop`);
 * batches carry what the method declared (views, masks), drawn by the data pipeline;
 * BatchNorm over all processes when the method's reference synchronises it (``sync_batchnorm``), and a
   warning at start when accumulation gives its batch statistics the micro-batch only;
@@ -41,8 +41,6 @@ from facerep.config import (
     to_yaml,
 )
 from facerep.data.loader import build_pretrain_loader, dataset_length
-from facerep.engine.state import PretrainState
-from facerep.engine.step import NonFiniteLossError, StepLoop, move_to
 from facerep.methods import METHODS, PretrainMethod, build_method
 from facerep.methods.base import with_recipe
 from facerep.models.batchnorm import sync_batchnorm
@@ -61,6 +59,8 @@ from facerep.runtime.distributed import (
 from facerep.runtime.optim import build_optimizer
 from facerep.runtime.run_log import MetricsLog, Progress, start_run
 from facerep.runtime.schedules import cosine_schedule
+from facerep.train.state import PretrainState
+from facerep.train.step import NonFiniteLossError, StepLoop, move_to
 
 MAX_SKIPPED_NAMES = 5
 # config keys a resumed run may change: where it writes, what runs it, how it reports (check_same_run)

@@ -82,7 +82,7 @@ class RunState:
 
 @dataclass
 class PretrainState(RunState):
-    """A pre-training run (``engine.trainer``)."""
+    """A pre-training run (``train.pretrain``)."""
 
     method: str
     arch: dict[str, Any]  # backbones.arch_record of the encoder
@@ -96,7 +96,7 @@ class PretrainState(RunState):
 
 @dataclass
 class FinetuneState(RunState):
-    """A fine-tuning run (``engine.finetune``)."""
+    """A fine-tuning run (``train.finetune``)."""
 
     task: str
     arch: dict[str, Any]

@@ -4,7 +4,7 @@ model on batches of faces and map its landmarks and masks back to the photo (:cl
 The model comes from a fine-tuning run (its directory or ``finetune.pt``; EMA weights when present) or from
 a ``facerep export`` (``model.onnx``, ``model.torchscript.pt`` or ``model.safetensors`` beside the sidecar
 ``<file>.json`` holding :func:`model_spec`), or is one of facer's released TorchScript parsers and aligners
-(cropped, run and read as facer does: :mod:`facerep.engine.facer`). ONNX runs with onnxruntime alone: the
+(cropped, run and read as facer does: :mod:`facerep.apps.facer`). ONNX runs with onnxruntime alone: the
 crop and the mapping back are facerep's geometry (:mod:`facerep.geometry`,
 :mod:`facerep.data.downstream.transforms`), never the model classes.
 
@@ -74,6 +74,8 @@ from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from facerep.apps.facer import CROP as FACER_CROP
+from facerep.apps.facer import FACER_MODELS, facer_crop, load_facer, setting_by_file_name
 from facerep.backbones import backbone_from_record
 from facerep.backbones.base import load_strict
 from facerep.backbones.io import is_torchscript
@@ -84,9 +86,6 @@ from facerep.data.downstream import DATASETS, build_dataset
 from facerep.data.downstream.base import DEFAULT_EXPAND, Framing
 from facerep.data.downstream.synthetic import SYNTHETIC_FIVE_POINTS
 from facerep.data.transforms import BadImage, decode_image
-from facerep.engine.facer import CROP as FACER_CROP
-from facerep.engine.facer import FACER_MODELS, facer_crop, load_facer, setting_by_file_name
-from facerep.engine.state import FinetuneState
 from facerep.geometry import (
     MEAN_SHAPE_68,
     apply_transform,
@@ -106,6 +105,7 @@ from facerep.runtime.distributed import resolve_device
 from facerep.runtime.errors import FacerepError
 from facerep.tasks import TASKS, Task, build_task
 from facerep.tasks.base import FaceCrop, Layout
+from facerep.train.state import FinetuneState
 from facerep.viz import palette
 
 __all__ = [
@@ -326,7 +326,7 @@ def load_runner(
 ) -> tuple[Callable[[Tensor], np.ndarray], dict]:
     """A callable ``[N, 3, S, S] -> numpy output`` and the spec, for a run dir, ``finetune.pt``, export, or
     one of facer's TorchScript models (``facer`` names it; a file named as facer's releases, or a TorchScript
-    file without an export spec, is taken for one: see :func:`~facerep.engine.facer.load_facer`)."""
+    file without an export spec, is taken for one: see :func:`~facerep.apps.facer.load_facer`)."""
     path = Path(checkpoint)
     if not path.exists():
         raise ConfigError(f"checkpoint={checkpoint}: no such file or directory")
@@ -364,7 +364,7 @@ class Predictor:
 
     ``checkpoint``: a fine-tuning run directory, its ``finetune.pt``, or a ``facerep export`` file
     (``.onnx``, TorchScript, ``.safetensors``) with its ``<file>.json`` spec, or a facer TorchScript model
-    (``facer``: its name, see :data:`~facerep.engine.facer.FACER_MODELS`). ``detector``: a name for
+    (``facer``: its name, see :data:`~facerep.apps.facer.FACER_MODELS`). ``detector``: a name for
     :func:`~facerep.data.detect.build_detector` (with ``detector_options``) or a callable
     ``image [H, W, 3] uint8 -> list[Detection]``, built on first use. ``box_scale`` / ``framing`` override
     the spec's crop (see the module docstring). Faces the detector scores below ``min_score`` are not
@@ -491,7 +491,7 @@ class Predictor:
         return faces
 
     def _facer_face(self, photo: Tensor, det: Detection) -> FaceCrop:
-        """facer's crop of ``det`` (:func:`~facerep.engine.facer.facer_crop`), with ``back`` the task's pick
+        """facer's crop of ``det`` (:func:`~facerep.apps.facer.facer_crop`), with ``back`` the task's pick
         (:meth:`~facerep.tasks.base.Task.crop_map`) of its photo -> crop matrix (``warp``) and inverse
         (``crop_to_image``)."""
         if det.points is None:

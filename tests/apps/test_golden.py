@@ -14,13 +14,13 @@ import json
 import pytest
 import torch
 
-import facerep.engine.trainer as trainer_module
+import facerep.train.pretrain as trainer_module
 from facerep.backbones import export_backbone
 from facerep.backbones.vit import build_vit
 from facerep.config import FinetuneConfig, PretrainConfig, load_config
-from facerep.engine.finetune import finetune
-from facerep.engine.trainer import Trainer
 from facerep.runtime.distributed import init_distributed
+from facerep.train.finetune import finetune
+from facerep.train.pretrain import Trainer
 
 TINY = [
     "model.arch=vit_tiny_patch16_224", "model.depth=2", "model.embed_dim=64", "model.num_heads=2",

@@ -34,8 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from facerep.data.synthetic import ATTRIBUTES, LAPA_CLASSES
-from facerep.engine.frozen import (
+from facerep.apps.readouts import (
     FaceSet,
     ReadoutConfig,
     attributes_accuracy,
@@ -47,9 +46,10 @@ from facerep.engine.frozen import (
     ridge_fit,
     soft_targets,
 )
-from facerep.engine.step import StepLoop
+from facerep.data.synthetic import ATTRIBUTES, LAPA_CLASSES
 from facerep.runtime.optim import build_optimizer, split_param_groups, timm_excluded
 from facerep.runtime.schedules import Schedule
+from facerep.train.step import StepLoop
 
 # task -> (validation metric key, higher is better)
 SCORES: dict[str, tuple[str, bool]] = {
@@ -102,7 +102,7 @@ def labelled_split(train_set: FaceSet, n: int, val_fraction: float, seed: int) -
 class ReadoutHeads(nn.Module):
     """A backbone with the frozen read-outs' three linear heads, trained end to end.
 
-    The tokens (:func:`~facerep.engine.frozen.pyramid_tokens`, ``[N, C, G, G]``) are batch-normalised
+    The tokens (:func:`~facerep.apps.readouts.pyramid_tokens`, ``[N, C, G, G]``) are batch-normalised
     without affine parameters (the frozen read-outs z-score them); then
 
     * landmarks: one linear map of all tokens to the 68 standardised coordinates ``[N, 136]``;

@@ -25,6 +25,7 @@ import pytest
 import torch
 from PIL import Image
 
+from facerep.apps.prepare import LOCK_NAME, output_lock
 from facerep.commands.cli import main
 from facerep.commands.prepare import PrepareConfig, run_prepare
 from facerep.config import load_config
@@ -32,7 +33,6 @@ from facerep.data.crop import ImageTooLarge, decode_bgr
 from facerep.data.sources import DataError
 from facerep.data.synthetic import render_face
 from facerep.data.transforms import BadImage
-from facerep.engine.prepare import LOCK_NAME, output_lock
 from facerep.runtime.untrusted import NotRegularFile, as_int, json_depth, loads_json, read_json, read_regular
 
 DEEP = b"[" * 200_000 + b"]" * 200_000

@@ -11,10 +11,10 @@ from safetensors.torch import load_file
 from facerep.backbones import build_backbone, export_backbone
 from facerep.commands.cli import main
 from facerep.config import ConfigError, PretrainConfig, load_config
-from facerep.engine.trainer import NonFiniteLossError, Trainer, pretrain
 from facerep.methods.base import build_encoder
 from facerep.runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from facerep.runtime.distributed import init_distributed
+from facerep.train.pretrain import NonFiniteLossError, Trainer, pretrain
 
 DEAD_PID = 99_999_999  # above any pid_max (Linux: at most 2**22): no process has it
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from facerep.commands.cli import main
-from facerep.engine import finetune as finetune_module
 from facerep.runtime.checkpoint import load_checkpoint
+from facerep.train import finetune as finetune_module
 
 
 @pytest.mark.slow
