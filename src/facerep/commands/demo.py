@@ -617,12 +617,16 @@ def run_demo(cfg: DemoConfig) -> dict:
 
 def curve_plot(points: dict[int, dict], stage_steps: int, path: Path) -> None:
     """One panel per read-out: each trained row's frozen score (mean +- std) against its total pre-training
-    steps (``stage_steps`` + the point's steps; the stage at ``stage_steps``), random init as a band."""
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.4 * len(METRICS), 3.8))
+    steps (``stage_steps`` + the point's steps; the stage at ``stage_steps``); the untrained rows (random init
+    of each architecture, the calibration pair) as horizontal lines; one legend under the panels."""
     first = next(iter(points.values()))["frozen"]
     untrained = ("(the teacher itself)", "(random twin)")
-    fixed = [row for row in first if row == "random" or row.endswith(untrained)]
+    fixed = [row for row in first if row == "random" or row.startswith("random (") or row.endswith(untrained)]
     trained = [row for row in first if row not in fixed]
+    columns = 5
+    legend_rows = -(-(len(fixed) + len(trained)) // columns)
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4.4 * len(METRICS), 3.6 + 0.25 * legend_rows))
+    styles = ("-", "--", ":", "-.", (0, (1, 3)), (0, (5, 1, 1, 1, 1, 1)))
     for ax, (task, (_, label, scale, lower)) in zip(axes, METRICS.items(), strict=True):
         for row in trained:
             xs = [stage_steps if row == "mae-stage" else stage_steps + steps for steps in points]
@@ -631,19 +635,21 @@ def curve_plot(points: dict[int, dict], stage_steps: int, path: Path) -> None:
             if row == "mae-stage":
                 xs, means, stds = xs[:1], means[:1], stds[:1]
             ax.errorbar(xs, means, yerr=stds, marker="o", markersize=4, capsize=3, label=row)
-        for row, style in zip(fixed, ("-", "--", ":"), strict=False):
+        for i, row in enumerate(fixed):
             mean, std = first[row][task]["mean"] * scale, first[row][task]["std"] * scale
-            ax.axhline(mean, color="black", linestyle=style, linewidth=1, label=row)
+            colour = "black" if row.startswith("random") else "dimgrey"
+            ax.axhline(mean, color=colour, linestyle=styles[i % len(styles)], linewidth=1, label=row)
             if std > 0:
                 ax.axhspan(mean - std, mean + std, color="grey", alpha=0.2)
         ax.set_xscale("log")
         ax.set(xlabel="pre-training steps (batch of the benchmark)", title=f"{label}, "
                f"{'lower' if lower else 'higher'} is better")  # fmt: skip
         ax.title.set_fontsize(9)
-        ax.legend(fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=8, frameon=False)
     fig.suptitle("facerep demo: frozen read-outs against the pre-training budget (synthetic faces)",
                  fontsize=10)  # fmt: skip
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 * legend_rows, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
