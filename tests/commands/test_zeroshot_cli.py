@@ -178,3 +178,19 @@ def test_help_describes_the_command(capsys):
         main(["zeroshot", "--help"])
     text = capsys.readouterr().out
     assert "dataset=captions" in text and "recall@1/5/10" in text and "-c CONFIG" in text
+
+
+def test_output_dir_default_and_override_hold_every_output(clip_files, tmp_path, monkeypatch, capsys):
+    """Without ``output_dir`` the results land in ``runs/zeroshot/<dataset>`` (of the working directory);
+    with it, there and nowhere else; both written whole (no temporaries left)."""
+    monkeypatch.chdir(tmp_path)
+    args = (f"backbone={clip_files['run']}", "dataset=captions", "length=8")
+    assert zeroshot(*args) == 0
+    default = tmp_path / "runs" / "zeroshot" / "captions"
+    assert sorted(p.name for p in default.iterdir()) == ["config.yaml", "zeroshot.json"]
+    out = tmp_path / "elsewhere" / "zs"
+    assert zeroshot(*args, f"output_dir={out}") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "zeroshot.json"]
+    assert json.loads((out / "zeroshot.json").read_text())["config"]["output_dir"] == str(out)
+    assert f"wrote {out / 'zeroshot.json'}" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "runs" / "zeroshot").iterdir()) == ["captions"]

@@ -1,7 +1,9 @@
-"""Scoring a fine-tuned checkpoint (``facerep evaluate``), result tables and prediction overlays."""
+"""Scoring a fine-tuned checkpoint (``facerep evaluate``), result tables and prediction overlays (one PNG
+each, or a few on one sheet: a fine-tuning run's ``plots/predictions.png``)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from facerep.backbones import backbone_from_record
 from facerep.backbones.base import load_strict
 from facerep.config import ConfigError, EvaluateConfig, FinetuneConfig
 from facerep.data.downstream import build_dataset
-from facerep.runtime.atomic import atomic_write_json
+from facerep.runtime.atomic import atomic_save, atomic_write_json
 from facerep.runtime.checkpoint import load_checkpoint
 from facerep.runtime.distributed import init_distributed
 from facerep.tasks import Task, TaskDataset, build_task, collate_samples
@@ -87,8 +89,51 @@ def save_overlays(
 ) -> None:
     """PNG overlays of the first ``count`` test samples, drawn by the task (:meth:`Task.draw`)."""
     out.mkdir(parents=True, exist_ok=True)
+    for index, overlay in enumerate(_overlays(task, model, dataset, count, device)):
+        overlay.save(out / f"{index:05d}.png")
+
+
+def draws(task: Task) -> bool:
+    """Whether the task draws its predictions (:meth:`Task.draw`; classification does not)."""
+    return type(task).draw is not Task.draw
+
+
+def _overlays(task: Task, model: nn.Module, dataset: Any, count: int, device: torch.device) -> Iterator[Any]:
     data = TaskDataset(dataset, task, train=False)
     for index in range(min(count, len(dataset))):
         batch = collate_samples([data[index]])
         batch["image"] = batch["image"].to(device)
-        task.draw(dataset[index], task.predict(model, batch), dataset).save(out / f"{index:05d}.png")
+        yield task.draw(dataset[index], task.predict(model, batch), dataset)
+
+
+@torch.no_grad()
+def save_predictions_sheet(
+    task: Task,
+    model: nn.Module,
+    dataset: Any,
+    count: int,
+    path: Path,
+    device: torch.device,
+    columns: int = 4,
+    min_cell: int = 160,
+) -> Path | None:
+    """The overlays of the first ``count`` samples of ``dataset`` side by side in one PNG (written atomically,
+    ``columns`` per row; small images enlarged by a whole factor to about ``min_cell`` pixels, each cell the
+    size of the largest overlay); ``None`` when there is none."""
+    from PIL import Image
+
+    images = [im.convert("RGB") for im in _overlays(task, model, dataset, count, device)]
+    if not images:
+        return None
+    scale = max(1, min_cell // max(max(im.size) for im in images))
+    if scale > 1:
+        images = [im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST) for im in images]
+    cell_w, cell_h = max(im.width for im in images), max(im.height for im in images)
+    columns = min(columns, len(images))
+    rows = -(-len(images) // columns)
+    pad = 4
+    sheet = Image.new("RGB", (columns * (cell_w + pad) + pad, rows * (cell_h + pad) + pad), "white")
+    for i, im in enumerate(images):
+        row, col = divmod(i, columns)
+        sheet.paste(im, (pad + col * (cell_w + pad), pad + row * (cell_h + pad)))
+    return atomic_save(lambda tmp: sheet.save(tmp, format="PNG"), path)

@@ -10,6 +10,11 @@ which). Checkpoints are written atomically after every epoch; rerunning with the
 resumes at the next epoch (the schedule is a function of the step, so it resumes exactly); a rerun under
 another config, or whose model does not fit the checkpoint (the backbone file changed), is a one-line
 error, and the temporaries of writes a killed run left are removed at start.
+Progress is a bar over optimizer steps (``epochs x steps per epoch``; a resumed run starts at its step),
+or plain lines with ``train.progress=log``. ``metrics.jsonl`` holds one record per epoch at its last
+optimizer step (loss and terms averaged over the epoch, ``test/<metric>`` when it was evaluated);
+TensorBoard has them under ``train/`` and ``test/``. At the end ``plots/`` holds ``loss.png``,
+``metrics.png`` and, for the tasks that draw, ``predictions.png`` (a plotting failure is one warning line).
 ``data.sampler=balanced`` (single-label classification) draws every class equally often, with replacement
 (:class:`~facerep.data.loader.BalancedSampler`, seeded per epoch, split across DDP ranks). The
 optimizer step is the shared :class:`~facerep.train.step.StepLoop` (so fp16 gets a loss scaler here too).
@@ -46,10 +51,11 @@ from facerep.runtime.atomic import atomic_write_json
 from facerep.runtime.checkpoint import capture_rng, remove_interrupted_writes
 from facerep.runtime.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, wrap_ddp
 from facerep.runtime.optim import decayed, no_weight_decay_names
+from facerep.runtime.plots import PLOTS, warn_on_failure, write_curves
 from facerep.runtime.run_log import MetricsLog, Progress, start_run
 from facerep.runtime.schedules import Schedule
 from facerep.tasks import Task, TaskDataset, build_task, collate_samples
-from facerep.train.evaluate import format_results
+from facerep.train.evaluate import draws, format_results, save_predictions_sheet
 from facerep.train.state import FinetuneState
 from facerep.train.step import NonFiniteLossError, StepLoop, move_to
 
@@ -58,6 +64,7 @@ from facerep.train.step import NonFiniteLossError, StepLoop, move_to
 RESUME_FREE = frozenset({
     "output_dir", "device", "data.num_workers", "train.progress", "train.eval_every", "train.epochs",
 })  # fmt: skip
+PREDICTIONS = 8  # test samples drawn in plots/predictions.png
 
 
 def finetune_backbone(cfg: FinetuneConfig) -> nn.Module:
@@ -196,6 +203,7 @@ class Finetuner:
         self.schedule = lr_schedule(cfg, self.steps_per_epoch)
         self.epoch = 0
         self.history: list[dict] = []
+        self.loss_terms: list[str] | None = None  # the loss terms logged (for plots/loss.png)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -273,6 +281,7 @@ class Finetuner:
 
     def fit(self) -> dict:
         cfg, main = self.cfg, self.dist.is_main
+        spe = self.steps_per_epoch
         if main:
             remove_interrupted_writes(self.output_dir)
         resumed = self.resume()
@@ -283,30 +292,45 @@ class Finetuner:
                 to_yaml(cfg),
                 f"finetune {cfg.task} on {cfg.dataset} ({len(self.train_set)} train / "
                 f"{len(self.test_set)} test) from backbone={cfg.backbone}, {where}: {cfg.train.epochs} "
-                f"epochs x {self.steps_per_epoch} steps on {self.device} x{self.dist.world_size}",
+                f"epochs x {spe} steps = {self.total_steps} steps on {self.device} x{self.dist.world_size}",
             )
-        log = MetricsLog(self.output_dir, self.epoch) if main else None
-        progress = Progress(cfg.train.epochs, self.epoch, cfg.train.progress, enabled=main, desc=cfg.task)
+        start = self.epoch * spe
+        log = MetricsLog(self.output_dir, start) if main else None
+        # a bar over optimizer steps; plain lines about 10 times an epoch and after each epoch
+        progress = Progress(self.total_steps, start, cfg.train.progress, enabled=main, desc=cfg.task,
+                            every=max(1, spe // 10))  # fmt: skip
         self.model.train()
         try:
             while self.epoch < cfg.train.epochs:
                 tick = time.perf_counter()
                 losses: list[torch.Tensor] = []
+                terms: dict[str, list[torch.Tensor]] = {}
                 for i, batch in enumerate(self._train_loader(self.epoch)):
-                    if i >= self.steps_per_epoch:
+                    if i >= spe:
                         break
-                    loss, _ = self._step(batch, self.epoch * self.steps_per_epoch + i)
-                    losses.append(loss)
+                    step = self.epoch * spe + i
+                    loss, parts = self._step(batch, step)
+                    losses.append(loss.detach())
+                    for name, value in parts.items():
+                        terms.setdefault(name, []).append(value.detach().float())
+                    if i + 1 < spe:  # the epoch's last step is reported with its evaluation
+                        due = progress.enabled and progress.due(step + 1)
+                        progress.update(step + 1, {"loss": loss.item()} if due else None)
                 self.epoch += 1
+                factor = self.schedule.at(self.epoch * spe - 1, self.total_steps)  # at the epoch's last step
                 record: dict[str, Any] = {
-                    "step": self.epoch,
+                    "step": self.epoch * spe,
                     "epoch": self.epoch,
                     "loss": all_reduce_mean(torch.stack(losses).mean()).item(),
+                    **{k: all_reduce_mean(torch.stack(v).mean()).item() for k, v in terms.items()},
+                    "lr_backbone": cfg.train.lr_backbone * factor,
+                    "lr_head": cfg.train.lr_head * factor,
                     "images_per_s": len(losses)
                     * cfg.train.batch_size
                     * self.dist.world_size
                     / max(time.perf_counter() - tick, 1e-9),
                 }
+                self.loss_terms = list(terms)
                 if self.epoch % cfg.train.eval_every == 0 or self.epoch == cfg.train.epochs:
                     if main:
                         results = self.evaluate()
@@ -315,10 +339,10 @@ class Finetuner:
                     barrier()
                 if log is not None:
                     log.write(record)
-                summary = {"loss": record["loss"]}
+                summary = {"epoch": self.epoch, "loss": record["loss"]}
                 if f"test/{self.task.primary}" in record:
                     summary[self.task.primary] = record[f"test/{self.task.primary}"]
-                progress.update(self.epoch, summary)
+                progress.update(record["step"], summary, force=True)
                 self.save()
         finally:
             progress.close()
@@ -328,8 +352,26 @@ class Finetuner:
         if main and results:
             atomic_write_json(self.output_dir / "results.json", results)
             print(format_results(results), flush=True)
+        if main:
+            self.write_plots()
         barrier()
         return results
+
+    def write_plots(self) -> None:
+        """``plots/loss.png``, ``plots/metrics.png`` and, for a task that draws, ``plots/predictions.png``
+        (the first test samples by the evaluated weights); a picture that fails is one warning line."""
+        title = f"{self.cfg.task} on {self.cfg.dataset} ({self.output_dir.name})"
+        write_curves(self.output_dir, self.loss_terms, title=title)
+        if not draws(self.task) or self.cfg.train.probe:
+            return
+        model = self.ema if self.ema is not None else self.model
+        model.eval()
+        path = self.output_dir / PLOTS / "predictions.png"
+        warn_on_failure(
+            f"{PLOTS}/predictions.png",
+            lambda: save_predictions_sheet(self.task, model, self.test_set, PREDICTIONS, path, self.device),
+        )
+        self.model.train()
 
 
 @torch.no_grad()

@@ -15,8 +15,9 @@ What it guarantees:
   a rerun under another config, or whose model does not fit the checkpoint, is a one-line error, and the
   temporaries of writes a killed run left are removed at start;
 * a non-finite loss stops the run before anything is written, so the last good checkpoint survives;
-* rank 0 alone writes ``config.yaml``, ``metrics.jsonl``, TensorBoard events, ``checkpoint.pt`` and
-  ``backbone.safetensors``.
+* rank 0 alone writes ``config.yaml``, ``metrics.jsonl``, TensorBoard events (``train/<key>``),
+  ``checkpoint.pt``, ``backbone.safetensors`` and, at the end, ``plots/loss.png`` (the loss and each of its
+  terms against the step; a plotting failure is one warning line, the run is complete).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ from facerep.runtime.distributed import (
     wrap_ddp,
 )
 from facerep.runtime.optim import build_optimizer
+from facerep.runtime.plots import write_curves
 from facerep.runtime.run_log import MetricsLog, Progress, start_run
 from facerep.runtime.schedules import cosine_schedule
 from facerep.train.state import PretrainState
@@ -131,6 +133,7 @@ class Trainer:
         self.skipped_before = 0  # distinct unreadable inputs counted before a resume
         self.skipped_seen: set[str] = set()  # distinct unreadable inputs met by this rank since start
         self.skipped_names: list[str] = []  # the first few, for the report
+        self.loss_terms: list[str] | None = None  # the loss terms logged (for plots/loss.png)
 
     # ----------------------------------------------------------------------------------- set-up
     def _total_steps(self) -> int:
@@ -306,6 +309,7 @@ class Trainer:
                         "skipped": self._skipped_total(),
                     }
                     tick, tick_step = time.perf_counter(), self.step
+                    self.loss_terms = list(terms)
                     if log is not None:
                         log.write(record)
                     progress.update(self.step, {"loss": record["loss"], "img/s": record["images_per_s"]})
@@ -332,6 +336,8 @@ class Trainer:
             extra = self.method.export(self.output_dir)
             if extra is not None:
                 print(f"[facerep] wrote {extra}", flush=True)
+            title = f"{self.cfg.method} ({self.output_dir.name})"
+            write_curves(self.output_dir, self.loss_terms, title=title)
             if skipped:
                 print(
                     f"[facerep] skipped {skipped} unreadable or uncaptioned input(s), "
