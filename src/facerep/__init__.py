@@ -12,8 +12,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from facerep.apps.predict import Predictor
-    from facerep.backbones import build_backbone, export_backbone, load_backbone
+    from facerep.apps.predict import Predictor, preprocess
+    from facerep.backbones import build_backbone, create_model, export_backbone, load_backbone
     from facerep.models.clip import load_clip
     from facerep.tasks import Task
 
@@ -21,11 +21,22 @@ __version__ = "0.1.0"
 _LAZY = {
     "Predictor": "facerep.apps.predict",
     "build_backbone": "facerep.backbones",
+    "create_model": "facerep.backbones",
     "export_backbone": "facerep.backbones",
     "load_backbone": "facerep.backbones",
     "load_clip": "facerep.models.clip",
+    "preprocess": "facerep.apps.predict",
 }
-__all__ = ["Predictor", "__version__", "build_backbone", "export_backbone", "load_backbone", "load_clip"]
+__all__ = [
+    "Predictor",
+    "__version__",
+    "build_backbone",
+    "create_model",
+    "export_backbone",
+    "load_backbone",
+    "load_clip",
+    "preprocess",
+]
 
 
 def register_methods() -> None:

@@ -4,6 +4,7 @@ facerep.Predictor with the same answers as the fine-tuning checkpoint."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -15,11 +16,12 @@ from facerep.apps.export import ExportError, FixedAdaptiveAvgPool2d, export_mode
 from facerep.backbones import export_backbone
 from facerep.backbones.vit import build_vit
 from facerep.commands.cli import main
-from facerep.config import FinetuneConfig, load_config
+from facerep.config import ConfigError, FinetuneConfig, load_config
 from facerep.data.detect import Detection
 from facerep.data.scenes import render_scene
 from facerep.runtime.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from facerep.train.finetune import finetune
+from faces import ASTRONAUT_BOX, ASTRONAUT_POINTS
 
 DATASETS = {"alignment": "synthetic_alignment", "parsing": "synthetic_parsing",
             "classification": "synthetic_attributes"}  # fmt: skip
@@ -123,3 +125,92 @@ def test_a_wrong_shape_checkpoint_names_the_key_and_both_shapes(runs, tmp_path):
     save_checkpoint(state, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match=rf"bad.pt: .*{key} file \[5, 5\] vs model \[192, 64\]"):
         export_model(tmp_path / "bad.pt", "safetensors", tmp_path / "model.safetensors")
+
+
+# --- the preprocessing contract ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task", ["alignment", "classification"])
+def test_preprocess_feeds_the_onnx_export_what_the_predictor_feeds_it(runs, task, tmp_path):
+    """``facerep.preprocess`` + a bare onnxruntime session = the Predictor, on a real photo; the ONNX file
+    carries the contract in its metadata."""
+    import onnxruntime
+    from skimage import data as skdata
+
+    import facerep
+    from facerep.apps.export import onnx_contract
+
+    photo = skdata.astronaut()
+    face = Detection(ASTRONAUT_BOX, ASTRONAUT_POINTS, 1.0)
+    out = tmp_path / "model.onnx"
+    export_model(runs[task], "onnx", out)
+    sidecar = json.loads((tmp_path / "model.onnx.json").read_text())
+    contract = onnx_contract(out)
+    assert contract == sidecar["contract"]
+    assert (
+        contract["layout"] == "NCHW" and contract["channel_order"] == "RGB" and contract["scale"] == "1/255"
+    )
+    assert contract["image_size"] == sidecar["image_size"] == 64 and contract["input"] == "image"
+    assert contract["mean"] == sidecar["mean"] and contract["std"] == sidecar["std"]
+    assert contract["crop_rule"] == sidecar["crop"]["rule"] == ("box" if task == "alignment" else "canvas")
+    assert contract["box_scale"] == 1.0 and contract["framing"] == sidecar["crop"]["framing"]
+
+    x = facerep.preprocess(photo, face, out)
+    assert x.shape == (1, 3, 64, 64) and x.dtype == torch.float32
+    predictor = Predictor(out, detector=lambda image: [face])
+    (crop,) = predictor.prepare(photo, [face])
+    assert torch.equal(x[0], crop.input)  # Predictor's own crop, not a copy of it
+    assert torch.equal(facerep.preprocess(photo, face, runs[task]), x)  # the run dir: the same input
+    assert torch.equal(facerep.preprocess(photo, face, predictor), x)
+
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (output,) = session.run(None, {contract["input"]: x.numpy()})
+    mine = predictor._read(crop, output[0], photo.shape[:2])
+    (theirs,) = predictor(photo)["faces"]
+    key = "landmarks" if task == "alignment" else "probabilities"
+    if task == "alignment":
+        assert np.allclose(mine[key], theirs[key], atol=1e-4)
+    else:
+        assert mine[key].keys() == theirs[key].keys()
+        assert np.allclose(list(mine[key].values()), list(theirs[key].values()), atol=1e-5)
+    torch_out = Predictor(runs[task])._model(x)
+    assert np.allclose(output, torch_out, atol=1e-4)
+
+
+def test_preprocess_takes_a_box_five_points_or_both(runs):
+    from skimage import data as skdata
+
+    import facerep
+
+    photo = skdata.astronaut()
+    predictor = Predictor(runs["alignment"])
+    both = facerep.preprocess(photo, (ASTRONAUT_BOX, ASTRONAUT_POINTS), predictor)
+    assert torch.equal(
+        both, facerep.preprocess(photo, Detection(ASTRONAUT_BOX, ASTRONAUT_POINTS, 0.5), predictor)
+    )
+    points = facerep.preprocess(photo, ASTRONAUT_POINTS, predictor)
+    assert torch.equal(points, both)  # alignment crops by the box estimated from the points
+    box = facerep.preprocess(photo, ASTRONAUT_BOX.tolist(), predictor)
+    assert box.shape == both.shape and not torch.equal(box, both)
+    with pytest.raises(ConfigError, match="a face is a Detection, a box"):
+        facerep.preprocess(photo, [1, 2, 3], predictor)
+
+
+def test_predict_and_export_of_a_pretrained_backbone_say_to_fine_tune_it(runs, tmp_path, capsys):
+    backbone = runs["alignment"].parent / "backbone" / "backbone.safetensors"
+    run = tmp_path / "pretrain_run"  # what facerep pretrain leaves: checkpoint.pt + backbone.safetensors
+    run.mkdir()
+    shutil.copy(backbone, run / "backbone.safetensors")
+    shutil.copy(backbone.with_suffix(".json"), run / "backbone.json")
+    save_checkpoint({"method": "mcf", "arch": {}, "step": 1, "model": {}}, run / "checkpoint.pt")
+    copied = run / "backbone.safetensors"
+    for checkpoint, named in [(run, copied), (run / "checkpoint.pt", copied), (backbone, backbone)]:
+        assert main(["predict", f"checkpoint={checkpoint}", f"input={tmp_path}"]) == 2
+        err = capsys.readouterr().err
+        assert err == (
+            f"facerep: error: checkpoint={checkpoint} is a pre-trained backbone without a task head; "
+            f"fine-tune it first: facerep finetune backbone={named} task=alignment|parsing|classification "
+            "dataset=NAME output_dir=RUN_DIR, then facerep predict checkpoint=RUN_DIR\n"
+        )
+    assert main(["export", f"checkpoint={run}"]) == 2
+    assert "then facerep export checkpoint=RUN_DIR" in capsys.readouterr().err

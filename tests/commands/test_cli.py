@@ -2,6 +2,7 @@ import argparse
 import dataclasses
 import importlib.metadata
 import inspect
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,15 @@ import pytest
 from omegaconf import OmegaConf
 
 import facerep
-from facerep.commands.cli import BY_NAME, COMMANDS, LIGHT_CONFIG_MODULES, build_parser, main, resolve
+from facerep.commands.cli import (
+    BY_NAME,
+    COMMANDS,
+    LIGHT_CONFIG_MODULES,
+    build_parser,
+    complete,
+    main,
+    resolve,
+)
 from facerep.config import PretrainConfig, load_config, to_dict
 from facerep.data.sources import DataError
 
@@ -80,6 +89,7 @@ def test_facerep_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, 
 RUNNABLE = {
     "pretrain": [], "finetune": [], "evaluate": ["checkpoint=x"], "probe": [], "zeroshot": [], "heatmaps": [],
     "prepare": [], "predict": [], "export": [], "demo": [], "bench pretrain": [], "bench data": [],
+    "completion bash": [], "completion zsh": [],
 }  # fmt: skip
 
 
@@ -122,6 +132,7 @@ def test_the_parser_has_one_subcommand_per_first_word():
     (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     assert list(sub.choices) == list(dict.fromkeys(name.split()[0] for name in RUNNABLE))
     assert [a.choices for a in sub.choices["bench"]._actions if a.dest == "what"] == [["pretrain", "data"]]
+    assert [a.choices for a in sub.choices["completion"]._actions if a.dest == "what"] == [["bash", "zsh"]]
     takes_c = {name for name, p in sub.choices.items() if any("-c" in a.option_strings for a in p._actions)}
     assert takes_c == {"pretrain", "finetune", "zeroshot", "prepare", "predict", "export", "bench"}
 
@@ -157,12 +168,15 @@ def test_version_prints_the_installed_version(monkeypatch, capsys):
     assert capsys.readouterr().out == f"facerep {facerep.__version__}\n"
 
 
-def test_version_and_every_commands_help_load_no_torch():
-    """``--help`` of each command lists its keys only where the config module is light (never torch)."""
-    helps = [[name, "--help"] for name in dict.fromkeys(name.split()[0] for name in RUNNABLE)]
+def test_version_completion_and_the_help_of_light_configs_load_no_torch():
+    """``--help`` imports the command's config module: torch-free for the configs of facerep.config
+    (pretrain, finetune, evaluate) and completion; so are ``--complete`` and the completion scripts."""
+    argvs = [["--version"], ["--help"], *([name, "--help"] for name in ("pretrain", "finetune", "evaluate"))]
+    argvs += [["completion", "--help"], ["completion", "bash"], ["--complete", "finetune", "tr"]]
+    argvs += [["--complete", ""], ["--complete", "pretrain", "train."]]
     code = (
         "import contextlib, io\nfrom facerep.commands.cli import main\n"
-        f"for argv in {[['--version'], *helps]!r}:\n"
+        f"for argv in {argvs!r}:\n"
         "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
         "        main(argv)"
     )
@@ -203,34 +217,116 @@ def test_a_config_file_where_only_overrides_are_taken(tmp_path, capsys):
     assert exit_.value.code == 2 and "unrecognized arguments: -c" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["finetune", "evaluate", "pretrain"])
-def test_help_lists_the_keys_of_a_torch_free_config_with_their_defaults(name, capsys):
-    text = " ".join(run_help([name], capsys).split())  # argparse wraps the epilog
-    listed = text.split(" keys: ", 1)[1].split(" (the method sections")[0].split()
-    keys = dict(item.split("=", 1) for item in listed)
+def help_keys(text: str) -> dict[str, tuple[str, str]]:
+    """The ``  key (type) = default`` lines of a command's help."""
+    keys = {}
+    for line in text.splitlines():
+        if line.startswith("  ") and " (" in line and ") = " in line and not line.startswith("   "):
+            key, _, rest = line.strip().partition(" (")
+            kind, _, default = rest.partition(") = ")
+            keys[key] = (kind, default)
+    return keys
+
+
+@pytest.mark.parametrize("name", [name for name in RUNNABLE if " " not in name])
+def test_help_lists_every_key_with_its_type_and_default_and_an_example(name, capsys):
+    text = run_help([name], capsys)
+    keys = help_keys(text.split("keys (KEY=VALUE):", 1)[1])
     schema = resolve(BY_NAME[name].config)
     defaults = OmegaConf.to_container(OmegaConf.structured(schema))
     flat = {}
 
     def walk(tree, prefix=""):
         for key, value in tree.items():
-            if isinstance(value, dict) and key not in ("options", "train_options", "test_options", "augment"):
-                walk(value, f"{prefix}{key}.")
+            if isinstance(value, dict) and any(k.startswith(f"{prefix}{key}.") for k in keys):
+                walk(value, f"{prefix}{key}.")  # a section (a nested dataclass), not a dict-valued key
             else:
                 flat[f"{prefix}{key}"] = value
 
     walk(defaults)
-    assert list(keys) == list(flat)  # every key of the dataclass, in its order, sections excluded
+    assert list(keys) == list(flat)  # every key of the dataclass, in its order
     for key, value in flat.items():  # each default as written reads back as an override to itself
-        read = OmegaConf.to_container(OmegaConf.from_dotlist([f"{key}={keys[key]}"]))
+        read = OmegaConf.to_container(OmegaConf.from_dotlist([f"{key}={keys[key][1]}"]))
         for part in key.split("."):
             read = read[part]
-        assert read == value, key
+        assert read == value or (value == "???" and read == "???"), key
+    types = {f.name: f.type for f in dataclasses.fields(schema)}
+    top = next(key for key in keys if "." not in key)
+    assert keys[top][0] == types[top]  # the type as the dataclass declares it
+    (example,) = [line for line in text.splitlines() if line.startswith("example: ")]
+    assert example == f"example: {BY_NAME[name].example}" and example.startswith(f"example: facerep {name} ")
     assert ("run with --print-config to see every key" in text) == (name == "pretrain")
-
-
-@pytest.mark.parametrize("name", ["probe", "zeroshot", "heatmaps", "prepare", "predict", "export", "demo"])
-def test_help_of_a_torch_config_points_at_print_config(name, capsys):
-    text = run_help([name], capsys)
-    assert "run with --print-config to see every key" in text and "keys:" not in text
     assert "--print-config" in text.split("options:")[1]
+
+
+def test_a_groups_help_shows_each_commands_keys_and_example(capsys):
+    text = run_help(["bench"], capsys)
+    assert (
+        "facerep bench pretrain: keys (KEY=VALUE):" in text
+        and "facerep bench data: keys (KEY=VALUE):" in text
+    )
+    assert "  bench.batch_sizes (list[int]) = []" in text and "  workers (list[int]) = [0,1,2]" in text
+    examples = [line for line in text.splitlines() if line.startswith("example: ")]
+    assert examples == [f"example: {BY_NAME[n].example}" for n in ("bench pretrain", "bench data")]
+    assert "  program (str) = facerep" in run_help(["completion"], capsys)
+    assert run_help(["finetune"], capsys).count("  train.epochs (int) = ") == 1
+
+
+@pytest.mark.parametrize("name", [name for name in RUNNABLE if not name.startswith("completion")])
+def test_every_example_resolves(name, capsys, monkeypatch):
+    """Each command's example is a command line its config accepts (``--print-config``)."""
+    monkeypatch.chdir(CONFIGS.parent)
+    words = BY_NAME[name].example.split()
+    assert words[: 1 + name.count(" ") + 1] == ["facerep", *name.split()]
+    assert main([*words[1:], "--print-config"]) == 0, capsys.readouterr().err
+    printed = OmegaConf.create(capsys.readouterr().out)
+    for word in words[1:]:
+        if "=" in word:
+            key, value = word.split("=", 1)
+            assert str(OmegaConf.select(printed, key)).replace(" ", "") == value.replace(" ", ""), key
+
+
+# --- shell completion ------------------------------------------------------------------------------------
+
+
+def test_the_completer_offers_commands_options_and_keys_one_level_at_a_time(capsys):
+    firsts = list(dict.fromkeys(name.split()[0] for name in RUNNABLE))
+    assert complete([""]) == [*firsts, "--help", "--version"]
+    assert complete(["p"]) == ["pretrain", "probe", "prepare", "predict"]
+    assert complete(["bench", ""]) == ["pretrain", "data"] and complete(["completion", "z"]) == ["zsh"]
+    assert complete(["finetune", "tr"]) == ["train."]
+    assert complete(["finetune", "train.ep"]) == ["train.epochs="]
+    assert "train.epochs=" not in complete(["finetune", "train.epochs=3", "train.e"])
+    assert complete(["finetune", "-"]) == ["-c", "--config", "--print-config", "--help"]
+    assert complete(["evaluate", "--"]) == ["--print-config", "--help"]  # no -c
+    assert complete(["bench", "data", "work"]) == ["workers="]
+    assert complete(["finetune", "-c", ""]) == [] and complete(["finetune", "train.epochs="]) == []
+    assert complete(["nope", ""]) == [] and complete(["bench", "nope", ""]) == []
+    top = complete(["pretrain", ""])
+    assert "train." in top and "method=" in top and all(w.endswith((".", "=")) for w in top)
+    assert main(["--complete", "finetune", "tr"]) == 0 and capsys.readouterr().out == "train.\n"
+    assert main(["--complete", "zzz"]) == 0 and capsys.readouterr().out == ""
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
+def test_the_bash_script_completes_through_facerep_complete(tmp_path, capsys):
+    assert main(["completion", "bash", f"program={sys.executable} -m facerep"]) == 0
+    script = capsys.readouterr().out
+    assert "complete -o default -F _facerep_complete" in script
+    probe = tmp_path / "probe.sh"
+    probe.write_text(
+        script
+        + 't() { COMP_LINE="$1"; COMP_POINT=${#1}; _facerep_complete; echo "${COMPREPLY[*]}"; }\n'
+        + 't "facerep "\nt "facerep finetune tr"\nt "facerep finetune train.ep"\nt "facerep bench d"\n'
+    )
+    result = subprocess.run(["bash", str(probe)], capture_output=True, text=True, timeout=120)
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:2] == ["pretrain", "finetune"], result.stderr
+    assert lines[1:] == ["train.", "train.epochs=", "data"], result.stderr
+    assert main(["completion", "zsh"]) == 0
+    zsh = capsys.readouterr().out
+    assert (
+        zsh.startswith("#compdef facerep")
+        and "facerep --complete" in zsh
+        and "compdef _facerep_complete facerep" in zsh
+    )

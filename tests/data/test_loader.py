@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 from collections import Counter
+from dataclasses import replace
 from itertools import islice
 
 import pytest
@@ -153,11 +154,39 @@ def test_webdataset_resume_matches_uninterrupted(wds_shards) -> None:
     assert _wds_keys(pattern, rank=1, batches=3, start=15, buffer=3) == full[3:]
 
 
-def test_webdataset_too_few_shards(wds_shards) -> None:
+def test_webdataset_too_few_shards_for_the_workers_runs_fewer_workers(wds_shards, capsys) -> None:
+    """``facerep prepare`` of a small folder writes one shard; the default 2 workers then become 1."""
+    pattern, good, _ = wds_shards
+    one = pattern.replace("{00000..00003}", "00000")
+    loader = build_pretrain_loader(
+        DataConfig(source="webdataset", path=one, image_size=8, num_workers=2), batch_size=5, seed=0,
+        return_keys=True,
+    )  # fmt: skip
+    assert loader.loader.num_workers == 1
+    assert capsys.readouterr().out == (
+        "[facerep] data: 1 webdataset shard(s) over 1 rank(s): 1 loader worker(s) per rank instead of "
+        "data.num_workers=2 (a worker reads whole shards)\n"
+    )
+    (batch,) = islice(loader, 1)
+    loader.close()
+    assert {k.rsplit(":", 1)[1] for k in batch["keys"]} <= {g for g in good if g.startswith("00000")}
+    # 4 shards over 2 ranks x 3 workers: 2 workers each, said once (rank 0), and the split stays exact
+    cfg = DataConfig(source="webdataset", path=pattern, image_size=8, num_workers=3)
+    for rank in (0, 1):
+        built = build_pretrain_loader(cfg, batch_size=2, seed=0, rank=rank, world_size=2)
+        assert built.loader.num_workers == 2
+    assert capsys.readouterr().out.count("\n") == 1
+    assert build_pretrain_loader(replace(cfg, num_workers=0), batch_size=2, seed=0).loader.num_workers == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_webdataset_fewer_shards_than_ranks(wds_shards) -> None:
     pattern, _, _ = wds_shards
     cfg = DataConfig(source="webdataset", path=pattern, num_workers=3)
-    with pytest.raises(DataError, match="need at least 6 shards") as info:
-        build_pretrain_loader(cfg, batch_size=2, seed=0, world_size=2)
+    with pytest.raises(
+        DataError, match=r"4 shard\(s\) cannot be split over 5 rank\(s\); need at least 5"
+    ) as info:
+        build_pretrain_loader(cfg, batch_size=2, seed=0, rank=0, world_size=5)
     assert "\n" not in str(info.value)
     assert dataset_length(cfg) is None
 

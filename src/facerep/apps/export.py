@@ -7,7 +7,11 @@ one output (:class:`~facerep.apps.predict.ExportModel`: the task's ``export_outp
 or ``logits``). ``torchscript``:
 ``torch.jit.trace`` of the same module. ``safetensors``: the task model's state dict (rebuilt from the spec's
 arch record and fine-tuning config by :class:`~facerep.apps.predict.Predictor`). Each file gets the
-sidecar ``<file>.json``: :func:`~facerep.apps.predict.model_spec` plus the format and the parity check.
+sidecar ``<file>.json``: :func:`~facerep.apps.predict.model_spec` plus the format, the parity check and the
+preprocessing ``contract`` (:func:`~facerep.apps.predict.preprocess_contract`: crop rule, size, mean, std,
+RGB, NCHW, box_scale, framing; :func:`facerep.preprocess` makes that input). An ONNX file also carries the
+contract in its ``metadata_props`` (``facerep.<field>``, non-string values as JSON), so it is
+self-describing without the sidecar (:func:`onnx_contract` reads it back).
 
 Parity: random normalised batches (one per size in ``batches``) run through PyTorch, whose output must have
 the shape the task declares, and through the export (onnxruntime, the loaded TorchScript file, the rebuilt
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -37,6 +42,7 @@ from facerep.apps.predict import (
     ExportModel,
     build_model,
     load_finetuned,
+    preprocess_contract,
     sidecar_path,
 )
 from facerep.config import check_range
@@ -145,6 +151,39 @@ def _onnx(model: ExportModel, spec: dict, path: Path, opset: int) -> None:
         )  # fmt: skip
 
 
+METADATA_PREFIX = "facerep."
+
+
+def _set_contract(path: Path, spec: dict) -> None:
+    """Write the spec's preprocessing contract into the ONNX file's ``metadata_props``."""
+    import onnx
+
+    model = onnx.load(str(path))
+    props = {
+        f"{METADATA_PREFIX}{key}": value if isinstance(value, str) else json.dumps(value)
+        for key, value in preprocess_contract(spec).items()
+    }
+    onnx.helper.set_model_props(model, props)
+    onnx.save(model, str(path))
+
+
+def onnx_contract(path: str | Path) -> dict[str, Any]:
+    """The preprocessing contract an exported ONNX file carries in its ``metadata_props`` (JSON values
+    decoded)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    contract: dict[str, Any] = {}
+    for prop in model.metadata_props:
+        if prop.key.startswith(METADATA_PREFIX):
+            key = prop.key[len(METADATA_PREFIX) :]
+            try:
+                contract[key] = json.loads(prop.value)
+            except ValueError:
+                contract[key] = prop.value
+    return contract
+
+
 def _onnx_runner(path: Path, spec: dict) -> Callable[[torch.Tensor], np.ndarray]:
     import onnxruntime
 
@@ -180,7 +219,7 @@ def export_model(
         raise ExportError(
             f"batches must be sizes >= 1 and tolerance > 0, got {list(batches)} and {tolerance}"
         )
-    model, spec = load_finetuned(checkpoint)
+    model, spec = load_finetuned(checkpoint, then="export")
     run_dir = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
     path = Path(output) if output is not None else run_dir / "export" / DEFAULT_FILES[fmt]
     report: dict[str, Any] = {}
@@ -188,6 +227,7 @@ def export_model(
     def write(tmp: Path) -> None:
         if fmt == "onnx":
             _onnx(model, spec, tmp, opset)
+            _set_contract(tmp, spec)
             run = _onnx_runner(tmp, spec)
         elif fmt == "torchscript":
             with torch.no_grad(), warnings.catch_warnings():
@@ -217,5 +257,12 @@ def export_model(
         **({"opset": opset} if fmt == "onnx" else {}),
     }  # fmt: skip
     parity = {k: v for k, v in report.items() if k not in ("format", "path", "sidecar")}
-    atomic_write_json(sidecar_path(path), {**spec, "format": fmt, "file": path.name, "parity": parity})
+    sidecar = {
+        **spec,
+        "format": fmt,
+        "file": path.name,
+        "parity": parity,
+        "contract": preprocess_contract(spec),
+    }
+    atomic_write_json(sidecar_path(path), sidecar)
     return report

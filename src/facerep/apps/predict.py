@@ -51,6 +51,14 @@ uint16 is scaled to 8 bits (``round(v / 257)``); float (any precision) must hold
 empty images (a side of 0) are refused. Image files go through :func:`~facerep.data.transforms.decode_image`
 (grey, 16-bit and float modes scaled, transparency composited over white).
 
+The preprocessing contract -- what an exported model's input ``image`` ``[N, 3, S, S]`` holds for a face --
+is :func:`preprocess` (this crop of one face, RGB, NCHW, pixel values / 255 normalised with the spec's mean
+and std); :func:`preprocess_contract` spells it for the sidecar and the ONNX ``metadata_props``.
+
+A pre-training run (its directory, ``checkpoint.pt``) or a bare backbone file has no task head: loading one
+is a one-line :class:`~facerep.runtime.checkpoint.CheckpointError` naming the ``facerep finetune`` to run
+(:func:`pretrained_backbone`).
+
 A model output with a NaN or an infinity gives that face ``None`` predictions (``landmarks``, ``mask``, or
 ``probabilities`` and the labels) and ``"error":`` :data:`NON_FINITE`, never NaN numbers.
 """
@@ -71,6 +79,7 @@ import torch
 import torch.nn.functional as nnf
 from omegaconf import OmegaConf
 from PIL import Image, ImageDraw
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
@@ -105,7 +114,7 @@ from facerep.runtime.distributed import resolve_device
 from facerep.runtime.errors import FacerepError
 from facerep.tasks import TASKS, Task, build_task
 from facerep.tasks.base import FaceCrop, Layout
-from facerep.train.state import FinetuneState
+from facerep.train.state import FinetuneState, PretrainState
 from facerep.viz import palette
 
 __all__ = [
@@ -121,6 +130,9 @@ __all__ = [
     "load_finetuned",
     "mean_shape_landmarks",
     "model_spec",
+    "preprocess",
+    "preprocess_contract",
+    "pretrained_backbone",
     "read_sidecar",
     "sidecar_path",
 ]
@@ -281,13 +293,55 @@ def read_sidecar(model_file: str | Path) -> dict[str, Any]:
     return spec
 
 
-def load_finetuned(checkpoint: str | Path) -> tuple[ExportModel, dict[str, Any]]:
-    """A fine-tuning run's model (``RUN_DIR`` or ``finetune.pt``; EMA weights when present) and its spec."""
+BACKBONE_FILE = "backbone.safetensors"  # what a pre-training run exports (beside backbone.json)
+
+
+def pretrained_backbone(path: str | Path) -> Path | None:
+    """The backbone to fine-tune when ``path`` is a pre-trained model without a task head -- a pre-training
+    run's directory (no ``finetune.pt``; its ``backbone.safetensors``, else its ``checkpoint.pt``) or a
+    backbone ``.safetensors`` (facerep's ``arch`` metadata or ``<stem>.json`` beside it, and no export spec
+    ``<file>.json``) -- else ``None``."""
+    path = Path(path)
+    if path.is_dir():
+        if FinetuneState.path(path).exists():
+            return None
+        found = [p for p in (path / BACKBONE_FILE, PretrainState.path(path)) if p.is_file()]
+        return found[0] if found else None
+    if path.suffix != ".safetensors" or not path.is_file() or sidecar_path(path).is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception:  # not a readable safetensors file: the loaders below say so
+        return None
+    if metadata.get("format") == "facerep-finetune":
+        return None
+    return path if "arch" in metadata or path.with_suffix(".json").is_file() else None
+
+
+def not_finetuned(checkpoint: str | Path, backbone: str | Path, then: str = "predict") -> CheckpointError:
+    """The one line for a pre-trained backbone given where a fine-tuned model is needed: what to run."""
+    return CheckpointError(
+        f"checkpoint={checkpoint} is a pre-trained backbone without a task head; fine-tune it first: "
+        f"facerep finetune backbone={backbone} task=alignment|parsing|classification dataset=NAME "
+        f"output_dir=RUN_DIR, then facerep {then} checkpoint=RUN_DIR"
+    )
+
+
+def load_finetuned(checkpoint: str | Path, then: str = "predict") -> tuple[ExportModel, dict[str, Any]]:
+    """A fine-tuning run's model (``RUN_DIR`` or ``finetune.pt``; EMA weights when present) and its spec; a
+    pre-training run is a one-line error saying how to fine-tune it (``then``: the command to run after)."""
     path = Path(checkpoint)
+    backbone = pretrained_backbone(path)
+    if backbone is not None:
+        raise not_finetuned(checkpoint, backbone, then)
     if path.is_dir():
         path = FinetuneState.path(path)
     state = load_checkpoint(path)
     if state.get("kind") != "finetune":
+        if "method" in state:  # a pre-training checkpoint.pt
+            beside = path.parent / BACKBONE_FILE
+            raise not_finetuned(checkpoint, beside if beside.is_file() else path, then)
         raise CheckpointError(f"{path}: not a facerep fine-tuning checkpoint ({FinetuneState.FILE})")
     weights = state["ema"] if state.get("ema") is not None else state["model"]
     spec = model_spec(state["config"], state["arch"], weights, state.get("outputs"))
@@ -350,6 +404,9 @@ def load_runner(
         raise CheckpointError(
             f"{sidecar_path(path)}: unknown format {fmt!r} (onnx, torchscript, safetensors)"
         )
+    backbone = pretrained_backbone(path)
+    if backbone is not None:
+        raise not_finetuned(checkpoint, backbone)
     if path.suffix in (".onnx", ".safetensors"):
         raise CheckpointError(f"{path}: an exported model needs its spec {sidecar_path(path).name} beside it")
     model, spec = load_finetuned(path)
@@ -596,6 +653,72 @@ class Predictor:
     def __call__(self, image: np.ndarray | str | Path, detections: Sequence[Detection] | None = None) -> dict:
         """One image -> its result (see :meth:`predict`)."""
         return self.predict([image], None if detections is None else [detections])[0]
+
+
+def _detection(face: Detection | Sequence[Any] | np.ndarray) -> Detection:
+    """A :class:`Detection` from a detection, a box ``[4]``, five points ``[5, 2]`` (the box estimated from
+    them: :func:`~facerep.geometry.estimate_box`) or a ``(box, five points)`` pair."""
+    if isinstance(face, Detection):
+        return face
+    if isinstance(face, tuple | list) and len(face) == 2 and np.asarray(face[0]).size == 4:
+        return Detection(np.asarray(face[0], dtype=np.float32), np.asarray(face[1], dtype=np.float32), 1.0)
+    arr = np.asarray(face, dtype=np.float64)
+    if arr.size == 4:
+        return Detection(arr.reshape(4).astype(np.float32), None, 1.0)
+    if arr.shape == (5, 2):
+        return Detection(estimate_box(arr, 1.0).astype(np.float32), arr.astype(np.float32), 1.0)
+    raise ConfigError(
+        f"a face is a Detection, a box [4], five points [5, 2] or (box, points), got shape {arr.shape}"
+    )
+
+
+def preprocess(
+    image: np.ndarray | str | Path,
+    box_or_landmarks: Detection | Sequence[Any] | np.ndarray,
+    model: Predictor | str | Path,
+) -> Tensor:
+    """The tensor ``[1, 3, S, S]`` float32 that ``model`` takes for one face of ``image``: exactly what
+    :class:`Predictor` feeds it (its crop rule, size, mean/std; RGB, NCHW), so an exported model -- the
+    ONNX's input ``image`` -- can be run without facerep's model code: ``session.run(None, {"image":
+    preprocess(photo, box, "model.onnx").numpy()})``.
+
+    ``image``: an array (the module docstring's rules) or a file. ``box_or_landmarks``: a
+    :class:`~facerep.data.detect.Detection`, a box ``(x1, y1, x2, y2)``, five points ``[5, 2]`` (image-left
+    eye, image-right eye, nose tip, image-left and image-right mouth corner) or a ``(box, points)`` pair; a
+    detector's box and points together give exactly what ``facerep predict`` crops. ``model``: a fine-tuning
+    run directory, its ``finetune.pt``, an export with its sidecar ``<file>.json``, or a :class:`Predictor`
+    (reused: no model is loaded again)."""
+    predictor = model if isinstance(model, Predictor) else Predictor(model)
+    name = str(image) if isinstance(image, str | Path) else "image"
+    array = np.asarray(decode_image(image, name)) if isinstance(image, str | Path) else image
+    (face,) = predictor.prepare(_rgb(array, name), [_detection(box_or_landmarks)])
+    return face.input[None].to(torch.float32)
+
+
+def preprocess_contract(spec: dict[str, Any]) -> dict[str, Any]:
+    """What an export's input holds, from its spec: crop rule, size, mean, std, channel order, layout,
+    box_scale, framing and the transform settings of the crop (see :func:`preprocess`)."""
+    crop, augment = spec["crop"], spec.get("augment") or {}
+    return {
+        "input": spec["input_name"],
+        "layout": "NCHW",
+        "channel_order": "RGB",
+        "dtype": "float32",
+        "image_size": int(spec["image_size"]),
+        "scale": "1/255",  # uint8 pixels -> [0, 1], then (x - mean) / std per channel
+        "mean": [float(v) for v in spec["mean"]],
+        "std": [float(v) for v in spec["std"]],
+        "crop_rule": crop["rule"],
+        "box_scale": float(crop["box_scale"]),
+        "framing": crop["framing"],
+        "crop_scale": augment.get("crop_scale"),
+        "keep_aspect": augment.get("keep_aspect"),
+        "warp": augment.get("warp"),
+        "warp_factor": augment.get("warp_factor"),
+        "task": spec["task"],
+        "output": spec["output_name"],
+        "python": "facerep.preprocess(image, box_or_landmarks, model)",
+    }
 
 
 def _rgb(image: np.ndarray, name: str) -> np.ndarray:

@@ -15,7 +15,9 @@ depend on ``num_workers`` and ``start_sample`` (samples this rank already consum
 
 Webdataset shards are split by shard: every epoch the shard list is permuted with ``(seed, epoch)``,
 rank ``r`` takes ``perm[r::W]`` and DataLoader worker ``w`` of ``K`` takes every ``K``-th of those, so
-one epoch reads every shard exactly once. Fewer than ``W * max(1, K)`` shards is a :class:`DataError`.
+one epoch reads every shard exactly once. Where there are fewer than ``W * K`` shards (``facerep prepare`` of
+fewer than 1,000 photos writes one), each rank runs ``K = shards // W`` workers instead (at least 1) and rank
+0 prints one line saying so; fewer shards than ranks is a :class:`DataError`.
 Samples without an image, or without a caption when captions are needed and skipped, are dropped from
 the stream before the shuffle buffer. Resume skips ``start_sample`` samples of the rank's stream
 without decoding them; it is exact when ``num_workers`` and ``batch_size`` are unchanged and
@@ -391,6 +393,27 @@ class PretrainLoader:
             self.loader._iterator = None
 
 
+def shard_workers(cfg: DataConfig, shards: int, num_workers: int, rank: int, world_size: int) -> int:
+    """The DataLoader workers a rank runs over ``shards`` webdataset shards: ``num_workers`` where every
+    worker of every rank gets a shard, else as many as the rank's share of shards (at least 1; rank 0 prints
+    one line saying so); fewer shards than ranks is a one-line :class:`DataError`."""
+    if shards < world_size:
+        raise DataError(
+            f"webdataset source {cfg.path!r}: {shards} shard(s) cannot be split over {world_size} rank(s); "
+            f"need at least {world_size} shards"
+        )
+    if shards >= world_size * max(1, num_workers):
+        return num_workers
+    fewer = max(1, shards // world_size)
+    if rank == 0:
+        print(
+            f"[facerep] data: {shards} webdataset shard(s) over {world_size} rank(s): {fewer} loader "
+            f"worker(s) per rank instead of data.num_workers={num_workers} (a worker reads whole shards)",
+            flush=True,
+        )
+    return fewer
+
+
 def build_pretrain_loader(
     cfg: DataConfig,
     *,
@@ -425,13 +448,7 @@ def build_pretrain_loader(
     spec = spec or BatchSpec((build_pretrain_transform(cfg),))
     kwargs: dict[str, Any] = {}
     if isinstance(source, WebDatasetSource):
-        need = world_size * max(1, num_workers)
-        if len(source.shards) < need:
-            raise DataError(
-                f"webdataset source {cfg.path!r}: {len(source.shards)} shard(s) cannot be split over "
-                f"{world_size} rank(s) x {max(1, num_workers)} worker(s); need at least {need} shards "
-                f"(or lower data.num_workers)"
-            )
+        num_workers = shard_workers(cfg, len(source.shards), num_workers, rank, world_size)
         dataset: Dataset = WebDatasetStream(
             source,
             spec,
