@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A tiny seeded `facerep demo` (every row: random, MAE stage, MAE, MCF, FaRL, BYOL, FRA; frozen read-outs and
 # the fine-tuning column) in about 5 minutes on one core, and the SHA-256 of its numbers. A refactor that
-# claims "behaviour unchanged" prints the same digest before and after (README, "Layout").
+# claims "behaviour unchanged" prints the same digest before and after (docs/development.md, "Layout").
 # Usage: scripts/demo_fingerprint.sh OUTPUT_DIR   (prints the digest as the last line)
 set -euo pipefail
 out=${1:?usage: scripts/demo_fingerprint.sh OUTPUT_DIR}

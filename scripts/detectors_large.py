@@ -1,6 +1,6 @@
 """Large photos: 1920 x 1080 composites of many LFW faces (40-200 px), faces found and time per photo on one
-core, for mtcnn, blazeface and centerface, with facenet-pytorch's MTCNN as an independent reference (README
-"Face detector").
+core, for mtcnn, blazeface and centerface, with facenet-pytorch's MTCNN as an independent reference
+(docs/prepare.md, "Face detector").
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/detectors_large.py [--cpu 1] [--out runs/detectors_large.json]
 

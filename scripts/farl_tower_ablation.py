@@ -1,4 +1,5 @@
-"""Run a facerep command with FaRL's image-tower fields replaced, for the tower ablation in the README.
+"""Run a facerep command with FaRL's image-tower fields replaced, for the tower ablation in
+docs/methods/farl.md.
 
 ``method=farl`` builds its tower with :data:`facerep.backbones.vit.CLIP_TOWER` (FaRL's layout); this script
 swaps those fields for the ones given as JSON, then runs the command as ``facerep`` would:

@@ -1,5 +1,6 @@
 """facerep's MTCNN against facenet-pytorch's (the reference implementation of the same network and weights),
-photo by photo: the numbers behind README "Face detector", from the photos of tests/data/test_mtcnn_parity.py.
+photo by photo: the numbers behind docs/prepare.md, "Face detector", from the photos of
+tests/data/test_mtcnn_parity.py.
 
     .venv/bin/python scripts/mtcnn_parity.py [--min-face 20] [--floors] [--write DIR]
 
@@ -44,7 +45,7 @@ def _load_test_module():
 
 def write_folder(photos: dict[str, np.ndarray], folder: Path) -> None:
     """The photos as PNGs in ``folder``, with six scikit-image pictures without a human face and a JPEG cut
-    short: a real folder for ``facerep prepare`` / ``predict`` (README "Why a photo was skipped")."""
+    short: a real folder for ``facerep prepare`` / ``predict`` (docs/prepare.md "Why a photo was skipped")."""
     folder.mkdir(parents=True, exist_ok=True)
     others = {n: getattr(skdata, n)() for n in ("coffee", "chelsea", "rocket", "coins", "horse", "page")}
     for name, image in {**photos, **others}.items():

@@ -1,6 +1,6 @@
 """Time per photo of ``detector=retinaface`` on one core, for both reference backbones, with random-weight
 files written in the reference's layout (the released files cannot be downloaded here; the time does not
-depend on the weights, only on the image size): the numbers behind README "Face detector".
+depend on the weights, only on the image size): the numbers behind docs/prepare.md "Face detector".
 
     .venv/bin/python scripts/retinaface_timing.py [--cpu 1] [--runs 3]
 """

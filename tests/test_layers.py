@@ -1,4 +1,5 @@
-"""facerep's layers import only downward (README, "Layout"): checked on every import statement."""
+"""facerep's layers import only downward (docs/development.md, "Layout"): checked on every import
+statement."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 ships the same weights): on real photos that ship inside installed packages and on faces pasted into real
 backgrounds at many sizes and angles, the same faces, boxes within 2 px (IoU >= 0.95), probabilities
 within 0.01 at full resolution; and the default ``max_side`` loses none of the faces a full-resolution
-pass finds (README "Face detector")."""
+pass finds (docs/prepare.md "Face detector")."""
 
 from __future__ import annotations
 

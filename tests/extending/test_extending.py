@@ -1,5 +1,5 @@
 """A third method and a new task, each written in its own module outside facerep and registered with one
-line, run end to end from facerep's command line (README: "Adding a method, adding a task")."""
+line, run end to end from facerep's command line (docs/development.md: "Adding a method", "Adding a task")."""
 
 import json
 import os

@@ -70,7 +70,7 @@ class LowLabelConfig:
     lrs: list[float] = field(default_factory=lambda: [3e-5, 1e-4, 3e-4])  # the grid each task chooses from
     # rates added past an edge, at most, per side: while a task's choice is the lowest or highest rate run,
     # one more rate half a decade past it (1e-3 after 3e-4) runs, so no choice is clipped by the grid (at 2,
-    # a random ResNet-18 still chose the last added rate, 3e-3: README)
+    # a random ResNet-18 still chose the last added rate, 3e-3: docs/benchmark.md)
     extend: int = 4
     weight_decay: float = 0.05
     warmup_fraction: float = 0.1  # of the steps: linear warm-up, then cosine to zero

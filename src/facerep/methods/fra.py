@@ -57,7 +57,7 @@ class FRAConfig:
     decoder_layers: int = 2
     decoder_heads: int = 8
     decoder_dropout: float = 0.1
-    # zeros: FRA's DETR decoder; learned: Mask2Former's learned query features (see "FRA" in the README)
+    # zeros: FRA's DETR decoder; learned: Mask2Former's learned query features (docs/methods/fra.md)
     query_init: str = "zeros"
     proto_momentum: float = 0.9  # EMA of the batch mask embeddings, used at inference
     heatmap_scale: float = 1.0  # softmax temperature of the heatmaps

@@ -103,7 +103,7 @@ class MCFConfig:
     # online encoder also reads the whole, unmasked image and one linear head per block regresses the
     # teacher's layer-normalised tokens of that image (FD / MaskDistill targets; the teacher's grid pooled to
     # the student's). The reference's feature term reaches the encoder only through the decoder's pixels,
-    # which hands the student almost none of a strong teacher's representation (README, "MCF").
+    # which hands the student almost none of a strong teacher's representation (docs/methods/mcf.md).
     distill_weight: float = 0.0
 
     def __post_init__(self) -> None:
@@ -190,7 +190,7 @@ class TokenRegressor(nn.Module):
     block twice); the teacher's patch grid is average-pooled to the student's, its CLS token matched to the
     student's. The heads start as the ridge solution on the first training batch (linear probing before
     distilling): measured, random heads send their random gradients into the student for the first tens of
-    steps and undo a student initialised from its teacher (README, "MCF").
+    steps and undo a student initialised from its teacher (docs/methods/mcf.md).
     """
 
     ridge = 0.1  # the heads' first fit: ridge strength relative to the mean diagonal of the Gram matrix

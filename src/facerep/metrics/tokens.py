@@ -1,8 +1,9 @@
 """What a backbone's patch tokens keep: linear readability of a target per token, and effective rank.
 
-Used to explain a read-out, not to score a task (``scripts/token_diagnostics.py``, README "Why MAE and MCF
-from scratch do not beat random init"). Tokens are rows ``[M, D]``: ``M = N * G * G`` tokens of ``N`` images
-in row-major grid order (:func:`token_rows`), the order of :func:`image_patches` and :func:`grid_positions`.
+Used to explain a read-out, not to score a task (``scripts/token_diagnostics.py``, docs/benchmark.md "Why
+MAE and MCF from scratch do not beat random init"). Tokens are rows ``[M, D]``: ``M = N * G * G`` tokens of
+``N`` images in row-major grid order (:func:`token_rows`), the order of :func:`image_patches` and
+:func:`grid_positions`.
 """
 
 from __future__ import annotations
