@@ -101,3 +101,13 @@ def test_every_shipped_config_still_loads(path):
     # the FaRL recipe's dVAE target needs DALL-E's weights, a file the repository does not ship
     extra = ["farl.mim_target=pixels"] if path.name == "farl_vit_base_patch16.yaml" else []
     load_config(schema.get(path.name.split("_")[0], PretrainConfig), path, extra)
+
+
+def test_a_free_key_frees_the_keys_under_it(tmp_path):
+    from facerep.config import check_same_run
+
+    saved = {"data": {"storage_options": {"endpoint_url": "http://a"}, "image_size": 96}}
+    moved = {"data": {"storage_options": {"endpoint_url": "http://b"}, "image_size": 96}}
+    check_same_run(saved, moved, tmp_path / "checkpoint.pt", {"data.storage_options"})  # endpoints may move
+    with pytest.raises(ConfigError, match=r"data.storage_options.endpoint_url='http://a'"):
+        check_same_run(saved, moved, tmp_path / "checkpoint.pt", {"data.storage"})  # a prefix is not a key

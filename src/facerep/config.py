@@ -132,6 +132,9 @@ class DataConfig:
     lmdb_keys: str | None = None  # key-list file for lmdb (default: <path>/keys.txt, else the db's keys)
     shuffle_buffer: int = 1000  # webdataset sample shuffle buffer (0: off)
     missing_caption: str = "skip"  # image-text methods, image without a caption: skip | empty (caption "")
+    # webdataset shards in object storage (s3://): fsspec/s3fs options, e.g. {endpoint_url: ..., anon: true};
+    # credentials belong in the AWS_* environment, not here (config.yaml is saved beside the run)
+    storage_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_choice("data.missing_caption", self.missing_caption, ("skip", "empty"))
@@ -177,9 +180,14 @@ class TrainConfig:
     clip_grad: float = 0.0  # max grad norm; 0: off
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 | fp32
     compile: bool = False  # torch.compile the model (falls back to eager if compilation fails)
+    # ddp (a whole model per process) | fsdp (FSDP2: weights, gradients, optimizer state sharded)
+    parallel: str = "ddp"
     log_every: int = 10
     ckpt_every: int = 100
     progress: str = "auto"  # auto (bar on a terminal) | bar | log
+    # seconds a collective waits for the other processes before the run fails in one line (a frozen or
+    # unreachable node); torch's own default for gloo is 30 minutes
+    dist_timeout_s: int = 600
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.accum_steps < 1:
@@ -187,6 +195,8 @@ class TrainConfig:
         check_at_least("train.max_steps", self.max_steps, 0)
         check_at_least("train.warmup_steps", self.warmup_steps, -1)
         check_choice("train.precision", self.precision, PRECISIONS)
+        check_choice("train.parallel", self.parallel, ("ddp", "fsdp"))
+        check_at_least("train.dist_timeout_s", self.dist_timeout_s, 1)
         check_choice("train.progress", self.progress, PROGRESS_MODES)
         if self.optimizer is not None:
             from facerep.runtime.optim import OPTIMIZERS  # torch: only once an optimizer is named
@@ -312,8 +322,9 @@ def check_same_run(saved: Mapping[str, Any] | None, current: Any, path: Path, fr
     """Refuse to resume the checkpoint ``path`` under a config other than the one it was written with.
 
     ``saved``: the checkpoint's ``config`` (older checkpoints have none: nothing to check); ``current``: the
-    run's config dataclass; ``free``: dotted keys that may change on resume (where and how a run is shown or
-    run, not what it computes: ``output_dir``, ``device``, logging). Keys only one side knows (a field added
+    run's config dataclass; ``free``: dotted keys (and the keys under them) that may change on resume (where
+    and how a run is shown or run, not what it computes: ``output_dir``, ``device``, logging, storage
+    credentials). Keys only one side knows (a field added
     since) are skipped. A difference is a one-line ConfigError naming the first differing key and both
     values: resuming would silently mix two recipes (a changed ``train.max_steps`` changes the schedule).
     """
@@ -321,7 +332,7 @@ def check_same_run(saved: Mapping[str, Any] | None, current: Any, path: Path, fr
         return
     old, new = _flat(saved), _flat(to_dict(current))
     for key in sorted(old.keys() & new.keys()):
-        if key not in free and old[key] != new[key]:
+        if old[key] != new[key] and not any(key == f or key.startswith(f + ".") for f in free):
             raise ConfigError(
                 f"{path}: written by a run with {key}={old[key]!r}, this one has {key}={new[key]!r}; resume "
                 f"it with its own config, or {fresh_run(path)}"
@@ -408,6 +419,9 @@ class FinetuneTrainConfig:
     precision: str = "auto"
     eval_every: int = 1
     progress: str = "auto"
+    # seconds a collective waits for the other processes before the run fails in one line (a frozen or
+    # unreachable node); torch's own default for gloo is 30 minutes
+    dist_timeout_s: int = 600
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -415,6 +429,7 @@ class FinetuneTrainConfig:
         self.sync_bn = str(self.sync_bn).lower()  # YAML true/false arrive as "True"/"False"
         check_choice("train.schedule", self.schedule, FINETUNE_SCHEDULES)
         check_choice("train.sync_bn", self.sync_bn, SYNC_BN_MODES)
+        check_at_least("train.dist_timeout_s", self.dist_timeout_s, 1)
         check_choice("train.precision", self.precision, PRECISIONS)
         check_choice("train.progress", self.progress, PROGRESS_MODES)
         if any(m < 1 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):

@@ -10,7 +10,14 @@ Captions (image-text pre-training): ``caption(i)`` is item ``i``'s text or ``Non
 gives image and caption together. Synthetic faces are described from their ground truth
 (:mod:`facerep.data.captions`); a folder image ``a/img_001.jpg`` has its caption in ``a/img_001.txt``;
 an LMDB image ``key`` in the value of ``key.txt``; a webdataset sample in its ``txt`` member (UTF-8,
-stripped; empty counts as missing). :func:`load_item_with_fallback` applies ``data.missing_caption``:
+stripped; empty counts as missing).
+
+Webdataset shards may live in S3-compatible object storage (``s3://bucket/prefix/{00000..00099}.tar``,
+opened through fsspec + s3fs, the ``s3`` extra; endpoint and credentials from the standard ``AWS_*``
+environment, ``data.storage_options`` for anything else). A transient error while a shard is read (a dropped
+connection) reopens it, up to :data:`SHARD_RETRIES` times with doubling backoff, and skips the samples
+already yielded from it, so none is lost or repeated; after that it is a one-line :class:`DataError`
+naming the shard (docs/scaling-s3.md). :func:`load_item_with_fallback` applies ``data.missing_caption``:
 ``skip`` passes over an uncaptioned item like an unreadable one (reported as ``"<name> (no caption)"``),
 ``empty`` gives it the caption ``""``.
 
@@ -26,6 +33,8 @@ import contextlib
 import hashlib
 import os
 import string
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -57,6 +66,17 @@ NO_CAPTION = " (no caption)"
 # safe_key: bytes kept as they are (everything else is %XX), and the longest key before it is shortened.
 KEY_CHARS = frozenset((string.ascii_letters + string.digits + "_-").encode())
 MAX_KEY = 200
+
+
+# Webdataset shard URL schemes opened through fsspec (s3fs) instead of webdataset's gopen.
+FSSPEC_SCHEMES = ("s3", "s3a")
+# A shard whose read fails transiently is reopened this many times, after RETRY_BACKOFF_S seconds, doubling.
+SHARD_RETRIES = 3
+RETRY_BACKOFF_S = 0.5
+# Errors that say the shard is not there or not ours to read: reported at once, never retried.
+PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+# Libraries whose own exceptions (not OSError subclasses) mean a failed request or a broken response.
+NETWORK_MODULES = frozenset({"botocore", "aiobotocore", "aiohttp", "urllib3", "requests", "http", "s3fs"})
 
 
 class DataError(FacerepError):
@@ -361,17 +381,64 @@ def _local_path(url: str) -> str:
     return url[len("file://") :] if url.startswith("file://") else url
 
 
+def _scheme(url: str) -> str:
+    return url.split("://", 1)[0].lower() if "://" in url else ""
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether a shard read error may go away on a retry: a connection or timeout error, another
+    ``OSError`` but a missing file or a denied access, or an error of the network libraries
+    (botocore, aiohttp, urllib3, ``http.client.IncompleteRead``)."""
+    if isinstance(err, PERMANENT_OS_ERRORS):
+        return False
+    if isinstance(err, OSError):  # ConnectionError, TimeoutError, EIO, ...
+        return True
+    return type(err).__module__.split(".", 1)[0] in NETWORK_MODULES
+
+
+def open_shard(url: str, storage_options: dict[str, Any] | None = None) -> Any:
+    """A readable binary stream of shard ``url``: ``s3://`` (and ``s3a://``) through fsspec + s3fs with
+    ``storage_options`` (endpoint and credentials otherwise from the ``AWS_*`` environment), anything else
+    through webdataset's ``gopen`` (local paths, ``http(s)://``, ``pipe:``)."""
+    if _scheme(url) in FSSPEC_SCHEMES:
+        import fsspec  # only for object storage: s3fs pulls in aiobotocore
+
+        if _scheme(url) == "s3a":
+            url = "s3" + url[3:]
+        return fsspec.open(url, "rb", **(storage_options or {})).open()
+    return gopen(url)
+
+
+class _Transient(Exception):
+    """A transient read error of one shard, carried out of webdataset's iterators to the retry loop."""
+
+    def __init__(self, err: BaseException) -> None:
+        super().__init__(one_line(f"{type(err).__name__}: {err}"))
+        self.err = err
+
+
 class WebDatasetSource:
     """Tar shards in the webdataset / img2dataset layout (``key.jpg`` + ``key.txt`` + ``key.json``);
     a sample's caption is its ``txt`` member.
 
     ``pattern`` uses brace syntax (``data/{00000..00009}.tar``), ``::`` separates several patterns;
-    shards may be local paths or anything webdataset's ``gopen`` opens (``http(s)://``, ``pipe:``).
-    Local shards are checked to exist up front.
+    shards may be local paths, ``s3://`` objects (fsspec + s3fs, ``storage_options`` passed on; no bucket
+    listing: the pattern names the shards) or anything webdataset's ``gopen`` opens (``http(s)://``,
+    ``pipe:``). Local shards are checked to exist up front. A transient read error is retried
+    ``retries`` times (see :meth:`shard_samples`).
     """
 
-    def __init__(self, pattern: str) -> None:
+    def __init__(
+        self,
+        pattern: str,
+        storage_options: dict[str, Any] | None = None,
+        *,
+        retries: int = SHARD_RETRIES,
+        backoff: float = RETRY_BACKOFF_S,
+    ) -> None:
         self.pattern = pattern
+        self.storage_options = dict(storage_options or {})
+        self.retries, self.backoff = int(retries), float(backoff)
         self.captions_from = f"the 'txt' member (<key>.txt) of each sample in {pattern}"
         self.shards: list[str] = [s for s in expand_urls(pattern) if s]
         if not self.shards:
@@ -382,32 +449,79 @@ class WebDatasetSource:
                 f"webdataset source: shard not found: {missing[0]} ({len(missing)} of {len(self.shards)} "
                 f"shards of {pattern!r} missing; expected .tar files)"
             )
+        if any(_scheme(s) in FSSPEC_SCHEMES for s in self.shards):
+            try:
+                import fsspec  # noqa: F401
+                import s3fs  # noqa: F401
+            except ImportError as err:
+                raise DataError(
+                    f"webdataset source: {pattern!r} is in object storage, which needs fsspec and s3fs "
+                    f"(pip install 'facerep[s3]'; {one_line(err)})"
+                ) from None
 
     def shard_samples(self, url: str, on_error: Callable[[str], None]) -> Iterator[dict[str, Any]]:
         """Raw samples of one shard: dicts ``{"__key__", "__url__", ext: bytes, ...}`` (not decoded).
 
-        An unreadable shard or member is reported through ``on_error(name)`` and skipped.
+        An unreadable shard or member is reported through ``on_error(name)`` and skipped. A transient
+        error (:func:`is_transient`: a dropped connection, a timeout) while opening or reading reopens the
+        shard after ``backoff``, ``2 * backoff``, ... seconds (one line on stderr each time) and skips the
+        samples already yielded from it; after ``retries`` retries it is a one-line :class:`DataError`
+        naming the shard.
         """
+        done = failures = 0
+        while True:
+            try:
+                with contextlib.closing(self._read_shard(url, on_error)) as attempt:
+                    for i, sample in enumerate(attempt):
+                        if i >= done:
+                            done += 1
+                            yield sample
+                return
+            except _Transient as failure:
+                failures += 1
+                if failures > self.retries:
+                    raise DataError(
+                        f"webdataset source: cannot read shard {url}: {failure} (after {self.retries} "
+                        f"retries, {done} samples in)"
+                    ) from None
+                wait = self.backoff * 2 ** (failures - 1)
+                print(
+                    f"[facerep] data: {url}: {failure}; reopening it in {wait:g} s (retry {failures} of "
+                    f"{self.retries}, skipping the {done} samples already read)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                time.sleep(wait)
+
+    def _read_shard(self, url: str, on_error: Callable[[str], None]) -> Iterator[dict[str, Any]]:
+        """One attempt at :meth:`shard_samples`: transient errors leave as :class:`_Transient`."""
 
         def handler(exn: Exception) -> bool:
+            if isinstance(exn, _Transient):
+                raise exn
+            if is_transient(exn):
+                raise _Transient(exn) from exn
             on_error(f"{url}: {one_line(exn.args[0] if exn.args else exn)}")
             return True
 
         try:
-            stream = gopen(url)
+            stream = open_shard(url, self.storage_options)
         except Exception as err:
             handler(err)
             return
+        failed = False
         try:
             files = ({**f, "__url__": url} for f in tar_file_iterator(stream, handler=handler))
             yield from group_by_keys(files, handler=handler)
         except Exception as err:  # a broken tar stream ends the shard, not the run
+            failed = True
             handler(err)
         finally:
             try:
                 stream.close()
             except Exception as err:
-                handler(err)
+                if not failed:  # after a failed read, closing may fail too: said already
+                    on_error(f"{url}: {one_line(err.args[0] if err.args else err)}")
 
     @staticmethod
     def sample_name(sample: dict[str, Any]) -> str:
@@ -466,7 +580,7 @@ SOURCES.add(
 )
 SOURCES.add("folder", lambda cfg: FolderSource(_path(cfg)))
 SOURCES.add("lmdb", lambda cfg: LmdbSource(_path(cfg), cfg.lmdb_keys))
-SOURCES.add("webdataset", lambda cfg: WebDatasetSource(_path(cfg)))
+SOURCES.add("webdataset", lambda cfg: WebDatasetSource(_path(cfg), cfg.storage_options))
 
 
 def build_source(cfg: DataConfig) -> MapSource | WebDatasetSource:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -52,17 +53,20 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
+def init_distributed(device: str = "auto", timeout_s: float | None = None) -> DistInfo:
     """Join the process group torchrun set up (env ``RANK``/``WORLD_SIZE``), or run as a single process.
 
     NCCL on GPUs, gloo on CPU. Multi-node works the same way (torchrun's rendezvous sets the env).
+    ``timeout_s``: how long a collective waits for the other processes (None: torch's default), so that a
+    frozen node fails the run instead of hanging it.
     """
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     dev = resolve_device(device, local_rank)
     if int(os.environ.get("WORLD_SIZE", 1)) > 1 and not is_distributed():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        timeout = None if timeout_s is None else timedelta(seconds=timeout_s)
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", timeout=timeout)
     return DistInfo(rank(), world_size(), local_rank, dev)
 
 

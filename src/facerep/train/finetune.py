@@ -63,6 +63,7 @@ from facerep.train.step import NonFiniteLossError, StepLoop, move_to
 # and train.epochs: a finished run continues with more epochs (the unfinished ones only)
 RESUME_FREE = frozenset({
     "output_dir", "device", "data.num_workers", "train.progress", "train.eval_every", "train.epochs",
+    "train.dist_timeout_s",
 })  # fmt: skip
 PREDICTIONS = 8  # test samples drawn in plots/predictions.png
 
@@ -393,4 +394,4 @@ def cached_features(
 
 def finetune(cfg: FinetuneConfig) -> dict:
     """Run ``facerep finetune``; returns the summary written to ``results.json``."""
-    return Finetuner(cfg, init_distributed(cfg.device)).fit()
+    return Finetuner(cfg, init_distributed(cfg.device, cfg.train.dist_timeout_s)).fit()

@@ -1,4 +1,5 @@
-"""The pre-training loop: one trainer for every registered method, on CPU, one GPU or many (DDP).
+"""The pre-training loop: one trainer for every registered method, on CPU, one GPU or many (DDP, or FSDP2
+with ``train.parallel=fsdp``: :mod:`facerep.train.parallel`, docs/scaling-fsdp.md).
 
 What it guarantees:
 
@@ -16,8 +17,10 @@ What it guarantees:
   temporaries of writes a killed run left are removed at start;
 * a non-finite loss stops the run before anything is written, so the last good checkpoint survives;
 * rank 0 alone writes ``config.yaml``, ``metrics.jsonl``, TensorBoard events (``train/<key>``),
-  ``checkpoint.pt``, ``backbone.safetensors`` and, at the end, ``plots/loss.png`` (the loss and each of its
-  terms against the step; a plotting failure is one warning line, the run is complete).
+  ``checkpoint.pt`` (``train.parallel=fsdp``: every rank writes its shards into the DCP directory
+  ``checkpoint/``), ``backbone.safetensors`` (the full backbone, gathered under fsdp) and, at the end,
+  ``plots/loss.png`` (the loss and each of its terms against the step; a plotting failure is one warning
+  line, the run is complete).
 """
 
 from __future__ import annotations
@@ -61,14 +64,15 @@ from facerep.runtime.optim import build_optimizer
 from facerep.runtime.plots import write_curves
 from facerep.runtime.run_log import MetricsLog, Progress, start_run
 from facerep.runtime.schedules import cosine_schedule
-from facerep.train.state import PretrainState
+from facerep.train.parallel import check_fsdp, split_sharded, wrap_fsdp
+from facerep.train.state import PretrainState, ShardedPretrainState
 from facerep.train.step import NonFiniteLossError, StepLoop, move_to
 
 MAX_SKIPPED_NAMES = 5
 # config keys a resumed run may change: where it writes, what runs it, how it reports (check_same_run)
 RESUME_FREE = frozenset({
-    "output_dir", "device", "data.num_workers", "train.log_every", "train.ckpt_every", "train.progress",
-    "train.compile",
+    "output_dir", "device", "data.num_workers", "data.storage_options", "train.log_every", "train.ckpt_every",
+    "train.progress", "train.compile", "train.dist_timeout_s",
 })  # fmt: skip
 
 
@@ -101,19 +105,29 @@ class Trainer:
         self.warmup_steps = self._warmup_steps()
         self.base_lr = train.lr if train.lr is not None else train.blr * self.images_per_step / 256
 
+        self.fsdp = train.parallel == "fsdp"
+        if self.fsdp:
+            check_fsdp(cfg.method, train.precision)
+        self.state_type = ShardedPretrainState if self.fsdp else PretrainState
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.method: PretrainMethod = build_method(cfg).to(self.device)
         if dist_info.world_size > 1 and self.method.sync_batchnorm:
             # as the method's reference trains (FRA, BYOL); MCF's does not
             self.method = sync_batchnorm(self.method, self.device)
-        model = wrap_ddp(self.method, dist_info)
+        if self.fsdp and dist_info.world_size > 1:
+            model = wrap_fsdp(self.method, dist_info, train.precision)
+        else:
+            model = wrap_ddp(self.method, dist_info)
         # other training randomness (e.g. dropout) differs per rank
         torch.manual_seed(cfg.seed + dist_info.rank)
         random.seed(cfg.seed + dist_info.rank)
 
+        groups = self.method.param_groups(train.weight_decay)
+        if self.fsdp and dist_info.world_size > 1:
+            groups = split_sharded(groups)
         optimizer = build_optimizer(
             train.optimizer,
-            self.method.param_groups(train.weight_decay),
+            groups,
             self.base_lr,
             betas=train.betas,
             momentum=train.momentum,
@@ -172,6 +186,8 @@ class Trainer:
 
     @property
     def checkpoint_path(self) -> Path:
+        if self.fsdp:
+            return ShardedPretrainState.directory(self.output_dir)
         return PretrainState.path(self.output_dir)
 
     def _gather_rng(self) -> list[dict]:
@@ -183,14 +199,17 @@ class Trainer:
         return states
 
     def save(self, rng_states: list[dict] | None = None) -> None:
-        """Write ``checkpoint.pt`` atomically (collective: every rank must call it)."""
+        """Write ``checkpoint.pt`` (fsdp: ``checkpoint/``) atomically (collective: every rank calls it)."""
         rng_states = rng_states or self._gather_rng()
         skipped_total = self._skipped_total()
-        if not self.dist.is_main:
+        if not self.dist.is_main and not self.fsdp:
             return
-        PretrainState(
-            model=self.method.state_dict(),
-            optimizer=self.optimizer.state_dict(),
+        sharded = self.fsdp  # model and optimizer go to the DCP directory, written by every rank
+        if sharded and self.dist.world_size > 1:
+            self._broadcast_buffers()
+        state = self.state_type(
+            model={} if sharded else self.method.state_dict(),
+            optimizer={} if sharded else self.optimizer.state_dict(),
             scaler=self.loop.scaler.state_dict(),
             rng=rng_states,
             config=to_dict(self.cfg),
@@ -200,12 +219,27 @@ class Trainer:
             total_steps=self.total_steps,
             samples_per_rank=self.step * self.cfg.train.accum_steps * self.cfg.train.batch_size,
             skipped={"count": skipped_total, "names": self.skipped_names},  # over all ranks
-        ).save(self.output_dir)
+        )
+        if sharded:
+            state.save_sharded(self.output_dir, self.method, self.optimizer, self.dist.is_main)
+        else:
+            state.save(self.output_dir)
 
     def resume(self) -> bool:
-        """Load ``output_dir/checkpoint.pt`` when present; returns whether it did."""
-        state = PretrainState.load(self.output_dir)
+        """Load ``output_dir/checkpoint.pt`` (fsdp: ``checkpoint/``) when present; returns whether it did."""
+        state = self.state_type.load(self.output_dir)
         if state is None:
+            other, mode = (
+                (PretrainState.path(self.output_dir), "ddp")
+                if self.fsdp
+                else (ShardedPretrainState.path(self.output_dir), "fsdp")
+            )
+            if other.exists():
+                raise ConfigError(
+                    f"{other}: written by a run with train.parallel={mode}, this one has "
+                    f"train.parallel={self.cfg.train.parallel}; resume it with its own config, or "
+                    "start fresh in another output_dir"
+                )
             return False
         if state.method != self.cfg.method:
             raise ConfigError(
@@ -213,8 +247,11 @@ class Trainer:
                 "use another output_dir"
             )
         what = f"this config's {self.cfg.method} model (the run directory holds another)"
+        free = RESUME_FREE
+        if self.cfg.train.global_batch > 0:  # accum_steps follows the number of processes
+            free = free | {"train.accum_steps"}
         state.restore(
-            self.output_dir, config=self.cfg, free=RESUME_FREE, model=self.method, optimizer=self.optimizer,
+            self.output_dir, config=self.cfg, free=free, model=self.method, optimizer=self.optimizer,
             scaler=self.loop.scaler, what=what, rank=self.dist.rank,
         )  # fmt: skip
         self.step = int(state.step)
@@ -254,6 +291,9 @@ class Trainer:
         cfg, train, main = self.cfg, self.cfg.train, self.dist.is_main
         if main:
             remove_interrupted_writes(self.output_dir)
+            if self.fsdp:
+                ShardedPretrainState.remove_interrupted(self.output_dir)
+        barrier()
         resumed = self.resume()
         batches = iter(
             build_pretrain_loader(
@@ -326,14 +366,37 @@ class Trainer:
         count = torch.tensor(float(self.skipped_before + len(self.skipped_seen)), device=self.device)
         return round(all_reduce_mean(count).item() * self.dist.world_size)
 
+    def _broadcast_buffers(self) -> None:
+        """Rank 0's buffers (BatchNorm statistics) on every rank, as DDP keeps them and as a checkpoint holds
+        them: FSDP leaves buffers per rank, and DCP would save any one rank's copy."""
+        for buffer in self.method.buffers():
+            if buffer.dtype != torch.bool:
+                dist.broadcast(buffer, 0)
+
+    def _full_method(self) -> PretrainMethod | None:
+        """The method with whole weights on the main process (``None`` elsewhere), for the export. Under
+        FSDP (collective) a CPU copy built from the gathered full state dict, else the method itself."""
+        if not (self.fsdp and self.dist.world_size > 1):
+            return self.method if self.dist.is_main else None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        full = get_model_state_dict(self.method, options=options)  # rank 0 only; empty elsewhere
+        if not self.dist.is_main:
+            return None
+        copy = build_method(self.cfg)
+        copy.load_state_dict(full)
+        return copy.eval()
+
     def _finish(self) -> Path:
         path = self.output_dir / "backbone.safetensors"
         skipped = self._skipped_total()
-        if self.dist.is_main:
+        method = self._full_method()
+        if method is not None:
             path = export_backbone(
-                self.method.encoder, self.output_dir, extra={"method": self.cfg.method, "step": self.step}
+                method.encoder, self.output_dir, extra={"method": self.cfg.method, "step": self.step}
             )
-            extra = self.method.export(self.output_dir)
+            extra = method.export(self.output_dir)
             if extra is not None:
                 print(f"[facerep] wrote {extra}", flush=True)
             title = f"{self.cfg.method} ({self.output_dir.name})"
@@ -352,7 +415,7 @@ class Trainer:
 def pretrain(cfg: PretrainConfig) -> Path:
     """Run ``facerep pretrain``: the method's stages first (e.g. MCF's MAE teacher), then the method.
     Returns the path of the exported backbone."""
-    dist_info = init_distributed(cfg.device)
+    dist_info = init_distributed(cfg.device, cfg.train.dist_timeout_s)
 
     def run_stage(what: str, stage: PretrainConfig) -> Path:
         if dist_info.is_main:

@@ -6,11 +6,19 @@ Pre-training writes ``checkpoint.pt`` (:class:`PretrainState`), fine-tuning ``fi
 pre-training run's ``method`` and ``arch``) and by predict (a fine-tuning run's ``kind``, ``task``,
 ``outputs``), so a field is only ever added, never renamed. Resuming is :meth:`RunState.restore`: the
 same config (``check_same_run``), then model, optimizer, scaler and this rank's RNG.
+
+Under ``train.parallel=fsdp`` a pre-training run's checkpoint is :class:`ShardedPretrainState`: a
+``torch.distributed.checkpoint`` (DCP) directory ``checkpoint/`` holding model and optimizer as each rank's
+shards (read back on any number of ranks), and ``checkpoint/meta.pt``, the same record as ``checkpoint.pt``
+with ``model`` and ``optimizer`` left empty.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+import shutil
+import warnings
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -20,6 +28,8 @@ from torch import Tensor, nn
 from facerep.backbones.base import load_strict
 from facerep.config import check_same_run, fresh_run
 from facerep.runtime.checkpoint import CheckpointError, load_checkpoint, restore_rng, save_checkpoint
+from facerep.runtime.distributed import barrier, is_distributed
+from facerep.runtime.errors import one_line
 
 S = TypeVar("S", bound="RunState")
 
@@ -92,6 +102,97 @@ class PretrainState(RunState):
     skipped: dict[str, Any]  # {"count": distinct unreadable inputs over all ranks, "names": the first few}
 
     FILE: ClassVar[str] = "checkpoint.pt"
+
+
+@dataclass
+class ShardedPretrainState(PretrainState):
+    """A pre-training run under ``train.parallel=fsdp`` (module docstring): ``checkpoint/`` is a DCP directory
+    (``.metadata`` and one ``__<rank>_0.distcp`` file per writing rank) of ``{"model", "optimizer"}`` as
+    ``torch.distributed.checkpoint.state_dict.get_state_dict`` gives them (keyed by parameter names, so any
+    world size, one process without FSDP included, reads them back), plus ``meta.pt``: this record, whose
+    ``model`` and ``optimizer`` stay empty. Written into ``checkpoint.partial/`` and renamed into place."""
+
+    FILE: ClassVar[str] = "checkpoint/meta.pt"
+    DIR: ClassVar[str] = "checkpoint"
+
+    @classmethod
+    def directory(cls, run_dir: str | Path) -> Path:
+        return Path(run_dir) / cls.DIR
+
+    @classmethod
+    def remove_interrupted(cls, run_dir: str | Path) -> None:
+        """Undo what a killed write left (main process, before a run starts): a partial directory is
+        deleted; a previous checkpoint moved aside but not yet replaced is put back."""
+        final = cls.directory(run_dir)
+        partial, old = final.with_name(final.name + ".partial"), final.with_name(final.name + ".old")
+        if partial.exists():
+            shutil.rmtree(partial)
+            print(f"[facerep] removed the partial checkpoint of a killed write: {partial}", flush=True)
+        if old.exists():
+            if final.exists():
+                shutil.rmtree(old)
+            else:
+                old.rename(final)
+
+    def save_sharded(self, run_dir: str | Path, model: nn.Module, optimizer: Any, is_main: bool) -> Path:
+        """Write model and optimizer shards and this record (collective: every rank calls it with its own
+        ``model`` and ``optimizer``; ``self`` is read on the main process only)."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        final = self.directory(run_dir)
+        partial, old = final.with_name(final.name + ".partial"), final.with_name(final.name + ".old")
+        if is_main:
+            shutil.rmtree(partial, ignore_errors=True)
+        barrier()
+        model_state, optim_state = get_state_dict(model, optimizer)
+        with _single_process_quiet():
+            dcp.save(
+                {"model": model_state, "optimizer": optim_state},
+                checkpoint_id=str(partial),
+                no_dist=not is_distributed(),
+            )
+        if is_main:
+            meta = {**self.to_dict(), "model": {}, "optimizer": {}}
+            save_checkpoint(meta, partial / Path(self.FILE).name)
+            if final.exists():
+                final.rename(old)
+            partial.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        barrier()
+        return final
+
+    def restore(self, run_dir: str | Path, *, config: Any, free: Collection[str], model: nn.Module,
+                optimizer: Any, scaler: Any, what: str, rank: int = 0) -> None:  # fmt: skip
+        """:meth:`RunState.restore` from the DCP directory (collective): every rank reads the parts of the
+        shards its own parameters hold, whatever the world size that wrote them."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        path = self.path(run_dir)
+        check_same_run(self.config, config, path, free)
+        model_state, optim_state = get_state_dict(model, optimizer)
+        state = {"model": model_state, "optimizer": optim_state}
+        try:
+            with _single_process_quiet():
+                dcp.load(state, checkpoint_id=str(self.directory(run_dir)), no_dist=not is_distributed())
+            set_state_dict(
+                model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
+            )
+        except Exception as err:  # a missing key, a shape that does not fit: one line
+            raise CheckpointError(
+                f"{self.directory(run_dir)} does not fit {what} ({one_line(err, 300)}); {fresh_run(path)}"
+            ) from None
+        scaler.load_state_dict(self.scaler)
+        restore_rng(self.rng[rank] if rank < len(self.rng) else self.rng[0])
+
+
+@contextmanager
+def _single_process_quiet() -> Iterator[None]:
+    """DCP warns on every save and load without a process group that it assumes one process: it does."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"torch\.distributed is disabled, unavailable or uninit")
+        yield
 
 
 @dataclass

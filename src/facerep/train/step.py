@@ -1,9 +1,10 @@
 """The optimizer step every loop shares: pre-training, fine-tuning and ``facerep bench``.
 
 One call of :meth:`StepLoop.step` runs ``accum_steps`` micro-batches under autocast (bf16 on GPU by
-default; fp16 with a loss scaler), accumulates gradients (DDP synchronises only on the last one), stops
-on a non-finite loss before the optimizer moves, clips the gradient norm if asked, steps and clears the
-gradients. ``torch.compile`` is tried on the first call and falls back to eager if compilation fails.
+default; fp16 with a loss scaler), accumulates gradients (DDP and FSDP2 synchronise only on the last
+one), stops on a non-finite loss before the optimizer moves, clips the gradient norm if asked, steps and
+clears the gradients. ``torch.compile`` is tried on the first call and falls back to eager if compilation
+fails.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 from torch.nn.parallel import DistributedDataParallel
 
 from facerep.runtime.errors import FacerepError, one_line
@@ -110,11 +112,14 @@ class StepLoop:
         """
         accum = self.accum_steps
         ddp = self.eager_model if isinstance(self.eager_model, DistributedDataParallel) else None
+        fsdp = self.eager_model if isinstance(self.eager_model, FSDPModule) else None
         total = torch.zeros((), device=self.device)
         terms: dict[str, torch.Tensor] = {}
         for micro in range(accum):
             batch = next(batches)
             last = micro == accum - 1
+            if fsdp is not None and accum > 1:  # FSDP2: reduce-scatter on the last micro-batch only
+                fsdp.set_requires_gradient_sync(last)
             with ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext():
                 loss, parts = self.forward(compute, batch)
                 self.scaler.scale(loss / accum).backward()
