@@ -46,7 +46,8 @@ class BenchPretrainConfig(PretrainConfig):
     bench: BenchOptions = field(default_factory=BenchOptions)
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
+    """Wait for the device's queued work (timing); nothing on CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -58,16 +59,17 @@ def matmul_peak_tflops(device: torch.device, dtype: torch.dtype) -> float:
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(2):
         a @ b
-    _sync(device)
+    sync_device(device)
     reps = 20 if device.type == "cuda" else 5
     start = time.perf_counter()
     for _ in range(reps):
         a @ b
-    _sync(device)
+    sync_device(device)
     return 2 * n**3 * reps / (time.perf_counter() - start) / 1e12
 
 
-def _peak_memory_gib(device: torch.device) -> float:
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak memory: the CUDA allocator's on a GPU, the process's peak RSS on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (process peak RSS)
@@ -97,13 +99,29 @@ def loss_parity(trainer: Trainer, batch: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def bench_one(cfg: BenchPretrainConfig, batch_size: int) -> dict[str, Any]:
-    """Time the training step at one batch size, on one synthetic batch already on the device."""
+def steps_to_fit(step_s: float, left_s: float, steps: int, repeats: int) -> tuple[int, int]:
+    """Fewer timed steps (then repeats) when the time left would not hold them (half of it)."""
+    while repeats > 1 and step_s * steps * repeats > 0.5 * left_s:
+        repeats -= 1
+    while steps > 2 and step_s * steps * repeats > 0.5 * left_s:
+        steps -= 1
+    return steps, repeats
+
+
+def bench_one(
+    cfg: BenchPretrainConfig, batch_size: int, *, time_left_s: float | None = None, parity: bool = True
+) -> dict[str, Any]:
+    """Time the training step at one batch size, on one synthetic batch already on the device.
+
+    The set-up, the first step (the compilation with ``train.compile``), the rest of the warm-up and the timed
+    steps are reported apart; ``time_left_s``: fewer timed steps when they would not fit (a time-boxed run).
+    """
     dist_info = init_distributed(cfg.device)
     device = dist_info.device
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
+    start = tick = time.perf_counter()
     trainer = Trainer(bench_config(cfg, batch_size), dist_info)
     size = cfg.data.image_size
     spec = trainer.method.batch_spec(cfg.data)
@@ -113,17 +131,29 @@ def bench_one(cfg: BenchPretrainConfig, batch_size: int) -> dict[str, Any]:
         "masks": [m.to(device) for m in random_masks(spec, batch_size, generator)],
     }
     batches = itertools.repeat(batch)
-    for _ in range(cfg.bench.warmup):
+    sync_device(device)
+    setup_s = time.perf_counter() - tick
+    warmup = []  # seconds per untimed step; the first compiles on the fast path
+    for _ in range(max(1, cfg.bench.warmup)):
+        tick = time.perf_counter()
         trainer.train_step(batches)
+        sync_device(device)
+        warmup.append(time.perf_counter() - tick)
+    steps, repeats = cfg.bench.steps, cfg.bench.repeats
+    if time_left_s is not None:
+        steps, repeats = steps_to_fit(warmup[-1], time_left_s - (time.perf_counter() - start), steps, repeats)
     times = []
-    for _ in range(cfg.bench.repeats):
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(cfg.bench.steps):
+    tick = time.perf_counter()
+    for _ in range(repeats):
+        sync_device(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
             trainer.train_step(batches)
-        _sync(device)
-        times.append((time.perf_counter() - start) / cfg.bench.steps)
+        sync_device(device)
+        times.append((time.perf_counter() - t0) / steps)
+    timed_s = time.perf_counter() - tick
     ms = statistics.median(times) * 1000
+    peak_memory = peak_memory_gib(device)
     with FlopCounterMode(display=False) as counter:
         with trainer.loop.autocast():
             loss, _ = trainer.loop.eager_model(batch)
@@ -137,12 +167,21 @@ def bench_one(cfg: BenchPretrainConfig, batch_size: int) -> dict[str, Any]:
         "batch_size": batch_size,
         "images_per_s": images_per_s,
         "ms_per_step": ms,
-        "peak_memory_gib": _peak_memory_gib(device),
+        "peak_memory_gib": peak_memory,
         "gflop_per_image": flop_per_image / 1e9,
         "achieved_tflops": achieved,
         "matmul_peak_tflops": peak,
         "percent_of_peak": 100 * achieved / peak,
-        "loss_parity": loss_parity(trainer, batch),
+        "precision": str(trainer.loop.amp_dtype or torch.float32).replace("torch.", ""),
+        "compiled": trainer.loop.model is not trainer.loop.eager_model,  # False: eager (or compile fell back)
+        "fused_adamw": bool(trainer.optimizer.defaults.get("fused")),
+        "setup_s": setup_s,
+        "first_step_s": warmup[0],
+        "warmup_steps": len(warmup),
+        "warmup_s": sum(warmup),
+        "timed_steps": steps * repeats,
+        "timed_s": timed_s,
+        **({"loss_parity": loss_parity(trainer, batch)} if parity else {}),
     }
 
 

@@ -1,0 +1,92 @@
+"""The prepared GPU benchmark (benchmarks/gpu.sh) end to end in its dry run: CPU, tiny model, 2 steps."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "gpu.sh"
+
+
+def gpu_rows():
+    spec = importlib.util.spec_from_file_location("gpu_rows", ROOT / "benchmarks" / "gpu_rows.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_rows"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash")
+def test_gpu_bench_dry_run_writes_every_row(tmp_path):
+    out = tmp_path / "gpu_bench"
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env["OUT"] = str(tmp_path / "device_out")  # the device machine's folder that comes back
+    (tmp_path / "device_out").mkdir()
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), "--dry-run", str(out)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((out / "gpu_bench.json").read_text())
+    assert result["dry_run"] is True and result["failed"] == []
+    names = [r["name"] for r in result["rows"]]
+    assert names == gpu_rows().expected_names(dry_run=True)
+    kinds = {r["name"]: r["kind"] for r in result["rows"]}
+    assert sorted(set(kinds.values())) == ["data", "finetune", "parity", "pretrain"]
+    for row in result["rows"]:
+        assert "error" not in row, row
+        assert isinstance(row["elapsed_s"], float)
+        if row["kind"] == "parity":
+            assert row["rel_diff"] < 0.05 and row["compiled"] is True
+            continue
+        assert row["images_per_s"] > 0 and row["warmup_s" if row["kind"] != "data" else "jpeg_write_s"] >= 0
+        if row["kind"] == "pretrain":
+            assert row["ms_per_step"] > 0 and row["gflop_per_image"] > 0 and row["percent_of_peak"] > 0
+            assert row["first_step_s"] > 0 and row["timed_steps"] == 2
+            assert row["compiled"] is row["compile"]
+    pretrain = [r for r in result["rows"] if r["kind"] == "pretrain"]
+    assert sorted((r["batch_size"], r["compile"]) for r in pretrain) == [
+        (b, c) for b in (2, 4, 8) for c in (False, True)
+    ]
+    table = (out / "gpu_bench.md").read_text()
+    assert (tmp_path / "device_out" / "gpu_bench.md").read_text() == table
+    assert json.loads((tmp_path / "device_out" / "gpu_bench.json").read_text()) == result
+    assert all(f"| {name} | ok |" in table for name in names)
+
+
+def test_a_failing_or_missing_row_is_recorded_with_its_error(tmp_path):
+    module = gpu_rows()
+    out = tmp_path / "out"
+    module.cmd_fail(out, "mcf_compile_b2", "killed at the time budget (status 124)", dry_run=True)
+    module.cmd_collect(out, dry_run=True, total_s=1.0)
+    result = json.loads((out / "gpu_bench.json").read_text())
+    rows = {r["name"]: r for r in result["rows"]}
+    assert rows["mcf_compile_b2"]["error"].startswith("killed") and rows["loss_parity"]["error"].startswith(
+        "killed"
+    )
+    assert rows["mcf_eager_b2"]["error"].startswith("no record")
+    assert set(result["failed"]) == set(rows)
+    assert "| mcf_compile_b2 | error |" in (out / "gpu_bench.md").read_text()
+
+
+def test_the_gpu_plan_fits_the_budget():
+    module = gpu_rows()
+    rows = module.plan(dry_run=False)
+    assert sum(r.budget_s for r in rows) <= module.TOTAL_BUDGET_S - 40  # gpu.sh starts no row after 440 s
+    names = module.expected_names(dry_run=False)
+    for b in (64, 128, 256):
+        assert f"mcf_eager_b{b}" in names and f"mcf_compile_b{b}" in names
+    assert {"loss_parity", "data_feed_jpeg", "finetune_alignment_448"} <= set(names)
