@@ -82,12 +82,16 @@ class RunState:
         """Resume in place: refuse another recipe (``config`` against the saved one, ``free`` keys may
         differ), load ``model`` strictly (``what`` names it in the error), then optimizer, scaler and the
         RNG of ``rank`` (rank 0's when the run had fewer ranks)."""
-        path = self.path(run_dir)
-        check_same_run(self.config, config, path, free)
-        load_strict(model, self.model, str(path), what, f"; {fresh_run(path)}")
-        optimizer.load_state_dict(self.optimizer)
+        check_same_run(self.config, config, self.path(run_dir), free)
+        self.load_weights(run_dir, model, optimizer, what)
         scaler.load_state_dict(self.scaler)
         restore_rng(self.rng[rank] if rank < len(self.rng) else self.rng[0])
+
+    def load_weights(self, run_dir: str | Path, model: nn.Module, optimizer: Any, what: str) -> None:
+        """The model (strictly) and optimizer part of :meth:`restore`."""
+        path = self.path(run_dir)
+        load_strict(model, self.model, str(path), what, f"; {fresh_run(path)}")
+        optimizer.load_state_dict(self.optimizer)
 
 
 @dataclass
@@ -162,15 +166,12 @@ class ShardedPretrainState(PretrainState):
         barrier()
         return final
 
-    def restore(self, run_dir: str | Path, *, config: Any, free: Collection[str], model: nn.Module,
-                optimizer: Any, scaler: Any, what: str, rank: int = 0) -> None:  # fmt: skip
-        """:meth:`RunState.restore` from the DCP directory (collective): every rank reads the parts of the
-        shards its own parameters hold, whatever the world size that wrote them."""
+    def load_weights(self, run_dir: str | Path, model: nn.Module, optimizer: Any, what: str) -> None:
+        """:meth:`RunState.restore`'s model and optimizer from the DCP directory (collective): every rank
+        reads the parts of the shards its own parameters hold, whatever the world size that wrote them."""
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-        path = self.path(run_dir)
-        check_same_run(self.config, config, path, free)
         model_state, optim_state = get_state_dict(model, optimizer)
         state = {"model": model_state, "optimizer": optim_state}
         try:
@@ -181,10 +182,9 @@ class ShardedPretrainState(PretrainState):
             )
         except Exception as err:  # a missing key, a shape that does not fit: one line
             raise CheckpointError(
-                f"{self.directory(run_dir)} does not fit {what} ({one_line(err, 300)}); {fresh_run(path)}"
+                f"{self.directory(run_dir)} does not fit {what} ({one_line(err, 300)}); "
+                f"{fresh_run(self.path(run_dir))}"
             ) from None
-        scaler.load_state_dict(self.scaler)
-        restore_rng(self.rng[rank] if rank < len(self.rng) else self.rng[0])
 
 
 @contextmanager
