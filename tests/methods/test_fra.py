@@ -183,6 +183,12 @@ def test_heatmaps_command_writes_overlays_and_scores_against_the_parsing_masks(t
     for name in ("trained", "random_init"):
         assert 0.25 <= result[name]["heatmap_peak"] <= 1 and -1 <= result[name]["embedding_cosine"] <= 1
     assert "mean best IoU" in capsys.readouterr().out
+    # the validation faces (to choose a recipe on) are other faces, written apart from the test scores
+    assert main(["heatmaps", f"run={run}", "images=0", "eval_images=6", "split=val"]) == 0
+    val = json.loads((run / "heatmaps_val" / "heatmaps.json").read_text())
+    assert val["config"]["split"] == "val" and val["grid"] != result["grid"]
+    assert main(["heatmaps", f"run={run}", "split=train"]) == 2
+    assert "split must be one of val, test, got 'train'" in capsys.readouterr().err
     mcf = tmp_path / "mcf"
     (mcf / "config.yaml").parent.mkdir()
     (mcf / "config.yaml").write_text("method: mcf\n")

@@ -49,9 +49,15 @@ def load_run(run_dir: str | Path, trained: bool = True) -> tuple[PretrainMethod,
     return method.eval(), cfg
 
 
-def held_out_faces(length: int, size: int) -> list[SyntheticFace]:
-    """Faces of the synthetic *test* split (never seen in pre-training), rendered at ``size``."""
-    return [render_face(SPLIT_SEEDS["test"], i, size) for i in range(length)]
+HELD_OUT_SPLITS = ("val", "test")
+
+
+def held_out_faces(length: int, size: int, split: str = "test") -> list[SyntheticFace]:
+    """Faces of a held-out synthetic split (never seen in pre-training), rendered at ``size``: ``val`` to
+    choose a recipe's knobs on, ``test`` to report the chosen one."""
+    if split not in HELD_OUT_SPLITS:
+        raise ValueError(f"split must be one of {', '.join(HELD_OUT_SPLITS)}, got {split!r}")
+    return [render_face(SPLIT_SEEDS[split], i, size) for i in range(length)]
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from facerep.apps.heatmaps import (
+    HELD_OUT_SPLITS,
     face_regions,
     grid_baseline,
     held_out_faces,
@@ -21,7 +22,7 @@ from facerep.apps.heatmaps import (
     score_regions,
     spread,
 )
-from facerep.config import ConfigError
+from facerep.config import ConfigError, check_choice
 from facerep.runtime.atomic import atomic_save, atomic_write_json
 
 COLLAPSED = 0.99  # mean cosine between the queries' mask embeddings above which they count as one
@@ -32,6 +33,8 @@ class HeatmapsConfig:
     run: str | None = None  # a facerep pretrain output_dir of method=fra
     images: int = 8  # overlay PNGs written
     eval_images: int = 200  # held-out faces the IoU is pooled over
+    # val: the faces to choose a recipe's knobs on; test: the faces to report the chosen recipe on, once
+    split: str = "test"
     output_dir: str | None = None  # default: <run>/heatmaps
 
 
@@ -41,10 +44,13 @@ def run_heatmaps(cfg: HeatmapsConfig) -> dict:
         raise ConfigError("facerep heatmaps needs run=DIR (the output_dir of a method=fra pre-training run)")
     if cfg.images < 0 or cfg.eval_images < 1:
         raise ConfigError(f"images must be >= 0 and eval_images >= 1, got {cfg.images} and {cfg.eval_images}")
+    check_choice("split", cfg.split, HELD_OUT_SPLITS)
     method, run_cfg = load_run(cfg.run)
-    faces = held_out_faces(max(cfg.images, cfg.eval_images), run_cfg.data.image_size)
+    faces = held_out_faces(max(cfg.images, cfg.eval_images), run_cfg.data.image_size, cfg.split)
     maps, embeddings = face_regions(method, faces, run_cfg)
-    out = Path(cfg.output_dir or Path(cfg.run) / "heatmaps")
+    out = Path(
+        cfg.output_dir or Path(cfg.run) / ("heatmaps" if cfg.split == "test" else f"heatmaps_{cfg.split}")
+    )
     for i in range(cfg.images):
         row = overlay(faces[i], maps[i])
         atomic_save(lambda tmp, row=row: row.save(tmp, format="PNG"), out / f"face_{i:03d}.png")
@@ -59,7 +65,7 @@ def run_heatmaps(cfg: HeatmapsConfig) -> dict:
         "config": asdict(cfg),
     }
     atomic_write_json(out / "heatmaps.json", result)
-    print(f"[facerep] region queries of {cfg.run} on {cfg.eval_images} held-out synthetic faces "
+    print(f"[facerep] region queries of {cfg.run} on {cfg.eval_images} held-out synthetic {cfg.split} faces "
           "(best-matching parsing class, IoU)", flush=True)  # fmt: skip
     print(f"{'query':>6}  {'trained':>22}  {'random init':>22}", flush=True)
     for t, r in zip(result["trained"]["per_query"], result["random_init"]["per_query"], strict=True):
