@@ -71,6 +71,22 @@ def test_solarize_inverts_bright_pixels_and_bad_crop_scale_is_an_error():
         BYOLAugment(32, [0, 0, 0], [1, 1, 1], crop_scale=(0.5, 0.2))
 
 
+def test_colour_jitter_and_grayscale_off_keep_every_pixels_colour(tmp_path):
+    face = Image.new("RGB", (40, 40), (200, 120, 40))  # one colour: any crop and resize keep it
+    exact = torch.tensor([200, 120, 40]).float().div(255)[:, None, None].expand(3, 32, 32)
+    kept = BYOLAugment(32, [0, 0, 0], [1, 1, 1], crop_scale=(1.0, 1.0), hflip=0, blur=0,
+                       color_jitter=0, grayscale=0)  # fmt: skip
+    default = BYOLAugment(32, [0, 0, 0], [1, 1, 1], crop_scale=(1.0, 1.0), hflip=0, blur=0)
+    torch.manual_seed(0)
+    assert all(torch.allclose(kept(face), exact, atol=1e-6) for _ in range(5))
+    assert not all(torch.allclose(default(face), exact, atol=1e-6) for _ in range(5))  # jitter, gray
+    cfg = _cfg(tmp_path, "byol.color_jitter=0", "byol.grayscale=0.5")
+    first = list(build_method(cfg).batch_spec(cfg.data).views[0].pipeline.transforms)
+    assert [t.p for t in first if type(t).__name__ in ("RandomApply", "RandomGrayscale")] == [0.0, 0.5, 1.0]
+    with pytest.raises(ConfigError, match="byol.grayscale"):
+        _cfg(tmp_path, "byol.grayscale=2")
+
+
 def test_fra_loss_is_the_documented_sum_of_its_terms(tmp_path):
     cfg = _cfg(tmp_path, "fra.global_weight=0.3", "fra.cluster_weight=0.2")
     torch.manual_seed(0)

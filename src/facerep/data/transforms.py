@@ -138,7 +138,8 @@ class BYOLAugment:
 
     RGB PIL image -> ``[3, S, S]`` float32: random resized crop (``crop_scale`` of the area, aspect
     3/4-4/3) -> horizontal flip (``hflip``) -> colour jitter (brightness 0.4, contrast 0.4, saturation
-    0.2, hue 0.1) with probability 0.8 -> grayscale with probability 0.2 -> Gaussian blur (sigma uniform
+    0.2, hue 0.1) with probability ``color_jitter`` (0.8) -> grayscale with probability ``grayscale`` (0.2)
+    -> Gaussian blur (sigma uniform
     in ``blur_sigma`` pixels, kernel about a tenth of the image) with probability ``blur``
     -> solarize (threshold 128) with probability ``solarize`` -> [0, 1] -> ``Normalize(mean, std)``.
     BYOL's two views differ only in ``blur`` (1.0 / 0.1) and ``solarize`` (0.0 / 0.2).
@@ -155,6 +156,8 @@ class BYOLAugment:
         blur: float = 1.0,
         blur_sigma: tuple[float, float] = (0.1, 2.0),
         solarize: float = 0.0,
+        color_jitter: float = 0.8,
+        grayscale: float = 0.2,
     ) -> None:
         if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
             raise FacerepError(f"crop scale must satisfy 0 < low <= high <= 1, got {list(crop_scale)}")
@@ -164,8 +167,8 @@ class BYOLAugment:
                 v2.PILToTensor(),
                 v2.RandomResizedCrop(int(image_size), scale=tuple(crop_scale), antialias=True),
                 v2.RandomHorizontalFlip(p=float(hflip)),
-                v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
-                v2.RandomGrayscale(p=0.2),
+                v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=float(color_jitter)),
+                v2.RandomGrayscale(p=float(grayscale)),
                 v2.RandomApply([v2.GaussianBlur(kernel, sigma=tuple(blur_sigma))], p=float(blur)),
                 v2.RandomSolarize(threshold=128, p=float(solarize)),
                 v2.ToDtype(torch.float32, scale=True),

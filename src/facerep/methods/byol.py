@@ -40,7 +40,8 @@ class BYOLConfig:
 
     ``blur`` and ``solarize`` are the probabilities for view 1 and view 2 (BYOL's asymmetry);
     ``crop_scale`` is the random-resized-crop area range (FRA: 0.2-1; BYOL's paper: 0.08-1);
-    ``blur_sigma`` is in pixels (FRA: 0.1-2 at 224 px).
+    ``blur_sigma`` is in pixels (FRA: 0.1-2 at 224 px); ``color_jitter`` and ``grayscale`` are the
+    probabilities of BYOL's colour jitter and grayscale, both views.
     """
 
     proj_dim: int = 256
@@ -50,6 +51,8 @@ class BYOLConfig:
     blur: list[float] = field(default_factory=lambda: [1.0, 0.1])
     blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])
     solarize: list[float] = field(default_factory=lambda: [0.0, 0.2])
+    color_jitter: float = 0.8
+    grayscale: float = 0.2
 
     def __post_init__(self) -> None:
         check_range("byol.momentum", self.momentum, 0.0, 1.0)
@@ -58,6 +61,8 @@ class BYOLConfig:
                 raise ValueError(f"byol.{key} needs two values, got {getattr(self, key)}")
         for p in (*self.blur, *self.solarize):
             check_range("byol.blur/solarize probability", p, 0.0, 1.0)
+        check_range("byol.color_jitter", self.color_jitter, 0.0, 1.0)
+        check_range("byol.grayscale", self.grayscale, 0.0, 1.0)
 
 
 def byol_views(data: DataConfig, cfg: BYOLConfig) -> BatchSpec:
@@ -66,6 +71,7 @@ def byol_views(data: DataConfig, cfg: BYOLConfig) -> BatchSpec:
         BYOLAugment(
             data.image_size, list(data.mean), list(data.std), crop_scale=tuple(cfg.crop_scale),
             hflip=data.hflip, blur=cfg.blur[i], blur_sigma=tuple(cfg.blur_sigma), solarize=cfg.solarize[i],
+            color_jitter=cfg.color_jitter, grayscale=cfg.grayscale,
         )
         for i in range(2)
     )  # fmt: skip
