@@ -28,10 +28,17 @@ def test_grid_assignment_is_as_square_as_possible():
     assert torch.equal(torch.bincount(grid.flatten()), torch.full((8,), 8))
 
 
-def test_spread_reads_collapse():
-    uniform = torch.full((2, 4, 5, 5), 0.25)
+def test_spread_reads_collapse_and_whether_queries_split_images_or_the_set():
+    uniform = torch.full((2, 4, 4, 4), 0.25)  # argmax ties go to query 0: one query owns every image
     one_vector = torch.ones(2, 4, 3)
-    assert spread(one_vector, uniform) == pytest.approx({"embedding_cosine": 1.0, "heatmap_peak": 0.25})
-    one_hot = torch.nn.functional.one_hot(torch.randint(0, 4, (2, 5, 5)), 4).permute(0, 3, 1, 2).float()
+    assert spread(one_vector, uniform) == pytest.approx(
+        {"embedding_cosine": 1.0, "heatmap_peak": 0.25, "largest_query_share": 1.0, "queries_per_image": 1.0}
+    )
+    # image 0: its four quarters owned by queries 0-3; image 1: owned by query 2 alone
+    owners = torch.stack([torch.arange(4).repeat_interleave(4).reshape(4, 4), torch.full((4, 4), 2)])
+    one_hot = torch.nn.functional.one_hot(owners, 4).permute(0, 3, 1, 2).float()
     orthogonal = torch.eye(4).expand(2, 4, 4)
-    assert spread(orthogonal, one_hot) == pytest.approx({"embedding_cosine": 0.0, "heatmap_peak": 1.0})
+    assert spread(orthogonal, one_hot) == pytest.approx(
+        {"embedding_cosine": 0.0, "heatmap_peak": 1.0, "largest_query_share": (0.25 + 1) / 2,
+         "queries_per_image": (4 + 1) / 2}
+    )  # fmt: skip

@@ -131,11 +131,22 @@ def spread(embeddings: Tensor, heatmaps: Tensor) -> dict[str, float]:
     """Whether the queries are distinct at all: the mean off-diagonal cosine between the ``Q`` mask
     embeddings ``[N, Q, D]`` averaged over the images (what training scores pixels against; 1 = all queries
     one vector) and the mean over pixels of the largest heatmap value (``1 / Q`` = uniform heatmaps, 1 =
-    every pixel owned by one query)."""
+    every pixel owned by one query); and whether they split each image or the set of images: per image, the
+    share of its pixels the largest query owns (argmax) and ``exp`` of the entropy of its queries' shares
+    (queries per image: ``Q`` = an even split of every image, 1 = each image owned by one query), averaged."""
     mean = F.normalize(embeddings.float().mean(0), dim=1)
     q = mean.shape[0]
     cosine = float(((mean @ mean.T).sum() - q) / (q * (q - 1)))
-    return {"embedding_cosine": cosine, "heatmap_peak": float(heatmaps.max(1).values.mean())}
+    owners = heatmaps.argmax(1).flatten(1)  # [N, S * S]
+    shares = torch.zeros(len(owners), q).scatter_add_(1, owners, torch.ones_like(owners, dtype=torch.float))
+    shares /= shares.sum(1, keepdim=True)
+    per_image = (-(shares * shares.clamp(min=1e-12).log()).sum(1)).exp()
+    return {
+        "embedding_cosine": cosine,
+        "heatmap_peak": float(heatmaps.max(1).values.mean()),
+        "largest_query_share": float(shares.max(1).values.mean()),
+        "queries_per_image": float(per_image.mean()),
+    }
 
 
 def grid_baseline(num_regions: int, faces: list[SyntheticFace]) -> dict[str, Any]:

@@ -79,7 +79,9 @@ def run_heatmaps(cfg: HeatmapsConfig) -> dict:
         line += f", {scores['classes_matched']} classes"
         if "heatmap_peak" in scores:
             line += (f"; heatmap peak {scores['heatmap_peak']:.3f} (uniform {1 / queries:.3f}), "
-                     f"mask embeddings' mean cosine {scores['embedding_cosine']:.4f}")  # fmt: skip
+                     f"mask embeddings' mean cosine {scores['embedding_cosine']:.4f}, "
+                     f"{scores['queries_per_image']:.1f} queries per image "
+                     f"(the largest owns {scores['largest_query_share']:.2f})")  # fmt: skip
         print(line, flush=True)
     if result["trained"]["embedding_cosine"] > COLLAPSED:
         print("[facerep] warning: the mask embeddings are one vector: the region queries have not separated "
