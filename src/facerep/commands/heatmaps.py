@@ -4,7 +4,9 @@ For a ``facerep pretrain`` run of a region method (``method=fra``) it renders he
 writes ``images`` overlay rows (face, parsing mask, argmax assignment, one jet heatmap per query) and
 scores each query's argmax region against the generator's parsing masks (:mod:`facerep.apps.heatmaps`),
 beside the same method at its random initialisation and a fixed grid of as many cells as queries, and
-says whether the queries separated at all (heatmap peak, mask-embedding cosine).
+says whether the queries separated at all (heatmap peak, mask-embedding cosine) and whether they split each
+face or the set of faces (queries per image). ``split=val`` scores the validation faces (to choose a recipe
+on), ``split=test`` (the default) the test faces (to report it).
 """
 
 from __future__ import annotations
