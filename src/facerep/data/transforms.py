@@ -139,9 +139,9 @@ class BYOLAugment:
     RGB PIL image -> ``[3, S, S]`` float32: random resized crop (``crop_scale`` of the area, aspect
     3/4-4/3) -> horizontal flip (``hflip``) -> colour jitter (brightness 0.4, contrast 0.4, saturation
     0.2, hue 0.1) with probability ``color_jitter`` (0.8) -> grayscale with probability ``grayscale`` (0.2)
-    -> Gaussian blur (sigma uniform
-    in ``blur_sigma`` pixels, kernel about a tenth of the image) with probability ``blur``
-    -> solarize (threshold 128) with probability ``solarize`` -> [0, 1] -> ``Normalize(mean, std)``.
+    -> Gaussian blur (sigma uniform in ``blur_sigma`` pixels, kernel about a tenth of the image) with
+    probability ``blur`` -> solarize (threshold 128) with probability ``solarize`` -> [0, 1]
+    -> ``Normalize(mean, std)``.
     BYOL's two views differ only in ``blur`` (1.0 / 0.1) and ``solarize`` (0.0 / 0.2).
     """
 
