@@ -88,17 +88,18 @@ def _alarm(signum: int, frame: Any) -> None:
     raise RowTimeout("over its time budget")
 
 
-def one_line(err: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    text = f"{type(err).__name__}: {text}"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def one_line(err: BaseException) -> str:
+    """``Type: first line of the message`` (:func:`facerep.runtime.errors.one_line`, with the type)."""
+    from facerep.runtime.errors import one_line as first_line
+
+    return f"{type(err).__name__}: {first_line(err, 300)}"
 
 
 def _write(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    """:func:`facerep.runtime.atomic.atomic_write_json` (imported here: ``list`` stays free of torch)."""
+    from facerep.runtime.atomic import atomic_write_json
+
+    atomic_write_json(path, obj)
 
 
 def _device(dry_run: bool) -> Any:
@@ -313,11 +314,9 @@ def finetune_config(dry_run: bool, out: Path) -> Any:
 def run_finetune(row: Row, out: Path, dry_run: bool, deadline: float) -> dict[str, dict[str, Any]]:
     """``facerep finetune``'s optimizer step (FaRL's alignment protocol: ViT-B/16 at 448, FPN + UPerNet,
     EMA) on one batch of synthetic faces already on the device."""
-    import statistics
-
     import torch
 
-    from facerep.commands.bench import peak_memory_gib, steps_to_fit, sync_device
+    from facerep.commands.bench import peak_memory_gib, sync_device, time_steps
     from facerep.runtime.distributed import init_distributed
     from facerep.train.finetune import Finetuner
     from facerep.train.step import move_to
@@ -334,25 +333,17 @@ def run_finetune(row: Row, out: Path, dry_run: bool, deadline: float) -> dict[st
     tuner.model.train()
     sync_device(device)
     setup_s = time.perf_counter() - tick
-    tick = time.perf_counter()
-    warmup = 1 if dry_run else 3
-    last = 0.0
-    for i in range(warmup):
-        t0 = time.perf_counter()
-        tuner._step(batch, i)
-        sync_device(device)
-        last = time.perf_counter() - t0
-    warmup_s = time.perf_counter() - tick
-    steps, repeats = steps_to_fit(last, deadline - time.monotonic(), *((2, 1) if dry_run else (10, 3)))
-    times = []
-    for _ in range(repeats):
-        sync_device(device)
-        start = time.perf_counter()
-        for i in range(steps):
-            loss, _ = tuner._step(batch, warmup + i)
-        sync_device(device)
-        times.append((time.perf_counter() - start) / steps)
-    ms = statistics.median(times) * 1000
+    steps, repeats = (2, 1) if dry_run else (10, 3)
+    timing = time_steps(
+        lambda i: tuner._step(batch, i),
+        device,
+        warmup=1 if dry_run else 3,
+        steps=steps,
+        repeats=repeats,
+        time_left_s=deadline - time.monotonic(),
+    )
+    loss, _ = timing.pop("last")
+    ms = timing.pop("ms_per_step")
     bsz = cfg.train.batch_size
     return {
         row.name: {
@@ -371,9 +362,7 @@ def run_finetune(row: Row, out: Path, dry_run: bool, deadline: float) -> dict[st
             "peak_memory_gib": peak_memory_gib(device),
             "loss": float(loss.detach().float().item()),
             "setup_s": setup_s,
-            "warmup_steps": warmup,
-            "warmup_s": warmup_s,
-            "timed_steps": steps * repeats,
+            **timing,  # first step, warm-up and timed steps
         }
     }
 

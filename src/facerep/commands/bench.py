@@ -15,6 +15,7 @@ import itertools
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,48 @@ def steps_to_fit(step_s: float, left_s: float, steps: int, repeats: int) -> tupl
     return steps, repeats
 
 
+def time_steps(
+    step: Callable[[int], Any],
+    device: torch.device,
+    *,
+    warmup: int,
+    steps: int,
+    repeats: int,
+    time_left_s: float | None = None,
+) -> dict[str, Any]:
+    """Time ``step(i)`` (``i``: the step's index): ``warmup`` untimed steps (at least one; each timed alone,
+    the first compiles on the fast path), then ``repeats`` runs of ``steps`` steps, fewer when
+    ``time_left_s`` would not hold them (:func:`steps_to_fit`). Returns the median ms per step, the
+    warm-up's and the timed steps' seconds and counts, and the last step's return value (``last``)."""
+    start = time.perf_counter()
+    warm = []
+    for i in range(max(1, warmup)):
+        tick = time.perf_counter()
+        last = step(i)
+        sync_device(device)
+        warm.append(time.perf_counter() - tick)
+    if time_left_s is not None:
+        steps, repeats = steps_to_fit(warm[-1], time_left_s - (time.perf_counter() - start), steps, repeats)
+    times = []
+    tick = time.perf_counter()
+    for r in range(repeats):
+        sync_device(device)
+        t0 = time.perf_counter()
+        for j in range(steps):
+            last = step(len(warm) + r * steps + j)
+        sync_device(device)
+        times.append((time.perf_counter() - t0) / steps)
+    return {
+        "ms_per_step": statistics.median(times) * 1000,
+        "first_step_s": warm[0],
+        "warmup_steps": len(warm),
+        "warmup_s": sum(warm),
+        "timed_steps": steps * repeats,
+        "timed_s": time.perf_counter() - tick,
+        "last": last,
+    }
+
+
 def bench_one(
     cfg: BenchPretrainConfig, batch_size: int, *, time_left_s: float | None = None, parity: bool = True
 ) -> dict[str, Any]:
@@ -133,26 +176,13 @@ def bench_one(
     batches = itertools.repeat(batch)
     sync_device(device)
     setup_s = time.perf_counter() - tick
-    warmup = []  # seconds per untimed step; the first compiles on the fast path
-    for _ in range(max(1, cfg.bench.warmup)):
-        tick = time.perf_counter()
-        trainer.train_step(batches)
-        sync_device(device)
-        warmup.append(time.perf_counter() - tick)
-    steps, repeats = cfg.bench.steps, cfg.bench.repeats
-    if time_left_s is not None:
-        steps, repeats = steps_to_fit(warmup[-1], time_left_s - (time.perf_counter() - start), steps, repeats)
-    times = []
-    tick = time.perf_counter()
-    for _ in range(repeats):
-        sync_device(device)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            trainer.train_step(batches)
-        sync_device(device)
-        times.append((time.perf_counter() - t0) / steps)
-    timed_s = time.perf_counter() - tick
-    ms = statistics.median(times) * 1000
+    timing = time_steps(
+        lambda _: trainer.train_step(batches), device, warmup=cfg.bench.warmup, steps=cfg.bench.steps,
+        repeats=cfg.bench.repeats,
+        time_left_s=None if time_left_s is None else time_left_s - (time.perf_counter() - start),
+    )  # fmt: skip
+    timing.pop("last")
+    ms = timing["ms_per_step"]
     peak_memory = peak_memory_gib(device)
     with FlopCounterMode(display=False) as counter:
         with trainer.loop.autocast():
@@ -176,11 +206,7 @@ def bench_one(
         "compiled": trainer.loop.model is not trainer.loop.eager_model,  # False: eager (or compile fell back)
         "fused_adamw": bool(trainer.optimizer.defaults.get("fused")),
         "setup_s": setup_s,
-        "first_step_s": warmup[0],
-        "warmup_steps": len(warmup),
-        "warmup_s": sum(warmup),
-        "timed_steps": steps * repeats,
-        "timed_s": timed_s,
+        **timing,  # ms per step, first step, warm-up and timed steps
         **({"loss_parity": loss_parity(trainer, batch)} if parity else {}),
     }
 
