@@ -44,7 +44,6 @@ from facerep.apps.heatmaps import (
 )
 from facerep.data.synthetic import LAPA_CLASSES, SyntheticFace
 from facerep.data.transforms import build_pretrain_transform
-from facerep.models.regions import pointwise
 
 # LaPa's 11 classes -> 8 groups (brows together, eyes together, lips together)
 PART_GROUPS = {
@@ -71,9 +70,7 @@ def run_features(run: str, trained: bool, faces: list[SyntheticFace]) -> dict[st
     transform = build_pretrain_transform(replace(cfg.data, hflip=0.0))
     images = torch.stack([transform(Image.fromarray(f.image)) for f in faces])
     maps = torch.cat([method.encoder.forward_features(images[i : i + 50]) for i in range(0, len(faces), 50)])
-    b, _, h, w = maps.shape
-    pixels = pointwise(method.head.project_pixel, maps.flatten(2)).reshape(b, -1, h, w)
-    return {"backbone": maps, "pixel projections": pixels}
+    return {"backbone": maps, "pixel projections": method.head.pixel_embeddings(maps)}
 
 
 def main() -> None:

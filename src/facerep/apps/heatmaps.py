@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from facerep.config import ConfigError, PretrainConfig, load_config
+from facerep.config import ConfigError, PretrainConfig, check_choice, load_config
 from facerep.data.downstream.synthetic import SPLIT_SEEDS
 from facerep.data.synthetic import LAPA_CLASSES, SyntheticFace, render_face
 from facerep.data.transforms import build_pretrain_transform
@@ -55,8 +55,7 @@ HELD_OUT_SPLITS = ("val", "test")
 def held_out_faces(length: int, size: int, split: str = "test") -> list[SyntheticFace]:
     """Faces of a held-out synthetic split (never seen in pre-training), rendered at ``size``: ``val`` to
     choose a recipe's knobs on, ``test`` to report the chosen one."""
-    if split not in HELD_OUT_SPLITS:
-        raise ValueError(f"split must be one of {', '.join(HELD_OUT_SPLITS)}, got {split!r}")
+    check_choice("split", split, HELD_OUT_SPLITS)
     return [render_face(SPLIT_SEEDS[split], i, size) for i in range(length)]
 
 

@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from facerep.apps.heatmaps import (
-    HELD_OUT_SPLITS,
     face_regions,
     grid_baseline,
     held_out_faces,
@@ -24,7 +23,7 @@ from facerep.apps.heatmaps import (
     score_regions,
     spread,
 )
-from facerep.config import ConfigError, check_choice
+from facerep.config import ConfigError
 from facerep.runtime.atomic import atomic_save, atomic_write_json
 
 COLLAPSED = 0.99  # mean cosine between the queries' mask embeddings above which they count as one
@@ -46,7 +45,6 @@ def run_heatmaps(cfg: HeatmapsConfig) -> dict:
         raise ConfigError("facerep heatmaps needs run=DIR (the output_dir of a method=fra pre-training run)")
     if cfg.images < 0 or cfg.eval_images < 1:
         raise ConfigError(f"images must be >= 0 and eval_images >= 1, got {cfg.images} and {cfg.eval_images}")
-    check_choice("split", cfg.split, HELD_OUT_SPLITS)
     method, run_cfg = load_run(cfg.run)
     faces = held_out_faces(max(cfg.images, cfg.eval_images), run_cfg.data.image_size, cfg.split)
     maps, embeddings = face_regions(method, faces, run_cfg)

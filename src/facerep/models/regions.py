@@ -192,12 +192,16 @@ class RegionNeck(nn.Module):
             self.proto.lerp_(mean.detach().to(self.proto), 1 - self.proto_momentum)
         return torch.einsum("qc,bchw->bqhw", F.normalize(mean, dim=1), F.normalize(pixels, dim=1))
 
+    def pixel_embeddings(self, x: Tensor) -> Tensor:
+        """The per-pixel projections ``[B, D, h, w]`` of ``x [B, C, h, w]`` (what the heatmaps score)."""
+        b, _, h, w = x.shape
+        return pointwise(self.project_pixel, x.flatten(2)).reshape(b, -1, h, w)
+
     def forward(self, x: Tensor, use_batch: bool = True) -> dict[str, Tensor]:
         """``x [B, C, h, w]``; ``use_batch`` scores against the batch's mask embeddings (training)."""
-        b, _, h, w = x.shape
         flat = x.flatten(2)  # [B, C, L]
         global_embedding = self.project(flat.mean(2))
-        pixels = pointwise(self.project_pixel, flat).reshape(b, -1, h, w)
+        pixels = self.pixel_embeddings(x)
         dots = self.scores(pixels, self.decoder(x) if use_batch else None)
         heatmaps = (dots / self.scale).softmax(dim=1)
         weights = heatmaps + HEATMAP_EPS
