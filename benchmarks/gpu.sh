@@ -35,10 +35,10 @@ mkdir -p "$out/rows"
 log="$out/gpu_bench.log"
 : >"$log"
 
-budget=480                      # the whole script, seconds
+rows() { "$python" "$here/gpu_rows.py" "$@" --out "$out" ${dry[@]+"${dry[@]}"}; }
+budget=$(rows budget)           # the whole script, seconds (gpu_rows.py's TOTAL_BUDGET_S)
 start=$(date +%s)
 deadline=$((start + budget - 40))   # no row starts after this (margin: the last row's cap, collect)
-rows() { "$python" "$here/gpu_rows.py" "$@" --out "$out" ${dry[@]+"${dry[@]}"}; }
 
 echo "[gpu.sh] out=$out ${dry[*]:-} budget ${budget}s; rows:" | tee -a "$log"
 rows list | tee -a "$log"

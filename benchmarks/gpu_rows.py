@@ -552,7 +552,7 @@ def cmd_collect(out: Path, dry_run: bool, total_s: float | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("sub", choices=("list", "run", "fail", "collect"))
+    parser.add_argument("sub", choices=("budget", "list", "run", "fail", "collect"))
     parser.add_argument("--out", type=Path, default=Path("runs/gpu_bench"))
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--deadline", type=float, default=None, help="epoch seconds: start no row after")
@@ -560,6 +560,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--error", default="")
     parser.add_argument("--total-s", type=float, default=None)
     args = parser.parse_args(argv)
+    if args.sub == "budget":  # gpu.sh's whole-script budget: one number, kept here
+        print(TOTAL_BUDGET_S)
+        return 0
     if args.sub == "list":
         for row in plan(args.dry_run):
             print(row.name, int(row.budget_s))

@@ -40,6 +40,7 @@ def test_gpu_bench_dry_run_writes_every_row(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"budget {gpu_rows().TOTAL_BUDGET_S}s;" in (out / "gpu_bench.log").read_text()  # one number
     result = json.loads((out / "gpu_bench.json").read_text())
     assert result["dry_run"] is True and result["failed"] == []
     names = [r["name"] for r in result["rows"]]
