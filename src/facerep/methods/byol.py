@@ -123,9 +123,12 @@ class BYOL(MomentumMethod):
         loss = self.global_loss(online, target)
         return loss, {"byol": loss.detach()}
 
-    def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
-        views = batch["views"]
+    def embed(self, views: list[Tensor]) -> tuple[list[Embeddings], list[Embeddings]]:
+        """Each view's online embeddings (with gradient) and momentum embeddings (without)."""
         online = [self.represent(self.encoder, self.head, v) for v in views]
         with torch.no_grad():
             target = [self.represent(self.target_encoder, self.target_head, v) for v in views]
-        return self.loss(online, target)
+        return online, target
+
+    def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.loss(*self.embed(batch["views"]))

@@ -25,9 +25,11 @@ ratio; the neck's BatchNorm and LayerNorm weights and the query embeddings are d
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from facerep.backbones.resnet import ResNet
@@ -61,6 +63,10 @@ class FRAConfig:
     query_init: str = "zeros"
     proto_momentum: float = 0.9  # EMA of the batch mask embeddings, used at inference
     heatmap_scale: float = 1.0  # softmax temperature of the heatmaps
+    # side of the square crop of each view that the momentum network scores for the clustering term, a
+    # fraction drawn uniformly from [min, max]; [1, 1] is FRA's (the view itself). Below 1 a split of the
+    # frame by position no longer predicts the target (docs/methods/fra.md#a-zoomed-clustering-target)
+    cluster_zoom: list[float] = field(default_factory=lambda: [1.0, 1.0])
 
     def __post_init__(self) -> None:
         if self.num_regions < 2:
@@ -70,11 +76,37 @@ class FRAConfig:
         check_choice("fra.query_init", self.query_init, QUERY_INITS)
         if min(self.student_temp, self.teacher_temp, self.heatmap_scale) <= 0:
             raise ConfigError("fra.student_temp, fra.teacher_temp and fra.heatmap_scale must be > 0")
+        if len(self.cluster_zoom) != 2 or not 0 < self.cluster_zoom[0] <= self.cluster_zoom[1] <= 1:
+            raise ConfigError(f"fra.cluster_zoom must be [min, max] in (0, 1], got {self.cluster_zoom}")
 
 
 def _pixels(dots: Tensor) -> Tensor:
     """``[B, Q, h, w]`` scores -> ``[B * h * w, Q]`` rows, one per pixel."""
     return dots.permute(0, 2, 3, 1).flatten(0, 2)
+
+
+def zoom_transforms(batch: int, zoom: list[float], device: torch.device) -> Tensor:
+    """Affine maps ``[B, 2, 3]`` (``F.affine_grid``'s, normalised coordinates) of one random square crop per
+    image: side ``s ~ U(zoom)`` of the frame, placed uniformly inside it (``x_in = s * x_out + t``)."""
+    side = torch.empty(batch, device=device).uniform_(*zoom)
+    shift = (torch.rand(batch, 2, device=device) * 2 - 1) * (1 - side)[:, None]
+    theta = torch.zeros(batch, 2, 3, device=device)
+    theta[:, 0, 0] = theta[:, 1, 1] = side
+    theta[:, :, 2] = shift
+    return theta
+
+
+def zoom(images: Tensor, theta: Tensor) -> Tensor:
+    """The crops ``theta`` (:func:`zoom_transforms`) of ``images [B, C, H, W]``, resized to ``H x W``."""
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid.to(images.dtype), mode="bilinear", align_corners=False)
+
+
+def sample_at_zoom(dots: Tensor, theta: Tensor, size: tuple[int, int]) -> Tensor:
+    """``dots [B, Q, h, w]`` of the whole frame, sampled (bilinearly, with gradient) at the pixel centres of
+    a ``size`` grid over the crops ``theta``: the student's scores where the zoomed target's pixels lie."""
+    grid = F.affine_grid(theta, [dots.shape[0], dots.shape[1], *size], align_corners=False)
+    return F.grid_sample(dots, grid.to(dots.dtype), mode="bilinear", align_corners=False)
 
 
 @register_method("fra", sections={"byol": BYOLConfig, "fra": FRAConfig})
@@ -128,6 +160,21 @@ class FRA(BYOL):
         batch and scores the pixels against); call in eval mode."""
         return self.head.decoder(self.encoder.forward_features(images))
 
+    def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        """BYOL's forward; with ``fra.cluster_zoom`` below 1, each view's clustering pair is the momentum
+        network's scores of a random crop of that view (``cluster_dots``) and the online scores sampled at
+        that crop's pixels, instead of both networks' scores of the view itself."""
+        views = batch["views"]
+        online, target = self.embed(views)
+        if min(self.fra.cluster_zoom) < 1:
+            for view, o, t in zip(views, online, target, strict=True):
+                theta = zoom_transforms(view.shape[0], self.fra.cluster_zoom, view.device)
+                with torch.no_grad():
+                    dots = self.represent(self.target_encoder, self.target_head, zoom(view, theta))["dots"]
+                t["cluster_dots"] = dots
+                o["cluster_dots"] = sample_at_zoom(o["dots"], theta, dots.shape[-2:])
+        return self.loss(online, target)
+
     def loss(self, online: list[Embeddings], target: list[Embeddings]) -> tuple[Tensor, dict[str, Tensor]]:
         f = self.fra
         global_term = self.global_loss(online, target)
@@ -138,7 +185,8 @@ class FRA(BYOL):
             region_term, decorrelation = region_term + total, decorrelation + decor
         cluster = sum(
             cluster_assignment_loss(
-                _pixels(o["dots"]), _pixels(t["dots"]), f.student_temp, f.teacher_temp,
+                _pixels(o.get("cluster_dots", o["dots"])), _pixels(t.get("cluster_dots", t["dots"])),
+                f.student_temp, f.teacher_temp,
                 f.sinkhorn_iterations, f.mean_entropy_weight,
             )[0]
             for o, t in zip(online, target, strict=True)
