@@ -111,3 +111,19 @@ def test_a_free_key_frees_the_keys_under_it(tmp_path):
     check_same_run(saved, moved, tmp_path / "checkpoint.pt", {"data.storage_options"})  # endpoints may move
     with pytest.raises(ConfigError, match=r"data.storage_options.endpoint_url='http://a'"):
         check_same_run(saved, moved, tmp_path / "checkpoint.pt", {"data.storage"})  # a prefix is not a key
+
+
+def test_a_mapping_override_replaces_the_mapping_and_sections_still_merge(tmp_path):
+    """``KEY={...}`` on a plain mapping replaces it (``scratch={}`` drops every from-scratch row, as the
+    benchmark's docs say); a section (``lowlabel``) given as a mapping keeps its other keys."""
+    default = load_config(DemoConfig)
+    assert set(default.scratch) == {"farl", "byol", "fra"}
+    assert load_config(DemoConfig, None, ["scratch={}"]).scratch == {}
+    only = load_config(DemoConfig, None, ["scratch={byol: [model.arch=resnet18]}"])
+    assert only.scratch == {"byol": ["model.arch=resnet18"]}
+    section = load_config(DemoConfig, None, ["lowlabel={steps: 7}"]).lowlabel
+    assert section.steps == 7 and section.sizes == default.lowlabel.sizes
+    one_key = load_config(DemoConfig, None, ["scratch.byol=[model.arch=resnet34]"]).scratch
+    assert one_key["byol"] == ["model.arch=resnet34"] and one_key["farl"] == default.scratch["farl"]
+    with pytest.raises(ConfigError, match="scratch.byol"):
+        load_config(DemoConfig, None, ["scratch={byol: 3}"])

@@ -280,16 +280,28 @@ def load_config(
         if not isinstance(loaded, DictConfig):
             raise ConfigError(f"{path}: the top level must be a mapping of keys (KEY: VALUE), got a list")
         layers.append(loaded)
+    parsed: list[tuple[str, DictConfig]] = []
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not KEY=VALUE")
         key = item.split("=", 1)[0]
         try:
-            layers.append(OmegaConf.from_dotlist([item]))
+            parsed.append((key, OmegaConf.from_dotlist([item])))
         except OmegaConfBaseException as err:
             raise ConfigError(f"bad override for {key!r}: {one_line(err)}") from err
     try:
         merged = OmegaConf.merge(base, *layers)
+        for key, layer in parsed:
+            # KEY={...} on a plain mapping (not a section) replaces it, so KEY={} empties it; sections merge
+            value, node = OmegaConf.select(layer, key), OmegaConf.select(merged, key)
+            if (
+                isinstance(value, DictConfig)
+                and isinstance(node, DictConfig)
+                and OmegaConf.get_type(node) is dict
+            ):
+                OmegaConf.update(merged, key, value, merge=False)
+            else:
+                merged = OmegaConf.merge(merged, layer)
         check_values(OmegaConf.to_container(merged, resolve=True))
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
