@@ -44,6 +44,16 @@ def _batch(method, cfg, n=4):
     return {"views": [torch.stack([s[0][v] for s in samples]) for v in range(2)]}
 
 
+def _seeded_loss(cfg):
+    """A method built under seed 0, a batch, and its loss and terms run under seed 1 (as tests rebuild)."""
+    torch.manual_seed(0)
+    method = build_method(cfg)
+    batch = _batch(method, cfg)
+    torch.manual_seed(1)
+    loss, terms = method(batch)
+    return method, batch, loss, terms
+
+
 def test_the_two_views_are_byols_asymmetric_augmentation_and_differ(tmp_path):
     cfg = _cfg(tmp_path)
     spec = build_method(cfg).batch_spec(cfg.data)
@@ -89,11 +99,7 @@ def test_colour_jitter_and_grayscale_off_keep_every_pixels_colour(tmp_path):
 
 def test_fra_loss_is_the_documented_sum_of_its_terms(tmp_path):
     cfg = _cfg(tmp_path, "fra.global_weight=0.3", "fra.cluster_weight=0.2")
-    torch.manual_seed(0)
-    method = build_method(cfg)
-    batch = _batch(method, cfg)
-    torch.manual_seed(1)
-    loss, terms = method(batch)
+    _, batch, loss, terms = _seeded_loss(cfg)
     assert set(terms) == {"global", "region", "decorrelation", "cluster"}
     torch.testing.assert_close(loss.detach(), terms["global"] + terms["region"] + 0.2 * terms["cluster"])
 
@@ -152,11 +158,7 @@ def test_zoom_crops_the_image_where_the_sampled_scores_lie():
 
 def test_a_zoomed_cluster_target_scores_a_crop_with_the_momentum_network(tmp_path):
     cfg = _cfg(tmp_path, "fra.cluster_zoom=[0.5,0.8]", "fra.decoder_dropout=0")
-    torch.manual_seed(0)
-    method = build_method(cfg)
-    batch = _batch(method, cfg)
-    torch.manual_seed(1)
-    loss, terms = method(batch)
+    method, batch, loss, terms = _seeded_loss(cfg)
     loss.backward()
     assert all(p.grad is None for p in method.target_encoder.parameters())
     assert method.head.project_pixel[0].weight.grad.abs().sum() > 0
