@@ -16,7 +16,7 @@ from facerep.data.views import draw_sample
 from facerep.losses.byol import byol_loss, region_consistency_loss
 from facerep.losses.clustering import cluster_assignment_loss
 from facerep.methods import build_method
-from facerep.methods.fra import FRA, sample_at_zoom, zoom, zoom_transforms
+from facerep.methods.fra import FRA, sample_crops, zoom_transforms
 from facerep.models.regions import pointwise
 from facerep.runtime.distributed import init_distributed
 from facerep.runtime.optim import LARS
@@ -138,8 +138,8 @@ def test_fra_loss_is_the_documented_sum_of_its_terms(tmp_path):
 
 
 def test_zoom_crops_the_image_where_the_sampled_scores_lie():
-    """A map equal to its own pixel coordinates: the zoomed image and the map sampled at the zoom's pixel
-    centres agree, and both equal x_in = s * x_out + t by hand."""
+    """A map equal to its own pixel coordinates, sampled over the crops at the view's size (the zoomed view)
+    and at a coarse map's (where the online scores are read): both equal x_in = s * x_out + t by hand."""
     torch.manual_seed(0)
     size = 24
     centre = (torch.arange(size) + 0.5) / size
@@ -148,12 +148,15 @@ def test_zoom_crops_the_image_where_the_sampled_scores_lie():
     side, shift = theta[:, 0, 0], theta[:, :, 2]
     assert torch.all((side >= 0.5) & (side <= 0.8)) and torch.equal(theta[:, 1, 1], side)
     assert torch.all(shift.abs() <= (1 - side)[:, None] + 1e-6)
-    zoomed = zoom(coords, theta)
-    torch.testing.assert_close(sample_at_zoom(coords, theta, (size, size)), zoomed)
+    zoomed = sample_crops(coords, theta, (size, size))
     expected_x = (side[:, None] * (centre * 2 - 1) + shift[:, :1] + 1) / 2  # [B, S] along a row
     torch.testing.assert_close(zoomed[:, 0, 5, :], expected_x)
+    coarse_centre = (torch.arange(6) + 0.5) / 6
+    coarse = sample_crops(coords, theta, (6, 6))  # bilinear in a linear map: exact at any point inside
+    expected_y = (side[:, None] * (coarse_centre * 2 - 1) + shift[:, 1:] + 1) / 2  # [B, 6] down a column
+    torch.testing.assert_close(coarse[:, 1, :, 2], expected_y)
     whole = torch.tensor([[[1.0, 0, 0], [0, 1, 0]]])
-    torch.testing.assert_close(zoom(coords[:1], whole), coords[:1])  # side 1: the view itself
+    torch.testing.assert_close(sample_crops(coords[:1], whole, (size, size)), coords[:1])  # side 1: the view
 
 
 def test_a_zoomed_cluster_target_scores_a_crop_with_the_momentum_network(tmp_path):
@@ -171,8 +174,9 @@ def test_a_zoomed_cluster_target_scores_a_crop_with_the_momentum_network(tmp_pat
     for view, o in zip(batch["views"], online, strict=True):
         theta = zoom_transforms(view.shape[0], [0.5, 0.8], view.device)
         with torch.no_grad():
-            dots = again.represent(again.target_encoder, again.target_head, zoom(view, theta))["dots"]
-        student = sample_at_zoom(o["dots"], theta, dots.shape[-2:])
+            zoomed = sample_crops(view, theta, view.shape[-2:])
+            dots = again.represent(again.target_encoder, again.target_head, zoomed)["dots"]
+        student = sample_crops(o["dots"], theta, dots.shape[-2:])
         pix = [d.permute(0, 2, 3, 1).flatten(0, 2) for d in (student, dots)]
         c = c + cluster_assignment_loss(*pix)[0] / 2
     torch.testing.assert_close(terms["cluster"], c.detach())

@@ -96,17 +96,12 @@ def zoom_transforms(batch: int, zoom: list[float], device: torch.device) -> Tens
     return theta
 
 
-def zoom(images: Tensor, theta: Tensor) -> Tensor:
-    """The crops ``theta`` (:func:`zoom_transforms`) of ``images [B, C, H, W]``, resized to ``H x W``."""
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid.to(images.dtype), mode="bilinear", align_corners=False)
-
-
-def sample_at_zoom(dots: Tensor, theta: Tensor, size: tuple[int, int]) -> Tensor:
-    """``dots [B, Q, h, w]`` of the whole frame, sampled (bilinearly, with gradient) at the pixel centres of
-    a ``size`` grid over the crops ``theta``: the student's scores where the zoomed target's pixels lie."""
-    grid = F.affine_grid(theta, [dots.shape[0], dots.shape[1], *size], align_corners=False)
-    return F.grid_sample(dots, grid.to(dots.dtype), mode="bilinear", align_corners=False)
+def sample_crops(x: Tensor, theta: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
+    """``x [B, C, H, W]`` sampled bilinearly (with gradient) at the pixel centres of a ``size`` grid over
+    the crops ``theta`` (:func:`zoom_transforms`): the zoomed views (``size`` = the view's) and the online
+    scores where the zoomed target's pixels lie (``size`` = the target's map)."""
+    grid = F.affine_grid(theta, [x.shape[0], x.shape[1], *size], align_corners=False)
+    return F.grid_sample(x, grid.to(x.dtype), mode="bilinear", align_corners=False)
 
 
 @register_method("fra", sections={"byol": BYOLConfig, "fra": FRAConfig})
@@ -170,9 +165,10 @@ class FRA(BYOL):
             for view, o, t in zip(views, online, target, strict=True):
                 theta = zoom_transforms(view.shape[0], self.fra.cluster_zoom, view.device)
                 with torch.no_grad():
-                    dots = self.represent(self.target_encoder, self.target_head, zoom(view, theta))["dots"]
+                    zoomed = sample_crops(view, theta, view.shape[-2:])
+                    dots = self.represent(self.target_encoder, self.target_head, zoomed)["dots"]
                 t["cluster_dots"] = dots
-                o["cluster_dots"] = sample_at_zoom(o["dots"], theta, dots.shape[-2:])
+                o["cluster_dots"] = sample_crops(o["dots"], theta, dots.shape[-2:])
         return self.loss(online, target)
 
     def loss(self, online: list[Embeddings], target: list[Embeddings]) -> tuple[Tensor, dict[str, Tensor]]:
