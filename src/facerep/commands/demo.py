@@ -483,7 +483,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     ``curves.png`` in ``output_dir``.
 
     Every finished pre-training, evaluation and fine-tune is kept (``evaluations.json``, the run
-    directories), so an interrupted benchmark continues where it stopped when run again with the same config.
+    directories), so an interrupted benchmark continues where it stopped when run again with the same config,
+    and more seeds, rows or sizes add only their own work (a new first seed repeats the fine-tunes: it chooses
+    their learning rates).
     """
     start = time.perf_counter()
     other = _read_comparison(cfg.compare_to) if cfg.compare_to else None  # before any long work
@@ -491,10 +493,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     cache_path = out / "evaluations.json"
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
-    # evaluations stay valid when only the list of rows changes (rows are keyed by name and seed; each row's
-    # own recipe is checked below) and frozen ones when only the fine-tuning column changes
-    rows = ("teachers", "scratch", "external_teacher_overrides", "external_student", "output_dir", "lowlabel",
-            "lowlabel_skip", "compare_to")  # fmt: skip
+    # evaluations stay valid when only the lists of rows or seeds change (they are keyed by row and seed; each
+    # row's own recipe is checked below) and frozen ones when only the fine-tuning column changes
+    rows = ("seeds", "teachers", "scratch", "external_teacher_overrides", "external_student", "output_dir",
+            "lowlabel", "lowlabel_skip", "compare_to")  # fmt: skip
     fingerprint = {k: v for k, v in asdict(cfg).items() if k not in rows}
     if cache.get("config") != fingerprint:
         cache = {"config": fingerprint, "runs": {}}
@@ -509,8 +511,11 @@ def run_demo(cfg: DemoConfig) -> dict:
                 "another output_dir"
             )
         recipes[row.name] = list(row.recipe)
-    if cache.get("lowlabel_config") != asdict(cfg.lowlabel):
-        cache.update(lowlabel_config=asdict(cfg.lowlabel), lowlabel={})
+    # fine-tunes are keyed by row, seed and size, and their learning rates come from the first seed's search
+    lowlabel_config = {k: v for k, v in asdict(cfg.lowlabel).items() if k != "sizes"}
+    lowlabel_config["lr_seed"] = cfg.seeds[0]
+    if cache.get("lowlabel_config") != lowlabel_config:
+        cache.update(lowlabel_config=lowlabel_config, lowlabel={})
     print(f"[facerep] rendering {cfg.train_length} + {cfg.test_length} synthetic faces", flush=True)
     train_set: FaceSet = render_split("train", cfg.train_length, cfg.image_size)
     test_set: FaceSet = render_split("test", cfg.test_length, cfg.image_size)
