@@ -495,9 +495,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     # evaluations stay valid when only the lists of rows or seeds change (they are keyed by row and seed; each
     # row's own recipe is checked below) and frozen ones when only the fine-tuning column changes
-    rows = ("seeds", "teachers", "scratch", "external_teacher_overrides", "external_student", "output_dir",
-            "lowlabel", "lowlabel_skip", "compare_to")  # fmt: skip
-    fingerprint = {k: v for k, v in asdict(cfg).items() if k not in rows}
+    unfingerprinted = ("seeds", "teachers", "scratch", "external_teacher_overrides", "external_student",
+                       "output_dir", "lowlabel", "lowlabel_skip", "compare_to")  # fmt: skip
+    fingerprint = {k: v for k, v in asdict(cfg).items() if k not in unfingerprinted}
     if cache.get("config") != fingerprint:
         cache = {"config": fingerprint, "runs": {}}
     # a row may be added or dropped, but a kept row's recipe must be the one its runs were made with (the
