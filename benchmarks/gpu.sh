@@ -28,6 +28,22 @@ if [[ "${DRY_RUN:-0}" != "0" && -n "${DRY_RUN:-}" ]]; then dry=(--dry-run); fi
 
 if [[ -x "$root/.venv/bin/python" ]]; then python="${PYTHON:-$root/.venv/bin/python}"; else python="${PYTHON:-python}"; fi
 export PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}"
+# The GPU machine's image lacks some of facerep's dependencies (and torchao, for the fp8 row): when this
+# Python cannot import them, they are installed from the wheels benchmarks/gpu_wheels.sh fetched into .whl/
+wheels="${FACEREP_WHEELS:-$root/.whl}"
+needed="import omegaconf, webdataset, lmdb, open_clip, torchao"
+if ! "$python" -c "$needed" 2>/dev/null; then
+    if compgen -G "$wheels/*.whl" >/dev/null; then
+        site="$(mktemp -d)"
+        "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" "$wheels"/*.whl
+        export PYTHONPATH="$root/src:$site${PYTHONPATH#"$root/src"}"
+        echo "[gpu.sh] installed $(ls "$wheels" | wc -l) wheels from $wheels into $site"
+    elif ! "$python" -c "${needed%, torchao}" 2>/dev/null; then
+        echo "gpu.sh: $python cannot import facerep's dependencies ($needed) and $wheels has no wheels:" \
+            "run bash benchmarks/gpu_wheels.sh where pip reaches PyPI and carry .whl" >&2
+        exit 2
+    fi
+fi
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 rm -rf "$out/rows"

@@ -12,9 +12,11 @@ Sub-commands (``python benchmarks/gpu_rows.py SUB --out DIR [--dry-run]``):
 Rows: MCF ViT-B/16 pre-training steps at 224 px (``facerep bench pretrain``'s trainer, synthetic input on
 the device) at batch 64/128/256, eager (bf16 autocast) and the fast path (``train.compile=true``; the
 trainer's AdamW is fused on CUDA in both); the bf16-vs-fp32 loss parity of the fast path
-(``facerep.commands.bench.loss_parity``); a data-feed row (real-size JPEGs written on the spot, decoded by
-``torchvision.io.decode_jpeg`` in batches on the GPU and on the CPU, and ``facerep bench data`` over the same
-folder); one FaRL-protocol alignment fine-tuning row at 448 px (``facerep finetune``'s ``Finetuner``).
+(``facerep.commands.bench.loss_parity``); an eager row at the largest batch with the frozen teacher's
+products in fp8 (``teacher.precision=fp8``) and its loss against the bf16 teacher's; a data-feed row
+(real-size JPEGs written on the spot, decoded by ``torchvision.io.decode_jpeg`` in batches on the GPU and on
+the CPU, and ``facerep bench data`` over the same folder); one FaRL-protocol alignment fine-tuning row at
+448 px (``facerep finetune``'s ``Finetuner``).
 ``--dry-run``: the same rows on CPU with a tiny model and two timed steps (CI).
 """
 
@@ -43,7 +45,7 @@ class Row:
     kind: str  # pretrain | data | finetune
     budget_s: float  # the row's own cap (its steps are chosen to fit)
     params: dict[str, Any] = field(default_factory=dict)
-    emits: tuple[str, ...] = ()  # extra records this row writes (loss_parity)
+    emits: tuple[str, ...] = ()  # extra records this row writes (loss_parity, fp8_parity)
 
 
 def plan(dry_run: bool) -> list[Row]:
@@ -51,11 +53,11 @@ def plan(dry_run: bool) -> list[Row]:
     compiled rows (the ones most likely to run over) last."""
     small, mid, large = (2, 4, 8) if dry_run else (64, 128, 256)
     # seconds per row (caps; the steps are chosen to fit); on CPU (dry run) 60 s each, only a guard
-    budgets = {"eager": 30, "compile_first": 120, "data": 30, "finetune": 50, "compile": 75}
+    budgets = {"eager": 30, "compile_first": 115, "fp8": 25, "data": 25, "finetune": 45, "compile": 70}
 
-    def pre(compile_: bool, batch: int, budget: float, emits: tuple[str, ...] = ()) -> Row:
-        tag = "compile" if compile_ else "eager"
-        params = {"compile": compile_, "batch": batch, "parity": bool(emits)}
+    def pre(compile_: bool, batch: int, budget: float, emits: tuple[str, ...] = (), fp8: bool = False) -> Row:
+        tag = ("compile" if compile_ else "eager") + ("_fp8" if fp8 else "")
+        params = {"compile": compile_, "batch": batch, "parity": bool(emits), "fp8": fp8}
         return Row(f"mcf_{tag}_b{batch}", "pretrain", 60 if dry_run else budget, params, emits)
 
     return [
@@ -63,6 +65,8 @@ def plan(dry_run: bool) -> list[Row]:
         pre(True, small, budgets["compile_first"], emits=("loss_parity",)),
         pre(False, mid, budgets["eager"]),
         pre(False, large, budgets["eager"]),
+        # the frozen teacher's products in fp8 (teacher.precision=fp8), against the bf16 teacher
+        pre(False, large, budgets["fp8"], emits=("fp8_parity",), fp8=True),
         Row("data_feed_jpeg", "data", budgets["data"] if not dry_run else 60),
         Row(
             "finetune_alignment_448" if not dry_run else "finetune_alignment_64",
@@ -109,7 +113,7 @@ def _device(dry_run: bool) -> Any:
 
 
 # ------------------------------------------------------------------------------------------ pretrain
-def pretrain_config(dry_run: bool, compile_: bool, batch: int, out: Path) -> Any:
+def pretrain_config(dry_run: bool, compile_: bool, batch: int, out: Path, fp8: bool = False) -> Any:
     from facerep.commands.bench import BenchPretrainConfig
     from facerep.config import load_config
 
@@ -117,6 +121,7 @@ def pretrain_config(dry_run: bool, compile_: bool, batch: int, out: Path) -> Any
         f"bench.batch_sizes=[{batch}]",
         f"train.compile={str(compile_).lower()}",
         "train.precision=bf16",
+        f"teacher.precision={'fp8' if fp8 else 'auto'}",
         "data.num_workers=0",
         f"output_dir={out / 'pretrain'}",
     ]
@@ -149,7 +154,7 @@ def run_pretrain(row: Row, out: Path, dry_run: bool, deadline: float) -> dict[st
     from facerep.commands.bench import bench_one
 
     batch_size, compile_ = row.params["batch"], row.params["compile"]
-    cfg = pretrain_config(dry_run, compile_, batch_size, out)
+    cfg = pretrain_config(dry_run, compile_, batch_size, out, fp8=bool(row.params.get("fp8")))
     if compile_:
         torch._dynamo.reset()  # each compiled row compiles for its own shapes, timed in its own first step
     compile_fn = torch.compile
@@ -169,14 +174,17 @@ def run_pretrain(row: Row, out: Path, dry_run: bool, deadline: float) -> dict[st
         "depth": cfg.model.depth,
         "image_size": cfg.data.image_size,
         "compile": compile_,
+        "teacher_precision": cfg.teacher.precision,
         "compile_backend": "eager (dry run)" if dry_run and compile_ else ("inductor" if compile_ else None),
         **measured,
     }
     if compile_ and not measured["compiled"]:  # the numbers stay; the row is not what it is named for
         record["error"] = "not compiled: torch.compile failed (see the log); the step ran eager"
+    if row.params.get("fp8") and not measured["fp8_layers"]:
+        record["error"] = "no fp8 layers: no fp8 products on this device (see the log); a bf16 teacher ran"
     records = {row.name: record}
     if parity is not None:
-        records["loss_parity"] = {
+        records[row.emits[0]] = {
             "kind": "parity", "batch_size": batch_size, "of_row": row.name, "compiled": measured["compiled"],
             **parity,
         }  # fmt: skip
@@ -495,7 +503,11 @@ def markdown(result: dict[str, Any]) -> str:
             notes.append(
                 f"{r['method']} {r['arch']} @ {r['image_size']}, {r['precision']}, "
                 f"{'compiled' if r['compiled'] else 'eager'}{', fused AdamW' if r['fused_adamw'] else ''}"
+                f"{', fp8 teacher' if r.get('teacher_precision') == 'fp8' else ''}"
             )
+        elif r.get("kind") == "parity" and "fp8_rel_diff" in r:
+            notes.append(f"fp8 teacher {r['fast']:.5f} vs bf16 teacher {r['run_precision']:.5f}: rel diff "
+                         f"{r['fp8_rel_diff']:.2e} (vs fp32 {r['rel_diff']:.2e})")  # fmt: skip
         elif r.get("kind") == "parity":
             notes.append(f"fast {r['fast']:.5f} vs fp32 {r['plain_fp32']:.5f}: rel diff {r['rel_diff']:.2e}")
         elif r.get("kind") == "data":

