@@ -48,17 +48,26 @@ class Row:
     emits: tuple[str, ...] = ()  # extra records this row writes (loss_parity, fp8_parity)
 
 
-def plan(dry_run: bool) -> list[Row]:
-    """The rows in the order they run: the cheap eager rows and the parity check first, the other
-    compiled rows (the ones most likely to run over) last."""
-    small, mid, large = (2, 4, 8) if dry_run else (64, 128, 256)
+BATCHES = {False: (64, 128, 256), True: (2, 4, 8)}  # dry run -> (small, mid, large)
+
+
+def _pretrain_row(dry_run: bool, compile_: bool, batch: int, budget: float, emits: tuple[str, ...] = (),
+                  fp8: bool = False, mode: str = "default") -> Row:  # fmt: skip
+    tag = {"default": "compile", "reduce-overhead": "cudagraph"}[mode] if compile_ else "eager"
+    params = {"compile": compile_, "batch": batch, "parity": bool(emits), "fp8": fp8, "compile_mode": mode}
+    name = f"mcf_{tag}{'_fp8' if fp8 else ''}_b{batch}"
+    return Row(name, "pretrain", 60 if dry_run else budget, params, emits)
+
+
+def default_rows(dry_run: bool) -> list[Row]:
+    """The rows of a plain run, in the order they run: the cheap eager rows and the parity check first, the
+    other compiled rows (the ones most likely to run over) last."""
+    small, mid, large = BATCHES[dry_run]
     # seconds per row (caps; the steps are chosen to fit); on CPU (dry run) 60 s each, only a guard
     budgets = {"eager": 30, "compile_first": 115, "fp8": 25, "data": 25, "finetune": 45, "compile": 70}
 
-    def pre(compile_: bool, batch: int, budget: float, emits: tuple[str, ...] = (), fp8: bool = False) -> Row:
-        tag = ("compile" if compile_ else "eager") + ("_fp8" if fp8 else "")
-        params = {"compile": compile_, "batch": batch, "parity": bool(emits), "fp8": fp8}
-        return Row(f"mcf_{tag}_b{batch}", "pretrain", 60 if dry_run else budget, params, emits)
+    def pre(compile_: bool, batch: int, budget: float, **kwargs: Any) -> Row:
+        return _pretrain_row(dry_run, compile_, batch, budget, **kwargs)
 
     return [
         pre(False, small, budgets["eager"]),
@@ -76,6 +85,31 @@ def plan(dry_run: bool) -> list[Row]:
         pre(True, large, budgets["compile"]),
         pre(True, mid, budgets["compile"]),
     ]
+
+
+def extra_rows(dry_run: bool) -> list[Row]:
+    """Rows run only when ``$GPU_ROWS`` names them (a second, shorter call once the plain run's table is
+    back): CUDA graphs (``train.compile_mode=reduce-overhead``) at the smallest batch, where launch overhead
+    weighs most, and the compiled step with the fp8 teacher at the largest (compile fuses fp8's scaling)."""
+    small, _, large = BATCHES[dry_run]
+    return [
+        _pretrain_row(dry_run, True, small, 150, emits=("cudagraph_parity",), mode="reduce-overhead"),
+        _pretrain_row(dry_run, True, large, 150, emits=("compiled_fp8_parity",), fp8=True),
+    ]
+
+
+def plan(dry_run: bool) -> list[Row]:
+    """The rows this run runs, in order: :func:`default_rows`, or the rows ``$GPU_ROWS`` names
+    (comma-separated, default or extra rows, in the order given)."""
+    rows = default_rows(dry_run)
+    chosen = [name.strip() for name in os.environ.get("GPU_ROWS", "").split(",") if name.strip()]
+    if not chosen:
+        return rows
+    known = {row.name: row for row in (*rows, *extra_rows(dry_run))}
+    unknown = [name for name in chosen if name not in known]
+    if unknown:
+        raise SystemExit(f"GPU_ROWS: no row named {', '.join(unknown)}; the rows: {', '.join(known)}")
+    return [known[name] for name in chosen]
 
 
 def expected_names(dry_run: bool) -> list[str]:
@@ -113,13 +147,16 @@ def _device(dry_run: bool) -> Any:
 
 
 # ------------------------------------------------------------------------------------------ pretrain
-def pretrain_config(dry_run: bool, compile_: bool, batch: int, out: Path, fp8: bool = False) -> Any:
+def pretrain_config(
+    dry_run: bool, compile_: bool, batch: int, out: Path, fp8: bool = False, mode: str = "default"
+) -> Any:
     from facerep.commands.bench import BenchPretrainConfig
     from facerep.config import load_config
 
     common = [
         f"bench.batch_sizes=[{batch}]",
         f"train.compile={str(compile_).lower()}",
+        f"train.compile_mode={mode}",
         "train.precision=bf16",
         f"teacher.precision={'fp8' if fp8 else 'auto'}",
         "data.num_workers=0",
@@ -147,19 +184,18 @@ def pretrain_config(dry_run: bool, compile_: bool, batch: int, out: Path, fp8: b
 def run_pretrain(row: Row, out: Path, dry_run: bool, deadline: float) -> dict[str, dict[str, Any]]:
     """``facerep bench pretrain``'s measurement of one row (:func:`facerep.commands.bench.bench_one`: its
     trainer, batch, FLOP count, matmul peak and parity; set-up, compilation, warm-up, timed steps apart)."""
-    import functools
-
     import torch
 
     from facerep.commands.bench import bench_one
 
     batch_size, compile_ = row.params["batch"], row.params["compile"]
-    cfg = pretrain_config(dry_run, compile_, batch_size, out, fp8=bool(row.params.get("fp8")))
+    mode = row.params.get("compile_mode", "default")
+    cfg = pretrain_config(dry_run, compile_, batch_size, out, fp8=bool(row.params.get("fp8")), mode=mode)
     if compile_:
         torch._dynamo.reset()  # each compiled row compiles for its own shapes, timed in its own first step
     compile_fn = torch.compile
-    if dry_run and compile_:  # CPU: dynamo traces the same model, without inductor's C++ build
-        torch.compile = functools.partial(compile_fn, backend="eager")  # type: ignore[assignment]
+    if dry_run and compile_:  # CPU: dynamo traces the same model, without inductor's C++ build (or its modes)
+        torch.compile = lambda model, mode=None: compile_fn(model, backend="eager")  # type: ignore[assignment]
     try:
         measured = bench_one(
             cfg, batch_size, time_left_s=deadline - time.monotonic(), parity=bool(row.params.get("parity"))
@@ -175,6 +211,7 @@ def run_pretrain(row: Row, out: Path, dry_run: bool, deadline: float) -> dict[st
         "image_size": cfg.data.image_size,
         "compile": compile_,
         "teacher_precision": cfg.teacher.precision,
+        "compile_mode": mode if compile_ else None,
         "compile_backend": "eager (dry run)" if dry_run and compile_ else ("inductor" if compile_ else None),
         **measured,
     }
@@ -504,6 +541,7 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{r['method']} {r['arch']} @ {r['image_size']}, {r['precision']}, "
                 f"{'compiled' if r['compiled'] else 'eager'}{', fused AdamW' if r['fused_adamw'] else ''}"
                 f"{', fp8 teacher' if r.get('teacher_precision') == 'fp8' else ''}"
+                f"{', CUDA graphs' if r.get('compile_mode') == 'reduce-overhead' else ''}"
             )
         elif r.get("kind") == "parity" and "fp8_rel_diff" in r:
             notes.append(f"fp8 teacher {r['fast']:.5f} vs bf16 teacher {r['run_precision']:.5f}: rel diff "

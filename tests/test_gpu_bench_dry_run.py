@@ -124,3 +124,48 @@ def test_without_the_dependencies_or_their_wheels_gpu_sh_stops_at_once_in_one_li
         f"lmdb, open_clip, torchao) and {tmp_path / 'wheels'} has no wheels: run bash "
         "benchmarks/gpu_wheels.sh where pip reaches PyPI and carry .whl"
     ]
+
+
+def test_gpu_rows_picks_the_named_rows_extras_included(monkeypatch):
+    module = gpu_rows()
+    monkeypatch.setenv("GPU_ROWS", "mcf_compile_fp8_b256, mcf_eager_b64")
+    rows = module.plan(dry_run=False)
+    assert [r.name for r in rows] == ["mcf_compile_fp8_b256", "mcf_eager_b64"]
+    assert rows[0].params == {
+        "compile": True,
+        "batch": 256,
+        "parity": True,
+        "fp8": True,
+        "compile_mode": "default",
+    }
+    assert module.expected_names(dry_run=False) == [
+        "mcf_compile_fp8_b256",
+        "compiled_fp8_parity",
+        "mcf_eager_b64",
+    ]
+    monkeypatch.setenv("GPU_ROWS", "mcf_cudagraph_b64")
+    assert module.plan(dry_run=False)[0].params["compile_mode"] == "reduce-overhead"
+    monkeypatch.setenv("GPU_ROWS", "mcf_eager_b64,nope")
+    with pytest.raises(SystemExit, match=r"^GPU_ROWS: no row named nope; the rows: mcf_eager_b64, "):
+        module.plan(dry_run=False)
+    monkeypatch.delenv("GPU_ROWS")
+    assert "mcf_cudagraph_b64" not in module.expected_names(dry_run=False)  # extras: only when named
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash")
+def test_the_extra_rows_run_in_the_dry_run(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "GPU_ROWS": "mcf_cudagraph_b2,mcf_compile_fp8_b8",
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}  # fmt: skip
+    env.pop("OUT", None)
+    proc = subprocess.run(["bash", str(SCRIPT), "--dry-run", str(tmp_path / "out")], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = {r["name"]: r for r in json.loads((tmp_path / "out" / "gpu_bench.json").read_text())["rows"]}
+    assert list(rows) == ["mcf_cudagraph_b2", "cudagraph_parity", "mcf_compile_fp8_b8", "compiled_fp8_parity"]
+    assert all("error" not in r for r in rows.values()), rows
+    assert (
+        rows["mcf_cudagraph_b2"]["compile_mode"] == "reduce-overhead" and rows["mcf_cudagraph_b2"]["compiled"]
+    )
+    assert rows["mcf_compile_fp8_b8"]["fp8_layers"] > 0 and rows["mcf_compile_fp8_b8"]["compiled"]
+    assert 0 < rows["compiled_fp8_parity"]["fp8_rel_diff"] < 0.05

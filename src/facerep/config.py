@@ -34,6 +34,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 PROGRESS_MODES = ("auto", "bar", "log")
 RANDOM_ARCH = "vit_base_patch16_224"  # what finetune backbone=random builds without backbone_arch
 _VIT_PATCH = re.compile(r"^vit_[a-z]+_patch(\d+)")
@@ -180,6 +181,9 @@ class TrainConfig:
     clip_grad: float = 0.0  # max grad norm; 0: off
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 | fp32
     compile: bool = False  # torch.compile the model (falls back to eager if compilation fails)
+    # torch.compile's mode: default | reduce-overhead (CUDA graphs: replays each step's kernel launches) |
+    # max-autotune (tuned kernels and CUDA graphs) | max-autotune-no-cudagraphs
+    compile_mode: str = "default"
     # ddp (a whole model per process) | fsdp (FSDP2: weights, gradients, optimizer state sharded)
     parallel: str = "ddp"
     log_every: int = 10
@@ -196,6 +200,7 @@ class TrainConfig:
         check_at_least("train.warmup_steps", self.warmup_steps, -1)
         check_choice("train.precision", self.precision, PRECISIONS)
         check_choice("train.parallel", self.parallel, ("ddp", "fsdp"))
+        check_choice("train.compile_mode", self.compile_mode, COMPILE_MODES)
         check_at_least("train.dist_timeout_s", self.dist_timeout_s, 1)
         check_choice("train.progress", self.progress, PROGRESS_MODES)
         if self.optimizer is not None:

@@ -57,3 +57,22 @@ def test_bench_data_reports_each_worker_count(tmp_path):
     assert main(args) == 0
     rows = json.loads(out.read_text())["rows"]
     assert [r["num_workers"] for r in rows] == [0, 1] and all(r["images_per_s"] > 0 for r in rows)
+
+
+def test_compile_mode_reaches_torch_compile_and_is_checked(monkeypatch):
+    """train.compile_mode=reduce-overhead (CUDA graphs) is torch.compile's mode; default passes none."""
+    import torch
+
+    from facerep.config import ConfigError, PretrainConfig, load_config
+    from facerep.train.step import StepLoop
+
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: seen.append(mode) or model)
+    net = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    for mode in ("default", "reduce-overhead"):
+        StepLoop(net, optimizer, torch.device("cpu"), compile=True, compile_mode=mode)
+    StepLoop(net, optimizer, torch.device("cpu"), compile=False, compile_mode="reduce-overhead")
+    assert seen == [None, "reduce-overhead"]
+    with pytest.raises(ConfigError, match="train.compile_mode must be one of default, reduce-overhead, "):
+        load_config(PretrainConfig, None, ["train.compile_mode=fast"])

@@ -72,7 +72,7 @@ MAX_SKIPPED_NAMES = 5
 # config keys a resumed run may change: where it writes, what runs it, how it reports (check_same_run)
 RESUME_FREE = frozenset({
     "output_dir", "device", "data.num_workers", "data.storage_options", "train.log_every", "train.ckpt_every",
-    "train.progress", "train.compile", "train.dist_timeout_s",
+    "train.progress", "train.compile", "train.compile_mode", "train.dist_timeout_s",
 })  # fmt: skip
 
 
@@ -141,6 +141,7 @@ class Trainer:
             accum_steps=train.accum_steps,
             clip_grad=train.clip_grad,
             compile=train.compile,
+            compile_mode=train.compile_mode,
         )
         self.optimizer = optimizer
         self.step = 0

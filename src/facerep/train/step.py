@@ -59,6 +59,7 @@ class StepLoop:
         accum_steps: micro-batches per optimizer step.
         clip_grad: max gradient norm (0: off).
         compile: ``torch.compile`` the model (eager fallback on failure).
+        compile_mode: ``torch.compile``'s ``mode`` (``default``; ``reduce-overhead``: CUDA graphs).
     """
 
     def __init__(
@@ -71,9 +72,11 @@ class StepLoop:
         accum_steps: int = 1,
         clip_grad: float = 0.0,
         compile: bool = False,
+        compile_mode: str = "default",
     ) -> None:
         self.eager_model = model
-        self.model = torch.compile(model) if compile else model
+        mode = None if compile_mode == "default" else compile_mode
+        self.model = torch.compile(model, mode=mode) if compile else model
         self.compile_pending = compile
         self.optimizer = optimizer
         self.device = device
