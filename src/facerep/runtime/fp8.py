@@ -56,9 +56,9 @@ def to_float8(module: nn.Module) -> int:
     def eligible(layer: nn.Module, name: str) -> bool:
         return layer.in_features % FP8_MULTIPLE == 0 and layer.out_features % FP8_MULTIPLE == 0
 
-    before = sum(isinstance(m, nn.Linear) for m in module.modules())
+    before = float8_layers(module)
     convert(module, config=config.from_recipe_name("rowwise"), module_filter_fn=eligible)
-    return before - sum(type(m) is nn.Linear for m in module.modules())
+    return float8_layers(module) - before
 
 
 def float8_layers(module: nn.Module) -> int:
