@@ -20,35 +20,22 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-
-from facerep.commands.demo import METRICS, ranking_check
+from facerep.commands.demo import METRICS, ranking_check, summarise
 
 
-def split_summaries(per_seed: dict, summary: dict, new: int) -> tuple[dict, dict]:
-    """``(others, new seed)`` summaries of one column in :func:`ranking_check`'s form: per row and read-out
-    ``mean`` (``std`` over the others) and, for rows with a random-init reference, ``vs_random.gain``."""
-    parts: tuple[dict, dict] = ({}, {})
-    for row, tasks in per_seed.items():
-        for part, keep in zip(parts, (True, False), strict=True):
-            part[row] = {}
-            for task, values in tasks.items():
-                picked = [v for i, v in enumerate(values) if (i != new % len(values)) == keep]
-                std = float(np.std(picked, ddof=1)) if len(picked) > 1 else 0.0
-                part[row][task] = {"mean": float(np.mean(picked)), "std": std}
-    for part in parts:
-        for row, tasks in summary.items():
-            for task, entry in tasks.items():
-                reference = entry.get("vs_random", {}).get("row")
-                if reference is None or row not in part or reference not in part:
-                    continue
-                lower = METRICS[task][3]
-                mine, theirs = part[row][task]["mean"], part[reference][task]["mean"]
-                part[row][task]["vs_random"] = {
-                    "row": reference,
-                    "gain": theirs - mine if lower else mine - theirs,
-                }
-    return parts
+def split_summaries(per_seed: dict, summary: dict, baselines: dict, new: int) -> tuple[dict, dict]:
+    """``(others, new seed)`` summaries of one column (:func:`facerep.commands.demo.summarise` of the other
+    seeds' values and of the new seed's, against the column's ``baselines`` and the random-init rows
+    ``summary`` names)."""
+    references = {row: next((e["vs_random"]["row"] for e in tasks.values() if "vs_random" in e), None)
+                  for row, tasks in summary.items()}  # fmt: skip
+    parts = []
+    for keep in (True, False):
+        results = {row: {task: [{METRICS[task][0]: v} for i, v in enumerate(values)
+                                if (i != new % len(values)) == keep] for task, values in tasks.items()}
+                   for row, tasks in per_seed.items()}  # fmt: skip
+        parts.append(summarise(results, baselines, references))
+    return parts[0], parts[1]
 
 
 def report(name: str, others: dict, new: dict, seed_label: str) -> tuple[list[str], dict]:
@@ -60,7 +47,7 @@ def report(name: str, others: dict, new: dict, seed_label: str) -> tuple[list[st
             o, n = others[row][task], new[row][task]
             gains = ""
             if "vs_random" in o:  # ▲: more than twice the larger std of the row and its random init
-                spread = max(o["std"], others[o["vs_random"]["row"]][task]["std"])
+                spread = o["vs_random"]["spread"]  # the other seeds' (the new seed alone has none)
                 marks = ["▲" if entry["vs_random"]["gain"] > 2 * spread else "" for entry in (o, n)]
                 gains = (f"{o['vs_random']['gain'] * scale:+.2f}{marks[0]} / "
                          f"{n['vs_random']['gain'] * scale:+.2f}{marks[1]}")  # fmt: skip
@@ -84,13 +71,13 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = parser.parse_args()
     comparison = json.loads((args.run / "comparison.json").read_text())
-    columns = {"frozen": (comparison["per_seed"], comparison["summary"])}
+    columns = {"frozen": comparison}
     for size, column in (comparison.get("lowlabel") or {}).items():
-        columns[f"fine-tuned on {size} faces"] = (column["per_seed"], column["summary"])
+        columns[f"fine-tuned on {size} faces"] = column
     seed_label = "new seed" if args.new == -1 else f"seed #{args.new}"
     out, lines = {}, [f"# {args.run}: {seed_label} against the other seeds", ""]
-    for name, (per_seed, summary) in columns.items():
-        others, new = split_summaries(per_seed, summary, args.new)
+    for name, column in columns.items():
+        others, new = split_summaries(column["per_seed"], column["summary"], column["baselines"], args.new)
         column_lines, check = report(name, others, new, seed_label)
         lines += column_lines
         out[name] = {"others": others, "new": new, "ranking": check}
