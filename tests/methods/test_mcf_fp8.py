@@ -7,13 +7,12 @@ import importlib.util
 
 import pytest
 import torch
-from test_methods import SMALL, small
+from test_methods import batch_for, small
 from torch import nn
 
 import facerep.runtime.fp8 as fp8
 from facerep.apps.readouts import render_split
 from facerep.config import ConfigError, PretrainConfig, load_config
-from facerep.data.views import random_masks
 from facerep.runtime.errors import FacerepError
 
 
@@ -23,9 +22,7 @@ def fp8_and_bf16_losses(*overrides: str, images: torch.Tensor, seed: int = 0) ->
     reference = small("method=mcf", "device=cpu", *overrides)
     method = small("method=mcf", "device=cpu", "teacher.precision=fp8", *overrides)
     method.load_state_dict(reference.state_dict())  # Float8Linear keeps nn.Linear's parameter names
-    spec = method.batch_spec(load_config(PretrainConfig, None, [*SMALL, *overrides]).data)
-    masks = random_masks(spec, images.shape[0], torch.Generator().manual_seed(seed))
-    batch = {"views": [images] * len(spec.views), "masks": masks}
+    batch = batch_for(method, images, seed, overrides)
     with torch.autocast("cpu", torch.bfloat16):
         return method, method(batch), reference(batch)
 

@@ -22,9 +22,10 @@ def small(*overrides: str):
     return build_method(load_config(PretrainConfig, None, [*SMALL, *overrides]))
 
 
-def batch_for(method, images: torch.Tensor, seed: int = 0) -> dict:
-    """The batch ``method`` declares, for ``images``, with masks drawn from ``seed``."""
-    spec = method.batch_spec(load_config(PretrainConfig, None, SMALL).data)
+def batch_for(method, images: torch.Tensor, seed: int = 0, overrides: tuple[str, ...] = ()) -> dict:
+    """The batch ``method`` (built with ``overrides``) declares, for ``images``, with masks drawn from
+    ``seed``."""
+    spec = method.batch_spec(load_config(PretrainConfig, None, [*SMALL, *overrides]).data)
     masks = random_masks(spec, images.shape[0], torch.Generator().manual_seed(seed))
     return {"views": [images] * len(spec.views), "masks": masks}
 
